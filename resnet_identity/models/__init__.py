@@ -1,0 +1,31 @@
+"""ResNet v1 and v2 models: `create_model(name, num_classes=..., **overrides)`."""
+
+from resnet_identity.models.layers import GhostBatchNorm
+from resnet_identity.models.network import ResNet
+from resnet_identity.models.registry import (
+    MODELS,
+    OVERRIDES,
+    UNITS,
+    available_models,
+    create_model,
+    input_size,
+)
+from resnet_identity.models.stack import stacked_to_unrolled, unrolled_to_stacked
+from resnet_identity.models.units import Plain, PostActivation, PreActivation, ResidualUnit
+
+__all__ = [
+    "GhostBatchNorm",
+    "MODELS",
+    "OVERRIDES",
+    "Plain",
+    "PostActivation",
+    "PreActivation",
+    "ResNet",
+    "ResidualUnit",
+    "UNITS",
+    "available_models",
+    "create_model",
+    "input_size",
+    "stacked_to_unrolled",
+    "unrolled_to_stacked",
+]

@@ -1,0 +1,51 @@
+"""`python -m resnet_identity.models [NAME] [--num-classes N] [--override key=value ...]`.
+
+Without a name, lists every model. With one, prints its parameters per stage, the
+total, and forward multiply-adds at the family's input size (32 for CIFAR, 224 for ImageNet).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+
+from resnet_identity.models import registry, summary
+
+
+def _parse_override(text: str) -> tuple[str, object]:
+    key, _, value = text.partition("=")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m resnet_identity.models", description=__doc__)
+    parser.add_argument("name", nargs="?", help="model name; omit to list all")
+    parser.add_argument("--num-classes", type=int, default=None,
+                        help="default: 10 for CIFAR models, 1000 for ImageNet models")
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"create_model override, repeatable; keys: {', '.join(registry.OVERRIDES)}")
+    args = parser.parse_args(argv)
+    if args.name is None:
+        for name in registry.available_models():
+            spec = registry.MODELS[name]
+            print(f"{name:<20} {spec.family:<9} depth {spec.depth:<5} unit {spec.unit}")
+        return
+    if args.name not in registry.MODELS:
+        parser.error(f"unknown model {args.name!r}; run without a name to list them")
+    family = registry.MODELS[args.name].family
+    num_classes = args.num_classes or (10 if family == "cifar" else 1000)
+    overrides = dict(_parse_override(o) for o in args.override)
+    model = registry.create_model(args.name, num_classes=num_classes, **overrides)
+    size = registry.input_size(args.name)
+    print(f"{args.name} ({num_classes} classes, {size}x{size} input)")
+    for module, count in summary.stage_table(model, size):
+        print(f"  {module:<10} {count:>14,d} parameters")
+    macs = summary.forward_macs(model, size)
+    print(f"  forward    {macs / 1e9:>14.3f} G multiply-adds per image")
+
+
+if __name__ == "__main__":
+    main()

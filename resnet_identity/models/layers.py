@@ -1,0 +1,113 @@
+"""Layers shared by every unit: initialisers, convolutions and ghost BatchNorm.
+
+Initialisation follows the released code (`resnet-pre-act.lua`, `preresnet.lua`):
+conv weights ~ N(0, sqrt(2 / (k*k*C_out))) ("He init, fan-out form"), BN gamma=1 and
+beta=0, FC bias 0. The FC weight keeps Torch's default U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+ModuleDef = Any
+Dtype = Any
+
+# N(0, 2 / (k*k*C_out)): He et al. 2015, fan-out form, as `conv:weight:normal(0, sqrt(2/n))`
+# with n = kW*kH*nOutputPlane in the released Torch code.
+conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+# Torch nn.Linear's default weight init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+dense_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def conv(features: int, kernel_size: int, strides: int = 1, *, dtype: Dtype = jnp.float32,
+         name: str | None = None) -> nn.Conv:
+    """A bias-free k x k convolution padded like Torch/Caffe: (k-1)//2 on every side.
+
+    Explicit symmetric padding matters for stride 2: XLA's 'SAME' pads (0, 1) on even
+    inputs, which samples a different grid from the papers' code.
+    """
+    pad = (kernel_size - 1) // 2
+    return nn.Conv(
+        features,
+        (kernel_size, kernel_size),
+        strides=(strides, strides),
+        padding=((pad, pad), (pad, pad)),
+        use_bias=False,
+        kernel_init=conv_kernel_init,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        name=name,
+    )
+
+
+class GhostBatchNorm(nn.Module):
+    """BatchNorm whose training statistics come from groups of `group_size` examples.
+
+    The papers' statistics were per GPU: 64 images on CIFAR (batch 128 on 2 GPUs) and 32 on
+    ImageNet (batch 256 on 8 GPUs), PAPERS.md "Training recipes". Splitting the global batch
+    into contiguous groups of G and normalising each by its own mean and (biased) variance
+    reproduces that on any device count. `group_size=None` uses the whole batch, which under
+    `jax.jit` with a sharded batch is the exact global-batch statistic.
+
+    Running averages (used when `use_running_average=True`) are updated with the mean over
+    groups of each group's mean and variance, with Torch's momentum 0.1 (`momentum=0.9` here).
+    Parameter and statistic names match `flax.linen.BatchNorm` ('scale', 'bias'; 'mean', 'var').
+    """
+
+    use_running_average: bool = False
+    group_size: int | None = None
+    momentum: float = 0.9
+    epsilon: float = 1e-5
+    dtype: Dtype = jnp.float32
+    scale_init: Callable = nn.initializers.ones
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        features = x.shape[-1]
+        scale = self.param("scale", self.scale_init, (features,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
+        running_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
+        running_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
+
+        if self.use_running_average:
+            inv = jax.lax.rsqrt(running_var.value + self.epsilon) * scale
+            y = x.astype(jnp.float32) * inv + (bias - running_mean.value * inv)
+            return y.astype(self.dtype)
+
+        batch = x.shape[0]
+        group = batch if self.group_size is None else self.group_size
+        if group <= 0 or batch % group:
+            raise ValueError(
+                f"BatchNorm group size {self.group_size} does not divide the batch of {batch} "
+                f"examples this layer sees. Set `bn_group_size` to a divisor of the per-step "
+                f"batch (the papers used 64 on CIFAR, 32 on ImageNet) or to None for the whole batch."
+            )
+        grouped = x.astype(jnp.float32).reshape((batch // group, group) + x.shape[1:])
+        axes = tuple(range(1, grouped.ndim - 1))
+        mean = grouped.mean(axes, keepdims=True)
+        var = jnp.square(grouped - mean).mean(axes, keepdims=True)
+        if not self.is_initializing():
+            group_axes = (0,) + axes
+            m = self.momentum
+            running_mean.value = m * running_mean.value + (1 - m) * mean.mean(group_axes)
+            running_var.value = m * running_var.value + (1 - m) * var.mean(group_axes)
+        y = (grouped - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
+        return y.reshape(x.shape).astype(self.dtype)
+
+
+def make_norm(*, train: bool, group_size: int | None, dtype: Dtype, momentum: float = 0.9,
+              epsilon: float = 1e-5) -> ModuleDef:
+    """The norm partial that every unit receives (flax imagenet's `ModuleDef` injection)."""
+    return functools.partial(
+        GhostBatchNorm,
+        use_running_average=not train,
+        group_size=group_size,
+        momentum=momentum,
+        epsilon=epsilon,
+        dtype=dtype,
+    )

@@ -1,0 +1,160 @@
+"""One network module for every ResNet of both papers: stem, stages of units, head.
+
+CIFAR (v1 Sec. 4.2): a 3x3 conv to 16 channels, three stages on 32/16/8 maps.
+ImageNet (v1 Table 1): 7x7/2 conv to 64, BN, ReLU, 3x3/2 max-pool, four stages.
+Pre-activation units (v2) change three places, each decided here once:
+- the CIFAR stem is a bare conv (no BN-ReLU), so stage 1's first unit pre-activates
+  both paths ("both_preact"); after the ImageNet stem, whose output is already
+  BN-ReLU'd, stage 1's first unit skips that ("no_preact"), as `preresnet.lua` does;
+- the first unit of every later stage pre-activates both paths;
+- the last unit is followed by BN-ReLU before pooling (`resnet-pre-act.lua`).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from resnet_identity.models.layers import ModuleDef, conv, dense_kernel_init, make_norm
+from resnet_identity.models.stack import UnitStack
+from resnet_identity.models.units import ResidualUnit
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+class CifarStem(nn.Module):
+    """conv3x3(16), followed by BN-ReLU unless the units pre-activate (v2)."""
+
+    features: int
+    activate: bool
+    norm: ModuleDef
+    dtype: jnp.dtype
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = conv(self.features, 3, dtype=self.dtype, name="conv")(x)
+        return nn.relu(self.norm(name="bn")(x)) if self.activate else x
+
+
+class ImageNetStem(nn.Module):
+    """conv7x7/2(64) -> BN -> ReLU -> max-pool 3x3/2 (v1 Table 1), in v1 and v2 alike."""
+
+    features: int
+    norm: ModuleDef
+    dtype: jnp.dtype
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = conv(self.features, 7, 2, dtype=self.dtype, name="conv")(x)
+        x = nn.relu(self.norm(name="bn")(x))
+        return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+
+STEMS = ("cifar", "imagenet")
+
+
+class ResNet(nn.Module):
+    """A residual (or plain) network.
+
+    Attributes:
+      stage_sizes: units per stage, e.g. (18, 18, 18) for CIFAR ResNet-110.
+      stage_features: output channels of each stage, e.g. (16, 32, 64).
+      unit: the unit class (`PostActivation`, `PreActivation`, an ablation, `Plain`).
+      unit_options: extra fields for `unit` (e.g. `gate_bias_init` of a gating unit).
+      bottleneck: bottleneck (True) or basic (False) units.
+      stem: "cifar" or "imagenet".
+      stem_features: channels of the stem conv (16 on CIFAR, 64 on ImageNet).
+      num_classes: outputs of the final FC layer.
+      shortcut: "A", "B" or "C".
+      stride_on: where a bottleneck's stride sits, "1x1" (papers) or "3x3".
+      bn_group_size: examples per BatchNorm statistics group (None: whole batch).
+      dtype: compute dtype, "float32" or "bfloat16"; parameters and BN statistics stay float32.
+      zero_init_last: zero-initialise the last BN gamma of every residual branch.
+      scan: scan over each stage's identical units (fast compile) or unroll them.
+      remat: rematerialisation scheme, see `stack.py`.
+      unroll: scan unroll factor (units per loop iteration).
+    """
+
+    stage_sizes: Sequence[int]
+    stage_features: Sequence[int]
+    unit: type[ResidualUnit]
+    bottleneck: bool
+    stem: str
+    stem_features: int
+    num_classes: int
+    unit_options: dict | None = None
+    shortcut: str = "B"
+    stride_on: str = "1x1"
+    bn_group_size: int | None = None
+    bn_momentum: float = 0.9
+    bn_epsilon: float = 1e-5
+    dtype: str = "float32"
+    zero_init_last: bool = False
+    scan: bool = True
+    remat: bool | str = False
+    unroll: int = 1
+
+    @nn.compact
+    def __call__(self, images: jax.Array, train: bool = True) -> jax.Array:
+        dtype = DTYPES[self.dtype]
+        norm = make_norm(
+            train=train, group_size=self.bn_group_size, dtype=dtype,
+            momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+        )
+        pre_activation = self.unit.pre_activation
+        if self.stem == "imagenet":
+            stem, stem_activated = ImageNetStem(self.stem_features, norm, dtype, name="stem"), True
+        else:
+            stem_activated = not pre_activation
+            stem = CifarStem(self.stem_features, stem_activated, norm, dtype, name="stem")
+        x = stem(images.astype(dtype))
+        unit = functools.partial(
+            self.unit,
+            bottleneck=self.bottleneck,
+            stride_on=self.stride_on,
+            shortcut=self.shortcut,
+            norm=norm,
+            dtype=dtype,
+            zero_init_last=self.zero_init_last,
+            train=train,
+            **(self.unit_options or {}),
+        )
+        for i, (size, features) in enumerate(zip(self.stage_sizes, self.stage_features)):
+            strides = 1 if i == 0 else 2
+            first_preact = "none" if (i == 0 and stem_activated) else "both"
+            x = _Stage(unit, size, features, strides, first_preact, self.scan, self.remat,
+                       self.unroll, name=f"stage{i + 1}")(x)
+        if pre_activation:
+            x = nn.relu(norm(name="final_bn")(x))
+        x = jnp.mean(x, axis=(1, 2))
+        logits = nn.Dense(
+            self.num_classes,
+            kernel_init=dense_kernel_init,
+            bias_init=nn.initializers.zeros,
+            dtype=dtype,
+            name="fc",
+        )(x)
+        return logits.astype(jnp.float32)
+
+
+class _Stage(nn.Module):
+    """The first unit (stride, projection, preact for both paths) and n-1 identical units."""
+
+    unit: ModuleDef
+    size: int
+    features: int
+    strides: int
+    first_preact: str
+    scan: bool
+    remat: bool | str
+    unroll: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = self.unit(self.features, self.strides, preact=self.first_preact, name="first")(x)
+        rest = functools.partial(self.unit, self.features, 1, preact="residual")
+        return UnitStack(rest, self.size - 1, self.scan, self.remat, self.unroll, name="rest")(x)

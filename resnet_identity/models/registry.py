@@ -1,0 +1,218 @@
+"""Model and unit registries: every named network of both papers, and every unit variant.
+
+A model name fixes a family (CIFAR or ImageNet), a depth and a unit; `create_model`
+overrides adjust the rest. A new unit variant is a small module plus one `UNITS` line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from resnet_identity.models import ablations
+from resnet_identity.models.network import DTYPES, ResNet
+from resnet_identity.models.shortcuts import SHORTCUT_OPTIONS
+from resnet_identity.models.stack import resolve_remat
+from resnet_identity.models.units import STRIDE_PLACEMENTS, Plain, PostActivation, PreActivation
+
+
+@dataclasses.dataclass(frozen=True)
+class UnitVariant:
+    """A unit class, its default options, and the shortcut option it forces (if any)."""
+
+    cls: type
+    options: dict = dataclasses.field(default_factory=dict)
+    shortcut: str | None = None
+    table: str = ""
+
+
+# Table rows refer to PAPERS.md "v2 ablations".
+UNITS: dict[str, UnitVariant] = {
+    "original": UnitVariant(PostActivation, table="v1; v2 Table 1 row 1, Table 2(a)"),
+    "full_preact": UnitVariant(PreActivation, table="v2; Table 2(e)"),
+    "plain": UnitVariant(Plain, table="v1 plain baseline (no shortcut)"),
+    "constant_scaling": UnitVariant(
+        ablations.ConstantScaling, {"shortcut_scale": 0.5, "branch_scale": 0.5},
+        table="Table 1: 0.5 on shortcut, 0.5 on F"),
+    "constant_scaling_shortcut": UnitVariant(
+        ablations.ConstantScaling, {"shortcut_scale": 0.5, "branch_scale": 1.0},
+        table="Table 1: 0.5 on shortcut, 1 on F"),
+    "exclusive_gating": UnitVariant(
+        ablations.ExclusiveGating, {"gate_bias_init": -6.0}, table="Table 1: 1-g(x) / g(x)"),
+    "shortcut_only_gating": UnitVariant(
+        ablations.ShortcutOnlyGating, {"gate_bias_init": 0.0}, table="Table 1: 1-g(x) / 1"),
+    "conv_shortcut": UnitVariant(PostActivation, shortcut="C", table="Table 1: 1x1 conv on every shortcut"),
+    "dropout_shortcut": UnitVariant(ablations.DropoutShortcut, {"rate": 0.5}, table="Table 1: dropout 0.5 on shortcut"),
+    "bn_after_addition": UnitVariant(ablations.BNAfterAddition, table="Table 2(b)"),
+    "relu_before_addition": UnitVariant(ablations.ReLUBeforeAddition, table="Table 2(c)"),
+    "relu_only_preact": UnitVariant(ablations.ReLUOnlyPreActivation, table="Table 2(d)"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """How depth maps to stages for one network family (PAPERS.md "Depths")."""
+
+    stem: str
+    stem_features: int
+    input_size: int
+
+    def stages(self, depth: int, bottleneck: bool) -> tuple[tuple[int, ...], tuple[int, ...], bool]:
+        """(units per stage, channels per stage, bottleneck) for `depth`."""
+        if self.stem == "cifar":
+            per_unit = 9 if bottleneck else 6
+            if depth < per_unit + 2 or (depth - 2) % per_unit:
+                formula = "9n+2 (bottleneck units)" if bottleneck else "6n+2 (basic units)"
+                valid = ", ".join(str(per_unit * n + 2) for n in range(1, 6))
+                raise ValueError(f"CIFAR depth {depth} does not fit {formula}; valid depths are {valid}, ...")
+            n = (depth - 2) // per_unit
+            features = (64, 128, 256) if bottleneck else (16, 32, 64)
+            return (n,) * 3, features, bottleneck
+        if depth not in IMAGENET_STAGES:
+            raise ValueError(f"ImageNet depth {depth} is not one of {sorted(IMAGENET_STAGES)}.")
+        sizes, bottleneck = IMAGENET_STAGES[depth]
+        features = (256, 512, 1024, 2048) if bottleneck else (64, 128, 256, 512)
+        return sizes, features, bottleneck
+
+
+IMAGENET_STAGES = {
+    18: ((2, 2, 2, 2), False),
+    34: ((3, 4, 6, 3), False),
+    50: ((3, 4, 6, 3), True),
+    101: ((3, 4, 23, 3), True),
+    152: ((3, 8, 36, 3), True),
+    200: ((3, 24, 36, 3), True),
+}
+FAMILIES = {"cifar": Family("cifar", 16, 32), "imagenet": Family("imagenet", 64, 224)}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    family: str
+    depth: int
+    unit: str
+    bottleneck: bool = False
+    shortcut: str = "B"
+
+
+def _specs() -> dict[str, ModelSpec]:
+    specs = {}
+    for depth in (20, 32, 44, 56, 110, 1202):
+        specs[f"cifar_resnet{depth}"] = ModelSpec("cifar", depth, "original", shortcut="A")
+        specs[f"cifar_preact{depth}"] = ModelSpec("cifar", depth, "full_preact", shortcut="A")
+    for depth in (20, 32, 44, 56, 110):
+        specs[f"cifar_plain{depth}"] = ModelSpec("cifar", depth, "plain", shortcut="A")
+    for depth in (164, 1001):
+        specs[f"cifar_resnet{depth}"] = ModelSpec("cifar", depth, "original", bottleneck=True)
+        specs[f"cifar_preact{depth}"] = ModelSpec("cifar", depth, "full_preact", bottleneck=True)
+    for depth in IMAGENET_STAGES:
+        specs[f"resnet{depth}"] = ModelSpec("imagenet", depth, "original")
+        specs[f"preact_resnet{depth}"] = ModelSpec("imagenet", depth, "full_preact")
+    for depth in (18, 34):
+        specs[f"plain{depth}"] = ModelSpec("imagenet", depth, "plain")
+    return specs
+
+
+MODELS: dict[str, ModelSpec] = _specs()
+
+# Overrides a caller may pass to `create_model`, with what each accepts.
+OVERRIDES = {
+    "depth": "an int fitting the family's depth formula",
+    "unit": f"one of {sorted(UNITS)}",
+    "unit_options": "a dict of the unit variant's fields, e.g. {'gate_bias_init': -7.0}",
+    "shortcut": f"one of {SHORTCUT_OPTIONS}",
+    "stride_on": f"one of {STRIDE_PLACEMENTS}",
+    "dtype": f"one of {tuple(DTYPES)}",
+    "bn_group_size": "None or a positive int dividing the per-step batch",
+    "bn_momentum": "a float in [0, 1)",
+    "bn_epsilon": "a positive float",
+    "zero_init_last": "a bool",
+    "scan": "a bool",
+    "remat": "False, True, 'none', 'unit' or 'nested'",
+    "unroll": "a positive int",
+}
+
+
+def available_models() -> list[str]:
+    """Every registered model name, sorted."""
+    return sorted(MODELS)
+
+
+def _unit_fields(cls: type) -> set[str]:
+    base = {f.name for f in dataclasses.fields(ablations.ResidualUnit)}
+    return {f.name for f in dataclasses.fields(cls)} - base - {"parent", "name"}
+
+
+def _check(name: str, ok: bool, value: Any) -> None:
+    if not ok:
+        raise ValueError(f"Invalid model override {name}={value!r}: expected {OVERRIDES[name]}.")
+
+
+def create_model(name: str, *, num_classes: int, **overrides: Any) -> ResNet:
+    """Builds the named network as a `flax.linen.Module`.
+
+    Use as `model.apply(variables, images_nhwc, train=..., mutable=...)`. Overrides are
+    listed in `OVERRIDES`; an unknown name, override or value raises a ValueError that
+    lists the valid choices.
+    """
+    if name not in MODELS:
+        raise ValueError(f"Unknown model {name!r}. Available models: {', '.join(available_models())}.")
+    unknown = sorted(set(overrides) - set(OVERRIDES))
+    if unknown:
+        raise ValueError(f"Unknown model override(s) {unknown}. Valid overrides: {sorted(OVERRIDES)}.")
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}.")
+    spec = MODELS[name]
+    unit_name = overrides.pop("unit", spec.unit)
+    _check("unit", unit_name in UNITS, unit_name)
+    variant = UNITS[unit_name]
+    unit_options = dict(variant.options)
+    extra = dict(overrides.pop("unit_options", None) or {})
+    fields = _unit_fields(variant.cls)
+    if set(extra) - fields:
+        raise ValueError(
+            f"Unknown unit_options {sorted(set(extra) - fields)} for unit {unit_name!r}; "
+            f"it accepts {sorted(fields) or 'none'}."
+        )
+    unit_options.update(extra)
+
+    depth = overrides.pop("depth", spec.depth)
+    _check("depth", isinstance(depth, int), depth)
+    family = FAMILIES[spec.family]
+    stage_sizes, stage_features, bottleneck = family.stages(depth, spec.bottleneck)
+
+    shortcut = overrides.pop("shortcut", variant.shortcut or spec.shortcut)
+    _check("shortcut", shortcut in SHORTCUT_OPTIONS, shortcut)
+    _check("stride_on", overrides.get("stride_on", "1x1") in STRIDE_PLACEMENTS, overrides.get("stride_on"))
+    _check("dtype", overrides.get("dtype", "float32") in DTYPES, overrides.get("dtype"))
+    group = overrides.get("bn_group_size")
+    _check("bn_group_size", group is None or (isinstance(group, int) and group > 0), group)
+    momentum = overrides.get("bn_momentum", 0.9)
+    _check("bn_momentum", 0 <= momentum < 1, momentum)
+    _check("bn_epsilon", overrides.get("bn_epsilon", 1e-5) > 0, overrides.get("bn_epsilon"))
+    for flag in ("zero_init_last", "scan"):
+        _check(flag, isinstance(overrides.get(flag, False), bool), overrides.get(flag))
+    try:
+        resolve_remat(overrides.get("remat", False))
+    except ValueError:
+        _check("remat", False, overrides.get("remat"))
+    unroll = overrides.get("unroll", 1)
+    _check("unroll", isinstance(unroll, int) and unroll > 0, unroll)
+
+    return ResNet(
+        stage_sizes=stage_sizes,
+        stage_features=stage_features,
+        unit=variant.cls,
+        unit_options=unit_options or None,
+        bottleneck=bottleneck,
+        stem=family.stem,
+        stem_features=family.stem_features,
+        num_classes=num_classes,
+        shortcut=shortcut,
+        **overrides,
+    )
+
+
+def input_size(name: str) -> int:
+    """The family's input resolution: 32 for CIFAR, 224 for ImageNet."""
+    return FAMILIES[MODELS[name].family].input_size
