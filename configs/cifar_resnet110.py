@@ -1,0 +1,13 @@
+"""Original (v1) ResNet-110 on CIFAR-10: v1 Table 6 (6.43%, mean 6.61%) and v2 Table 1 row 1 / Table 2(a).
+
+Launch:
+  python train.py --config=configs/cifar_resnet110.py --workdir=workdirs/cifar_resnet110
+Presets (after a colon): smoke, released_code; e.g. `--config=configs/cifar_resnet110.py:smoke`.
+Expected runtime: About an hour on one GPU.
+"""
+
+from resnet_identity import recipes
+
+
+def get_config(preset=None):
+    return recipes.cifar("cifar_resnet110", preset)

@@ -1,0 +1,299 @@
+"""Checkpoints that survive preemption, interrupted writes and corrupt files (issue 5).
+
+`Checkpointer` wraps one Orbax `CheckpointManager` (orbax-checkpoint 0.12.x) whose policies,
+not code here, decide when to save and what to keep: `FixedIntervalPolicy(every_steps)` or
+`PreemptionCheckpointingPolicy()` to save, `LatestN(keep)` to keep. Each step directory
+holds two items: `state` (the `TrainState`, `StandardSave`) and `meta` (a small JSON).
+
+Why a checkpoint is never half-taken, as Orbax 0.12.8 does it on local and NFS disks:
+- a save writes into `<dir>/<step>.orbax-checkpoint-tmp`, writes `commit_success.txt`
+  there, then renames it to `<dir>/<step>`; a step counts only once renamed, so a save
+  killed mid-write is invisible to `latest_step`/`restore` (on GCS, where rename is not
+  atomic, the step counts only once `commit_success.txt` exists);
+- `cleanup_tmp_directories=True` deletes such leftovers when the next run starts;
+- old steps are deleted only after the newer save has been renamed into place, so a
+  failed or killed save never costs a good checkpoint.
+
+What Orbax does not do is notice a finalised checkpoint whose files were later damaged (a
+truncated or deleted file); it then fails inside `restore`. `Checkpointer.restore` tries the
+steps newest first, logs a warning naming each unreadable step and the error, and returns
+the newest one that restores. Unreadable steps are moved, not deleted, to
+`<dir>/corrupt/<step>`: left in place, a bad step `N` would stay `latest_step()`, and Orbax
+would refuse to save any step up to `N` again, leaving the resumed run unprotected.
+
+`PreemptionWatcher` turns SIGTERM/SIGINT into a flag the training loop polls, so the loop
+itself saves at a step boundary and exits 0. In a `jax.distributed` job it defers to JAX's
+preemption sync point instead, so every host stops, and saves, at the same step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import signal
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+from jax.experimental import multihost_utils
+
+STATE_ITEM = "state"
+META_ITEM = "meta"
+CORRUPT_SUBDIR = "corrupt"
+
+log = logging.getLogger(__name__)
+policies = ocp.checkpoint_managers
+
+
+class CheckpointWriteError(OSError):
+    """The checkpoint directory cannot be written (permissions, full disk, bad path)."""
+
+
+# (errnos, text tensorstore uses for them, what to tell the user). Orbax surfaces local I/O
+# failures as OSError, but TensorStore's as ValueError carrying only the message.
+_WRITE_PROBLEMS = (
+    ({errno.EACCES, errno.EPERM}, "Permission denied",
+     "it is not writable by this user (uid {uid}). Fix its permissions or choose another workdir."),
+    ({errno.EROFS}, "Read-only file system",
+     "it is on a read-only file system. Choose a workdir on a writable disk."),
+    ({errno.ENOSPC, errno.EDQUOT}, "No space left on device",
+     "the disk is full (or over quota). Free space, lower keep_checkpoints, or choose a "
+     "workdir on a larger disk; the last complete checkpoint is intact and a rerun resumes from it."),
+    ({errno.ENOTDIR, errno.EEXIST}, "Not a directory",
+     "part of that path is a file, not a directory. Choose another workdir."),
+)
+
+
+def _write_problem(exc: BaseException) -> str | None:
+    """The user-facing explanation of a write failure anywhere in `exc`'s chain, if known."""
+    seen = 0
+    while exc is not None and seen < 8:
+        for errnos, text, advice in _WRITE_PROBLEMS:
+            if (isinstance(exc, OSError) and exc.errno in errnos) or text in str(exc):
+                return advice.format(uid=os.getuid() if hasattr(os, "getuid") else "?")
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
+
+
+@contextlib.contextmanager
+def _explain_write_errors(directory: str, manager: ocp.CheckpointManager | None = None) -> Iterator[None]:
+    try:
+        yield
+    except Exception as e:
+        if manager is not None:
+            # A failed save has already dropped the older steps it meant to replace from
+            # Orbax's in-memory list, though they are still on disk: list them again.
+            with contextlib.suppress(Exception):
+                manager.reload()
+        advice = _write_problem(e)
+        if advice is None:
+            raise
+        raise CheckpointWriteError(f"Cannot write checkpoints to {directory}: {advice} ({e})") from e
+
+
+def _agree_all(ok: bool) -> bool:
+    """True only if `ok` on every process, so that hosts never take different branches."""
+    if jax.process_count() == 1:
+        return ok
+    return bool(np.all(multihost_utils.process_allgather(np.asarray(ok, np.int32))))
+
+
+class Checkpointer:
+    """Saves every `every_steps` steps (and when forced), keeps the newest `keep` steps.
+
+    `maybe_save` returns as soon as the arrays are copied off the accelerator when
+    `async_save`; call `wait()` (or `close()`) before exiting so the last write completes.
+    """
+
+    def __init__(self, directory: str | os.PathLike, *, every_steps: int, keep: int,
+                 async_save: bool = True):
+        if every_steps < 1 or keep < 1:
+            raise ValueError(f"every_steps={every_steps} and keep={keep} must both be >= 1.")
+        directory = os.fspath(directory)
+        self.directory = directory if "://" in directory else os.path.abspath(directory)
+        options = ocp.CheckpointManagerOptions(
+            save_decision_policy=policies.AnySavePolicy([
+                policies.FixedIntervalPolicy(every_steps),
+                policies.PreemptionCheckpointingPolicy(),
+            ]),
+            preservation_policy=policies.LatestN(keep),
+            enable_async_checkpointing=async_save,
+            cleanup_tmp_directories=True,
+        )
+        with _explain_write_errors(self.directory):
+            if epath.Path(self.directory).exists() and not epath.Path(self.directory).is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, "Not a directory", self.directory)
+            self._manager = ocp.CheckpointManager(
+                self.directory, options=options, item_names=(STATE_ITEM, META_ITEM))
+
+    def latest_step(self) -> int | None:
+        """The newest finalised step (including one whose async write is still running)."""
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self._manager.all_steps())
+
+    def maybe_save(self, step: int, state: Any, *, force: bool = False,
+                   metadata: Mapping[str, Any] | None = None) -> bool:
+        """Saves `state` as `step` if the policies say so (or `force`); returns whether it did.
+
+        A step that already exists is never rewritten (the trainer may ask twice for the same
+        step: once on schedule, once on preemption). `metadata` must be JSON-serialisable;
+        it is stored next to the state with the step.
+        """
+        if step in self._manager.all_steps():
+            return False
+        args = ocp.args.Composite(**{
+            STATE_ITEM: ocp.args.StandardSave(state),
+            META_ITEM: ocp.args.JsonSave({"step": int(step), **(metadata or {})}),
+        })
+        with _explain_write_errors(self.directory, self._manager):
+            return self._manager.save(step, args=args, force=force)
+
+    def restore(self, target_state: Any) -> tuple[Any, int] | None:
+        """The newest readable checkpoint as `(state, step)`, or None if there is none.
+
+        `target_state` fixes structure, dtypes and shardings: a concrete `TrainState` (e.g.
+        from `create_train_state`) or its `jax.eval_shape`, ideally with `sharding` set.
+        Unreadable newer steps are logged and moved to `<dir>/corrupt/`. If no step can be
+        restored, raises RuntimeError listing why (often a changed model or optimiser config).
+        """
+        self.wait()
+        self._manager.reload()
+        abstract = jax.tree.map(ocp.tree.to_shape_dtype_struct, target_state)
+        args = ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardRestore(abstract)})
+        failures: list[tuple[int, Exception]] = []
+        for step in sorted(self._manager.all_steps(), reverse=True):
+            try:
+                restored = self._manager.restore(step, args=args)[STATE_ITEM]
+                error = None
+            except Exception as e:  # Orbax/TensorStore raise ValueError, OSError or bare Exception.
+                restored, error = None, e
+            if not _agree_all(error is None):
+                error = error or RuntimeError("another process could not read this checkpoint")
+                log.warning("Checkpoint at step %d in %s is unreadable (%s); trying the previous one.",
+                            step, self.directory, _describe(error))
+                failures.append((step, error))
+                continue
+            for bad_step, _ in failures:
+                self._quarantine(bad_step)
+            return restored, step
+        if failures:
+            reasons = "; ".join(f"step {s}: {_describe(e)}" for s, e in failures)
+            raise RuntimeError(
+                f"No checkpoint in {self.directory} could be restored ({reasons}). If every step "
+                "fails the same way, the model or optimiser config probably differs from the run "
+                "that wrote them; otherwise move the directory aside to start afresh.")
+        return None
+
+    def metadata(self, step: int) -> dict[str, Any]:
+        """The JSON stored with `step` by `maybe_save`."""
+        return dict(self._manager.restore(step, args=ocp.args.Composite(
+            **{META_ITEM: ocp.args.JsonRestore()}))[META_ITEM])
+
+    def _quarantine(self, step: int) -> None:
+        # Default Orbax step naming: the step directory is just the number. `corrupt` does not
+        # parse as a step, so Orbax neither lists nor garbage-collects what is moved there.
+        source = epath.Path(self.directory) / str(step)
+        target = epath.Path(self.directory) / CORRUPT_SUBDIR / str(step)
+        if jax.process_index() == 0 and source.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.exists():
+                target = target.parent / f"{step}.{time.strftime('%Y%m%d-%H%M%S')}"
+            source.rename(target)
+            log.warning("Moved unreadable checkpoint step %d to %s for inspection; it is not deleted.",
+                        step, target)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"checkpointing_quarantine_{step}")
+        self._manager.reload()
+
+    def wait(self) -> None:
+        """Blocks until any asynchronous save has been written and renamed into place."""
+        with _explain_write_errors(self.directory, self._manager):
+            self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        with _explain_write_errors(self.directory):
+            self._manager.close()
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def _describe(error: BaseException) -> str:
+    """`Type: message` of the innermost cause: TensorStore's outer message omits the file."""
+    while (inner := error.__cause__ or error.__context__) is not None:
+        error = inner
+    text = (str(error).strip().splitlines() or [""])[0]
+    return f"{type(error).__name__}: {text[:300]}"
+
+
+def _jax_preemption_service_active() -> bool:
+    # `jax.distributed.initialize` starts the preemption sync manager unless disabled; that
+    # manager installs its own (C++) SIGTERM handler, which a Python handler would replace.
+    return jax.distributed.is_initialized() and bool(jax.config.jax_enable_preemption_service)
+
+
+class PreemptionWatcher:
+    """Context manager: SIGTERM/SIGINT set a flag; `should_stop(step)` reports it.
+
+    Handlers only record the signal (they never raise), so the loop finishes its step, saves
+    and exits cleanly. A second SIGINT raises KeyboardInterrupt, for a save that hangs.
+
+    In a `jax.distributed` job, acting on one host's local flag would leave the others
+    waiting in a collective. There SIGTERM is left to JAX's preemption notifier, SIGINT is
+    forwarded to it as SIGTERM, and `should_stop` is
+    `multihost_utils.reached_preemption_sync_point(step)`: True on every host at the same
+    step. That protocol requires calling `should_stop` once per step, with the same step
+    numbers, on every host. Previous handlers are restored on exit (a handler installed
+    from C rather than Python cannot be restored and becomes SIG_DFL).
+    """
+
+    def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)):
+        self._signals = signals
+        self._previous: dict[int, Any] = {}
+        self._use_jax_sync = False
+        self._stopped = False
+        self.signal_name: str | None = None
+
+    def __enter__(self) -> PreemptionWatcher:
+        self._use_jax_sync = _jax_preemption_service_active()
+        for sig in self._signals:
+            if sig == signal.SIGTERM and self._use_jax_sync:
+                continue
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, signal.SIG_DFL if previous is None else previous)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT and self.signal_name is not None:
+            raise KeyboardInterrupt
+        self.signal_name = signal.Signals(signum).name
+        if self._use_jax_sync:
+            os.kill(os.getpid(), signal.SIGTERM)  # Hand it to JAX's notifier, which tells every host.
+        else:
+            self._stopped = True
+
+    def should_stop(self, step: int) -> bool:
+        """Whether to save at `step` and exit. Once True, stays True."""
+        if self._use_jax_sync and not self._stopped:
+            try:
+                self._stopped = multihost_utils.reached_preemption_sync_point(step)
+            except RuntimeError:  # The sync manager was disabled after initialisation.
+                self._stopped = self.signal_name is not None
+            if self._stopped and self.signal_name is None:
+                self.signal_name = "SIGTERM"
+        return self._stopped

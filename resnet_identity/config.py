@@ -1,0 +1,193 @@
+"""The training config schema: every field, its default, and one place that validates it.
+
+Config files in `configs/` start from `default_config()` and set fields; the returned
+ConfigDict is locked, so a misspelt field fails at once with the list of real ones.
+`validate(config)` then checks values, before any dataset is read or anything compiled,
+and raises one `ConfigError` that lists every problem it found.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+
+import ml_collections
+
+from resnet_identity import models
+from resnet_identity.data import DATASET_NAMES, NORMALIZATIONS
+
+# Training examples per split, for epoch-based fields (no dataset read needed).
+TRAIN_SIZES = {"cifar10": 50_000, "cifar100": 50_000, "imagenet2012": 1_281_167, "digits": 1_437,
+               "synthetic": 1_024}
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message says which field and what to do."""
+
+
+# Types of the `create_model` overrides settable from a config or the command line
+# (`--config.model_overrides.remat=nested`); None leaves the model's default.
+MODEL_OVERRIDE_TYPES = {
+    "depth": int, "unit": str, "unit_options": dict, "shortcut": str, "stride_on": str,
+    "dtype": str, "bn_group_size": int, "bn_momentum": float, "bn_epsilon": float,
+    "zero_init_last": bool, "scan": bool, "remat": str, "unroll": int,
+}
+
+
+def default_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    # Model: a `create_model` name and its overrides (see resnet_identity/models/registry.py).
+    c.model = "cifar_preact164"
+    c.model_overrides = ml_collections.ConfigDict(
+        {k: ml_collections.FieldReference(None, field_type=t) for k, t in MODEL_OVERRIDE_TYPES.items()})
+    # Data.
+    c.dataset = "cifar10"
+    c.data_dir = ml_collections.FieldReference(None, field_type=str)
+    c.tfds_download = True
+    c.normalization = ml_collections.FieldReference(None, field_type=str)
+    c.eval_crops = ml_collections.FieldReference(None, field_type=tuple)  # ImageNet: (224, 320)
+    c.imagenet_color_jitter = 0.0
+    c.imagenet_pca_lighting = 0.0
+    c.synthetic_image_size = 32
+    c.synthetic_num_classes = 10
+    # Length and batch. num_train_steps = -1 means "num_epochs epochs".
+    c.batch_size = 128
+    c.eval_batch_size = 500
+    c.num_train_steps = 64_000
+    c.num_epochs = -1.0
+    # Optimiser: SGD with momentum (PAPERS.md "Training recipes").
+    c.learning_rate = 0.1
+    c.lr_boundaries = (32_000, 48_000)
+    c.lr_boundaries_unit = "steps"
+    c.lr_decay_factor = 0.1
+    c.warmup_steps = 400
+    c.warmup_learning_rate = 0.01
+    c.warmup = "constant"
+    c.momentum = 0.9
+    c.nesterov = False
+    c.weight_decay = 1e-4
+    c.decay_bn_and_bias = True  # the released code decays every parameter
+    c.seed = 0
+    # Logging, evaluation, checkpoints.
+    c.log_every_steps = 100
+    c.eval_every_steps = 2_000
+    c.checkpoint_every_steps = 2_000
+    c.keep_checkpoints = 3
+    c.lock()
+    return c
+
+
+def model_kwargs(config: ml_collections.ConfigDict) -> dict:
+    """The `create_model` overrides that the config sets (None fields are left out)."""
+    return {k: v for k, v in config.model_overrides.to_dict().items() if v is not None}
+
+
+def steps_per_epoch(config: ml_collections.ConfigDict) -> int:
+    return math.ceil(TRAIN_SIZES[config.dataset] / config.batch_size)
+
+
+def total_steps(config: ml_collections.ConfigDict) -> int:
+    if config.num_train_steps > 0:
+        return config.num_train_steps
+    return math.ceil(config.num_epochs * steps_per_epoch(config))
+
+
+def _suggest(name: str, choices) -> str:
+    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def check_keys(config: ml_collections.ConfigDict) -> None:
+    """Unknown top-level fields (e.g. from a hand-built ConfigDict) are an error."""
+    known = set(default_config())
+    unknown = sorted(set(config) - known)
+    if "model_overrides" in config:
+        unknown += [f"model_overrides.{k}" for k in sorted(set(config.model_overrides) - set(MODEL_OVERRIDE_TYPES))]
+    if unknown:
+        hints = "".join(_suggest(k, known) for k in unknown)
+        raise ConfigError(f"Unknown config field(s) {unknown}.{hints} Valid fields: {sorted(known)}.")
+
+
+def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1, num_processes: int = 1) -> None:
+    """Raises `ConfigError` listing every invalid value; returns None when all is well."""
+    check_keys(config)
+    errors: list[str] = []
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            errors.append(message)
+
+    for field, kind in (("batch_size", int), ("eval_batch_size", int), ("num_train_steps", int),
+                        ("log_every_steps", int), ("eval_every_steps", int),
+                        ("checkpoint_every_steps", int), ("keep_checkpoints", int),
+                        ("warmup_steps", int), ("seed", int)):
+        need(isinstance(config[field], kind) and not isinstance(config[field], bool),
+             f"{field} must be an int, got {config[field]!r}.")
+    if errors:
+        raise ConfigError("Invalid config:\n  - " + "\n  - ".join(errors))
+
+    need(config.model in models.MODELS,
+         f"model={config.model!r} is not a model.{_suggest(config.model, models.MODELS)} "
+         f"Run `python -m resnet_identity.models` for the list.")
+    if config.model in models.MODELS:
+        try:
+            models.create_model(config.model, num_classes=10, **model_kwargs(config))
+        except ValueError as e:
+            errors.append(f"model_overrides: {e}")
+    need(config.dataset in DATASET_NAMES,
+         f"dataset={config.dataset!r} is not one of {DATASET_NAMES}.{_suggest(config.dataset, DATASET_NAMES)}")
+    need(config.normalization is None or config.normalization in NORMALIZATIONS,
+         f"normalization={config.normalization!r} is not one of {NORMALIZATIONS} (or None for the dataset's default).")
+
+    batch = config.batch_size
+    need(batch > 0, f"batch_size must be positive, got {batch}.")
+    need(config.eval_batch_size > 0, "eval_batch_size must be positive.")
+    if batch > 0:
+        need(batch % num_devices == 0,
+             f"batch_size={batch} does not split evenly over {num_devices} devices; use a multiple of {num_devices}.")
+        need(config.eval_batch_size % num_devices == 0,
+             f"eval_batch_size={config.eval_batch_size} does not split evenly over {num_devices} devices.")
+        need(batch % num_processes == 0, f"batch_size={batch} does not split over {num_processes} processes.")
+        group = config.model_overrides.get("bn_group_size")
+        if group is not None and group > 0:
+            need(batch % group == 0,
+                 f"model_overrides.bn_group_size={group} does not divide batch_size={batch}.")
+            need(batch // num_devices % group == 0 or group % (batch // num_devices) == 0,
+                 f"bn_group_size={group} straddles device shards of {batch // num_devices} examples; "
+                 f"use a divisor or multiple of the per-device batch.")
+
+    need(config.num_train_steps > 0 or config.num_epochs > 0,
+         "Set num_train_steps > 0, or num_train_steps = -1 with num_epochs > 0.")
+    need(config.learning_rate > 0, f"learning_rate must be positive, got {config.learning_rate}.")
+    need(0 <= config.momentum < 1, f"momentum must be in [0, 1), got {config.momentum}.")
+    need(config.weight_decay >= 0, f"weight_decay must be >= 0, got {config.weight_decay}.")
+    need(config.lr_boundaries_unit in ("steps", "epochs"),
+         f"lr_boundaries_unit={config.lr_boundaries_unit!r} must be 'steps' or 'epochs'.")
+    need(config.warmup in ("constant", "linear"), f"warmup={config.warmup!r} must be 'constant' or 'linear'.")
+    for field in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
+        need(config[field] > 0, f"{field} must be positive, got {config[field]}.")
+
+    if not errors and config.dataset in TRAIN_SIZES:
+        end = total_steps(config)
+        per_epoch = steps_per_epoch(config)
+        bounds = [b * per_epoch if config.lr_boundaries_unit == "epochs" else b for b in config.lr_boundaries]
+        late = [b for b, s in zip(config.lr_boundaries, bounds) if s >= end]
+        need(not late, f"lr_boundaries {late} ({config.lr_boundaries_unit}) fall at or beyond the end of "
+                       f"training (step {end}); shorten them or train longer.")
+        need(list(bounds) == sorted(set(bounds)), f"lr_boundaries {tuple(config.lr_boundaries)} must increase.")
+        need(not bounds or config.warmup_steps < bounds[0],
+             f"warmup_steps={config.warmup_steps} must end before the first LR boundary ({bounds[0] if bounds else ''}).")
+    if errors:
+        raise ConfigError("Invalid config:\n  - " + "\n  - ".join(errors))
+
+
+def differing_fields(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    """Dotted names of fields whose values differ between two config dicts."""
+    diffs = []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += differing_fields(a, b, f"{prefix}{key}.")
+        elif (list(a) if isinstance(a, (list, tuple)) else a) != (list(b) if isinstance(b, (list, tuple)) else b):
+            diffs.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return diffs

@@ -1,0 +1,98 @@
+"""The interface every data source implements, and the argument checks they share.
+
+Split of work (the design the trainer relies on):
+  * the host yields numpy batches of uint8 NHWC images and int32 labels;
+  * augmentation that can run on the accelerator does, in ``train_transform``,
+    inside the jitted step, driven by a JAX key.
+
+For the in-memory sources the host stream is then a pure function of
+(seed, step), and the trainer derives the augmentation key from (seed, step)
+too, so a resumed run reproduces the uninterrupted one bit for bit.
+"""
+
+from typing import Iterator, Protocol
+
+import jax
+import numpy as np
+
+Batch = dict[str, np.ndarray]
+
+
+class Dataset(Protocol):
+    """What ``get_dataset`` returns.
+
+    Attributes:
+      name: the ``config.dataset`` value that built it.
+      num_classes: number of labels; labels lie in ``[0, num_classes)``.
+      image_size: height = width of the training inputs.
+      num_train: examples in the training split (all processes together).
+      num_test: examples in the evaluation split (all processes together).
+    """
+
+    name: str
+    num_classes: int
+    image_size: int
+    num_train: int
+    num_test: int
+
+    def train_batches(self, *, global_batch_size: int, start_step: int,
+                      seed: int, process_index: int = 0,
+                      process_count: int = 1) -> Iterator[Batch]:
+        """Infinite iterator over this process's slice of each global batch.
+
+        Yields ``{'image': uint8 [b, H, W, 3], 'label': int32 [b]}`` with
+        ``b = global_batch_size // process_count``; the first item is the batch of
+        step ``start_step``.
+        """
+        ...
+
+    def eval_batches(self, *, global_batch_size: int, process_index: int = 0,
+                     process_count: int = 1,
+                     crop: int | None = None) -> Iterator[Batch]:
+        """One pass over the whole evaluation split, each example exactly once.
+
+        Yields ``{'image', 'label', 'mask'}``; ``mask`` (bool [b]) is False on the
+        padding rows that fill the last batch. Every process yields the same
+        number of batches.
+        """
+        ...
+
+    def train_transform(self, images: jax.Array, rng: jax.Array) -> jax.Array:
+        """Training augmentation + normalisation: uint8 in, float32 out; jittable."""
+        ...
+
+    def eval_transform(self, images: jax.Array) -> jax.Array:
+        """Normalisation only: uint8 in, float32 out; jittable."""
+        ...
+
+
+def local_batch_size(global_batch_size: int, process_index: int,
+                     process_count: int) -> int:
+    """Rows of each global batch that one process yields.
+
+    Raises:
+      ValueError: on a non-positive size, a process index out of range, or a
+        global batch that does not split evenly over the processes (uneven
+        slices would make the processes disagree on the global batch shape).
+    """
+    if process_count < 1:
+        raise ValueError(f"process_count must be >= 1, got {process_count}.")
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index must be in [0, {process_count}), "
+                         f"got {process_index}.")
+    if global_batch_size < 1:
+        raise ValueError(
+            f"global_batch_size must be >= 1, got {global_batch_size}.")
+    if global_batch_size % process_count:
+        raise ValueError(
+            f"global_batch_size {global_batch_size} is not divisible by "
+            f"process_count {process_count}.")
+    return global_batch_size // process_count
+
+
+def check_stream_start(start_step: int, seed: int) -> None:
+    """Rejects a negative step or seed (NumPy seeds must be non-negative)."""
+    if start_step < 0:
+        raise ValueError(f"start_step must be >= 0, got {start_step}.")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}.")

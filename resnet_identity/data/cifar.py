@@ -1,0 +1,67 @@
+"""``cifar10`` / ``cifar100``: read once through TFDS, then served from memory.
+
+Both splits (50k train, 10k test, 32x32x3) are read with tf.data into host
+numpy arrays when the dataset is built; from then on they are served exactly
+like the embedded sources (``in_memory.py``): the order of ``order.py`` and
+the device-side pad-4 crop + flip of the CIFAR recipe (PAPERS.md, v2 "CIFAR").
+
+TensorFlow is imported only when ``load`` runs (``tfds_access.import_tfds``).
+"""
+
+import numpy as np
+
+from resnet_identity.data import in_memory
+from resnet_identity.data import normalization as normalization_lib
+from resnet_identity.data import tfds_access
+
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
+
+# Examples per tf.data batch while reading; bounds peak memory of the copy.
+_READ_CHUNK = 10_000
+
+
+def _read_split(builder, split: str) -> tuple[np.ndarray, np.ndarray]:
+    _, tfds = tfds_access.import_tfds()
+    # shuffle_files=False: the stored order, identical on every host, so the
+    # permutations of order.py select the same examples everywhere.
+    dataset = builder.as_dataset(split=split, as_supervised=True,
+                                 shuffle_files=False).batch(_READ_CHUNK)
+    images, labels = [], []
+    for image_chunk, label_chunk in tfds.as_numpy(dataset):
+        images.append(image_chunk)
+        labels.append(label_chunk)
+    return (np.concatenate(images).astype(np.uint8, copy=False),
+            np.concatenate(labels).astype(np.int32))
+
+
+def load(name: str, data_dir: str | None = None, download: bool = True,
+         normalization: str | None = None) -> in_memory.InMemoryDataset:
+    """Reads CIFAR-10 or CIFAR-100 from TFDS into memory.
+
+    Args:
+      name: 'cifar10' or 'cifar100' (fine labels).
+      data_dir: TFDS data directory; None for TFDS's default.
+      download: whether TFDS may download and prepare a missing dataset.
+      normalization: a ``normalization.CHOICES`` value; None for per-channel.
+
+    Raises:
+      DatasetNotPreparedError: the dataset is missing and cannot be downloaded.
+      ImportError: TensorFlow / TFDS are not installed.
+    """
+    if name not in NUM_CLASSES:
+        raise ValueError(f"Not a CIFAR dataset: {name!r}.")
+    builder = tfds_access.prepared_builder(name, data_dir, download)
+    train_images, train_labels = _read_split(builder, "train")
+    test_images, test_labels = _read_split(builder, "test")
+    return in_memory.InMemoryDataset(
+        name=name,
+        num_classes=NUM_CLASSES[name],
+        train_images=train_images,
+        train_labels=train_labels,
+        test_images=test_images,
+        test_labels=test_labels,
+        normalization=normalization_lib.resolve(normalization, name,
+                                                train_images),
+        crop_padding=4,
+        random_flip=True,
+    )

@@ -1,0 +1,102 @@
+"""Metrics to the console, to TensorBoard event files and to `metrics.jsonl`.
+
+clu's writers import TensorFlow at import time (`clu.metric_writers` pulls in its TF
+summary writer), which would break the rule that training on embedded or synthetic data
+needs no TensorFlow. So events are written with tensorboardX (pure Python), and every
+logged value is also appended to `metrics.jsonl`, which notebooks read without either.
+
+Resume: `metrics.jsonl` is cut back to the restored step, so no step appears twice there.
+TensorBoard files are append-only; a resumed run starts a new event file and logs a
+`resumed_from_step` scalar, and `read_metrics` keeps the newest value of each step.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import struct
+from typing import Any, Mapping
+
+from absl import logging
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class MetricLogger:
+    """Writes scalars from process 0; other processes only log to the console."""
+
+    def __init__(self, workdir: str, *, resumed_from: int, is_main: bool = True):
+        self.is_main = is_main
+        self.path = os.path.join(workdir, METRICS_FILE)
+        self._events = None
+        if not is_main:
+            return
+        _truncate_after(self.path, resumed_from)
+        from tensorboardX import SummaryWriter
+
+        self._events = SummaryWriter(logdir=workdir, flush_secs=30)
+        if resumed_from > 0:
+            self._events.add_scalar("resumed_from_step", resumed_from, resumed_from)
+
+    def write(self, step: int, prefix: str, scalars: Mapping[str, float]) -> None:
+        if not self.is_main:
+            return
+        record = {"step": step, **{f"{prefix}/{k}": float(v) for k, v in scalars.items()}}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        for k, v in scalars.items():
+            self._events.add_scalar(f"{prefix}/{k}", float(v), step)
+
+    def console(self, message: str) -> None:
+        if self.is_main:
+            print(message, flush=True)
+        else:
+            logging.info(message)
+
+    def close(self) -> None:
+        if self._events is not None:
+            self._events.close()
+
+
+def _truncate_after(path: str, step: int) -> None:
+    """Drops records past `step`: they belong to steps the resumed run will redo."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(kept)
+    os.replace(tmp, path)
+
+
+def read_metrics(workdir: str) -> dict[str, dict[int, float]]:
+    """{tag: {step: value}} from a workdir's TensorBoard event files, newest file winning."""
+    from tensorboardX.proto import event_pb2
+
+    series: dict[str, dict[int, float]] = {}
+    for path in sorted(glob.glob(os.path.join(workdir, "events.out.tfevents.*")), key=os.path.getmtime):
+        for record in _tfrecords(path):
+            event = event_pb2.Event.FromString(record)
+            for value in event.summary.value:
+                number = value.simple_value if value.HasField("simple_value") else _tensor_value(value)
+                series.setdefault(value.tag, {})[event.step] = number
+    return series
+
+
+def _tensor_value(value: Any) -> float:
+    return float(value.tensor.float_val[0]) if value.tensor.float_val else float("nan")
+
+
+def _tfrecords(path: str):
+    """Yields the payloads of a TFRecord file (length, crc, data, crc), skipping a torn tail."""
+    with open(path, "rb") as f:
+        while header := f.read(12):
+            if len(header) < 12:
+                return
+            (length,) = struct.unpack("<Q", header[:8])
+            data = f.read(length)
+            if len(data) < length or len(f.read(4)) < 4:
+                return
+            yield data

@@ -1,0 +1,99 @@
+"""The papers' training recipes as config builders, shared by the files in `configs/`.
+
+Each builder returns a locked `ConfigDict` (schema in `config.py`) holding only data; the
+presets are the only branches. PAPERS.md "Training recipes" is the source of every number.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from resnet_identity.config import default_config
+
+PRESETS = ("smoke", "released_code")
+
+
+def cifar(model: str, preset: str | None = None) -> ml_collections.ConfigDict:
+    """v2 paper's CIFAR recipe (Sec. 4 / Appendix), used for Tables 1-3.
+
+    Batch 128 with BN statistics from groups of 64 (2 GPUs x 64), SGD momentum 0.9, weight
+    decay 1e-4, LR 0.1 divided by 10 at 32k and 48k iterations, 64k iterations, LR 0.01 for
+    the first 400 iterations, pad-4 crop + flip augmentation.
+    """
+    c = default_config()
+    c.model = model
+    c.model_overrides.bn_group_size = 64
+    c.dataset = "cifar10"
+    c.batch_size = 128
+    c.num_train_steps = 64_000
+    c.learning_rate = 0.1
+    c.lr_boundaries = (32_000, 48_000)
+    c.warmup_steps = 400
+    c.warmup_learning_rate = 0.01
+    c.eval_every_steps = 4_000
+    c.checkpoint_every_steps = 2_000
+    return apply_preset(c, preset)
+
+
+def imagenet(model: str, preset: str | None = None) -> ml_collections.ConfigDict:
+    """v2 ImageNet recipe: batch 256 with BN groups of 32 (8 GPUs x 32), LR 0.1 cut at epochs
+    30 and 60, no warm-up, random-sized crop ("scale + aspect") and flip; 90 epochs as in
+    fb.resnet.torch (the paper does not state the end). Evaluated at 224 and 320 crops (Table 5).
+    """
+    c = default_config()
+    c.model = model
+    c.model_overrides.bn_group_size = 32
+    c.dataset = "imagenet2012"
+    c.batch_size = 256
+    c.eval_batch_size = 250
+    c.num_train_steps = -1
+    c.num_epochs = 90.0
+    c.lr_boundaries = (30, 60)
+    c.lr_boundaries_unit = "epochs"
+    c.warmup_steps = 0
+    c.eval_crops = (224, 320)
+    c.log_every_steps = 500
+    c.eval_every_steps = 25_000
+    c.checkpoint_every_steps = 5_000
+    return apply_preset(c, preset)
+
+
+def apply_preset(c: ml_collections.ConfigDict, preset: str | None) -> ml_collections.ConfigDict:
+    if preset in (None, ""):
+        return c
+    if preset == "smoke":
+        # A handful of steps on a tiny batch of synthetic images: checks the whole pipeline
+        # (model, step, eval, checkpoint, logs) in about a minute on a CPU, with no download.
+        c.synthetic_image_size = 64 if c.dataset == "imagenet2012" else 32
+        c.dataset = "synthetic"
+        c.eval_crops = None
+        c.batch_size = 8
+        c.eval_batch_size = 64
+        c.num_train_steps = 6
+        c.num_epochs = -1.0
+        c.lr_boundaries = (4,)
+        c.lr_boundaries_unit = "steps"
+        c.warmup_steps = 2
+        c.model_overrides.bn_group_size = 4
+        c.log_every_steps = 2
+        c.eval_every_steps = 6
+        c.checkpoint_every_steps = 3
+        return c
+    if preset == "released_code":
+        if c.dataset != "cifar10":
+            raise ValueError("The released_code preset is the released CIFAR recipe; use it with CIFAR configs.")
+        # KaimingHe/resnet-1k-layers on fb.resnet.torch: batch 64 (its 4.62% ResNet-1001 run),
+        # Nesterov, weight decay on every parameter, 200 epochs with cuts at epochs 81 and 122
+        # counted from 1 (after 80 and 121 completed epochs), per-channel normalisation.
+        c.batch_size = 64
+        c.model_overrides.bn_group_size = None
+        c.nesterov = True
+        c.decay_bn_and_bias = True
+        c.num_train_steps = -1
+        c.num_epochs = 200.0
+        c.lr_boundaries = (80, 121)
+        c.lr_boundaries_unit = "epochs"
+        c.warmup_steps = 0
+        c.normalization = "per_channel"
+        return c
+    raise ValueError(f"Unknown preset {preset!r}; choose one of {PRESETS}.")

@@ -1,0 +1,101 @@
+"""The training state and the pure step functions that update it.
+
+`train_step` is one SGD step of the papers' recipe: on-device augmentation, the forward pass
+in training mode (BN batch statistics, optionally per group), softmax cross-entropy, and the
+optax update. A non-finite loss or gradient norm leaves the state unchanged and records the
+step in `nonfinite_step`, so the host can stop with the last good state intact.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    # -1 while every step so far was finite; else the first step whose loss or gradient norm was not.
+    nonfinite_step: jax.Array
+
+
+def create_train_state(model: nn.Module, tx: optax.GradientTransformation, image_size: int,
+                       rng: jax.Array) -> TrainState:
+    """Initialises parameters (papers' init), BN statistics and the optimiser state."""
+    images = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+    variables = model.init({"params": rng, "dropout": rng}, images, train=False)
+    params = variables["params"]
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=variables.get("batch_stats", {}),
+        opt_state=tx.init(params),
+        nonfinite_step=jnp.full((), -1, jnp.int32),
+    )
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    return -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=-1)[:, 0]
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module,
+               tx: optax.GradientTransformation, schedule: Callable[[jax.Array], jax.Array],
+               transform: Callable[[jax.Array, jax.Array], jax.Array], key: jax.Array,
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One step. Randomness is `fold_in(key, step)`, so a resumed run draws the same numbers."""
+    step_key = jax.random.fold_in(key, state.step)
+    augment_key, dropout_key = jax.random.split(step_key)
+    images = transform(batch["image"], augment_key)
+    labels = batch["label"]
+
+    def loss_fn(params):
+        logits, updates = model.apply(
+            {"params": params, "batch_stats": state.batch_stats}, images, train=True,
+            mutable=["batch_stats"], rngs={"dropout": dropout_key},
+        )
+        return cross_entropy(logits, labels).mean(), (logits, updates["batch_stats"])
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    stepped = state.replace(
+        step=state.step + 1,
+        params=optax.apply_updates(state.params, updates),
+        batch_stats=batch_stats,
+        opt_state=opt_state,
+    )
+    # Keep the last good state on a non-finite step; only the step counter and the flag move.
+    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), stepped, state)
+    new_state = new_state.replace(
+        step=state.step + 1,
+        nonfinite_step=jnp.where((state.nonfinite_step < 0) & ~finite, state.step, state.nonfinite_step),
+    )
+    metrics = {
+        "loss": loss,
+        "error": jnp.mean(jnp.argmax(logits, -1) != labels),
+        "grad_norm": grad_norm,
+        "learning_rate": schedule(state.step),
+    }
+    return new_state, metrics
+
+
+def eval_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module,
+              transform: Callable[[jax.Array], jax.Array]) -> dict[str, jax.Array]:
+    """Sums of loss and errors over the real (mask=True) examples of one batch."""
+    logits = model.apply({"params": state.params, "batch_stats": state.batch_stats},
+                         transform(batch["image"]), train=False)
+    mask = batch["mask"].astype(jnp.float32)
+    return {
+        "loss_sum": jnp.sum(cross_entropy(logits, batch["label"]) * mask),
+        "error_sum": jnp.sum((jnp.argmax(logits, -1) != batch["label"]) * mask),
+        "count": jnp.sum(mask),
+    }

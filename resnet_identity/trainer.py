@@ -1,0 +1,242 @@
+"""`train_and_evaluate(config, workdir)`: the papers' recipes end to end.
+
+The loop is deliberately plain: build (validated config -> data -> model -> optimiser ->
+state), restore the newest good checkpoint if there is one, then step. Every host-side
+decision that could lose a run is made here in one place:
+
+- the data stream and every random draw are functions of (seed, step), so a resumed run
+  continues exactly where the checkpoint left it;
+- SIGTERM/SIGINT or a multi-host preemption notice saves at the current step and returns;
+- a non-finite loss or gradient norm stops with an error naming the step, before any
+  checkpoint of that state can be written;
+- `config.json`, `metrics.jsonl`, TensorBoard events and `final_metrics.json` live in the
+  workdir and survive resumption.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from resnet_identity import checkpointing, config as config_lib, models, optim, parallel
+from resnet_identity.data import get_dataset
+from resnet_identity.metric_logging import MetricLogger
+from resnet_identity.train_state import TrainState, create_train_state, eval_step, train_step
+
+
+class DivergenceError(FloatingPointError):
+    """Loss or gradient norm became NaN/Inf; the message names the step."""
+
+
+def check_workdir(workdir: str) -> None:
+    """Fails early, with what to do, if the workdir cannot be written or the disk is full."""
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, ".write_test")
+        with open(probe, "w") as f:
+            f.write("x" * 4096)
+        os.remove(probe)
+    except OSError as e:
+        raise OSError(
+            f"Cannot write to workdir {workdir!r} ({e.strerror}). Choose a writable --workdir, "
+            f"fix its permissions, or free disk space."
+        ) from e
+
+
+def check_saved_config(workdir: str, config: ml_collections.ConfigDict, allow_change: bool) -> None:
+    """Refuses to resume a workdir whose saved config differs, unless `allow_change`."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        saved = json.load(f)
+    diffs = config_lib.differing_fields(saved, json.loads(config.to_json()))
+    if diffs and not allow_change:
+        raise config_lib.ConfigError(
+            f"{path} was written by a run with a different config:\n  - " + "\n  - ".join(diffs)
+            + "\nUse a new --workdir, or pass --allow_config_change to resume with the new values."
+        )
+
+
+def build_optimizer(config: ml_collections.ConfigDict):
+    per_epoch = config_lib.steps_per_epoch(config)
+    boundaries = optim.to_steps(config.lr_boundaries, unit=config.lr_boundaries_unit, steps_per_epoch=per_epoch)
+    schedule = optim.learning_rate_schedule(
+        base_learning_rate=config.learning_rate,
+        boundaries=boundaries,
+        decay_factor=config.lr_decay_factor,
+        warmup_steps=config.warmup_steps,
+        warmup_learning_rate=config.warmup_learning_rate,
+        warmup=config.warmup,
+    )
+    tx = optim.sgd(
+        learning_rate=schedule,
+        momentum=config.momentum,
+        nesterov=config.nesterov,
+        weight_decay=config.weight_decay,
+        decay_bn_and_bias=config.decay_bn_and_bias,
+    )
+    return tx, schedule
+
+
+def evaluate(state, dataset, eval_fn, config, mesh, crop=None) -> dict[str, float]:
+    """Error and loss over the whole test split: each example once (padded, masked)."""
+    sharding = parallel.batch_sharded(mesh)
+    totals = None
+    for batch in dataset.eval_batches(global_batch_size=config.eval_batch_size,
+                                      process_index=jax.process_index(),
+                                      process_count=jax.process_count(), crop=crop):
+        sums = eval_fn(state, parallel.global_batch(batch, sharding))
+        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    totals = parallel.to_host(totals)
+    count = float(totals["count"])
+    return {"error": float(totals["error_sum"]) / count, "loss": float(totals["loss_sum"]) / count,
+            "examples": count}
+
+
+class _Progress:
+    """Images/s and ETA for the console line."""
+
+    def __init__(self, start_step: int, total: int, batch: int):
+        self.total, self.batch = total, batch
+        self.last_step, self.last_time = start_step, time.time()
+
+    def line(self, step: int) -> str:
+        now = time.time()
+        rate = (step - self.last_step) / max(now - self.last_time, 1e-9)
+        self.last_step, self.last_time = step, now
+        eta = (self.total - step) / max(rate, 1e-9)
+        return f"{rate * self.batch:,.0f} img/s, ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}"
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       allow_config_change: bool = False, return_state: bool = False) -> dict[str, Any]:
+    """Trains per `config`, resuming from `workdir`; returns the final metrics.
+
+    With `return_state`, the result also holds the final `TrainState` under "state"
+    (for notebooks and tests).
+    """
+    mesh = parallel.create_mesh()
+    config_lib.validate(config, num_devices=mesh.devices.size, num_processes=jax.process_count())
+    is_main = jax.process_index() == 0
+    check_workdir(workdir)
+    check_saved_config(workdir, config, allow_config_change)
+    dataset = get_dataset(config)  # a missing dataset fails here, before any compile
+    if is_main:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json(indent=2))
+
+    total = config_lib.total_steps(config)
+    model = models.create_model(config.model, num_classes=dataset.num_classes, **config_lib.model_kwargs(config))
+    tx, schedule = build_optimizer(config)
+    replicated = parallel.replicated(mesh)
+    key = jax.random.key(config.seed)
+    init_key, step_key = jax.random.split(key)
+
+    init = jax.jit(functools.partial(create_train_state, model, tx, dataset.image_size), out_shardings=replicated)
+    checkpointer = checkpointing.Checkpointer(
+        os.path.join(workdir, "checkpoints"), every_steps=config.checkpoint_every_steps,
+        keep=config.keep_checkpoints)
+    abstract = jax.eval_shape(init, init_key)
+    restored = checkpointer.restore(jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), abstract))
+    if restored is not None:
+        state, start_step = restored
+    else:
+        state, start_step = init(init_key), 0
+    logger = MetricLogger(workdir, resumed_from=start_step, is_main=is_main)
+    logger.console(
+        f"{config.model} on {config.dataset}: {summary_line(state)}, {mesh.devices.size} device(s), "
+        f"global batch {config.batch_size}, {total} steps"
+        + (f"; resuming at step {start_step}" if start_step else ""))
+
+    step_fn = jax.jit(
+        functools.partial(train_step, model=model, tx=tx, schedule=schedule,
+                          transform=dataset.train_transform, key=step_key),
+        donate_argnums=0, out_shardings=(replicated, replicated))
+    eval_fn = jax.jit(functools.partial(eval_step, model=model, transform=dataset.eval_transform),
+                      out_shardings=replicated)
+    crops = tuple(config.eval_crops) if config.eval_crops else (None,)
+    batch_sharding = parallel.batch_sharded(mesh)
+
+    def run_eval(step: int) -> dict[str, float]:
+        results = {}
+        for crop in crops:
+            metrics = evaluate(state, dataset, eval_fn, config, mesh, crop)
+            tag = "test" if crop is None else f"test_{crop}"
+            logger.write(step, tag, metrics)
+            logger.console(f"step {step}: {tag} error {100 * metrics['error']:.2f}%, loss {metrics['loss']:.4f} "
+                           f"({int(metrics['examples'])} examples)")
+            results[tag] = metrics
+        return results
+
+    def check_finite(step: int) -> None:
+        bad = int(parallel.to_host(state.nonfinite_step))
+        if bad >= 0:
+            last = checkpointer.latest_step()
+            raise DivergenceError(
+                f"Loss or gradient norm became NaN/Inf at step {bad}. Training stopped; the last good "
+                f"checkpoint (step {last}) in {workdir}/checkpoints is kept. Lower the learning rate, add "
+                f"warm-up, or check the data, then rerun the same command to resume from it.")
+
+    batches = dataset.train_batches(global_batch_size=config.batch_size, start_step=start_step,
+                                    seed=config.seed, process_index=jax.process_index(),
+                                    process_count=jax.process_count())
+    progress = _Progress(start_step, total, config.batch_size)
+    pending: list[dict[str, jax.Array]] = []
+    step = start_step
+    eval_results: dict[str, dict[str, float]] = {}
+    with checkpointing.PreemptionWatcher() as watcher:
+        while step < total:
+            state, metrics = step_fn(state, parallel.global_batch(next(batches), batch_sharding))
+            pending.append(metrics)
+            step += 1
+            if step % config.log_every_steps == 0 or step == total:
+                check_finite(step)
+                means = {k: float(np.mean(v)) for k, v in parallel.to_host(
+                    jax.tree.map(lambda *xs: jnp.stack(xs), *pending)).items()}
+                pending.clear()
+                logger.write(step, "train", means)
+                logger.console(f"step {step}/{total}: loss {means['loss']:.4f}, train error "
+                               f"{100 * means['error']:.2f}%, lr {means['learning_rate']:.4g}, "
+                               f"{progress.line(step)}")
+            if step % config.eval_every_steps == 0 and step != total:
+                eval_results = run_eval(step)
+            if step % config.checkpoint_every_steps == 0 or step == total:
+                check_finite(step)
+                checkpointer.maybe_save(step, state, force=True)
+            if watcher.should_stop(step) and step < total:
+                check_finite(step)
+                checkpointer.maybe_save(step, state, force=True)
+                checkpointer.wait()
+                logger.console(f"Received {watcher.signal_name or 'a preemption notice'}: saved a checkpoint "
+                               f"at step {step}. Rerun the same command to resume.")
+                logger.close()
+                checkpointer.close()
+                return {"preempted_at_step": step, "step": step, **({"state": state} if return_state else {})}
+    eval_results = run_eval(step)
+    checkpointer.wait()
+    checkpointer.close()
+    final = {"step": step, **{f"{tag}_{k}": v for tag, m in eval_results.items() for k, v in m.items()}}
+    if is_main:
+        path = os.path.join(workdir, "final_metrics.json")
+        with open(path + ".tmp", "w") as f:
+            json.dump(final, f, indent=2)
+        os.replace(path + ".tmp", path)
+    logger.console("final: " + ", ".join(
+        f"{tag} error {100 * m['error']:.2f}%" for tag, m in eval_results.items()))
+    logger.close()
+    return {**final, "state": state} if return_state else final
+
+
+def summary_line(state: TrainState) -> str:
+    count = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(state.params))
+    return f"{count:,} parameters"

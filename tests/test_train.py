@@ -1,0 +1,165 @@
+"""End-to-end training: each data source, configs and presets, sharding and processes."""
+
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from resnet_identity import config as config_lib
+from resnet_identity import trainer
+from tests.train_worker import tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKER = os.path.join(ROOT, "tests", "train_worker.py")
+CONFIGS = ["cifar_preact1001", "cifar_preact164", "cifar_resnet110", "cifar_resnet164",
+           "imagenet_preact200", "imagenet_resnet50", "quickstart"]
+
+
+def _load(name, preset=None):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(preset)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_config_validates_with_its_presets(name):
+    config = _load(name)
+    config_lib.validate(config)
+    for field in ("model", "model_overrides", "dataset", "batch_size", "num_train_steps", "learning_rate",
+                  "seed", "log_every_steps", "eval_every_steps", "checkpoint_every_steps"):
+        assert field in config
+    smoke = _load(name, "smoke")
+    config_lib.validate(smoke)
+    assert smoke.num_train_steps <= 10 and smoke.batch_size <= 8
+    assert "python train.py --config=configs/" in open(os.path.join(ROOT, "configs", f"{name}.py")).read()
+
+
+def test_cifar_recipe_is_the_papers():
+    c = _load("cifar_preact1001")
+    assert (c.batch_size, c.model_overrides.bn_group_size, c.momentum, c.weight_decay) == (128, 64, 0.9, 1e-4)
+    assert (c.learning_rate, tuple(c.lr_boundaries), c.num_train_steps) == (0.1, (32_000, 48_000), 64_000)
+    assert (c.warmup_steps, c.warmup_learning_rate, c.nesterov) == (400, 0.01, False)
+    released = _load("cifar_preact1001", "released_code")
+    assert (released.batch_size, released.nesterov, released.num_epochs) == (64, True, 200.0)
+    assert config_lib.total_steps(released) == 200 * 782
+    assert released.normalization == "per_channel"
+    imagenet = _load("imagenet_preact200")
+    assert (imagenet.batch_size, imagenet.model_overrides.bn_group_size, tuple(imagenet.eval_crops)) == (256, 32, (224, 320))
+
+
+def test_cifar100_is_one_override_away():
+    c = _load("cifar_preact164")
+    c.dataset = "cifar100"
+    config_lib.validate(c)
+
+
+def _final(workdir):
+    with open(os.path.join(workdir, "final_metrics.json")) as f:
+        return json.load(f)
+
+
+def test_digits_end_to_end(tmp_path):
+    config = tiny_config(steps=4)
+    config.eval_batch_size = 128  # 360 test examples: 3 batches, the last padded and masked
+    result = trainer.train_and_evaluate(config, str(tmp_path))
+    final = _final(tmp_path)
+    assert final["step"] == 4 and final["test_examples"] == 360
+    assert 0 <= final["test_error"] <= 1 and np.isfinite(final["test_loss"])
+    assert result["test_error"] == final["test_error"]
+    assert json.load(open(tmp_path / "config.json"))["model"] == "cifar_preact20"
+    assert any(p.startswith("events.out.tfevents") for p in os.listdir(tmp_path))
+    from resnet_identity.metric_logging import read_metrics
+
+    series = read_metrics(str(tmp_path))
+    assert sorted(series["train/loss"]) == [1, 2, 3, 4] and 3 in series["train/learning_rate"]
+
+
+def test_synthetic_end_to_end_with_smoke_preset(tmp_path):
+    config = _load("cifar_preact164", "smoke")
+    config.model_overrides.depth = 11
+    trainer.train_and_evaluate(config, str(tmp_path))
+    assert _final(tmp_path)["test_examples"] == 256
+
+
+def test_tfds_cifar10_end_to_end_with_mock_data(tmp_path):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    config = _load("cifar_resnet110", "smoke")
+    config.dataset = "cifar10"
+    config.model_overrides.depth = 8
+    config.eval_batch_size = 24
+    with tfds.testing.mock_data(num_examples=40):
+        trainer.train_and_evaluate(config, str(tmp_path))
+    assert _final(tmp_path)["test_examples"] == 40
+
+
+def test_bad_config_fails_before_compiling(tmp_path):
+    config = tiny_config(steps=3)
+    config.batch_size = 15
+    with pytest.raises(config_lib.ConfigError, match="bn_group_size=2 does not divide batch_size=15"):
+        trainer.train_and_evaluate(config, str(tmp_path))
+    assert not os.path.exists(tmp_path / "config.json")
+
+
+# ------------------------------------------------------------------ devices and processes
+
+
+def _run_worker(workdir, out, *extra, env=None, timeout=600):
+    cmd = [sys.executable, WORKER, str(workdir), str(out), *extra]
+    full_env = {**os.environ, "PYTHONPATH": ROOT, **(env or {})}
+    return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def _load_npz(path):
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}
+
+
+@pytest.mark.slow
+def test_eight_devices_match_one_device(tmp_path):
+    """Same global batch and BN groups of 2: sharding over 8 devices changes nothing but rounding."""
+    one = _run_worker(tmp_path / "one", tmp_path / "one.npz")
+    eight = _run_worker(tmp_path / "eight", tmp_path / "eight.npz",
+                        env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert eight.returncode == 0, eight.stderr[-3000:]
+    assert "8 device(s)" in eight.stdout and "1 device(s)" in one.stdout
+    a, b = _load_npz(tmp_path / "one.npz"), _load_npz(tmp_path / "eight.npz")
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_allclose(a[key], b[key], rtol=2e-4, atol=2e-5, err_msg=key)
+    loss = lambda out: [json.loads(l)["train/loss"] for l in open(out / "metrics.jsonl") if "train/loss" in l]
+    np.testing.assert_allclose(loss(tmp_path / "one"), loss(tmp_path / "eight"), rtol=1e-5)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_agree(tmp_path):
+    """Two local processes joined by jax.distributed train three steps on one global batch."""
+    port = str(_free_port())
+    procs = []
+    for pid in range(2):
+        cmd = [sys.executable, WORKER, str(tmp_path / "multi"), str(tmp_path / f"p{pid}.npz"),
+               "--process_id", str(pid), "--num_processes", "2", "--port", port]
+        procs.append(subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": ROOT},
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = [p.communicate(timeout=600) for p in procs]
+    for p, (out, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-3000:]
+    assert "2 device(s)" in outputs[0][0]
+    single = _run_worker(tmp_path / "single", tmp_path / "single.npz")
+    assert single.returncode == 0, single.stderr[-3000:]
+    p0, p1, ref = (_load_npz(tmp_path / f) for f in ("p0.npz", "p1.npz", "single.npz"))
+    for key in p0:
+        np.testing.assert_array_equal(p0[key], p1[key], err_msg=key)  # replicated: bitwise equal
+        np.testing.assert_allclose(p0[key], ref[key], rtol=2e-4, atol=2e-5, err_msg=key)
