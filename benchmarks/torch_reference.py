@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
+from typing import Callable
 
 import torch
 from torch import nn
@@ -71,24 +73,19 @@ class PreActResNet(nn.Module):
         return self.fc(x)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--channels_last", action="store_true")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+def build(batch: int = 32, threads: int = 2, channels_last: bool = False) -> Callable[[], float]:
+    """The model, optimiser and a fixed batch; returns a function running one timed step."""
+    torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = PreActResNet()
     parameters = sum(p.numel() for p in model.parameters())
     if parameters != PREACT164_PARAMETERS:
         raise AssertionError(f"torch pre-act ResNet-164 has {parameters:,} parameters, not {PREACT164_PARAMETERS:,}")
-    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-    images = torch.randn(args.batch, 3, 32, 32).to(memory_format=memory_format)
-    labels = torch.randint(0, 10, (args.batch,))
+    images = torch.randn(batch, 3, 32, 32).to(memory_format=memory_format)
+    labels = torch.randint(0, 10, (batch,))
 
     def step() -> float:
         start = time.perf_counter()
@@ -98,19 +95,26 @@ def main(argv: list[str] | None = None) -> dict:
         optimizer.step()
         return time.perf_counter() - start
 
+    return step
+
+
+def label(batch: int, threads: int, channels_last: bool) -> dict:
+    return {"framework": f"torch {torch.__version__}", "model": "preact164", "parameters": PREACT164_PARAMETERS,
+            "batch": batch, "threads": threads, "memory_format": "channels_last" if channels_last else "contiguous"}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--channels_last", action="store_true")
+    args = parser.parse_args(argv)
+    step = build(args.batch, args.threads, args.channels_last)
     step()  # warm-up: allocator and oneDNN primitive caches
-    times = [step() for _ in range(args.steps)]
-    ms = 1000 * statistics.median(times)
-    result = {
-        "framework": f"torch {torch.__version__}",
-        "model": "preact164",
-        "parameters": parameters,
-        "batch": args.batch,
-        "threads": args.threads,
-        "memory_format": "channels_last" if args.channels_last else "contiguous",
-        "step_ms": round(ms, 1),
-        "images_per_s": round(args.batch / ms * 1000, 1),
-    }
+    ms = 1000 * statistics.median(step() for _ in range(args.steps))
+    result = {**label(args.batch, args.threads, args.channels_last), "step_ms": round(ms, 1),
+              "images_per_s": round(args.batch / ms * 1000, 1), "loadavg_1m_5m": list(os.getloadavg()[:2])}
     print(json.dumps(result))
     return result
 

@@ -13,6 +13,7 @@ Why a checkpoint is never half-taken, as Orbax 0.12.8 does it on local and NFS d
 - `cleanup_tmp_directories=True` deletes such leftovers when the next run starts;
 - old steps are deleted only after the newer save has been renamed into place, so a
   failed or killed save never costs a good checkpoint.
+An unwritable, read-only or full workdir raises `CheckpointWriteError` saying what to do.
 
 What Orbax does not do is notice a finalised checkpoint whose files were later damaged (a
 truncated or deleted file); it then fails inside `restore`. `Checkpointer.restore` tries the
@@ -33,6 +34,7 @@ import errno
 import logging
 import os
 import signal
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -131,6 +133,7 @@ class Checkpointer:
                 raise NotADirectoryError(errno.ENOTDIR, "Not a directory", self.directory)
             self._manager = ocp.CheckpointManager(
                 self.directory, options=options, item_names=(STATE_ITEM, META_ITEM))
+            self._check_writable()
 
     def latest_step(self) -> int | None:
         """The newest finalised step (including one whose async write is still running)."""
@@ -147,14 +150,21 @@ class Checkpointer:
         step: once on schedule, once on preemption). `metadata` must be JSON-serialisable;
         it is stored next to the state with the step.
         """
-        if step in self._manager.all_steps():
+        if step in self._manager.all_steps() or not (force or self._manager.should_save(step)):
             return False
         args = ocp.args.Composite(**{
             STATE_ITEM: ocp.args.StandardSave(state),
             META_ITEM: ocp.args.JsonSave({"step": int(step), **(metadata or {})}),
         })
         with _explain_write_errors(self.directory, self._manager):
-            return self._manager.save(step, args=args, force=force)
+            self._check_writable()
+            return self._manager.save(step, args=args, force=True)
+
+    def _check_writable(self) -> None:
+        # Fail fast: when an async save cannot create its step directory, Orbax 0.12.8 raises
+        # but leaves threads waiting ~5 minutes for that directory before the process can exit.
+        if "://" not in self.directory:
+            os.rmdir(tempfile.mkdtemp(prefix=".write-probe-", dir=self.directory))
 
     def restore(self, target_state: Any) -> tuple[Any, int] | None:
         """The newest readable checkpoint as `(state, step)`, or None if there is none.
@@ -248,6 +258,7 @@ class PreemptionWatcher:
 
     Handlers only record the signal (they never raise), so the loop finishes its step, saves
     and exits cleanly. A second SIGINT raises KeyboardInterrupt, for a save that hangs.
+    Enter it from the main thread: Python installs and runs signal handlers only there.
 
     In a `jax.distributed` job, acting on one host's local flag would leave the others
     waiting in a collective. There SIGTERM is left to JAX's preemption notifier, SIGINT is

@@ -23,7 +23,8 @@ class TrainState:
     params: Any
     batch_stats: Any
     opt_state: Any
-    # -1 while every step so far was finite; else the first step whose loss or gradient norm was not.
+    # -1 while every step so far was finite; else the first step (counted from 1, as the logs
+    # count) whose loss or gradient norm was not.
     nonfinite_step: jax.Array
 
 
@@ -77,7 +78,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
     new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), stepped, state)
     new_state = new_state.replace(
         step=state.step + 1,
-        nonfinite_step=jnp.where((state.nonfinite_step < 0) & ~finite, state.step, state.nonfinite_step),
+        nonfinite_step=jnp.where((state.nonfinite_step < 0) & ~finite, state.step + 1, state.nonfinite_step),
     )
     metrics = {
         "loss": loss,

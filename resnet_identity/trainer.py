@@ -194,46 +194,47 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     pending: list[dict[str, jax.Array]] = []
     step = start_step
     eval_results: dict[str, dict[str, float]] = {}
-    with checkpointing.PreemptionWatcher() as watcher:
-        while step < total:
-            state, metrics = step_fn(state, parallel.global_batch(next(batches), batch_sharding))
-            pending.append(metrics)
-            step += 1
-            if step % config.log_every_steps == 0 or step == total:
-                check_finite(step)
-                means = {k: float(np.mean(v)) for k, v in parallel.to_host(
-                    jax.tree.map(lambda *xs: jnp.stack(xs), *pending)).items()}
-                pending.clear()
-                logger.write(step, "train", means)
-                logger.console(f"step {step}/{total}: loss {means['loss']:.4f}, train error "
-                               f"{100 * means['error']:.2f}%, lr {means['learning_rate']:.4g}, "
-                               f"{progress.line(step)}")
-            if step % config.eval_every_steps == 0 and step != total:
-                eval_results = run_eval(step)
-            if step % config.checkpoint_every_steps == 0 or step == total:
-                check_finite(step)
-                checkpointer.maybe_save(step, state, force=True)
-            if watcher.should_stop(step) and step < total:
-                check_finite(step)
-                checkpointer.maybe_save(step, state, force=True)
-                checkpointer.wait()
-                logger.console(f"Received {watcher.signal_name or 'a preemption notice'}: saved a checkpoint "
-                               f"at step {step}. Rerun the same command to resume.")
-                logger.close()
-                checkpointer.close()
-                return {"preempted_at_step": step, "step": step, **({"state": state} if return_state else {})}
-    eval_results = run_eval(step)
-    checkpointer.wait()
-    checkpointer.close()
+    # Whatever ends the loop (finish, preemption, divergence, a crash), a save in flight
+    # is completed before returning, so the newest good checkpoint is never lost.
+    try:
+        with checkpointing.PreemptionWatcher() as watcher:
+            while step < total:
+                state, metrics = step_fn(state, parallel.global_batch(next(batches), batch_sharding))
+                pending.append(metrics)
+                step += 1
+                if step % config.log_every_steps == 0 or step == total:
+                    check_finite(step)
+                    means = {k: float(np.mean(v)) for k, v in parallel.to_host(
+                        jax.tree.map(lambda *xs: jnp.stack(xs), *pending)).items()}
+                    pending.clear()
+                    logger.write(step, "train", means)
+                    logger.console(f"step {step}/{total}: loss {means['loss']:.4f}, train error "
+                                   f"{100 * means['error']:.2f}%, lr {means['learning_rate']:.4g}, "
+                                   f"{progress.line(step)}")
+                if step % config.eval_every_steps == 0 and step != total:
+                    eval_results = run_eval(step)
+                if step % config.checkpoint_every_steps == 0 or step == total:
+                    check_finite(step)
+                    checkpointer.maybe_save(step, state, force=True)
+                if step < total and watcher.should_stop(step):
+                    check_finite(step)
+                    checkpointer.maybe_save(step, state, force=True)
+                    logger.console(f"Received {watcher.signal_name or 'a preemption notice'}: saved a checkpoint "
+                                   f"at step {step}. Rerun the same command to resume.")
+                    return {"preempted_at_step": step, "step": step, **({"state": state} if return_state else {})}
+        eval_results = run_eval(step)
+    finally:
+        checkpointer.wait()
+        checkpointer.close()
+        logger.close()
     final = {"step": step, **{f"{tag}_{k}": v for tag, m in eval_results.items() for k, v in m.items()}}
     if is_main:
         path = os.path.join(workdir, "final_metrics.json")
         with open(path + ".tmp", "w") as f:
             json.dump(final, f, indent=2)
         os.replace(path + ".tmp", path)
-    logger.console("final: " + ", ".join(
-        f"{tag} error {100 * m['error']:.2f}%" for tag, m in eval_results.items()))
-    logger.close()
+    print("final: " + ", ".join(f"{tag} error {100 * m['error']:.2f}%" for tag, m in eval_results.items()),
+          flush=True)
     return {**final, "state": state} if return_state else final
 
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from resnet_identity import models, trainer
 from resnet_identity.data import get_dataset
-from resnet_identity.models import PreActivation, ResidualUnit, ResNet, stacked_to_unrolled
+from resnet_identity.models import PostActivation, PreActivation, ResidualUnit, ResNet, stacked_to_unrolled
 from resnet_identity.train_state import create_train_state, cross_entropy, train_step
 
 
@@ -83,37 +83,53 @@ def unrolled(model: ResNet, variables: Any) -> tuple[ResNet, Any]:
     return model.clone(scan=False, remat=False), stacked_to_unrolled(variables)
 
 
-def unit_norms(model: ResNet, variables: Any, images: jax.Array, labels: jax.Array,
-               *, jit: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def unit_norms(model: ResNet, variables: Any, images: jax.Array, labels: jax.Array, *,
+               shortcut_only: bool = False, jit: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(forward RMS of x_l, ||dE/dx_l||) for every residual unit l, in network order.
 
     `images` is an NHWC batch of at least 2 (BatchNorm statistics), `labels` its classes.
-    `jit=False` runs op by op, which for a very deep unrolled net (ResNet-1001) is quicker
-    than compiling it once.
+    `shortcut_only=True` detaches every residual branch's input (the gradient reaches x_l
+    through shortcuts alone): the first term of v2 Eq. 5, dE/dx_L, or of Eq. 9,
+    (prod lambda_i) dE/dx_L. It needs units that expose their split into shortcut and
+    branch (`PreActivation.split`, `PostActivation.combine`). Norms are taken in float64,
+    so an activation that grew past float32's square root still has a finite norm.
+    `jit=True` compiles the pass; op by op (the default) is quicker for one deep unrolled net.
     """
     model, variables = unrolled(model, variables)
 
     def loss_and_inputs(perturbations):
-        inputs = []
+        inputs, detached = [], []
 
-        def add_perturbation(next_fun, args, kwargs, context):
-            if context.method_name != "__call__" or not isinstance(context.module, ResidualUnit):
+        def intercept(next_fun, args, kwargs, context):
+            module, method = context.module, context.method_name
+            if shortcut_only and method == "split" and isinstance(module, PreActivation):
+                shortcut_in, branch_in = next_fun(*args, **kwargs)
+                detached.append(module.name)
+                return shortcut_in, jax.lax.stop_gradient(branch_in)
+            if shortcut_only and method == "combine" and isinstance(module, PostActivation):
+                x, shortcut, branch = args
+                detached.append(module.name)
+                return next_fun(jax.lax.stop_gradient(x), shortcut, jax.lax.stop_gradient(branch))
+            if method != "__call__" or not isinstance(module, ResidualUnit):
                 return next_fun(*args, **kwargs)
             x = args[0] if perturbations is None else args[0] + perturbations[len(inputs)]
             inputs.append(x)
             return next_fun(x, *args[1:], **kwargs)
 
-        with nn.intercept_methods(add_perturbation):
+        with nn.intercept_methods(intercept):
             logits, _ = model.apply(variables, images, train=True, mutable=["batch_stats"],
                                     rngs={"dropout": jax.random.key(0)})
+        if shortcut_only and len(detached) != len(inputs):
+            raise ValueError(f"{model.unit.__name__} does not expose its shortcut/branch split "
+                             "(PreActivation.split or PostActivation.combine); shortcut_only needs one.")
         return cross_entropy(logits, labels).mean(), inputs
 
     shapes = jax.eval_shape(lambda: loss_and_inputs(None)[1])
     zeros = [jnp.zeros(s.shape, s.dtype) for s in shapes]
     grad_fn = jax.value_and_grad(loss_and_inputs, has_aux=True)
     (_, inputs), grads = (jax.jit(grad_fn) if jit else grad_fn)(zeros)
-    forward = np.array([float(jnp.sqrt(jnp.mean(jnp.square(x)))) for x in inputs])
-    backward = np.array([float(jnp.linalg.norm(g)) for g in grads])
+    forward = np.array([np.sqrt(np.mean(np.square(np.asarray(x, np.float64)))) for x in inputs])
+    backward = np.array([np.linalg.norm(np.asarray(g, np.float64)) for g in grads])
     return forward, backward
 
 

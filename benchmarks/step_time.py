@@ -1,0 +1,217 @@
+"""Times what training runs: parameter init, compiling the train step, and the steady step.
+
+    python -m benchmarks.step_time --model=cifar_preact1001 --batch=32 [--dtype=bfloat16]
+        [--remat[=SCHEME]] [--unrolled] [--steps=N] [--depth=D] [--xla=PRESET]
+
+prints ONE JSON line: init seconds (jitted `create_train_state`, as `trainer.py` runs it),
+compile seconds (lowering + XLA compile of `train_step`), the median steady step over N
+timed steps, images/s, XLA's temporary-buffer bytes (`memory_analysis()`), and MFU where
+the device's peak is known, with training FLOPs = 6 x forward multiply-adds
+(PAPERS.md "Compute"). The step is the real `train_state.train_step` with `optim.sgd`
+(momentum 0.9, weight decay 1e-4) on in-process synthetic data (no TensorFlow/TFDS).
+The 1- and 5-minute load averages are printed too: on a shared machine they say how
+much the figures can be trusted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import os
+import statistics
+import time
+from typing import Any, Callable
+
+# XLA reads its flags once, when the backend starts: set them before anything touches it.
+from resnet_identity import xla_config
+
+# Dense peak FLOP/s per device (vendor figures), by substrings of `device_kind`. float32
+# on NVIDIA counts TF32 tensor cores, which JAX's default matmul precision uses there.
+PEAK_FLOPS = {
+    ("H200", "H100"): {"bfloat16": 989e12, "float32": 495e12},
+    ("A100",): {"bfloat16": 312e12, "float32": 156e12},
+    ("L4",): {"bfloat16": 121e12, "float32": 60e12},
+    ("TPU v4",): {"bfloat16": 275e12},
+    ("TPU v5 lite", "TPU v5e"): {"bfloat16": 197e12},
+    ("TPU v5p", "TPU v5"): {"bfloat16": 459e12},
+    ("TPU v6 lite", "TPU v6e"): {"bfloat16": 918e12},
+}
+
+
+def peak_flops(device_kind: str, dtype: str) -> float | None:
+    """The device's dense peak for `dtype`, or None where it is not in `PEAK_FLOPS` (CPUs)."""
+    for kinds, peaks in PEAK_FLOPS.items():
+        if any(kind in device_kind for kind in kinds):
+            return peaks.get(dtype)
+    return None
+
+
+@dataclasses.dataclass
+class Bench:
+    """One compiled training configuration, ready to step."""
+
+    label: dict[str, Any]
+    state: Any
+    step: Callable
+    batches: list[dict[str, Any]]
+    init_s: float
+    lower_s: float
+    compile_s: float
+    temp_bytes: int | None
+    flops_per_step: float
+    timings: list[float] = dataclasses.field(default_factory=list)
+    _next: int = 0
+
+    def run(self, steps: int) -> None:
+        """Runs `steps` steps, appending each one's wall time (to results on device)."""
+        for _ in range(steps):
+            batch = self.batches[self._next % len(self.batches)]
+            self._next += 1
+            start = time.perf_counter()
+            self.state, metrics = self.step(self.state, batch)
+            _block(self.state, metrics)
+            self.timings.append(time.perf_counter() - start)
+
+    def result(self) -> dict[str, Any]:
+        import jax
+
+        device = jax.devices()[0]
+        step_s = statistics.median(self.timings) if self.timings else None
+        peak = peak_flops(device.device_kind, self.label["dtype"])
+        batch = self.label["batch"]
+        return {
+            **self.label,
+            "init_s": round(self.init_s, 2),
+            "compile_s": round(self.lower_s + self.compile_s, 2),
+            "lower_s": round(self.lower_s, 2),
+            "xla_compile_s": round(self.compile_s, 2),
+            "ready_s": round(self.init_s + self.lower_s + self.compile_s, 2),
+            "step_ms": round(1000 * step_s, 1) if step_s else None,
+            "timed_steps": len(self.timings),
+            "images_per_s": round(batch / step_s, 1) if step_s else None,
+            "temp_bytes": self.temp_bytes,
+            "temp_gib": round(self.temp_bytes / 2**30, 3) if self.temp_bytes is not None else None,
+            "train_gflop_per_step": round(self.flops_per_step / 1e9, 2),
+            "mfu": round(self.flops_per_step / step_s / peak, 4) if (peak and step_s) else None,
+            "peak_tflops": peak / 1e12 if peak else None,
+            "device": f"{device.platform}:{device.device_kind}",
+            "devices": jax.device_count(),
+            "cpu_count": os.cpu_count(),
+            "jax": jax.__version__,
+            "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "loadavg_1m_5m": [round(x, 2) for x in os.getloadavg()[:2]],
+        }
+
+
+def _block(*trees: Any) -> None:
+    import jax
+
+    jax.block_until_ready(trees)
+
+
+def model_overrides(*, unrolled: bool = False, remat: bool | str = False, dtype: str = "float32",
+                    depth: int | None = None, unroll: int | None = None) -> dict[str, Any]:
+    overrides: dict[str, Any] = {"scan": not unrolled, "remat": remat, "dtype": dtype}
+    if depth is not None:
+        overrides["depth"] = depth
+    if unroll is not None:
+        overrides["unroll"] = unroll
+    return overrides
+
+
+def build(model_name: str, batch: int, *, compile_only: bool = False, num_classes: int = 10,
+          seed: int = 0, **overrides: Any) -> Bench:
+    """Initialises, lowers and compiles one configuration; `compile_only` skips init and data.
+
+    `compile_only` compiles against `jax.eval_shape` of the state, which is all that
+    `memory_analysis()` needs: ResNet-1001 at batch 128 is sized without running it.
+    """
+    import jax
+    import ml_collections
+
+    from resnet_identity import models, optim
+    from resnet_identity.data import get_dataset
+    from resnet_identity.models import summary
+    from resnet_identity.models.stack import resolve_remat
+    from resnet_identity.train_state import create_train_state, train_step
+
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    model = models.create_model(model_name, num_classes=num_classes, **overrides)
+    size = models.input_size(model_name)
+    dataset = get_dataset(ml_collections.ConfigDict(
+        {"dataset": "synthetic", "synthetic_image_size": size, "synthetic_num_classes": num_classes}))
+    schedule = optim.learning_rate_schedule(base_learning_rate=0.1, boundaries=(32_000, 48_000))
+    tx = optim.sgd(learning_rate=schedule, momentum=0.9, weight_decay=1e-4)
+    init_key, step_key = jax.random.split(jax.random.key(seed))
+    init = jax.jit(functools.partial(create_train_state, model, tx, size))
+    step = jax.jit(functools.partial(train_step, model=model, tx=tx, schedule=schedule,
+                                     transform=dataset.train_transform, key=step_key), donate_argnums=0)
+    host_batches = dataset.train_batches(global_batch_size=batch, start_step=0, seed=seed)
+    batches = [next(host_batches) for _ in range(2)]
+
+    init_s = 0.0
+    if compile_only:
+        state = jax.eval_shape(init, init_key)
+        batches = [jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), batches[0])]
+    else:
+        start = time.perf_counter()
+        state = init(init_key)
+        _block(state)
+        init_s = time.perf_counter() - start
+        batches = [jax.device_put(b) for b in batches]
+
+    start = time.perf_counter()
+    lowered = step.lower(state, batches[0])
+    lower_s = time.perf_counter() - start
+    start = time.perf_counter()
+    compiled = lowered.compile()
+    compile_s = time.perf_counter() - start
+    memory = compiled.memory_analysis()
+    flops = 6 * summary.forward_macs(model, size) * batch
+    label = {"model": model_name, "batch": batch, "dtype": "float32", "scan": True, **overrides}
+    label["remat"] = resolve_remat(overrides.get("remat", False))
+    return Bench(label, state, compiled, batches, init_s, lower_s, compile_s,
+                 memory.temp_size_in_bytes if memory is not None else None, flops)
+
+
+def measure(model_name: str, batch: int, *, steps: int = 5, warmup: int = 1, **overrides: Any) -> dict[str, Any]:
+    """`build`, then `warmup` untimed and `steps` timed steps; the result as a dict."""
+    bench = build(model_name, batch, **overrides)
+    bench.run(warmup)
+    bench.timings.clear()
+    bench.run(steps)
+    return bench.result()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="cifar_preact164")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--remat", nargs="?", const=True, default=False,
+                        help="rematerialise; a bare --remat is remat=True, or name a scheme (unit, block, nested)")
+    parser.add_argument("--unrolled", action="store_true", help="scan=False: one module per unit")
+    parser.add_argument("--depth", type=int, default=None, help="override the depth (tiny models for tests)")
+    parser.add_argument("--unroll", type=int, default=None, help="scan unroll factor")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps (the median is reported)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps after the first call")
+    parser.add_argument("--xla", default=xla_config.DEFAULT_PRESET, choices=tuple(xla_config.PRESETS),
+                        help="XLA flag preset from resnet_identity/xla_config.py")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    xla_config.configure(args.xla)
+    result = measure(args.model, args.batch, steps=args.steps, warmup=args.warmup,
+                     **model_overrides(unrolled=args.unrolled, remat=args.remat, dtype=args.dtype,
+                                       depth=args.depth, unroll=args.unroll))
+    result["xla_preset"] = args.xla
+    print(json.dumps(result), flush=True)
+    return result
+
+
+if __name__ == "__main__":
+    main()

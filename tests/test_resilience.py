@@ -1,0 +1,228 @@
+"""Never lose a run: kills, preemption, corrupt checkpoints, divergence and bad input."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from resnet_identity import config as config_lib
+from resnet_identity import trainer
+from resnet_identity.data import DatasetNotPreparedError
+from tests.train_worker import tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKER = os.path.join(ROOT, "tests", "train_worker.py")
+
+
+def _worker_cmd(workdir, out, steps, *overrides):
+    cmd = [sys.executable, WORKER, str(workdir), str(out), "--steps", str(steps)]
+    for o in overrides:
+        cmd += ["--override", o]
+    return cmd
+
+
+def _env():
+    return {**os.environ, "PYTHONPATH": ROOT, "PYTHONUNBUFFERED": "1"}
+
+
+def _npz(path):
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}
+
+
+def _run_until_killed(cmd, kill_after_step, sig):
+    """Starts `cmd`, waits until it logs `step kill_after_step/`, then sends `sig`."""
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith(f"step {kill_after_step}/"):
+            proc.send_signal(sig)
+            break
+    rest, _ = proc.communicate(timeout=300)
+    return proc.returncode, "".join(lines) + rest
+
+
+@pytest.mark.slow
+def test_sigkill_three_times_then_resume_is_bitwise_identical(tmp_path):
+    steps = 12
+    every = ("checkpoint_every_steps=2",)
+    reference = subprocess.run(_worker_cmd(tmp_path / "ref", tmp_path / "ref.npz", steps, *every),
+                               env=_env(), capture_output=True, text=True, timeout=600)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    rng = random.Random(0)
+    cmd = _worker_cmd(tmp_path / "killed", tmp_path / "killed.npz", steps, *every)
+    kill_steps = sorted(rng.sample(range(2, steps), 3))
+    for kill_at in kill_steps:
+        code, output = _run_until_killed(cmd, kill_at, signal.SIGKILL)
+        assert code == -signal.SIGKILL, output[-2000:]
+    final = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+    assert final.returncode == 0, final.stderr[-3000:]
+    assert "resuming at step" in final.stdout
+    a, b = _npz(tmp_path / "ref.npz"), _npz(tmp_path / "killed.npz")
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    # The metrics record has each step exactly once.
+    steps_logged = [json.loads(l)["step"] for l in open(tmp_path / "killed" / "metrics.jsonl") if "train/loss" in l]
+    assert steps_logged == list(range(1, steps + 1))
+
+
+@pytest.mark.slow
+def test_sigterm_saves_at_current_step_and_exits_cleanly(tmp_path):
+    cmd = _worker_cmd(tmp_path / "run", tmp_path / "out.npz", 400, "checkpoint_every_steps=1000")
+    code, output = _run_until_killed(cmd, 3, signal.SIGTERM)
+    assert code == 0, output[-3000:]
+    assert "saved a checkpoint at step" in output and "Rerun the same command to resume" in output
+    saved = int(output.split("saved a checkpoint at step ")[1].split(".")[0])
+    assert saved >= 3
+    assert str(saved) in os.listdir(tmp_path / "run" / "checkpoints")
+
+
+class _PoisonedFromStep:
+    """A dataset whose batches from `step` on (1-based) are all-255 images that normalise to NaN."""
+
+    def __init__(self, dataset, step):
+        self._dataset, self._step = dataset, step
+
+    def __getattr__(self, name):
+        return getattr(self._dataset, name)
+
+    def train_batches(self, *, start_step, **kwargs):
+        for index, batch in enumerate(self._dataset.train_batches(start_step=start_step, **kwargs), start_step + 1):
+            yield {**batch, "image": np.full_like(batch["image"], 255)} if index >= self._step else batch
+
+    def train_transform(self, images, rng):
+        return jnp.where(jnp.all(images == 255), jnp.nan, self._dataset.train_transform(images, rng))
+
+
+def test_nan_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    real = trainer.get_dataset
+    monkeypatch.setattr(trainer, "get_dataset", lambda config: _PoisonedFromStep(real(config), step=3))
+    config = tiny_config(steps=6)
+    config.checkpoint_every_steps = 2
+    with pytest.raises(trainer.DivergenceError, match=r"NaN/Inf at step 3\..*last good checkpoint \(step 2\)"):
+        trainer.train_and_evaluate(config, str(tmp_path))
+    steps = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())
+    assert steps == [2]
+    monkeypatch.undo()
+    resumed = trainer.train_and_evaluate(config, str(tmp_path))  # the kept checkpoint resumes
+    assert resumed["step"] == 6
+
+
+def test_truncated_checkpoint_falls_back_with_a_warning(tmp_path, caplog):
+    config = tiny_config(steps=4)
+    config.checkpoint_every_steps = 2
+    trainer.train_and_evaluate(config, str(tmp_path))
+    step4 = tmp_path / "checkpoints" / "4"
+    biggest = max((p for p in step4.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    with open(biggest, "r+b") as f:
+        f.truncate(biggest.stat().st_size // 2)
+    config.num_train_steps = 5
+    result = trainer.train_and_evaluate(config, str(tmp_path), allow_config_change=True)
+    assert result["step"] == 5
+    assert "step 4" in caplog.text and "unreadable" in caplog.text
+    assert (tmp_path / "checkpoints" / "corrupt" / "4").exists()  # kept for inspection
+
+
+def test_final_metrics_and_logs_survive_a_resume(tmp_path):
+    config = tiny_config(steps=3)
+    trainer.train_and_evaluate(config, str(tmp_path))
+    first = json.load(open(tmp_path / "final_metrics.json"))
+    config.num_train_steps = 4
+    config.lr_boundaries = (3,)
+    trainer.train_and_evaluate(config, str(tmp_path), allow_config_change=True)
+    second = json.load(open(tmp_path / "final_metrics.json"))
+    assert first["step"] == 3 and second["step"] == 4
+    logged = [json.loads(l)["step"] for l in open(tmp_path / "metrics.jsonl") if "train/loss" in l]
+    assert logged == [1, 2, 3, 4]
+
+
+# ------------------------------------------------------------------ bad config, one per class
+
+
+def _config(**fields):
+    config = tiny_config(steps=4)
+    for key, value in fields.items():
+        target = config
+        *parents, leaf = key.split("__")
+        for p in parents:
+            target = target[p]
+        target[leaf] = value
+    return config
+
+
+def test_unknown_key_is_refused():
+    config = tiny_config(steps=4)
+    with pytest.raises(AttributeError, match="learning_rat"):
+        config.learning_rat = 0.1  # the schema is locked: a typo fails at once
+    import ml_collections
+
+    loose = ml_collections.ConfigDict(tiny_config(steps=4).to_dict(), type_safe=False)
+    loose.learning_rat = 0.1
+    with pytest.raises(config_lib.ConfigError, match="Did you mean 'learning_rate'"):
+        config_lib.validate(loose)
+
+
+def test_wrong_type_is_refused():
+    config = tiny_config(steps=4)
+    with pytest.raises(TypeError):
+        config.batch_size = "sixteen"
+    import ml_collections
+
+    loose = ml_collections.ConfigDict(tiny_config(steps=4).to_dict(), type_safe=False)
+    loose.batch_size = 16.0
+    with pytest.raises(config_lib.ConfigError, match="batch_size must be an int"):
+        config_lib.validate(loose)
+
+
+@pytest.mark.parametrize(
+    "fields,message",
+    [
+        ({"batch_size": 18}, "does not split evenly over 4 devices"),
+        ({"model_overrides__bn_group_size": 3}, "bn_group_size=3 does not divide batch_size=16"),
+        ({"model_overrides__depth": 21}, "6n\\+2"),
+        ({"model_overrides__unit": "gated_magic"}, "unit"),
+        ({"model": "resnet_1001"}, "is not a model"),
+        ({"lr_boundaries": (2, 9)}, "beyond the end of training"),
+        ({"dataset": "cifar11"}, "cifar10"),
+    ],
+)
+def test_invalid_values_get_one_clear_message(fields, message):
+    with pytest.raises(config_lib.ConfigError, match=message):
+        config_lib.validate(_config(**fields), num_devices=4)
+
+
+def test_conflicting_saved_config_is_refused_unless_allowed(tmp_path):
+    trainer.train_and_evaluate(tiny_config(steps=2), str(tmp_path))
+    changed = _config(learning_rate=0.05)
+    changed.num_train_steps = 2
+    changed.lr_boundaries = (1,)
+    with pytest.raises(config_lib.ConfigError, match=r"(?s)learning_rate: 0.1 -> 0.05.*--allow_config_change"):
+        trainer.train_and_evaluate(changed, str(tmp_path))
+    trainer.train_and_evaluate(changed, str(tmp_path), allow_config_change=True)
+
+
+def test_unwritable_workdir_is_reported_with_what_to_do(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(OSError, match="Cannot write to workdir.*writable --workdir"):
+        trainer.train_and_evaluate(tiny_config(steps=2), str(blocker / "run"))
+
+
+def test_missing_dataset_is_reported_with_what_to_do(tmp_path):
+    pytest.importorskip("tensorflow_datasets")
+    config = tiny_config(steps=2)
+    config.dataset = "cifar10"
+    config.data_dir = str(tmp_path / "no_data")
+    config.tfds_download = False
+    with pytest.raises(DatasetNotPreparedError, match="cifar10"):
+        trainer.train_and_evaluate(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run" / "config.json").exists()
