@@ -163,3 +163,18 @@ def test_two_processes_agree(tmp_path):
     for key in p0:
         np.testing.assert_array_equal(p0[key], p1[key], err_msg=key)  # replicated: bitwise equal
         np.testing.assert_allclose(p0[key], ref[key], rtol=2e-4, atol=2e-5, err_msg=key)
+
+
+def test_digits_training_needs_no_tensorflow(tmp_path):
+    """Embedded-data training runs with TensorFlow and TFDS made unimportable."""
+    script = (
+        "import sys; sys.modules['tensorflow'] = None; sys.modules['tensorflow_datasets'] = None\n"
+        "from tests.train_worker import tiny_config\n"
+        "from resnet_identity import trainer\n"
+        f"trainer.train_and_evaluate(tiny_config(steps=2), {str(tmp_path)!r})\n"
+        "assert 'tensorflow' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT},
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert os.path.exists(tmp_path / "final_metrics.json")

@@ -115,16 +115,8 @@ class ReLUOnlyPreActivation(PreActivation):
         del index, last
         return nn.relu(x)
 
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        shortcut_in, branch = self.split(x)
-        specs = self.branch_specs()
-        for i, spec in enumerate(specs):
-            if i:
-                branch = nn.relu(branch)
-            branch = self.branch_conv(i, spec)(branch)
-            branch = self.branch_norm(i, last=i == len(specs) - 1)(branch)
-        return self.make_shortcut()(shortcut_in) + branch
+    def after_conv(self, index, x, *, last):
+        return self.branch_norm(index, last=last)(x)
 
 
 __all__ = [

@@ -120,7 +120,13 @@ class PreActivation(ResidualUnit):
     projection_norm: ClassVar[bool] = False
 
     def activation(self, index: int, x: jax.Array, *, last: bool) -> jax.Array:
+        """What precedes conv `index`: BN-ReLU here (Fig. 4(e))."""
         return nn.relu(self.branch_norm(index, last=last)(x))
+
+    def after_conv(self, index: int, x: jax.Array, *, last: bool) -> jax.Array:
+        """What follows conv `index`: nothing in full pre-activation."""
+        del index, last
+        return x
 
     def split(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         """The (shortcut input, branch input) pair, per `preact` mode."""
@@ -138,9 +144,10 @@ class PreActivation(ResidualUnit):
         shortcut_in, branch = self.split(x)
         specs = self.branch_specs()
         for i, spec in enumerate(specs):
+            last = i == len(specs) - 1
             if i:
-                branch = self.activation(i, branch, last=i == len(specs) - 1)
-            branch = self.branch_conv(i, spec)(branch)
+                branch = self.activation(i, branch, last=last)
+            branch = self.after_conv(i, self.branch_conv(i, spec)(branch), last=last)
         return self.make_shortcut()(shortcut_in) + branch
 
 
