@@ -48,6 +48,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.eval_crops = ml_collections.FieldReference(None, field_type=tuple)  # ImageNet: (224, 320)
     c.imagenet_color_jitter = 0.0
     c.imagenet_pca_lighting = 0.0
+    c.imagenet_shuffle_buffer = 10_000
     c.synthetic_image_size = 32
     c.synthetic_num_classes = 10
     # Length and batch. num_train_steps = -1 means "num_epochs epochs".
@@ -83,6 +84,10 @@ def model_kwargs(config: ml_collections.ConfigDict) -> dict:
 
 
 def steps_per_epoch(config: ml_collections.ConfigDict) -> int:
+    """In-memory sources let a batch span two epochs (ceil); the ImageNet stream drops each
+    epoch's remainder (floor), see `resnet_identity/data/imagenet.py`."""
+    if config.dataset == "imagenet2012":
+        return TRAIN_SIZES[config.dataset] // config.batch_size
     return math.ceil(TRAIN_SIZES[config.dataset] / config.batch_size)
 
 
