@@ -14,6 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from resnet_identity.models.stack import conv_with_canonical_grads
+
 ModuleDef = Any
 Dtype = Any
 
@@ -41,6 +43,7 @@ def conv(features: int, kernel_size: int, strides: int = 1, *, dtype: Dtype = jn
         kernel_init=conv_kernel_init,
         dtype=dtype,
         param_dtype=jnp.float32,
+        conv_general_dilated=conv_with_canonical_grads,
         name=name,
     )
 
