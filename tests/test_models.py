@@ -356,7 +356,16 @@ def test_bfloat16_computes_in_bf16_with_float32_parameters():
     variables = model.init(jax.random.key(0), images, train=False)
     assert {leaf.dtype for leaf in jax.tree.leaves(variables)} == {jnp.dtype("float32")}
     jaxpr = jax.make_jaxpr(lambda v: model.apply(v, images, train=False))(variables)
-    conv_dtypes = {e.outvars[0].aval.dtype for e in jaxpr.jaxpr.eqns if e.primitive.name == "conv_general_dilated"}
+
+    def eqns(j):  # every equation, including those inside scan / custom_vjp bodies
+        for e in j.eqns:
+            yield e
+            for p in e.params.values():
+                inner = getattr(p, "jaxpr", p)
+                if hasattr(inner, "eqns"):
+                    yield from eqns(inner)
+
+    conv_dtypes = {e.outvars[0].aval.dtype for e in eqns(jaxpr.jaxpr) if e.primitive.name == "conv_general_dilated"}
     assert conv_dtypes == {jnp.dtype("bfloat16")}
     assert model.apply(variables, images, train=False).dtype == jnp.float32
 
