@@ -28,4 +28,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    from resnet_identity import xla_config
+
+    xla_config.use_huge_pages()  # re-executes once: XLA's per-step buffers otherwise page-fault heavily
     app.run(main)

@@ -1,17 +1,20 @@
-"""The side-by-side comparisons of issue 4 ("Depth at no cost"), in ONE process.
+"""The side-by-side comparisons of issue 4 ("Depth at no cost"), run in one process.
 
     python -m benchmarks.compare                      # everything, full size (CPU: ~30 min)
     python -m benchmarks.compare --quick              # shrunk: small batch, few steps
     python -m benchmarks.compare --sections=scan,torch --model=cifar_preact164 --batch=32
 
 Sections (each prints JSON lines, then a one-line summary of its ratio):
-- ready:  init + compile of `--ready_models` (164 and 1001, scanned), and 1001 / 164.
+- ready:  init + compile of `--ready_models` (164 and 1001, scanned), and 1001 / 164,
+          with the init compiled as `trainer.py` does and with `--fast_init`.
 - scan:   steady step of `--model` scanned vs unrolled (`scan=False`); scanned / unrolled.
 - remat:  temporary memory of `--memory_model` at `--memory_batch` for every remat scheme
           (compile only, nothing runs), the cut vs no remat; and the steady step of
           `--model` with `remat=True` vs none.
-- torch:  the JAX step of pre-act ResNet-164 vs PyTorch eager (`torch_reference.py`).
-- bf16:   steady step of `--model` in bfloat16 vs float32.
+- torch:  the JAX step of pre-act ResNet-164 vs PyTorch eager (`torch_reference.py`, in a
+          child process per round, contiguous and channels-last; the faster counts).
+- bf16:   loss curves of `--curve_steps` steps on digits, bfloat16 vs float32 (printed),
+          and their gap against the float32 seed-to-seed gap.
 
 Timed configurations of one section are stepped in alternating rounds (A, B, A, B, ...),
 so a load change on a shared machine hits both sides alike; the medians are compared.
@@ -21,7 +24,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import pathlib
 import statistics
+import subprocess
+import sys
 from typing import Any
 
 from benchmarks import step_time
@@ -42,7 +48,7 @@ def alternate(benches: list[step_time.Bench], rounds: int, steps: int) -> list[d
     """Warms each bench up, then runs `rounds` x `steps` steps of each in turn."""
     for bench in benches:
         bench.run(1)
-        bench.timings.clear()
+        bench.clear()
     for _ in range(rounds):
         for bench in benches:
             bench.run(steps)
@@ -53,14 +59,16 @@ def alternate(benches: list[step_time.Bench], rounds: int, steps: int) -> list[d
 
 
 def ready(args: argparse.Namespace) -> list[dict[str, Any]]:
-    results = []
-    for name in args.ready_models:
-        bench = step_time.build(name, args.ready_batch)
-        results.append(bench.result())
-        _print(results[-1])
-        del bench
-    return [_ratio(f"ready {results[-1]['model']} / {results[0]['model']}",
-                   results[-1]["ready_s"], results[0]["ready_s"], "<= 1.5 (and 1001 <= 15 s)")]
+    rows = []
+    for fast_init in (False, True):
+        results = []
+        for name in args.ready_models:
+            results.append(step_time.build(name, args.ready_batch, fast_init=fast_init).result())
+            _print(results[-1])
+        rows.append(_ratio(f"ready {results[-1]['model']} / {results[0]['model']} (fast_init={fast_init}; "
+                           f"{results[-1]['ready_s']} s)", results[-1]["ready_s"], results[0]["ready_s"],
+                           "<= 1.5, and 1001 <= 15 s"))
+    return rows
 
 
 def scan(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -76,8 +84,9 @@ def remat(args: argparse.Namespace) -> list[dict[str, Any]]:
         result = bench.result()
         _print(result)
         none_bytes = none_bytes or result["temp_bytes"]
-        rows.append(_ratio(f"temp memory none / {scheme}", none_bytes, result["temp_bytes"],
-                           ">= 15 (and <= 2 GiB) for remat=True"))
+        target = "<= 2 GiB; >= 15x below the ~30 GiB fp32 baseline" if scheme == "block" else "(reference)"
+        rows.append(_ratio(f"temp memory none / {scheme} ({result['temp_gib']} GiB)", none_bytes,
+                           result["temp_bytes"], target))
     benches = [step_time.build(args.model, args.batch, remat=r, depth=args.depth) for r in (True, False)]
     with_remat, without = alternate(benches, args.rounds, args.steps)
     rows.append(_ratio(f"step remat={with_remat['remat']} / none", with_remat["step_ms"], without["step_ms"],
@@ -85,36 +94,67 @@ def remat(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
-def torch(args: argparse.Namespace) -> list[dict[str, Any]]:
-    from benchmarks import torch_reference
+def _torch_round(args: argparse.Namespace, channels_last: bool) -> dict[str, Any]:
+    """One `torch_reference` run in a child process: torch and XLA in one process slow
+    each other's thread pools (JAX's CPU seconds per step went from 1.5 to 2.7)."""
+    command = [sys.executable, "-m", "benchmarks.torch_reference", f"--batch={args.torch_batch}",
+               f"--threads={args.threads}", f"--steps={args.steps}"] + (["--channels_last"] if channels_last else [])
+    done = subprocess.run(command, cwd=pathlib.Path(__file__).resolve().parents[1], check=True,
+                          capture_output=True, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
+
+def torch(args: argparse.Namespace) -> list[dict[str, Any]]:
     bench = step_time.build("cifar_preact164", args.torch_batch)
-    torch_steps = {layout: torch_reference.build(args.torch_batch, args.threads, channels_last=layout)
-                   for layout in (False, True)}
-    times: dict[bool, list[float]] = {False: [], True: []}
     bench.run(1)
-    bench.timings.clear()
-    for step in torch_steps.values():
-        step()
+    bench.clear()
+    runs: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
     for _ in range(args.rounds):
         bench.run(args.steps)
-        for layout, step in torch_steps.items():
-            times[layout].extend(step() for _ in range(args.steps))
+        for channels_last in runs:
+            runs[channels_last].append(_torch_round(args, channels_last))
     jax_result = bench.result()
     _print(jax_result)
     best = None
-    for layout, ts in times.items():
-        ms = 1000 * statistics.median(ts)
-        _print({**torch_reference.label(args.torch_batch, args.threads, layout), "step_ms": round(ms, 1),
-                "images_per_s": round(args.torch_batch / ms * 1000, 1)})
-        best = ms if best is None else min(best, ms)
+    for rows in runs.values():
+        times = [t for row in rows for t in row["step_times_ms"]]
+        cpu = [t for row in rows for t in row["cpu_s_per_step_all"]]
+        summary = {k: v for k, v in rows[-1].items() if not k.endswith("_all") and k != "step_times_ms"}
+        summary.update(step_ms=round(statistics.median(times), 1), step_ms_min=round(min(times), 1),
+                       cpu_s_per_step=round(statistics.median(cpu), 2), timed_steps=len(times),
+                       images_per_s=round(args.torch_batch / statistics.median(times) * 1000, 1))
+        _print(summary)
+        best = summary["step_ms"] if best is None else min(best, summary["step_ms"])
     return [_ratio("step torch (best layout) / jax", best, jax_result["step_ms"], ">= 1.0")]
 
 
+def _loss_curve(args: argparse.Namespace, dtype: str, seed: int) -> list[float]:
+    import jax
+
+    setup = step_time.training_setup(args.curve_model, args.curve_batch, dataset="digits", seed=seed,
+                                     depth=args.curve_depth, dtype=dtype)
+    state, losses = setup.init(setup.init_key), []
+    for _ in range(args.curve_steps):
+        state, metrics = setup.step(state, jax.device_put(next(setup.host_batches)))
+        losses.append(float(metrics["loss"]))
+    return losses
+
+
 def bf16(args: argparse.Namespace) -> list[dict[str, Any]]:
-    benches = [step_time.build(args.model, args.batch, dtype=d, depth=args.depth) for d in ("bfloat16", "float32")]
-    low, full = alternate(benches, args.rounds, args.steps)
-    return [_ratio("step bfloat16 / float32", low["step_ms"], full["step_ms"], "(informational on CPU)")]
+    """Training-loss curves on digits: bfloat16 vs float32 (same seed), measured against the
+    gap between two float32 runs with different seeds (init and data order), the noise."""
+    curves = {"float32": _loss_curve(args, "float32", 0), "bfloat16": _loss_curve(args, "bfloat16", 0),
+              "float32_seed1": _loss_curve(args, "float32", 1)}
+    for step in range(args.curve_steps):
+        _print({"step": step, **{name: round(curve[step], 4) for name, curve in curves.items()}})
+    window = slice(-10, None)
+
+    def gap(a: str, b: str) -> float:
+        return statistics.mean(abs(x - y) for x, y in zip(curves[a], curves[b]))
+
+    _print({"final_10_step_mean": {name: round(statistics.mean(c[window]), 4) for name, c in curves.items()}})
+    return [_ratio("loss gap bf16-f32 / f32 seed gap (mean over steps)", gap("bfloat16", "float32"),
+                   gap("float32_seed1", "float32"), "<= 1 (within seed noise)")]
 
 
 SECTIONS = {"ready": ready, "scan": scan, "remat": remat, "torch": torch, "bf16": bf16}
@@ -123,24 +163,28 @@ SECTIONS = {"ready": ready, "scan": scan, "remat": remat, "torch": torch, "bf16"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated subset of ready,scan,remat,torch,bf16")
-    parser.add_argument("--model", default="cifar_preact1001", help="model of the scan, remat and bf16 timings")
+    parser.add_argument("--model", default="cifar_preact1001", help="model of the scan and remat timings")
     parser.add_argument("--depth", type=int, default=None, help="depth override for --model")
-    parser.add_argument("--batch", type=int, default=8, help="batch of the scan, remat and bf16 timings")
+    parser.add_argument("--batch", type=int, default=8, help="batch of the scan and remat timings")
     parser.add_argument("--ready_models", default="cifar_preact164,cifar_preact1001")
     parser.add_argument("--ready_batch", type=int, default=32)
     parser.add_argument("--memory_model", default="cifar_preact1001")
     parser.add_argument("--memory_batch", type=int, default=128)
     parser.add_argument("--torch_batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (XLA:CPU uses every core)")
+    parser.add_argument("--curve_model", default="cifar_preact164")
+    parser.add_argument("--curve_depth", type=int, default=29, help="depth of the bf16 curve model")
+    parser.add_argument("--curve_batch", type=int, default=32)
+    parser.add_argument("--curve_steps", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per configuration per round")
     parser.add_argument("--quick", action="store_true",
-                        help="shrink for a smoke run: 164 at depth 47, batch 4, memory at batch 16, 1 round")
-    parser.add_argument("--xla", default=xla_config.DEFAULT_PRESET, choices=tuple(xla_config.PRESETS))
+                        help="shrink for a smoke run: 164 at depth 47, batch 4, memory at batch 16, "
+                             "1 round, 10-step curves")
     args = parser.parse_args(argv)
     if args.quick:
         args.model, args.depth, args.batch, args.rounds, args.steps = "cifar_preact164", 47, 4, 1, 2
-        args.memory_batch, args.ready_batch, args.torch_batch = 16, 8, 8
+        args.memory_batch, args.ready_batch, args.torch_batch, args.curve_steps = 16, 8, 8, 10
     args.ready_models = args.ready_models.split(",")
     args.sections = args.sections.split(",")
     unknown = set(args.sections) - set(SECTIONS)
@@ -151,7 +195,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = parse_args(argv)
-    xla_config.configure(args.xla)
     summary = []
     for name, section in SECTIONS.items():
         if name in args.sections:
@@ -161,4 +204,5 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
+    xla_config.use_huge_pages()
     main()

@@ -1,7 +1,7 @@
 """Times what training runs: parameter init, compiling the train step, and the steady step.
 
     python -m benchmarks.step_time --model=cifar_preact1001 --batch=32 [--dtype=bfloat16]
-        [--remat[=SCHEME]] [--unrolled] [--steps=N] [--depth=D] [--xla=PRESET]
+        [--remat[=SCHEME]] [--unrolled] [--steps=N] [--depth=D] [--fast_init]
 
 prints ONE JSON line: init seconds (jitted `create_train_state`, as `trainer.py` runs it),
 compile seconds (lowering + XLA compile of `train_step`), the median steady step over N
@@ -10,7 +10,9 @@ the device's peak is known, with training FLOPs = 6 x forward multiply-adds
 (PAPERS.md "Compute"). The step is the real `train_state.train_step` with `optim.sgd`
 (momentum 0.9, weight decay 1e-4) on in-process synthetic data (no TensorFlow/TFDS).
 The 1- and 5-minute load averages are printed too: on a shared machine they say how
-much the figures can be trusted.
+much the figures can be trusted, as do the fastest step and the CPU seconds per step.
+Run as a program, it first re-executes itself with huge pages for malloc, as training
+should (`resnet_identity/xla_config.py`).
 """
 
 from __future__ import annotations
@@ -20,11 +22,11 @@ import dataclasses
 import functools
 import json
 import os
+import resource
 import statistics
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
-# XLA reads its flags once, when the backend starts: set them before anything touches it.
 from resnet_identity import xla_config
 
 # Dense peak FLOP/s per device (vendor figures), by substrings of `device_kind`. float32
@@ -59,20 +61,28 @@ class Bench:
     init_s: float
     lower_s: float
     compile_s: float
+    ready_cpu_s: float
     temp_bytes: int | None
     flops_per_step: float
     timings: list[float] = dataclasses.field(default_factory=list)
+    cpu_timings: list[float] = dataclasses.field(default_factory=list)
     _next: int = 0
 
     def run(self, steps: int) -> None:
-        """Runs `steps` steps, appending each one's wall time (to results on device)."""
+        """Runs `steps` steps, appending each one's wall time (to results on device) and the
+        process's CPU time (user + system, all threads), which a busy machine inflates less."""
         for _ in range(steps):
             batch = self.batches[self._next % len(self.batches)]
             self._next += 1
-            start = time.perf_counter()
+            cpu, start = _cpu_seconds(), time.perf_counter()
             self.state, metrics = self.step(self.state, batch)
             _block(self.state, metrics)
             self.timings.append(time.perf_counter() - start)
+            self.cpu_timings.append(_cpu_seconds() - cpu)
+
+    def clear(self) -> None:
+        self.timings.clear()
+        self.cpu_timings.clear()
 
     def result(self) -> dict[str, Any]:
         import jax
@@ -88,7 +98,10 @@ class Bench:
             "lower_s": round(self.lower_s, 2),
             "xla_compile_s": round(self.compile_s, 2),
             "ready_s": round(self.init_s + self.lower_s + self.compile_s, 2),
+            "ready_cpu_s": round(self.ready_cpu_s, 2),
             "step_ms": round(1000 * step_s, 1) if step_s else None,
+            "step_ms_min": round(1000 * min(self.timings), 1) if self.timings else None,
+            "cpu_s_per_step": round(statistics.median(self.cpu_timings), 2) if self.cpu_timings else None,
             "timed_steps": len(self.timings),
             "images_per_s": round(batch / step_s, 1) if step_s else None,
             "temp_bytes": self.temp_bytes,
@@ -101,8 +114,14 @@ class Bench:
             "cpu_count": os.cpu_count(),
             "jax": jax.__version__,
             "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
             "loadavg_1m_5m": [round(x, 2) for x in os.getloadavg()[:2]],
         }
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _block(*trees: Any) -> None:
@@ -121,43 +140,76 @@ def model_overrides(*, unrolled: bool = False, remat: bool | str = False, dtype:
     return overrides
 
 
-def build(model_name: str, batch: int, *, compile_only: bool = False, num_classes: int = 10,
-          seed: int = 0, **overrides: Any) -> Bench:
-    """Initialises, lowers and compiles one configuration; `compile_only` skips init and data.
+@dataclasses.dataclass
+class Setup:
+    """What `trainer.py` builds for training, minus the mesh: jitted init and step, data."""
 
-    `compile_only` compiles against `jax.eval_shape` of the state, which is all that
-    `memory_analysis()` needs: ResNet-1001 at batch 128 is sized without running it.
-    """
+    model: Any
+    image_size: int
+    init: Callable
+    init_key: Any
+    step: Callable
+    host_batches: Iterator[dict[str, Any]]
+
+
+def training_setup(model_name: str, batch: int, *, dataset: str = "synthetic", num_classes: int = 10,
+                   seed: int = 0, **overrides: Any) -> Setup:
+    """The model, `optim.sgd` with the papers' CIFAR schedule, and `train_step` over `dataset`
+    ("synthetic" random images at the model's input size, or "digits"); None overrides are dropped."""
     import jax
     import ml_collections
 
     from resnet_identity import models, optim
     from resnet_identity.data import get_dataset
-    from resnet_identity.models import summary
-    from resnet_identity.models.stack import resolve_remat
     from resnet_identity.train_state import create_train_state, train_step
 
     overrides = {k: v for k, v in overrides.items() if v is not None}
     model = models.create_model(model_name, num_classes=num_classes, **overrides)
     size = models.input_size(model_name)
-    dataset = get_dataset(ml_collections.ConfigDict(
-        {"dataset": "synthetic", "synthetic_image_size": size, "synthetic_num_classes": num_classes}))
+    data = get_dataset(ml_collections.ConfigDict(
+        {"dataset": dataset, "synthetic_image_size": size, "synthetic_num_classes": num_classes}))
     schedule = optim.learning_rate_schedule(base_learning_rate=0.1, boundaries=(32_000, 48_000))
     tx = optim.sgd(learning_rate=schedule, momentum=0.9, weight_decay=1e-4)
     init_key, step_key = jax.random.split(jax.random.key(seed))
-    init = jax.jit(functools.partial(create_train_state, model, tx, size))
+    init = jax.jit(functools.partial(create_train_state, model, tx, data.image_size))
     step = jax.jit(functools.partial(train_step, model=model, tx=tx, schedule=schedule,
-                                     transform=dataset.train_transform, key=step_key), donate_argnums=0)
-    host_batches = dataset.train_batches(global_batch_size=batch, start_step=0, seed=seed)
-    batches = [next(host_batches) for _ in range(2)]
+                                     transform=data.train_transform, key=step_key), donate_argnums=0)
+    return Setup(model, data.image_size, init, init_key, step,
+                 data.train_batches(global_batch_size=batch, start_step=0, seed=seed))
 
-    init_s = 0.0
+
+# XLA options for compiling the one-off init with `fast_init`: LLVM -O0. Most of the init's
+# ~10 CPU-seconds is optimising the per-parameter random-number code, whose single run
+# takes 0.15 s. The parameters differ from -O2's in the last bit (2% of them, <= 2.4e-7
+# relative: floating-point contraction), which is why it is an option, not the default.
+FAST_INIT_OPTIONS = {"xla_backend_optimization_level": 0}
+
+
+def build(model_name: str, batch: int, *, compile_only: bool = False, fast_init: bool = False,
+          num_classes: int = 10, seed: int = 0, **overrides: Any) -> Bench:
+    """Initialises, lowers and compiles one configuration on synthetic data; `compile_only`
+    skips init and data; `fast_init` compiles the init with `FAST_INIT_OPTIONS`.
+
+    `compile_only` compiles against `jax.eval_shape` of the state, which is all that
+    `memory_analysis()` needs: ResNet-1001 at batch 128 is sized without running it.
+    """
+    import jax
+
+    from resnet_identity.models import summary
+    from resnet_identity.models.stack import resolve_remat
+
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    setup = training_setup(model_name, batch, num_classes=num_classes, seed=seed, **overrides)
+    init, init_key, step = setup.init, setup.init_key, setup.step
+    batches = [next(setup.host_batches) for _ in range(2)]
+
+    init_s, ready_cpu = 0.0, _cpu_seconds()
     if compile_only:
         state = jax.eval_shape(init, init_key)
         batches = [jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), batches[0])]
     else:
         start = time.perf_counter()
-        state = init(init_key)
+        state = init.lower(init_key).compile(compiler_options=FAST_INIT_OPTIONS if fast_init else None)(init_key)
         _block(state)
         init_s = time.perf_counter() - start
         batches = [jax.device_put(b) for b in batches]
@@ -168,11 +220,13 @@ def build(model_name: str, batch: int, *, compile_only: bool = False, num_classe
     start = time.perf_counter()
     compiled = lowered.compile()
     compile_s = time.perf_counter() - start
+    ready_cpu = _cpu_seconds() - ready_cpu
     memory = compiled.memory_analysis()
-    flops = 6 * summary.forward_macs(model, size) * batch
-    label = {"model": model_name, "batch": batch, "dtype": "float32", "scan": True, **overrides}
+    flops = 6 * summary.forward_macs(setup.model, setup.image_size) * batch
+    label = {"model": model_name, "batch": batch, "dtype": "float32", "scan": True, "fast_init": fast_init,
+             **overrides}
     label["remat"] = resolve_remat(overrides.get("remat", False))
-    return Bench(label, state, compiled, batches, init_s, lower_s, compile_s,
+    return Bench(label, state, compiled, batches, init_s, lower_s, compile_s, ready_cpu,
                  memory.temp_size_in_bytes if memory is not None else None, flops)
 
 
@@ -180,7 +234,7 @@ def measure(model_name: str, batch: int, *, steps: int = 5, warmup: int = 1, **o
     """`build`, then `warmup` untimed and `steps` timed steps; the result as a dict."""
     bench = build(model_name, batch, **overrides)
     bench.run(warmup)
-    bench.timings.clear()
+    bench.clear()
     bench.run(steps)
     return bench.result()
 
@@ -195,23 +249,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--unrolled", action="store_true", help="scan=False: one module per unit")
     parser.add_argument("--depth", type=int, default=None, help="override the depth (tiny models for tests)")
     parser.add_argument("--unroll", type=int, default=None, help="scan unroll factor")
+    parser.add_argument("--fast_init", action="store_true", help="compile the init at LLVM -O0 (FAST_INIT_OPTIONS)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps (the median is reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps after the first call")
-    parser.add_argument("--xla", default=xla_config.DEFAULT_PRESET, choices=tuple(xla_config.PRESETS),
-                        help="XLA flag preset from resnet_identity/xla_config.py")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    xla_config.configure(args.xla)
-    result = measure(args.model, args.batch, steps=args.steps, warmup=args.warmup,
+    result = measure(args.model, args.batch, steps=args.steps, warmup=args.warmup, fast_init=args.fast_init,
                      **model_overrides(unrolled=args.unrolled, remat=args.remat, dtype=args.dtype,
                                        depth=args.depth, unroll=args.unroll))
-    result["xla_preset"] = args.xla
     print(json.dumps(result), flush=True)
     return result
 
 
 if __name__ == "__main__":
+    xla_config.use_huge_pages()
     main()

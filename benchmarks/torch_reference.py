@@ -9,6 +9,12 @@ softmax cross-entropy, backward, SGD with momentum 0.9 and weight decay 1e-4.
 
 Run: `python -m benchmarks.torch_reference --batch=32 --threads=2 [--channels_last]`.
 Prints one JSON line. torch is not a project dependency; install it only to compare.
+
+`OMP_WAIT_POLICY=PASSIVE` is set (unless already set) before torch loads: torch's OpenMP
+threads otherwise spin between operations, and on a shared 2-core machine a descheduled
+spinner stalls every barrier; we measured 23 s per step spinning vs 1.6 s passive at a
+load average of 3.6. Passive is torch's best case under load, and in `compare.py` it also
+keeps torch's idle threads from taking cores from XLA's.
 """
 
 from __future__ import annotations
@@ -20,8 +26,10 @@ import statistics
 import time
 from typing import Callable
 
-import torch
-from torch import nn
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402  (after the OpenMP setting)
+from torch import nn  # noqa: E402
 
 PREACT164_PARAMETERS = 1_703_258
 
@@ -100,7 +108,8 @@ def build(batch: int = 32, threads: int = 2, channels_last: bool = False) -> Cal
 
 def label(batch: int, threads: int, channels_last: bool) -> dict:
     return {"framework": f"torch {torch.__version__}", "model": "preact164", "parameters": PREACT164_PARAMETERS,
-            "batch": batch, "threads": threads, "memory_format": "channels_last" if channels_last else "contiguous"}
+            "batch": batch, "threads": threads, "memory_format": "channels_last" if channels_last else "contiguous",
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -112,9 +121,18 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     step = build(args.batch, args.threads, args.channels_last)
     step()  # warm-up: allocator and oneDNN primitive caches
-    ms = 1000 * statistics.median(step() for _ in range(args.steps))
+    times, cpu = [], []
+    for _ in range(args.steps):
+        start = os.times()
+        times.append(step())
+        end = os.times()
+        cpu.append(end.user + end.system - start.user - start.system)
+    ms = 1000 * statistics.median(times)
     result = {**label(args.batch, args.threads, args.channels_last), "step_ms": round(ms, 1),
-              "images_per_s": round(args.batch / ms * 1000, 1), "loadavg_1m_5m": list(os.getloadavg()[:2])}
+              "step_ms_min": round(1000 * min(times), 1), "cpu_s_per_step": round(statistics.median(cpu), 2),
+              "images_per_s": round(args.batch / ms * 1000, 1),
+              "loadavg_1m_5m": [round(x, 2) for x in os.getloadavg()[:2]],
+              "step_times_ms": [round(1000 * t, 1) for t in times], "cpu_s_per_step_all": [round(c, 3) for c in cpu]}
     print(json.dumps(result))
     return result
 

@@ -26,7 +26,7 @@ class ConfigError(ValueError):
 
 
 # Types of the `create_model` overrides settable from a config or the command line
-# (`--config.model_overrides.remat=nested`); None leaves the model's default.
+# (`--config.model_overrides.remat=block`); None leaves the model's default.
 MODEL_OVERRIDE_TYPES = {
     "depth": int, "unit": str, "unit_options": dict, "shortcut": str, "stride_on": str,
     "dtype": str, "bn_group_size": int, "bn_momentum": float, "bn_epsilon": float,

@@ -309,6 +309,32 @@ def test_ghost_bn_with_whole_batch_equals_flax_batchnorm():
     np.testing.assert_allclose(sg["batch_stats"]["var"], sr["batch_stats"]["var"], rtol=1e-5)
 
 
+def test_ghost_bn_gradient_equals_autodiff_of_the_plain_formula():
+    """The closed-form BN gradient (layers._batch_norm_bwd) matches autodiff, statistics included."""
+    x = jax.random.normal(jax.random.key(4), (8, 3, 3, 5)) * 2 + 0.5
+    bn = GhostBatchNorm(group_size=4)
+    variables = bn.init(jax.random.key(0), x)
+    weights = jax.random.normal(jax.random.key(5), x.shape)
+
+    def ours(x, params):
+        y, stats = bn.apply({**variables, "params": params}, x, mutable=["batch_stats"])
+        return jnp.sum(y * weights) + jnp.sum(stats["batch_stats"]["mean"]) + jnp.sum(stats["batch_stats"]["var"])
+
+    def reference(x, params):
+        g = x.reshape((2, 4) + x.shape[1:])
+        mean = g.mean((1, 2, 3), keepdims=True)
+        var = jnp.square(g - mean).mean((1, 2, 3), keepdims=True)
+        y = ((g - mean) / jnp.sqrt(var + 1e-5) * params["scale"] + params["bias"]).reshape(x.shape)
+        stats_mean = 0.9 * 0.0 + 0.1 * mean.mean((0, 1, 2, 3))
+        stats_var = 0.9 * 1.0 + 0.1 * var.mean((0, 1, 2, 3))
+        return jnp.sum(y * weights) + jnp.sum(stats_mean) + jnp.sum(stats_var)
+
+    np.testing.assert_allclose(ours(x, variables["params"]), reference(x, variables["params"]), rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(jax.grad(ours, argnums=(0, 1))(x, variables["params"])),
+                    jax.tree.leaves(jax.grad(reference, argnums=(0, 1))(x, variables["params"]))):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_ghost_bn_normalises_each_group_by_its_own_statistics():
     a = jax.random.normal(jax.random.key(1), (4, 3, 3, 2))
     b = 10 + 5 * jax.random.normal(jax.random.key(2), (4, 3, 3, 2))

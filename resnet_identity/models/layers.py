@@ -8,6 +8,7 @@ beta=0, FC bias 0. The FC weight keeps Torch's default U(-1/sqrt(fan_in), 1/sqrt
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -91,16 +92,56 @@ class GhostBatchNorm(nn.Module):
                 f"batch (the papers used 64 on CIFAR, 32 on ImageNet) or to None for the whole batch."
             )
         grouped = x.astype(jnp.float32).reshape((batch // group, group) + x.shape[1:])
-        axes = tuple(range(1, grouped.ndim - 1))
-        mean = grouped.mean(axes, keepdims=True)
-        var = jnp.square(grouped - mean).mean(axes, keepdims=True)
+        y, mean, var = _batch_norm_train(grouped, scale, bias, self.epsilon)
         if not self.is_initializing():
-            group_axes = (0,) + axes
+            group_axes = tuple(range(mean.ndim - 1))
             m = self.momentum
             running_mean.value = m * running_mean.value + (1 - m) * mean.mean(group_axes)
             running_var.value = m * running_var.value + (1 - m) * var.mean(group_axes)
-        y = (grouped - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
         return y.reshape(x.shape).astype(self.dtype)
+
+
+def _normalise(x, scale, bias, epsilon):
+    """Per-group statistics over all axes but the group (0) and channel (-1) axes."""
+    axes = tuple(range(1, x.ndim - 1))
+    mean = x.mean(axes, keepdims=True)
+    var = jnp.square(x - mean).mean(axes, keepdims=True)
+    rstd = jax.lax.rsqrt(var + epsilon)
+    return (x - mean) * (rstd * scale) + bias, mean, var, rstd
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _batch_norm_train(x, scale, bias, epsilon):
+    """Training-mode BN with the textbook closed-form gradient.
+
+    Autodiff of `_normalise` keeps several full-size intermediates and emits many small
+    reductions; the closed form keeps only x and per-channel statistics. Same numbers to
+    float rounding, a third less CPU time per ResNet-164 step and ~30% less activation
+    memory (benchmarks/RESULTS.md).
+    """
+    y, mean, var, _ = _normalise(x, scale, bias, epsilon)
+    return y, mean, var
+
+
+def _batch_norm_fwd(x, scale, bias, epsilon):
+    y, mean, var, rstd = _normalise(x, scale, bias, epsilon)
+    return (y, mean, var), (x, mean, rstd, scale)
+
+
+def _batch_norm_bwd(epsilon, residuals, cotangents):
+    del epsilon
+    x, mean, rstd, scale = residuals
+    g, g_mean, g_var = cotangents
+    axes = tuple(range(1, x.ndim - 1))
+    n = math.prod(x.shape[a] for a in axes)
+    xhat = (x - mean) * rstd
+    sum_g = g.sum(axes, keepdims=True)
+    sum_gx = (g * xhat).sum(axes, keepdims=True)
+    dx = scale * rstd / n * (n * g - sum_g - xhat * sum_gx) + g_mean / n + g_var * 2.0 * (x - mean) / n
+    return dx, sum_gx.sum((0,) + axes).reshape(scale.shape), sum_g.sum((0,) + axes).reshape(scale.shape)
+
+
+_batch_norm_train.defvjp(_batch_norm_fwd, _batch_norm_bwd)
 
 
 def make_norm(*, train: bool, group_size: int | None, dtype: Dtype, momentum: float = 0.9,

@@ -22,17 +22,18 @@ for both paths) followed by n-1 identical units. `UnitStack` applies those n-1 u
 The stacked and unrolled layouts hold the same numbers; `stacked_to_unrolled` and
 `unrolled_to_stacked` convert between them.
 
-Why a scanned gradient was ~7x slower than the unrolled one on CPU, and the fix:
-XLA:CPU runs a convolution on its fast multi-threaded Eigen kernel only in the canonical
-form (input NHWC, kernel HWIO, output NHWC); any other form is emitted as a naive
-single-threaded loop nest. Its `ConvCanonicalization` pass rewrites other forms with
-transposes, but only for convolutions in the entry computation, not inside while-loop
-bodies. A forward conv is canonical, but JAX's transpose rules give the input gradient a
-kernel in HWOI form (`b01f_01oi->b01f`) and the kernel gradient batch/feature-swapped
-operands (`f01b_i01o->01bf`). Unrolled, those are canonicalised; scanned, they sit in the
-loop body and run naively. `conv_with_canonical_grads` writes both gradient convolutions
-in canonical form itself, with the transposes made explicit, so it makes no difference
-where they are traced.
+Why a scanned gradient was 7-10x slower than the unrolled one on CPU, and the fix:
+XLA:CPU runs a convolution on its fast library kernels only in the canonical form (input
+NHWC, kernel HWIO, output NHWC); any other form is emitted as a naive loop nest. Its
+`ConvCanonicalization` pass rewrites other forms with transposes, but only for
+convolutions in the entry computation, not inside while-loop bodies. A forward conv is
+canonical, but JAX's transpose rules give the input gradient a kernel in HWOI form
+(`b01f_01oi->b01f`) and the kernel gradient batch/feature-swapped operands
+(`f01b_i01o->01bf`). Unrolled, those are canonicalised; scanned, they sit in the loop body
+and run naively. `conv_with_canonical_grads`, given to `nn.Conv(conv_general_dilated=...)`
+where `layers.conv` builds the convolutions, writes both gradient convolutions in
+canonical form itself, with the transposes made explicit, so it makes no difference where
+they are traced (benchmarks/RESULTS.md has the measurements).
 """
 
 from __future__ import annotations
@@ -86,6 +87,16 @@ def _canonical_grads(strides, padding, x, w, g):
     dx_padding = [(k - 1 - lo, i - d + lo) for k, (lo, _), i, d in zip(kernel, padding, size_in, dilated_out)]
     flipped = jnp.swapaxes(jnp.flip(w, (0, 1)), 2, 3)  # HWIO of the transposed conv
     dx = lax.conv_general_dilated(g, flipped, (1, 1), dx_padding, lhs_dilation=strides, dimension_numbers=_NHWC)
+    if kernel == (1, 1) and padding == ((0, 0), (0, 0)):
+        # A 1x1 kernel's gradient is one matrix product over (n, h, w). XLA:CPU transposes
+        # its left operand to put (n, h, w) minor, so make that the one with fewer channels.
+        strided = x[:, ::strides[0], ::strides[1], :][:, :g.shape[1], :g.shape[2], :]
+        contract = (((0, 1, 2), (0, 1, 2)), ((), ()))
+        if strided.shape[-1] <= g.shape[-1]:
+            dw = lax.dot_general(strided, g, contract)
+        else:
+            dw = lax.dot_general(g, strided, contract).T
+        return dx, dw.reshape(w.shape)
     # dw[i, j, c, o] = sum_{n, t} x[n, s t + i, c] g[n, t, o]: C acts as the batch, N as the feature.
     dw_padding = [(lo, d - i + k - 1 - lo) for k, (lo, _), i, d in zip(kernel, padding, size_in, dilated_out)]
     dw = lax.conv_general_dilated(jnp.transpose(x, (3, 1, 2, 0)), jnp.transpose(g, (1, 2, 0, 3)), (1, 1),
@@ -115,7 +126,8 @@ def conv_with_canonical_grads(lhs: jax.Array, rhs: jax.Array, window_strides: Se
                               precision: Any = None, preferred_element_type: Any = None) -> jax.Array:
     """`lax.conv_general_dilated` whose gradient convolutions are canonical on XLA:CPU.
 
-    A drop-in for `nn.Conv(conv_general_dilated=...)`. Same forward, same numbers: the
+    A drop-in for `nn.Conv(conv_general_dilated=...)`. Same forward; the same gradients up
+    to float rounding (a 1x1 kernel's is a matrix product): the
     gradients are computed by the convolutions JAX's transpose rules would emit, with their
     operands transposed into NHWC/HWIO (see the module docstring for why that matters).
     Only undilated, ungrouped 2-D NHWC/HWIO convolutions with explicit padding (all this

@@ -1,0 +1,171 @@
+"""Scan, remat and the CPU-friendly convolution of `stack.py`, and the benchmark harness.
+
+The equivalence tests run `UnitStack` directly on small bottleneck units (8 channels on
+4x4 maps), so runs long enough for two-level remat (12 units, blocks of 2 or 3) still
+compile in seconds.
+"""
+
+import functools
+import json
+import re
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from resnet_identity import models
+from resnet_identity.models import stack
+from resnet_identity.models.layers import make_norm
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _unit():
+    norm = make_norm(train=True, group_size=None, dtype=jnp.float32)
+    return functools.partial(models.PreActivation, 8, 1, bottleneck=True, preact="residual", norm=norm, train=True)
+
+
+X = jax.random.normal(jax.random.key(0), (2, 4, 4, 8))
+
+
+def _loss_and_grads(length, **fields):
+    module = stack.UnitStack(_unit(), length, **fields)
+    reference = stack.UnitStack(_unit(), length, scan=False)
+    unrolled = reference.init(jax.random.key(1), X)
+    variables = stack.unrolled_to_stacked(unrolled, remat=fields.get("remat")) if fields.get("scan", True) else unrolled
+
+    def loss(params):
+        y, updates = module.apply({**variables, "params": params}, X, mutable=["batch_stats"])
+        return jnp.mean(jnp.square(y)), updates["batch_stats"]
+
+    (value, stats), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
+    if fields.get("scan", True):
+        grads, stats = stack.stacked_to_unrolled(grads), stack.stacked_to_unrolled(stats)
+    return value, grads, stats
+
+
+@pytest.fixture(scope="module")
+def unrolled_12():
+    return _loss_and_grads(12, scan=False)
+
+
+@pytest.mark.parametrize("fields", [
+    {"remat": "none"}, {"remat": "unit"}, {"remat": "block"}, {"remat": "nested"}, {"remat": True},
+    {"remat": "none", "unroll": 2}, {"remat": "block", "unroll": 3},
+])
+def test_scanned_schemes_match_unrolled_loss_gradients_and_statistics(unrolled_12, fields):
+    value, grads, stats = _loss_and_grads(12, **fields)
+    ref_value, ref_grads, ref_stats = unrolled_12
+    np.testing.assert_allclose(value, ref_value, rtol=1e-5)
+    assert jax.tree.structure(grads) == jax.tree.structure(ref_grads)
+    for a, b in zip(jax.tree.leaves((grads, stats)), jax.tree.leaves((ref_grads, ref_stats))):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_remat_true_is_block_and_block_lengths():
+    assert stack.resolve_remat(True) == "block" and stack.resolve_remat(False) == "none"
+    assert stack.block_length(110) == 5  # ResNet-1001: 22 blocks of 5
+    assert stack.nested_block_length(110) == 10
+    assert stack.block_length(17) == 1  # prime: per-unit remat
+    with pytest.raises(ValueError, match="block"):
+        stack.resolve_remat("sometimes")
+
+
+def test_layouts_round_trip_for_every_scheme():
+    unrolled = stack.UnitStack(_unit(), 12, scan=False).init(jax.random.key(1), X)
+    for scheme in ("none", "unit", "block", "nested"):
+        stacked = stack.unrolled_to_stacked(unrolled, remat=scheme)
+        expected = jax.eval_shape(lambda s=scheme: stack.UnitStack(_unit(), 12, remat=s).init(jax.random.key(1), X))
+        assert jax.tree.map(jnp.shape, stacked) == jax.tree.map(lambda a: a.shape, expected), scheme
+        restored = stack.stacked_to_unrolled(stacked)
+        assert all(bool(jnp.all(a == b)) for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(unrolled)))
+    assert stack.unrolled_to_stacked(unrolled, nested=True).keys() == {"params", "batch_stats"}
+
+
+def _temp_bytes(length, remat):
+    module = stack.UnitStack(_unit(), length, remat=remat)
+    variables = jax.eval_shape(lambda: module.init(jax.random.key(1), X))
+    x = jax.ShapeDtypeStruct((16, 8, 8, 8), jnp.float32)
+
+    def loss(params, x):
+        y, _ = module.apply({**variables, "params": params}, x, mutable=["batch_stats"])
+        return jnp.sum(y)
+
+    compiled = jax.jit(jax.grad(loss)).lower(variables["params"], x).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+
+def test_block_remat_keeps_far_less_than_per_unit_remat_on_a_long_run():
+    none, unit, block = (_temp_bytes(110, r) for r in ("none", "unit", "block"))
+    assert block < unit / 2 < none / 4
+
+
+@pytest.mark.parametrize("shape,kernel,stride,pad", [
+    ((2, 8, 8, 4), (3, 3, 4, 6), 1, 1), ((2, 8, 8, 4), (1, 1, 4, 6), 2, 0), ((2, 9, 9, 4), (3, 3, 4, 6), 2, 1),
+    ((2, 8, 8, 6), (1, 1, 6, 4), 1, 0), ((2, 16, 16, 3), (7, 7, 3, 4), 2, 3),
+])
+def test_conv_with_canonical_grads_equals_lax(shape, kernel, stride, pad):
+    x = jax.random.normal(jax.random.key(0), shape)
+    w = jax.random.normal(jax.random.key(1), kernel)
+    padding = ((pad, pad), (pad, pad))
+
+    def loss(conv, x, w):
+        return jnp.sum(jnp.sin(conv(x, w, (stride, stride), padding, dimension_numbers=NHWC)))
+
+    ours = jax.jit(jax.value_and_grad(functools.partial(loss, stack.conv_with_canonical_grads), (0, 1)))(x, w)
+    reference = jax.jit(jax.value_and_grad(functools.partial(loss, lax.conv_general_dilated), (0, 1)))(x, w)
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(reference)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_conv_with_canonical_grads_keeps_loop_body_convolutions_canonical():
+    """The cause of the slow scanned gradient: non-NHWC/HWIO convs inside a while body."""
+    conv = nn.Conv(8, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
+                   conv_general_dilated=stack.conv_with_canonical_grads)
+    plain = nn.Conv(8, (3, 3), padding=((1, 1), (1, 1)), use_bias=False)
+    w = jax.random.normal(jax.random.key(2), (5, 3, 3, 8, 8)) * 0.1
+
+    def run(module, w, x):
+        return jnp.sum(lax.scan(lambda h, k: (module.apply({"params": {"kernel": k}}, h), None), x, w)[0])
+
+    x = jax.random.normal(jax.random.key(3), (2, 6, 6, 8))
+    grad = jax.jit(jax.grad(functools.partial(run, conv), argnums=(0, 1)))
+    labels = set(re.findall(r"dim_labels=([\w>-]+)", grad.lower(w, x).compile().as_text()))
+    assert labels == {"b01f_01io->b01f"}
+    reference = jax.grad(functools.partial(run, plain), argnums=(0, 1))(w, x)
+    for a, b in zip(grad(w, x), reference):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_step_time_prints_one_json_line(capsys):
+    from benchmarks import step_time
+
+    step_time.main(["--model=cifar_preact20", "--depth=14", "--batch=2", "--steps=2", "--warmup=0", "--remat"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1
+    result = json.loads(lines[0])
+    assert result["model"] == "cifar_preact20" and result["batch"] == 2 and result["remat"] == "block"
+    assert result["init_s"] > 0 and result["compile_s"] > 0 and result["step_ms"] > 0
+    assert result["temp_bytes"] > 0 and result["images_per_s"] > 0 and result["timed_steps"] == 2
+    assert result["train_gflop_per_step"] > 0 and result["mfu"] is None  # no known CPU peak
+    assert result["jax"] == jax.__version__ and result["device"].startswith("cpu")
+
+
+def test_compare_runs_a_section_in_one_process(capsys):
+    from benchmarks import compare
+
+    summary = compare.main(["--sections=scan", "--model=cifar_preact20", "--depth=14", "--batch=2",
+                            "--rounds=1", "--steps=1"])
+    assert summary[0]["comparison"] == "step scan / unrolled" and summary[0]["ratio"] > 0
+    assert "summary:" in capsys.readouterr().out
+
+
+def test_mfu_uses_the_known_peaks():
+    from benchmarks import step_time
+
+    assert step_time.peak_flops("NVIDIA H200", "bfloat16") == 989e12
+    assert step_time.peak_flops("NVIDIA H100 80GB HBM3", "bfloat16") == 989e12
+    assert step_time.peak_flops("cpu", "float32") is None
