@@ -226,3 +226,27 @@ def test_missing_dataset_is_reported_with_what_to_do(tmp_path):
     with pytest.raises(DatasetNotPreparedError, match="cifar10"):
         trainer.train_and_evaluate(config, str(tmp_path / "run"))
     assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_tfds_cifar_resume_is_bitwise_identical(tmp_path, monkeypatch):
+    """Stopped at step 2 (as on preemption) and rerun, the TFDS CIFAR-10 run ends bit-identical."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    import jax
+
+    config = tiny_config(steps=4)
+    config.dataset = "cifar10"
+    config.eval_batch_size = 24
+
+    def run(workdir):
+        with tfds.testing.mock_data(num_examples=40):
+            return trainer.train_and_evaluate(config, str(workdir), return_state=True)
+
+    reference = run(tmp_path / "reference")["state"]
+    original = trainer.checkpointing.PreemptionWatcher.should_stop
+    monkeypatch.setattr(trainer.checkpointing.PreemptionWatcher, "should_stop", lambda self, step: step == 2)
+    stopped = run(tmp_path / "resumed")
+    assert stopped["preempted_at_step"] == 2
+    monkeypatch.setattr(trainer.checkpointing.PreemptionWatcher, "should_stop", original)
+    resumed = run(tmp_path / "resumed")["state"]
+    for a, b in zip(jax.tree.leaves(reference), jax.tree.leaves(resumed)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
