@@ -1,6 +1,6 @@
 """The papers' published figures, as data to compare our models and runs against.
 
-Every number is copied from /shared/PAPERS.md (arXiv v3 of both papers); None in an error
+Every number is copied from PAPERS.md, the project's notes on both papers (arXiv v3); None in an error
 column means the paper reports "fail" (test error above 20%, v2 Table 1 footnote).
 """
 
@@ -72,9 +72,9 @@ def _t1(key, label, unit, options, error, shortcut, branch):
 # sweep, not one run, and is left out.
 TABLE1: tuple[AblationRow, ...] = (
     _t1("original", "original", "original", {}, 0.0661, "1", "1"),
-    _t1("constant_scaling_shortcut", "constant scaling", "constant_scaling_shortcut",
+    _t1("constant_scaling_shortcut", "constant scaling 0.5 / 1", "constant_scaling_shortcut",
         {"shortcut_scale": 0.5, "branch_scale": 1.0}, None, "0.5", "1"),
-    _t1("constant_scaling", "constant scaling", "constant_scaling",
+    _t1("constant_scaling", "constant scaling 0.5 / 0.5", "constant_scaling",
         {"shortcut_scale": 0.5, "branch_scale": 0.5}, 0.1235, "0.5", "0.5"),
     _t1("exclusive_gating_b-6", "exclusive gating, b_g = -6", "exclusive_gating",
         {"gate_bias_init": -6.0}, 0.0870, "1-g(x)", "g(x)"),

@@ -1,0 +1,140 @@
+"""Figures in the papers' styles, drawn with matplotlib on axes the caller owns.
+
+- `plot_error_curves`: error vs iterations, thin lines for training error and bold for test
+  error, one colour per network (v1 Fig. 1 and 6, v2 Fig. 1 and 6).
+- `plot_unit_series`: a per-unit quantity through depth (v2 Sec. 3-4 signal analysis), with
+  stage boundaries marked.
+- `draw_unit`: one residual unit as a column of boxes, shortcut on the side (v2 Fig. 4),
+  drawn from the ops that `unit_ops.unit_ops` read off the traced code.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+from matplotlib.ticker import MaxNLocator
+
+from resnet_identity.analysis.unit_ops import Op
+
+COLORS = ("tab:blue", "tab:red", "tab:green", "tab:purple", "tab:orange", "tab:brown", "tab:gray")
+
+
+def error_series(metrics: Mapping[str, Mapping[int, float]], tag: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, error in %) of one tag of `metric_logging.read_metrics` output, step-sorted."""
+    points = sorted(metrics.get(tag, {}).items())
+    steps = np.array([s for s, _ in points], dtype=float)
+    return steps, 100 * np.array([v for _, v in points], dtype=float)
+
+
+def plot_error_curves(ax, runs: Mapping[str, Mapping[str, Mapping[int, float]]], *,
+                      train_tag: str = "train/error", test_tag: str = "test/error") -> None:
+    """Train (thin) and test (bold) error of each run vs iterations, on one axis.
+
+    `runs` maps a legend label to `read_metrics(workdir)`.
+    """
+    for color, (label, metrics) in zip(COLORS, runs.items()):
+        steps, train = error_series(metrics, train_tag)
+        ax.plot(steps, train, color=color, linewidth=0.8, alpha=0.8)
+        steps, test = error_series(metrics, test_tag)
+        ax.plot(steps, test, color=color, linewidth=2.5, marker="o" if len(steps) < 8 else None,
+                label=label)
+    ax.plot([], [], color="k", linewidth=0.8, label="train (thin)")
+    ax.plot([], [], color="k", linewidth=2.5, label="test (bold)")
+    ax.set_xlabel("iterations")
+    ax.set_ylabel("error (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def plot_unit_series(ax, series: Mapping[str, np.ndarray | None], *, ylabel: str,
+                     stage_sizes: Sequence[int] = (), log: bool = True,
+                     reference: Mapping[str, np.ndarray] | None = None) -> None:
+    """One curve per network of a per-unit quantity against the unit index l.
+
+    A None series is skipped but keeps its colour, so colours match across panels.
+    Non-finite or non-positive values (overflow, underflow) are left out of a log plot and
+    marked with an x at the first unit where they occur. `reference` curves are dashed.
+    """
+    for color, (label, values) in zip(COLORS, series.items()):
+        if values is None:
+            continue
+        values = np.asarray(values, dtype=float)
+        units = np.arange(len(values))
+        bad = ~np.isfinite(values) | ((values <= 0) if log else False)
+        shown = np.where(bad, np.nan, values)
+        ax.plot(units, shown, color=color, linewidth=1.5, label=label)
+        if bad.any():
+            first = int(np.argmax(bad))
+            finite = shown[np.isfinite(shown)]
+            # An overflow is marked at the curve's top, an underflow to 0 at its bottom.
+            overflow = not np.isfinite(values[first])
+            level = (finite.max() if overflow else finite.min()) if finite.size else 1.0
+            ax.plot([first], [level], marker="x", color=color, markersize=9, linestyle="none")
+        if reference and label in reference:
+            ax.plot(units, reference[label], color=color, linewidth=1, linestyle="--")
+    for boundary in np.cumsum(stage_sizes)[:-1]:
+        ax.axvline(boundary - 0.5, color="0.7", linewidth=0.8, linestyle=":")
+    if log:
+        ax.set_yscale("log")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("unit l (input x_l)")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3, which="both" if not log else "major")
+
+
+_BOX = {"conv": ("weight", "#b0c4de"), "bn": ("BN", "#f3e79b"), "relu": ("ReLU", "#f4a582"),
+        "dropout": ("dropout", "#d9d9d9"), "gate": ("gate", "#c2a5cf"), "scale": ("scale", "#d9d9d9")}
+
+
+def _box_text(op: Op) -> str:
+    name, _ = _BOX.get(op.kind, (op.kind, None))
+    if op.kind == "conv":
+        return "weight " + op.label.split("conv ")[-1].split(",")[0]
+    if op.kind == "scale":
+        return op.label
+    return name
+
+
+def _arrow(ax, y_from: float, y_to: float) -> None:
+    ax.annotate("", xy=(0, y_to), xytext=(0, y_from), arrowprops={"arrowstyle": "->"})
+
+
+def _box(ax, y: float, op: Op) -> None:
+    ax.text(0, y, _box_text(op), ha="center", va="center", fontsize=9,
+            bbox={"boxstyle": "round,pad=0.3", "facecolor": _BOX.get(op.kind, ("", "white"))[1]})
+
+
+def draw_unit(ax, ops: Sequence[Op], title: str) -> None:
+    """Draws a unit top (x_l) to bottom (x_{l+1}), branch in the middle, shortcut on the right.
+
+    Every op before the addition is drawn on the branch: exact for the units of v2 Fig. 4 /
+    Table 2; for Table 1's units the scalings and gates of the shortcut land there too.
+    """
+    branch = [op for op in ops if op.kind not in ("add", "shortcut") and not op.after_addition]
+    after = [op for op in ops if op.after_addition]
+    shortcut = next((op.label.split(": ", 1)[1] for op in ops if op.kind == "shortcut"), "identity")
+    ax.text(0, 0, "$x_l$", ha="center", va="center", fontsize=11)
+    y = 0.0
+    for op in branch:
+        y -= 1
+        _arrow(ax, y + 0.7, y + 0.3)
+        _box(ax, y, op)
+    y -= 1
+    _arrow(ax, y + 0.7, y + 0.25)
+    ax.text(0, y, "+", ha="center", va="center", fontsize=13,
+            bbox={"boxstyle": "circle,pad=0.15", "facecolor": "white"})
+    ax.plot([0.15, 1.1, 1.1], [-0.1, -0.1, y], color="k", linewidth=1)
+    ax.annotate("", xy=(0.2, y), xytext=(1.1, y), arrowprops={"arrowstyle": "->"})
+    ax.text(1.2, y / 2, shortcut, rotation=90, ha="left", va="center", fontsize=8)
+    for op in after:
+        y -= 1
+        _arrow(ax, y + 0.75, y + 0.3)
+        _box(ax, y, op)
+    y -= 1
+    _arrow(ax, y + 0.75, y + 0.25)
+    ax.text(0, y, "$x_{l+1}$", ha="center", va="center", fontsize=11)
+    ax.set_xlim(-1.2, 1.8)
+    ax.set_ylim(y - 0.6, 0.6)
+    ax.set_title(title, fontsize=10)
+    ax.axis("off")

@@ -1,0 +1,47 @@
+"""Executes every notebook top to bottom with its small settings (RESNET_IDENTITY_SMALL=1)."""
+
+import json
+import os
+import sys
+
+import pytest
+
+nbclient = pytest.importorskip("nbclient")
+nbformat = pytest.importorskip("nbformat")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NOTEBOOKS = os.path.join(ROOT, "notebooks")
+
+
+@pytest.fixture(scope="module")
+def this_python_kernel(tmp_path_factory):
+    """A `python3` kernelspec that runs this interpreter, first on JUPYTER_PATH.
+
+    The notebooks must run in the environment under test, not whatever `python3` kernel a
+    machine has installed elsewhere.
+    """
+    path = tmp_path_factory.mktemp("jupyter")
+    spec_dir = path / "kernels" / "python3"
+    spec_dir.mkdir(parents=True)
+    spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            "display_name": "Python 3 (under test)", "language": "python"}
+    (spec_dir / "kernel.json").write_text(json.dumps(spec))
+    return str(path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["models", "signal_propagation", "training_curves"])
+def test_notebook_runs_with_small_settings(name, this_python_kernel, monkeypatch):
+    monkeypatch.setenv("JUPYTER_PATH", this_python_kernel)
+    monkeypatch.setenv("RESNET_IDENTITY_SMALL", "1")
+    # The small runs are compile-bound: XLA's cheapest optimisation level halves their time.
+    monkeypatch.setenv("XLA_FLAGS", (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip())
+    nb = nbformat.read(os.path.join(NOTEBOOKS, f"{name}.ipynb"), as_version=4)
+    assert nb.metadata.kernelspec.name == "python3"
+    client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=600,
+                                     resources={"metadata": {"path": NOTEBOOKS}})
+    client.execute()
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert "RESNET_IDENTITY_SMALL" in code[0].source
+    images = [o for c in code for o in c.outputs if "image/png" in o.get("data", {})]
+    assert images, f"{name}.ipynb drew no figure"
