@@ -47,24 +47,6 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
 
 
-def check_batch_divides(global_batch_size: int, mesh: Mesh, bn_group_size: int | None) -> None:
-    """A clear error, before any compile, for a batch that the devices or BN groups cannot split."""
-    devices = mesh.devices.size
-    processes = jax.process_count()
-    if global_batch_size % devices:
-        raise ValueError(
-            f"batch_size={global_batch_size} does not split evenly over {devices} devices; "
-            f"use a multiple of {devices} (e.g. {devices * max(1, global_batch_size // devices)})."
-        )
-    if global_batch_size % processes:
-        raise ValueError(f"batch_size={global_batch_size} does not split over {processes} processes.")
-    if bn_group_size is not None and global_batch_size % bn_group_size:
-        raise ValueError(
-            f"model_overrides.bn_group_size={bn_group_size} does not divide batch_size="
-            f"{global_batch_size}; BatchNorm statistics groups must tile the batch."
-        )
-
-
 def global_batch(local: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
     """Assembles each process's slice of a batch into one global, data-sharded array."""
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
