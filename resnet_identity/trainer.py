@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import socket
 import time
 from typing import Any
 
@@ -40,7 +41,8 @@ def check_workdir(workdir: str) -> None:
     """Fails early, with what to do, if the workdir cannot be written or the disk is full."""
     try:
         os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, ".write_test")
+        # One probe per process: the processes of a multi-host run share the workdir.
+        probe = os.path.join(workdir, f".write_test.{socket.gethostname()}.{os.getpid()}")
         with open(probe, "w") as f:
             f.write("x" * 4096)
         os.remove(probe)
@@ -49,6 +51,12 @@ def check_workdir(workdir: str) -> None:
             f"Cannot write to workdir {workdir!r} ({e.strerror}). Choose a writable --workdir, "
             f"fix its permissions, or free disk space."
         ) from e
+
+
+def _write_atomically(path: str, text: str) -> None:
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
 
 
 def check_saved_config(workdir: str, config: ml_collections.ConfigDict, allow_change: bool) -> None:
@@ -103,16 +111,20 @@ def evaluate(state, dataset, eval_fn, config, mesh, crop=None) -> dict[str, floa
 
 
 class _Progress:
-    """Images/s and ETA for the console line."""
+    """Training images/s and ETA for the console line; time spent compiling, evaluating and
+    saving (`exclude`) is left out of the rate."""
 
     def __init__(self, start_step: int, total: int, batch: int):
         self.total, self.batch = total, batch
-        self.last_step, self.last_time = start_step, time.time()
+        self.last_step, self.last_time, self.excluded = start_step, time.time(), 0.0
+
+    def exclude(self, seconds: float) -> None:
+        self.excluded += seconds
 
     def line(self, step: int) -> str:
         now = time.time()
-        rate = (step - self.last_step) / max(now - self.last_time, 1e-9)
-        self.last_step, self.last_time = step, now
+        rate = (step - self.last_step) / max(now - self.last_time - self.excluded, 1e-9)
+        self.last_step, self.last_time, self.excluded = step, now, 0.0
         eta = (self.total - step) / max(rate, 1e-9)
         return f"{rate * self.batch:,.0f} img/s, ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}"
 
@@ -130,9 +142,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     check_workdir(workdir)
     check_saved_config(workdir, config, allow_config_change)
     dataset = get_dataset(config)  # a missing dataset fails here, before any compile
-    if is_main:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json(indent=2))
+    if is_main:  # atomically: the other processes may be reading it in check_saved_config
+        _write_atomically(os.path.join(workdir, "config.json"), config.to_json(indent=2))
 
     total = config_lib.total_steps(config)
     model = models.create_model(config.model, num_classes=dataset.num_classes, **config_lib.model_kwargs(config))
@@ -199,7 +210,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     try:
         with checkpointing.PreemptionWatcher() as watcher:
             while step < total:
+                started = time.time()
                 state, metrics = step_fn(state, parallel.global_batch(next(batches), batch_sharding))
+                if step == start_step:  # the first call compiles the step before it runs
+                    compile_s = time.time() - started
+                    progress.exclude(compile_s)
+                    logger.console(f"compiled the train step in {compile_s:.1f} s")
                 pending.append(metrics)
                 step += 1
                 if step % config.log_every_steps == 0 or step == total:
@@ -212,10 +228,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                    f"{100 * means['error']:.2f}%, lr {means['learning_rate']:.4g}, "
                                    f"{progress.line(step)}")
                 if step % config.eval_every_steps == 0 and step != total:
+                    started = time.time()
                     eval_results = run_eval(step)
+                    progress.exclude(time.time() - started)
                 if step % config.checkpoint_every_steps == 0 or step == total:
+                    started = time.time()
                     check_finite(step)
                     checkpointer.maybe_save(step, state, force=True)
+                    progress.exclude(time.time() - started)
                 if step < total and watcher.should_stop(step):
                     check_finite(step)
                     checkpointer.maybe_save(step, state, force=True)
@@ -229,10 +249,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         logger.close()
     final = {"step": step, **{f"{tag}_{k}": v for tag, m in eval_results.items() for k, v in m.items()}}
     if is_main:
-        path = os.path.join(workdir, "final_metrics.json")
-        with open(path + ".tmp", "w") as f:
-            json.dump(final, f, indent=2)
-        os.replace(path + ".tmp", path)
+        _write_atomically(os.path.join(workdir, "final_metrics.json"), json.dumps(final, indent=2))
     print("final: " + ", ".join(f"{tag} error {100 * m['error']:.2f}%" for tag, m in eval_results.items()),
           flush=True)
     return {**final, "state": state} if return_state else final

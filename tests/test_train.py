@@ -143,6 +143,29 @@ def _free_port():
         return s.getsockname()[1]
 
 
+def test_processes_sharing_a_workdir_check_it_without_tripping_over_each_other(tmp_path):
+    """The processes of a multi-host run check and write one workdir at the same moment. They
+    once shared one write-probe file (one removed it under the other) and read config.json
+    while it was being rewritten; either failure stalled the peers in their first collective."""
+    script = (
+        "import sys\n"
+        "from resnet_identity import trainer\n"
+        "from tests.train_worker import tiny_config\n"
+        "config = tiny_config(3)\n"
+        "for _ in range(300):\n"
+        "    trainer.check_workdir(sys.argv[1])\n"
+        "    trainer.check_saved_config(sys.argv[1], config, allow_change=False)\n"
+        "    if sys.argv[2] == '0':  # the main process writes, as in train_and_evaluate\n"
+        "        trainer._write_atomically(sys.argv[1] + '/config.json', config.to_json(indent=2))\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path), str(i)], cwd=ROOT,
+                              env={**os.environ, "PYTHONPATH": ROOT}, stderr=subprocess.PIPE, text=True)
+             for i in range(4)]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n".join(e[-1500:] for e in errors)
+    assert sorted(os.listdir(tmp_path)) == ["config.json"]
+
+
 @pytest.mark.slow
 def test_two_processes_agree(tmp_path):
     """Two local processes joined by jax.distributed train three steps on one global batch."""
@@ -154,8 +177,8 @@ def test_two_processes_agree(tmp_path):
         procs.append(subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": ROOT},
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outputs = [p.communicate(timeout=600) for p in procs]
-    for p, (out, err) in zip(procs, outputs):
-        assert p.returncode == 0, err[-3000:]
+    assert all(p.returncode == 0 for p in procs), "\n\n".join(
+        f"process {i} exited {p.returncode}:\n{err[-2500:]}" for i, (p, (_, err)) in enumerate(zip(procs, outputs)))
     assert "2 device(s)" in outputs[0][0]
     single = _run_worker(tmp_path / "single", tmp_path / "single.npz")
     assert single.returncode == 0, single.stderr[-3000:]
