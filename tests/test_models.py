@@ -335,6 +335,28 @@ def test_ghost_bn_gradient_equals_autodiff_of_the_plain_formula():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
+def test_bf16_ghost_bn_keeps_its_input_in_bf16_and_computes_in_f32():
+    """Under mixed precision BN keeps x (not a float32 copy) for the backward pass, and its
+    results are float32 BN on the same bf16 values, rounded once to bf16."""
+    x = (jax.random.normal(jax.random.key(6), (8, 4, 4, 16)) * 3 + 1).astype(jnp.bfloat16)
+    bn16, bn32 = GhostBatchNorm(group_size=4, dtype=jnp.bfloat16), GhostBatchNorm(group_size=4)
+    variables = bn32.init(jax.random.key(0), x.astype(jnp.float32))
+    weights = jax.random.normal(jax.random.key(7), x.shape)
+
+    def forward(bn, x):
+        return bn.apply(variables, x, mutable=["batch_stats"])[0]
+
+    y16, vjp16 = jax.vjp(functools.partial(forward, bn16), x)
+    kept = [a for a in jax.tree.leaves(vjp16) if a.size == x.size]
+    assert kept and all(a.dtype == jnp.bfloat16 for a in kept), [a.dtype for a in kept]
+    (dx16,) = vjp16(weights.astype(jnp.bfloat16))
+    y32, vjp32 = jax.vjp(functools.partial(forward, bn32), x.astype(jnp.float32))
+    (dx32,) = vjp32(weights.astype(jnp.bfloat16).astype(jnp.float32))
+    assert y16.dtype == dx16.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(y16, y32.astype(jnp.bfloat16))
+    np.testing.assert_allclose(dx16.astype(jnp.float32), dx32, rtol=1e-2, atol=1e-2 * float(jnp.abs(dx32).max()))
+
+
 def test_ghost_bn_normalises_each_group_by_its_own_statistics():
     a = jax.random.normal(jax.random.key(1), (4, 3, 3, 2))
     b = 10 + 5 * jax.random.normal(jax.random.key(2), (4, 3, 3, 2))
