@@ -17,7 +17,7 @@ import pytest
 from jax import lax
 
 from resnet_identity import models
-from resnet_identity.models import stack
+from resnet_identity.models import canonical_conv, stack
 from resnet_identity.models.layers import make_norm
 
 NHWC = ("NHWC", "HWIO", "NHWC")
@@ -65,8 +65,8 @@ def test_scanned_schemes_match_unrolled_loss_gradients_and_statistics(unrolled_1
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_remat_true_is_block_and_block_lengths():
-    assert stack.resolve_remat(True) == "block" and stack.resolve_remat(False) == "none"
+def test_remat_true_is_nested_and_block_lengths():
+    assert stack.resolve_remat(True) == "nested" and stack.resolve_remat(False) == "none"
     assert stack.block_length(110) == 5  # ResNet-1001: 22 blocks of 5
     assert stack.nested_block_length(110) == 10
     assert stack.block_length(17) == 1  # prime: per-unit remat
@@ -99,8 +99,8 @@ def _temp_bytes(length, remat):
 
 
 def test_block_remat_keeps_far_less_than_per_unit_remat_on_a_long_run():
-    none, unit, block = (_temp_bytes(110, r) for r in ("none", "unit", "block"))
-    assert block < unit / 2 < none / 4
+    none, unit, block, nested = (_temp_bytes(110, r) for r in ("none", "unit", "block", "nested"))
+    assert nested < block < unit / 2 < none / 4
 
 
 @pytest.mark.parametrize("shape,kernel,stride,pad", [
@@ -115,7 +115,7 @@ def test_conv_with_canonical_grads_equals_lax(shape, kernel, stride, pad):
     def loss(conv, x, w):
         return jnp.sum(jnp.sin(conv(x, w, (stride, stride), padding, dimension_numbers=NHWC)))
 
-    ours = jax.jit(jax.value_and_grad(functools.partial(loss, stack.conv_with_canonical_grads), (0, 1)))(x, w)
+    ours = jax.jit(jax.value_and_grad(functools.partial(loss, canonical_conv.conv_with_canonical_grads), (0, 1)))(x, w)
     reference = jax.jit(jax.value_and_grad(functools.partial(loss, lax.conv_general_dilated), (0, 1)))(x, w)
     for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(reference)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
@@ -124,7 +124,7 @@ def test_conv_with_canonical_grads_equals_lax(shape, kernel, stride, pad):
 def test_conv_with_canonical_grads_keeps_loop_body_convolutions_canonical():
     """The cause of the slow scanned gradient: non-NHWC/HWIO convs inside a while body."""
     conv = nn.Conv(8, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
-                   conv_general_dilated=stack.conv_with_canonical_grads)
+                   conv_general_dilated=canonical_conv.conv_with_canonical_grads)
     plain = nn.Conv(8, (3, 3), padding=((1, 1), (1, 1)), use_bias=False)
     w = jax.random.normal(jax.random.key(2), (5, 3, 3, 8, 8)) * 0.1
 
@@ -147,7 +147,7 @@ def test_step_time_prints_one_json_line(capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1
     result = json.loads(lines[0])
-    assert result["model"] == "cifar_preact20" and result["batch"] == 2 and result["remat"] == "block"
+    assert result["model"] == "cifar_preact20" and result["batch"] == 2 and result["remat"] == "nested"
     assert result["init_s"] > 0 and result["compile_s"] > 0 and result["step_ms"] > 0
     assert result["temp_bytes"] > 0 and result["images_per_s"] > 0 and result["timed_steps"] == 2
     assert result["train_gflop_per_step"] > 0 and result["mfu"] is None  # no known CPU peak

@@ -128,7 +128,7 @@ OVERRIDES = {
     "bn_epsilon": "a positive float",
     "zero_init_last": "a bool",
     "scan": "a bool",
-    "remat": "False, True (= 'block'), 'none', 'unit', 'block' or 'nested'",
+    "remat": "False, True (= 'nested'), 'none', 'unit', 'block' or 'nested'",
     "unroll": "a positive int",
 }
 

@@ -8,44 +8,35 @@ for both paths) followed by n-1 identical units. `UnitStack` applies those n-1 u
   repeated units cost about what ResNet-164's 51 do.
 - `scan=False` unrolls a Python loop, one module per unit (`unit0`, `unit1`, ...).
 - `remat` rematerialises activations in the backward pass (`jax.checkpoint`). Without
-  it a unit keeps ~4.7x its input in activations (ResNet-1001 at batch 128: 29.7 GiB).
-  - "unit" keeps each unit's input and recomputes the unit once: 6.4 GiB, since
+  it a unit keeps ~4.7x its input in activations (ResNet-1001 at batch 128: 20.6 GiB).
+  - "unit" keeps each unit's input and recomputes the unit once: 6.3 GiB, since
     330 inputs are still kept.
-  - "block" (what `remat=True` selects) keeps one input per block of L units and
-    recomputes a block's forward pass once, keeping all of that one block's
-    activations meanwhile; L ~ sqrt(n / 4.7) minimises n/L + 4.7 L. Memory O(sqrt n)
-    at the compute of "unit" (one extra forward pass): 1.8 GiB.
-  - "nested" uses blocks of ~sqrt(n) units with per-unit remat inside: least memory
-    (1.0 GiB) but two extra forward passes.
+  - "block" keeps one input per block of L units and recomputes a block's forward pass
+    once, keeping all of that one block's activations meanwhile; L ~ sqrt(n / 4.7)
+    minimises n/L + 4.7 L. Memory O(sqrt n) at the compute of "unit": 1.65 GiB (12.5x).
+  - "nested" (what `remat=True` selects) uses blocks of ~sqrt(n) units with per-unit
+    remat inside: 0.96 GiB (21x) for two extra forward passes. Measured, that second
+    pass costs nothing: on an H200, ResNet-1001 at batch 128 steps in 200 ms with
+    "nested" and 202 ms with "block" (151 ms without remat, 1.32x); on 2 CPU cores
+    both are faster than no remat. The second recomputation is free, so "nested" is the
+    default.
   Unrolled (`scan=False`), every scheme rematerialises per unit.
 
 The stacked and unrolled layouts hold the same numbers; `stacked_to_unrolled` and
 `unrolled_to_stacked` convert between them.
 
-Why a scanned gradient was 7-10x slower than the unrolled one on CPU, and the fix:
-XLA:CPU runs a convolution on its fast library kernels only in the canonical form (input
-NHWC, kernel HWIO, output NHWC); any other form is emitted as a naive loop nest. Its
-`ConvCanonicalization` pass rewrites other forms with transposes, but only for
-convolutions in the entry computation, not inside while-loop bodies. A forward conv is
-canonical, but JAX's transpose rules give the input gradient a kernel in HWOI form
-(`b01f_01oi->b01f`) and the kernel gradient batch/feature-swapped operands
-(`f01b_i01o->01bf`). Unrolled, those are canonicalised; scanned, they sit in the loop body
-and run naively. `conv_with_canonical_grads`, given to `nn.Conv(conv_general_dilated=...)`
-where `layers.conv` builds the convolutions, writes both gradient convolutions in
-canonical form itself, with the transposes made explicit, so it makes no difference where
-they are traced (benchmarks/RESULTS.md has the measurements).
+Why the scanned gradient was once 7-10x slower than the unrolled one on CPU, and the fix,
+are in `canonical_conv.py`.
 """
 
 from __future__ import annotations
 
-import functools
 import math
-from typing import Any, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 ModuleDef = Any
 
@@ -57,98 +48,14 @@ ACTIVATIONS_PER_INPUT = 4.7
 
 
 def resolve_remat(remat: bool | str | None) -> str:
-    """Maps the `remat` override to a scheme name: True -> "block", False -> "none"."""
+    """Maps the `remat` override to a scheme name: True -> "nested", False -> "none"."""
     if remat is True:
-        return "block"
+        return "nested"
     if remat is False or remat is None:
         return "none"
     if remat in REMAT_SCHEMES:
         return remat
     raise ValueError(f"remat={remat!r}; choose one of {REMAT_OPTIONS}.")
-
-
-_NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2))
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _nhwc_conv(x: jax.Array, w: jax.Array, strides: tuple[int, int],
-               padding: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
-    return lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=_NHWC)
-
-
-def _nhwc_conv_fwd(x, w, strides, padding):
-    return _nhwc_conv(x, w, strides, padding), (x, w)
-
-
-def _canonical_grads(strides, padding, x, w, g):
-    """Both gradients as NHWC/HWIO convolutions; the paddings are JAX's transpose rules'."""
-    kernel, size_in = w.shape[:2], x.shape[1:3]
-    dilated_out = [(o - 1) * s + 1 for o, s in zip(g.shape[1:3], strides)]
-    dx_padding = [(k - 1 - lo, i - d + lo) for k, (lo, _), i, d in zip(kernel, padding, size_in, dilated_out)]
-    flipped = jnp.swapaxes(jnp.flip(w, (0, 1)), 2, 3)  # HWIO of the transposed conv
-    dx = lax.conv_general_dilated(g, flipped, (1, 1), dx_padding, lhs_dilation=strides, dimension_numbers=_NHWC)
-    if kernel == (1, 1) and padding == ((0, 0), (0, 0)):
-        # A 1x1 kernel's gradient is one matrix product over (n, h, w). XLA:CPU transposes
-        # its left operand to put (n, h, w) minor, so make that the one with fewer channels.
-        strided = x[:, ::strides[0], ::strides[1], :][:, :g.shape[1], :g.shape[2], :]
-        contract = (((0, 1, 2), (0, 1, 2)), ((), ()))
-        if strided.shape[-1] <= g.shape[-1]:
-            dw = lax.dot_general(strided, g, contract)
-        else:
-            dw = lax.dot_general(g, strided, contract).T
-        return dx, dw.reshape(w.shape)
-    # dw[i, j, c, o] = sum_{n, t} x[n, s t + i, c] g[n, t, o]: C acts as the batch, N as the feature.
-    dw_padding = [(lo, d - i + k - 1 - lo) for k, (lo, _), i, d in zip(kernel, padding, size_in, dilated_out)]
-    dw = lax.conv_general_dilated(jnp.transpose(x, (3, 1, 2, 0)), jnp.transpose(g, (1, 2, 0, 3)), (1, 1),
-                                  dw_padding, rhs_dilation=strides, dimension_numbers=_NHWC)
-    return dx, jnp.transpose(dw, (1, 2, 0, 3))
-
-
-def _nhwc_conv_bwd(strides, padding, residuals, g):
-    x, w = residuals
-
-    def jax_grads(x, w, g):
-        return jax.vjp(lambda x, w: lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=_NHWC),
-                       x, w)[1](g)
-
-    # Only XLA:CPU needs the rewrite; elsewhere the compiler picks layouts for JAX's own form.
-    return lax.platform_dependent(x, w, g, cpu=functools.partial(_canonical_grads, strides, padding),
-                                  default=jax_grads)
-
-
-_nhwc_conv.defvjp(_nhwc_conv_fwd, _nhwc_conv_bwd)
-
-
-def conv_with_canonical_grads(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
-                              padding: Any, lhs_dilation: Sequence[int] | None = None,
-                              rhs_dilation: Sequence[int] | None = None, dimension_numbers: Any = None,
-                              feature_group_count: int = 1, batch_group_count: int = 1,
-                              precision: Any = None, preferred_element_type: Any = None) -> jax.Array:
-    """`lax.conv_general_dilated` whose gradient convolutions are canonical on XLA:CPU.
-
-    A drop-in for `nn.Conv(conv_general_dilated=...)`. Same forward; the same gradients up
-    to float rounding (a 1x1 kernel's is a matrix product): the
-    gradients are computed by the convolutions JAX's transpose rules would emit, with their
-    operands transposed into NHWC/HWIO (see the module docstring for why that matters).
-    Only undilated, ungrouped 2-D NHWC/HWIO convolutions with explicit padding (all this
-    codebase builds) take that path; anything else is passed to `lax.conv_general_dilated`.
-    """
-    ones = (1,) * (lhs.ndim - 2)
-    canonical = (
-        lhs.ndim == 4
-        and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == _NHWC
-        and tuple(lhs_dilation or ones) == ones
-        and tuple(rhs_dilation or ones) == ones
-        and feature_group_count == batch_group_count == 1
-        and precision is None
-        and preferred_element_type is None
-        and not isinstance(padding, str)
-    )
-    if not canonical:
-        return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-                                        dimension_numbers, feature_group_count, batch_group_count,
-                                        precision, preferred_element_type)
-    return _nhwc_conv(lhs, rhs, tuple(window_strides), tuple((int(lo), int(hi)) for lo, hi in padding))
 
 
 def nested_block_length(length: int) -> int:
