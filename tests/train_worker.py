@@ -9,7 +9,6 @@ their own (device count and distributed init are fixed at start-up; kills need a
 
 import argparse
 import ast
-import os
 import sys
 
 import numpy as np
