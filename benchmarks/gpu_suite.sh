@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# The GPU figures of issue 4 ("Depth at no cost", targets 2, 4 and 7), one command per row
+# of benchmarks/RESULTS.md "GPU".
+#
+#   bash benchmarks/gpu_suite.sh [SECTION ...]
+#
+# Sections: env r50 r200 1001 1001_bf16 scan profile (default: all but profile). Each
+# measurement is its own `benchmarks.step_time` process under `timeout`, so one slow compile
+# cannot take the rest down. JSON lines go to stdout and to $OUT/results.jsonl ($OUT defaults
+# to /tmp/gpu_suite). Steps are timed pipelined (`--windows`), as training runs them: the
+# host waits once per window, not on every step. `profile` writes perfetto traces of 3 steps
+# to $OUT/*.json.gz. About 12 minutes for the default sections on an H200.
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/gpu_suite}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+
+bench() {  # bench SECONDS ARGS...: one step_time run, killed after SECONDS
+  local limit=$1; shift
+  echo "# step_time $*" >&2
+  timeout "$limit" python3 -m benchmarks.step_time --windows=2 "$@" 2>>"$OUT/stderr.log" | tee -a "$OUT/results.jsonl"
+  local rc=${PIPESTATUS[0]}
+  [ "$rc" = 0 ] || echo "{\"failed\": \"$*\", \"rc\": $rc}" | tee -a "$OUT/results.jsonl"
+}
+
+profile() {  # profile NAME ARGS...: a step_time run that also traces 3 steps
+  local name=$1; shift
+  bench 200 --profile_dir="/tmp/profile_$name" "$@"
+  cp "$(find "/tmp/profile_$name" -name perfetto_trace.json.gz | head -1)" "$OUT/$name.json.gz"
+}
+
+section() {
+  case "$1" in
+    env)
+      nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.limit,memory.total --format=csv
+      python3 -c 'import jax, flax, optax; print("jax", jax.__version__, "flax", flax.__version__, "optax", optax.__version__, jax.devices())'
+      ;;
+    r50)        # target 7a: ResNet-50, bf16, synthetic data, one GPU; scanned vs unrolled
+      bench 150 --model=resnet50 --batch=256 --dtype=bfloat16 --steps=10
+      bench 150 --model=resnet50 --batch=256 --dtype=bfloat16 --steps=10 --unrolled
+      bench 150 --model=resnet50 --batch=512 --dtype=bfloat16 --steps=10 --unrolled ;;
+    r200)       # the deepest ImageNet model, scanned vs unrolled
+      bench 150 --model=preact_resnet200 --batch=128 --dtype=bfloat16 --steps=5
+      bench 200 --model=preact_resnet200 --batch=128 --dtype=bfloat16 --steps=5 --unrolled ;;
+    1001)       # targets 7b and 4: ResNet-1001 at batch 128, fp32 as in the paper, each remat scheme
+      for remat in none block nested; do
+        bench 150 --model=cifar_preact1001 --batch=128 --remat=$remat --steps=5
+      done ;;
+    1001_bf16)  # the fastest forms found
+      bench 150 --model=cifar_preact1001 --batch=128 --dtype=bfloat16 --steps=5
+      bench 150 --model=cifar_preact1001 --batch=128 --dtype=bfloat16 --steps=5 --remat=unit
+      bench 150 --model=cifar_preact1001 --batch=128 --dtype=bfloat16 --steps=5 --unroll=3
+      bench 150 --model=cifar_preact1001 --batch=128 --dtype=bfloat16 --steps=5 --remat=unit --unroll=3 ;;
+    scan)       # target 2 on GPU: scanned vs unrolled, side by side in one process
+      timeout 420 python3 -m benchmarks.compare --sections=scan --model=cifar_preact164 --batch=128 \
+        --rounds=3 --steps=10 2>>"$OUT/stderr.log" | tee -a "$OUT/results.jsonl" ;;
+    profile)    # where the time goes
+      profile r50_unrolled --model=resnet50 --batch=256 --dtype=bfloat16 --steps=10 --unrolled
+      profile r50_scanned --model=resnet50 --batch=256 --dtype=bfloat16 --steps=10
+      profile preact1001 --model=cifar_preact1001 --batch=128 --steps=5 ;;
+    *) echo "unknown section $1" >&2; return 2 ;;
+  esac
+}
+
+for name in "${@:-env r50 r200 1001 1001_bf16 scan}"; do
+  for s in $name; do section "$s"; done
+done

@@ -1,0 +1,49 @@
+"""The benchmark harnesses' own logic: pipelined timing, the trace breakdown, the input pipeline."""
+
+import gzip
+import json
+
+from benchmarks import input_pipeline, step_time, trace_breakdown
+
+
+def test_pipelined_timing_reports_windows_of_steps(capsys):
+    result = step_time.main(["--model=cifar_preact20", "--depth=8", "--batch=2", "--steps=3", "--windows=2",
+                             "--warmup=0"])
+    assert json.loads(capsys.readouterr().out) == result
+    assert result["timing"] == "pipelined 2x3" and result["timed_steps"] == 6
+    assert 0 < result["step_ms_min"] <= result["step_ms"]
+    assert abs(result["images_per_s"] * result["step_ms"] / 2000 - 1) < 0.01  # batch 2 per step
+
+
+def _event(name, dur, pid=1):
+    return {"ph": "X", "pid": pid, "tid": 7, "ts": 0, "dur": dur, "name": name}
+
+
+def test_trace_breakdown_sorts_gpu_kernels_by_kind(tmp_path, capsys):
+    events = [
+        {"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/device:GPU:0"}},
+        {"ph": "M", "name": "process_name", "pid": 2, "args": {"name": "/host:CPU"}},
+        _event("sm90_xmma_fprop_implicit_gemm_bf16", 300), _event("nvjet_sm90_tst", 300),
+        _event("input_reduce_fusion.3", 150), _event("loop_dynamic_update_slice_fusion", 60),
+        _event("MemcpyD2D", 30), _event("loop_broadcast_fusion.2", 30), _event("loop_maximum_fusion", 30),
+        _event("python3 host work", 10_000, pid=2),  # host events are not GPU time
+    ]
+    path = tmp_path / "trace.json.gz"
+    with gzip.open(path, "wt") as f:
+        json.dump({"traceEvents": events}, f)
+    rows = trace_breakdown.breakdown(str(path), steps=3)
+    assert rows["convolutions and matrix products"] == {"ms_per_step": 0.2, "kernels_per_step": 0}
+    assert rows["reductions (BN statistics and their gradients)"]["ms_per_step"] == 0.05
+    assert set(rows) == {label for label, _ in trace_breakdown.KINDS[:5]} | {
+        "other elementwise (BN apply, ReLU, casts, optimiser)"}
+    assert "0.3 ms of GPU time and 2 kernels per step" in capsys.readouterr().out
+
+
+def test_input_pipeline_bench_prints_its_result(capsys):
+    result = input_pipeline.main(["--batch=16", "--batches=4", "--repeats=3"])
+    assert json.loads(capsys.readouterr().out) == result
+    assert result["batch"] == 16 and result["target_images_per_s"] == 20_000
+    assert result["host_images_per_s"] > 0 and result["device_augment_images_per_s"] > 0
+    assert result["host_exceeds_target"] == (result["host_images_per_s"] > 20_000)
+    for field in ("device_augment_exceeds_target", "device", "cpu_count", "loadavg_1m_5m", "jax"):
+        assert field in result
