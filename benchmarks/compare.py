@@ -6,7 +6,7 @@
 
 Sections (each prints JSON lines, then a one-line summary of its ratio):
 - ready:  init + compile of `--ready_models` (164 and 1001, scanned), and 1001 / 164,
-          with the init compiled as `trainer.py` does and with `--fast_init`.
+          with the init compiled as `trainer.py` does (-O0 on CPU) and at XLA's default -O2.
 - scan:   steady step of `--model` scanned vs unrolled (`scan=False`); scanned / unrolled.
 - remat:  temporary memory of `--memory_model` at `--memory_batch` for every remat scheme
           (compile only, nothing runs), the cut vs no remat; and the steady step of

@@ -1,7 +1,7 @@
 """Times what training runs: parameter init, compiling the train step, and the steady step.
 
     python -m benchmarks.step_time --model=cifar_preact1001 --batch=32 [--dtype=bfloat16]
-        [--remat[=SCHEME]] [--unrolled] [--steps=N] [--windows=W] [--depth=D] [--fast_init]
+        [--remat[=SCHEME]] [--unrolled] [--steps=N] [--windows=W] [--depth=D] [--no-fast_init]
 
 prints ONE JSON line: init seconds (jitted `create_train_state`, as `trainer.py` runs it),
 compile seconds (lowering + XLA compile of `train_step`), the median steady step over N
@@ -191,17 +191,11 @@ def training_setup(model_name: str, batch: int, *, dataset: str = "synthetic", n
                  data.train_batches(global_batch_size=batch, start_step=0, seed=seed))
 
 
-# XLA options for compiling the one-off init with `fast_init`: LLVM -O0. Most of the init's
-# ~10 CPU-seconds is optimising the per-parameter random-number code, whose single run
-# takes 0.15 s. The parameters differ from -O2's in the last bit (2% of them, <= 2.4e-7
-# relative: floating-point contraction), which is why it is an option, not the default.
-FAST_INIT_OPTIONS = {"xla_backend_optimization_level": 0}
-
-
-def build(model_name: str, batch: int, *, compile_only: bool = False, fast_init: bool = False,
+def build(model_name: str, batch: int, *, compile_only: bool = False, fast_init: bool = True,
           num_classes: int = 10, seed: int = 0, **overrides: Any) -> Bench:
     """Initialises, lowers and compiles one configuration on synthetic data; `compile_only`
-    skips init and data; `fast_init` compiles the init with `FAST_INIT_OPTIONS`.
+    skips init and data; `fast_init` compiles the init as `trainer.py` does
+    (`xla_config.init_compiler_options`: -O0 on CPU); False compiles it at XLA's default.
 
     `compile_only` compiles against `jax.eval_shape` of the state, which is all that
     `memory_analysis()` needs: ResNet-1001 at batch 128 is sized without running it.
@@ -222,7 +216,8 @@ def build(model_name: str, batch: int, *, compile_only: bool = False, fast_init:
         batches = [jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), batches[0])]
     else:
         start = time.perf_counter()
-        state = init.lower(init_key).compile(compiler_options=FAST_INIT_OPTIONS if fast_init else None)(init_key)
+        options = xla_config.init_compiler_options(jax.default_backend()) if fast_init else None
+        state = init.lower(init_key).compile(compiler_options=options)(init_key)
         _block(state)
         init_s = time.perf_counter() - start
         batches = [jax.device_put(b) for b in batches]
@@ -279,7 +274,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--unrolled", action="store_true", help="scan=False: one module per unit")
     parser.add_argument("--depth", type=int, default=None, help="override the depth (tiny models for tests)")
     parser.add_argument("--unroll", type=int, default=None, help="scan unroll factor")
-    parser.add_argument("--fast_init", action="store_true", help="compile the init at LLVM -O0 (FAST_INIT_OPTIONS)")
+    parser.add_argument("--fast_init", action=argparse.BooleanOptionalAction, default=True,
+                        help="compile the init as trainer.py does (-O0 on CPU); --no-fast_init: XLA's default")
     parser.add_argument("--steps", type=int, default=5, help="timed steps (the median is reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps after the first call")
     parser.add_argument("--profile_dir", default=None,

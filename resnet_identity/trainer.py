@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from resnet_identity import checkpointing, config as config_lib, models, optim, parallel
+from resnet_identity import checkpointing, config as config_lib, models, optim, parallel, xla_config
 from resnet_identity.data import get_dataset
 from resnet_identity.metric_logging import MetricLogger
 from resnet_identity.train_state import TrainState, create_train_state, eval_step, train_step
@@ -162,7 +162,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     if restored is not None:
         state, start_step = restored
     else:
-        state, start_step = init(init_key), 0
+        options = xla_config.init_compiler_options(jax.default_backend())
+        state, start_step = init.lower(init_key).compile(compiler_options=options)(init_key), 0
     logger = MetricLogger(workdir, resumed_from=start_step, is_main=is_main)
     logger.console(
         f"{config.model} on {config.dataset}: {summary_line(state)}, {mesh.devices.size} device(s), "
