@@ -18,6 +18,8 @@ import os
 import struct
 from typing import Any, Mapping
 
+from resnet_identity.files import write_atomically
+
 from absl import logging
 
 METRICS_FILE = "metrics.jsonl"
@@ -65,10 +67,7 @@ def _truncate_after(path: str, step: int) -> None:
         return
     with open(path) as f:
         kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.writelines(kept)
-    os.replace(tmp, path)
+    write_atomically(path, "".join(kept))
 
 
 def read_metrics(workdir: str) -> dict[str, dict[int, float]]:

@@ -15,12 +15,13 @@ decision that could lose a run is made here in one place:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import socket
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +30,7 @@ import numpy as np
 
 from resnet_identity import checkpointing, config as config_lib, models, optim, parallel, xla_config
 from resnet_identity.data import get_dataset
+from resnet_identity.files import write_atomically
 from resnet_identity.metric_logging import MetricLogger
 from resnet_identity.train_state import TrainState, create_train_state, eval_step, train_step
 
@@ -51,12 +53,6 @@ def check_workdir(workdir: str) -> None:
             f"Cannot write to workdir {workdir!r} ({e.strerror}). Choose a writable --workdir, "
             f"fix its permissions, or free disk space."
         ) from e
-
-
-def _write_atomically(path: str, text: str) -> None:
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
 
 
 def check_saved_config(workdir: str, config: ml_collections.ConfigDict, allow_change: bool) -> None:
@@ -121,6 +117,15 @@ class _Progress:
     def exclude(self, seconds: float) -> None:
         self.excluded += seconds
 
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Leaves the time spent inside the block out of the rate."""
+        started = time.time()
+        try:
+            yield
+        finally:
+            self.exclude(time.time() - started)
+
     def line(self, step: int) -> str:
         now = time.time()
         rate = (step - self.last_step) / max(now - self.last_time - self.excluded, 1e-9)
@@ -143,7 +148,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     check_saved_config(workdir, config, allow_config_change)
     dataset = get_dataset(config)  # a missing dataset fails here, before any compile
     if is_main:  # atomically: the other processes may be reading it in check_saved_config
-        _write_atomically(os.path.join(workdir, "config.json"), config.to_json(indent=2))
+        write_atomically(os.path.join(workdir, "config.json"), config.to_json(indent=2))
 
     total = config_lib.total_steps(config)
     model = models.create_model(config.model, num_classes=dataset.num_classes, **config_lib.model_kwargs(config))
@@ -229,14 +234,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                    f"{100 * means['error']:.2f}%, lr {means['learning_rate']:.4g}, "
                                    f"{progress.line(step)}")
                 if step % config.eval_every_steps == 0 and step != total:
-                    started = time.time()
-                    eval_results = run_eval(step)
-                    progress.exclude(time.time() - started)
+                    with progress.paused():
+                        eval_results = run_eval(step)
                 if step % config.checkpoint_every_steps == 0 or step == total:
-                    started = time.time()
-                    check_finite(step)
-                    checkpointer.maybe_save(step, state, force=True)
-                    progress.exclude(time.time() - started)
+                    with progress.paused():
+                        check_finite(step)
+                        checkpointer.maybe_save(step, state, force=True)
                 if step < total and watcher.should_stop(step):
                     check_finite(step)
                     checkpointer.maybe_save(step, state, force=True)
@@ -250,7 +253,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         logger.close()
     final = {"step": step, **{f"{tag}_{k}": v for tag, m in eval_results.items() for k, v in m.items()}}
     if is_main:
-        _write_atomically(os.path.join(workdir, "final_metrics.json"), json.dumps(final, indent=2))
+        write_atomically(os.path.join(workdir, "final_metrics.json"), json.dumps(final, indent=2))
     print("final: " + ", ".join(f"{tag} error {100 * m['error']:.2f}%" for tag, m in eval_results.items()),
           flush=True)
     return {**final, "state": state} if return_state else final

@@ -150,13 +150,14 @@ def test_processes_sharing_a_workdir_check_it_without_tripping_over_each_other(t
     script = (
         "import sys\n"
         "from resnet_identity import trainer\n"
+        "from resnet_identity.files import write_atomically\n"
         "from tests.train_worker import tiny_config\n"
         "config = tiny_config(3)\n"
         "for _ in range(300):\n"
         "    trainer.check_workdir(sys.argv[1])\n"
         "    trainer.check_saved_config(sys.argv[1], config, allow_change=False)\n"
         "    if sys.argv[2] == '0':  # the main process writes, as in train_and_evaluate\n"
-        "        trainer._write_atomically(sys.argv[1] + '/config.json', config.to_json(indent=2))\n"
+        "        write_atomically(sys.argv[1] + '/config.json', config.to_json(indent=2))\n"
     )
     procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path), str(i)], cwd=ROOT,
                               env={**os.environ, "PYTHONPATH": ROOT}, stderr=subprocess.PIPE, text=True)
