@@ -105,6 +105,18 @@ def _box(ax, y: float, op: Op) -> None:
             bbox={"boxstyle": "round,pad=0.3", "facecolor": _BOX.get(op.kind, ("", "white"))[1]})
 
 
+def _column(ax, ops: Sequence[Op], y: float, arrow_from: float) -> float:
+    """Draws `ops` one box per row below `y`, each with an arrow from the row above, then the
+    arrow into the next row; returns that row's y."""
+    for op in ops:
+        y -= 1
+        _arrow(ax, y + arrow_from, y + 0.3)
+        _box(ax, y, op)
+    y -= 1
+    _arrow(ax, y + arrow_from, y + 0.25)
+    return y
+
+
 def draw_unit(ax, ops: Sequence[Op], title: str) -> None:
     """Draws a unit top (x_l) to bottom (x_{l+1}), branch in the middle, shortcut on the right.
 
@@ -115,24 +127,13 @@ def draw_unit(ax, ops: Sequence[Op], title: str) -> None:
     after = [op for op in ops if op.after_addition]
     shortcut = next((op.label.split(": ", 1)[1] for op in ops if op.kind == "shortcut"), "identity")
     ax.text(0, 0, "$x_l$", ha="center", va="center", fontsize=11)
-    y = 0.0
-    for op in branch:
-        y -= 1
-        _arrow(ax, y + 0.7, y + 0.3)
-        _box(ax, y, op)
-    y -= 1
-    _arrow(ax, y + 0.7, y + 0.25)
+    y = _column(ax, branch, 0.0, arrow_from=0.7)
     ax.text(0, y, "+", ha="center", va="center", fontsize=13,
             bbox={"boxstyle": "circle,pad=0.15", "facecolor": "white"})
     ax.plot([0.15, 1.1, 1.1], [-0.1, -0.1, y], color="k", linewidth=1)
     ax.annotate("", xy=(0.2, y), xytext=(1.1, y), arrowprops={"arrowstyle": "->"})
     ax.text(1.2, y / 2, shortcut, rotation=90, ha="left", va="center", fontsize=8)
-    for op in after:
-        y -= 1
-        _arrow(ax, y + 0.75, y + 0.3)
-        _box(ax, y, op)
-    y -= 1
-    _arrow(ax, y + 0.75, y + 0.25)
+    y = _column(ax, after, y, arrow_from=0.75)
     ax.text(0, y, "$x_{l+1}$", ha="center", va="center", fontsize=11)
     ax.set_xlim(-1.2, 1.8)
     ax.set_ylim(y - 0.6, 0.6)
