@@ -72,13 +72,17 @@ class Bench:
         """Runs `steps` steps, appending each one's wall time (to results on device) and the
         process's CPU time (user + system, all threads), which a busy machine inflates less."""
         for _ in range(steps):
-            batch = self.batches[self._next % len(self.batches)]
-            self._next += 1
+            batch = self._next_batch()
             cpu, start = _cpu_seconds(), time.perf_counter()
             self.state, metrics = self.step(self.state, batch)
             _block(self.state, metrics)
             self.timings.append(time.perf_counter() - start)
             self.cpu_timings.append(_cpu_seconds() - cpu)
+
+    def _next_batch(self) -> dict[str, Any]:
+        batch = self.batches[self._next % len(self.batches)]
+        self._next += 1
+        return batch
 
     def run_pipelined(self, steps: int) -> None:
         """Dispatches `steps` steps back to back and waits once, as training does (it never
@@ -86,9 +90,7 @@ class Bench:
         accelerator this leaves out the host round trip that `run` pays on every step."""
         cpu, start = _cpu_seconds(), time.perf_counter()
         for _ in range(steps):
-            batch = self.batches[self._next % len(self.batches)]
-            self._next += 1
-            self.state, metrics = self.step(self.state, batch)
+            self.state, metrics = self.step(self.state, self._next_batch())
         _block(self.state, metrics)
         self.timings.append((time.perf_counter() - start) / steps)
         self.cpu_timings.append((_cpu_seconds() - cpu) / steps)
