@@ -45,7 +45,7 @@ def imagenet(model: str, preset: str | None = None) -> ml_collections.ConfigDict
     c.model_overrides.bn_group_size = 32
     # Unrolled: with at most 36 identical units per stage, scanning saves little compile
     # time, and on an H200 the unrolled step is 1.29x (ResNet-50) and 1.35x (pre-act
-    # ResNet-200) faster than the scanned one, for a one-off 10-80 s more to get ready
+    # ResNet-200) faster than the scanned one, for a one-off 8-78 s more to get ready
     # (benchmarks/RESULTS.md, "GPU").
     c.model_overrides.scan = False
     c.dataset = "imagenet2012"
