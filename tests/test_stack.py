@@ -32,8 +32,10 @@ X = jax.random.normal(jax.random.key(0), (2, 4, 4, 8))
 
 
 def _loss_and_grads(length, **fields):
+    """Loss, gradients and BN statistics of `UnitStack(**fields)`, from the same parameters
+    as the plain unrolled stack (no remat)."""
     module = stack.UnitStack(_unit(), length, **fields)
-    reference = stack.UnitStack(_unit(), length, scan=False)
+    reference = stack.UnitStack(_unit(), length, scan=False, remat="none")
     unrolled = reference.init(jax.random.key(1), X)
     variables = stack.unrolled_to_stacked(unrolled, remat=fields.get("remat")) if fields.get("scan", True) else unrolled
 
@@ -49,12 +51,13 @@ def _loss_and_grads(length, **fields):
 
 @pytest.fixture(scope="module")
 def unrolled_12():
-    return _loss_and_grads(12, scan=False)
+    return _loss_and_grads(12, scan=False, remat="none")
 
 
 @pytest.mark.parametrize("fields", [
-    {"remat": "none"}, {"remat": "unit"}, {"remat": "block"}, {"remat": "nested"}, {"remat": True},
-    {"remat": "none", "unroll": 2}, {"remat": "block", "unroll": 3},
+    {"remat": "none"}, {"remat": "elementwise"}, {"remat": "unit"}, {"remat": "block"}, {"remat": "nested"},
+    {"remat": True}, {"remat": "none", "unroll": 2}, {"remat": "block", "unroll": 3},
+    {"remat": "elementwise", "scan": False},
 ])
 def test_scanned_schemes_match_unrolled_loss_gradients_and_statistics(unrolled_12, fields):
     value, grads, stats = _loss_and_grads(12, **fields)
@@ -67,6 +70,7 @@ def test_scanned_schemes_match_unrolled_loss_gradients_and_statistics(unrolled_1
 
 def test_remat_true_is_nested_and_block_lengths():
     assert stack.resolve_remat(True) == "nested" and stack.resolve_remat(False) == "none"
+    assert stack.resolve_remat(None) == stack.DEFAULT_REMAT == "elementwise"
     assert stack.block_length(110) == 5  # ResNet-1001: 22 blocks of 5
     assert stack.nested_block_length(110) == 10
     assert stack.block_length(17) == 1  # prime: per-unit remat
@@ -76,7 +80,7 @@ def test_remat_true_is_nested_and_block_lengths():
 
 def test_layouts_round_trip_for_every_scheme():
     unrolled = stack.UnitStack(_unit(), 12, scan=False).init(jax.random.key(1), X)
-    for scheme in ("none", "unit", "block", "nested"):
+    for scheme in stack.REMAT_SCHEMES:
         stacked = stack.unrolled_to_stacked(unrolled, remat=scheme)
         expected = jax.eval_shape(lambda s=scheme: stack.UnitStack(_unit(), 12, remat=s).init(jax.random.key(1), X))
         assert jax.tree.map(jnp.shape, stacked) == jax.tree.map(lambda a: a.shape, expected), scheme
@@ -85,7 +89,7 @@ def test_layouts_round_trip_for_every_scheme():
     assert stack.unrolled_to_stacked(unrolled, nested=True).keys() == {"params", "batch_stats"}
 
 
-def _temp_bytes(length, remat):
+def _compiled_gradient(length, remat):
     module = stack.UnitStack(_unit(), length, remat=remat)
     variables = jax.eval_shape(lambda: module.init(jax.random.key(1), X))
     x = jax.ShapeDtypeStruct((16, 8, 8, 8), jnp.float32)
@@ -94,13 +98,32 @@ def _temp_bytes(length, remat):
         y, _ = module.apply({**variables, "params": params}, x, mutable=["batch_stats"])
         return jnp.sum(y)
 
-    compiled = jax.jit(jax.grad(loss)).lower(variables["params"], x).compile()
-    return compiled.memory_analysis().temp_size_in_bytes
+    return jax.jit(jax.grad(loss)).lower(variables["params"], x).compile()
+
+
+def _temp_bytes(length, remat):
+    return _compiled_gradient(length, remat).memory_analysis().temp_size_in_bytes
 
 
 def test_block_remat_keeps_far_less_than_per_unit_remat_on_a_long_run():
     none, unit, block, nested = (_temp_bytes(110, r) for r in ("none", "unit", "block", "nested"))
     assert nested < block < unit / 2 < none / 4
+
+
+def _matrix_ops(compiled):
+    """Convolutions and matrix products in the compiled program (loop bodies count once)."""
+    return len(re.findall(r"= \S+ (?:convolution|dot)\(", compiled.as_text()))
+
+
+def test_elementwise_remat_recomputes_no_convolution_and_keeps_under_half():
+    """"elementwise" keeps BN inputs and statistics: a bottleneck unit's 1.5x its input
+    instead of ~4.5x, with no convolution run twice (per-unit remat runs each forward one
+    again)."""
+    none, elementwise, unit = (_compiled_gradient(12, r) for r in ("none", "elementwise", "unit"))
+    assert _matrix_ops(elementwise) == _matrix_ops(none) < _matrix_ops(unit)
+    temp = {name: c.memory_analysis().temp_size_in_bytes for name, c in
+            (("none", none), ("elementwise", elementwise), ("unit", unit))}
+    assert temp["unit"] < temp["elementwise"] < temp["none"] / 2, temp
 
 
 @pytest.mark.parametrize("shape,kernel,stride,pad", [
@@ -169,3 +192,20 @@ def test_mfu_uses_the_known_peaks():
     assert step_time.peak_flops("NVIDIA H200", "bfloat16") == 989e12
     assert step_time.peak_flops("NVIDIA H100 80GB HBM3", "bfloat16") == 989e12
     assert step_time.peak_flops("cpu", "float32") is None
+
+
+def test_1x1_kernel_gradient_is_one_matrix_product_with_no_activation_transposed():
+    """x^T g over the flattened (n, h, w) rows: XLA:CPU's dot reads the transposed operand in
+    place; contracting three axes of the 4-D arrays made it copy one into a transposed layout."""
+    x = jax.random.normal(jax.random.key(0), (4, 6, 6, 16))
+    w = jax.random.normal(jax.random.key(1), (1, 1, 16, 32))
+
+    def loss(w, x):
+        return jnp.sum(jnp.sin(canonical_conv.conv_with_canonical_grads(x, w, (1, 1), ((0, 0), (0, 0)),
+                                                                         dimension_numbers=NHWC)))
+
+    text = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(w, x).compile().as_text()
+    moved = re.findall(r"= f32\[([\d,]+)\]\S* (?:transpose|copy)\(", text)
+    activation_sizes = {4 * 6 * 6 * 16, 4 * 6 * 6 * 32}
+    assert not [s for s in moved if np.prod([int(d) for d in s.split(",")]) in activation_sizes], moved
+    assert re.search(r"= f32\[16,32\]\S* dot\(", text)
