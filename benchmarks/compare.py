@@ -107,16 +107,20 @@ def _torch_round(args: argparse.Namespace, channels_last: bool) -> dict[str, Any
 
 
 def torch(args: argparse.Namespace) -> list[dict[str, Any]]:
-    bench = step_time.build("cifar_preact164", args.torch_batch)
-    bench.run(1)
-    bench.clear()
+    benches = [step_time.build("cifar_preact164", args.torch_batch, remat=remat)
+               for remat in args.torch_remat.split(",")]
+    for bench in benches:
+        bench.run(1)
+        bench.clear()
     runs: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
     for _ in range(args.rounds):
-        bench.run(args.steps)
+        for bench in benches:
+            bench.run(args.steps)
         for channels_last in runs:
             runs[channels_last].append(_torch_round(args, channels_last))
-    jax_result = bench.result()
-    _print(jax_result)
+    jax_results = [bench.result() for bench in benches]
+    for jax_result in jax_results:
+        _print(jax_result)
     best = None
     for rows in runs.values():
         times = [t for row in rows for t in row["step_times_ms"]]
@@ -127,7 +131,8 @@ def torch(args: argparse.Namespace) -> list[dict[str, Any]]:
                        images_per_s=round(args.torch_batch / statistics.median(times) * 1000, 1))
         _print(summary)
         best = summary["step_ms"] if best is None else min(best, summary["step_ms"])
-    return [_ratio("step torch (best layout) / jax", best, jax_result["step_ms"], ">= 1.0")]
+    return [_ratio(f"step torch (best layout) / jax (remat={r['remat']})", best, r["step_ms"], ">= 1.0")
+            for r in jax_results]
 
 
 def _loss_curve(args: argparse.Namespace, dtype: str, seed: int) -> list[float]:
@@ -173,6 +178,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--memory_model", default="cifar_preact1001")
     parser.add_argument("--memory_batch", type=int, default=128)
     parser.add_argument("--torch_batch", type=int, default=32)
+    parser.add_argument("--torch_remat", default="none,elementwise",
+                        help="remat schemes of the JAX steps timed against torch, comma-separated")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (XLA:CPU uses every core)")
     parser.add_argument("--curve_model", default="cifar_preact164")
     parser.add_argument("--curve_depth", type=int, default=29, help="depth of the bf16 curve model")

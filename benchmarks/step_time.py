@@ -145,7 +145,7 @@ def _block(*trees: Any) -> None:
     jax.block_until_ready(trees)
 
 
-def model_overrides(*, unrolled: bool = False, remat: bool | str = False, dtype: str = "float32",
+def model_overrides(*, unrolled: bool = False, remat: bool | str | None = None, dtype: str = "float32",
                     depth: int | None = None, unroll: int | None = None) -> dict[str, Any]:
     overrides: dict[str, Any] = {"scan": not unrolled, "remat": remat, "dtype": dtype}
     if depth is not None:
@@ -235,7 +235,7 @@ def build(model_name: str, batch: int, *, compile_only: bool = False, fast_init:
     flops = 6 * summary.forward_macs(setup.model, setup.image_size) * batch
     label = {"model": model_name, "batch": batch, "dtype": "float32", "scan": True, "fast_init": fast_init,
              **overrides}
-    label["remat"] = resolve_remat(overrides.get("remat", False))
+    label["remat"] = resolve_remat(overrides.get("remat"))
     return Bench(label, state, compiled, batches, init_s, lower_s, compile_s, ready_cpu,
                  memory.temp_size_in_bytes if memory is not None else None, flops)
 
@@ -271,8 +271,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", default="cifar_preact164")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-    parser.add_argument("--remat", nargs="?", const=True, default=False,
-                        help="rematerialise; a bare --remat is remat=True, or name a scheme (unit, block, nested)")
+    parser.add_argument("--remat", nargs="?", const=True, default=None,
+                        help="a bare --remat is remat=True (nested), or name a scheme (none, elementwise, unit, "
+                             "block, nested); without it, the model's default (elementwise)")
     parser.add_argument("--unrolled", action="store_true", help="scan=False: one module per unit")
     parser.add_argument("--depth", type=int, default=None, help="override the depth (tiny models for tests)")
     parser.add_argument("--unroll", type=int, default=None, help="scan unroll factor")

@@ -467,7 +467,7 @@ def unrolled_reference():
     return variables, grad_fn(variables["params"], variables["batch_stats"])
 
 
-@pytest.mark.parametrize("remat", [False, "unit", "nested"])
+@pytest.mark.parametrize("remat", [False, "elementwise", "unit", "nested"])
 def test_scanned_and_unrolled_give_same_loss_and_gradients(unrolled_reference, remat):
     as_unrolled, (l2, g2) = unrolled_reference
     scanned = models.create_model("cifar_preact164", num_classes=10, depth=47, remat=remat)

@@ -14,11 +14,17 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from resnet_identity.models.canonical_conv import conv_with_canonical_grads
 
 ModuleDef = Any
 Dtype = Any
+
+# `checkpoint_name`s of what BN keeps for its backward pass in training: its input and its
+# per-channel statistics. The "elementwise" remat scheme (`stack.py`) saves exactly these.
+BN_INPUT = "bn_input"
+BN_STATS = "bn_stats"
 
 # N(0, 2 / (k*k*C_out)): He et al. 2015, fan-out form, as `conv:weight:normal(0, sqrt(2/n))`
 # with n = kW*kH*nOutputPlane in the released Torch code.
@@ -91,6 +97,7 @@ class GhostBatchNorm(nn.Module):
                 f"examples this layer sees. Set `bn_group_size` to a divisor of the per-step "
                 f"batch (the papers used 64 on CIFAR, 32 on ImageNet) or to None for the whole batch."
             )
+        x = checkpoint_name(x, BN_INPUT)
         grouped = x.reshape((batch // group, group) + x.shape[1:])
         y, mean, var = _batch_norm_train(grouped, scale, bias, self.epsilon)
         if not self.is_initializing():
@@ -114,6 +121,7 @@ def _normalise(x, scale, bias, epsilon):
     mean = x.mean(axes, keepdims=True)
     var = jnp.maximum(jnp.square(x).mean(axes, keepdims=True) - jnp.square(mean), 0.0)
     rstd = jax.lax.rsqrt(var + epsilon)
+    mean, rstd = checkpoint_name(mean, BN_STATS), checkpoint_name(rstd, BN_STATS)
     return (x - mean) * (rstd * scale) + bias, mean, var, rstd
 
 

@@ -75,7 +75,7 @@ class ResNet(nn.Module):
       dtype: compute dtype, "float32" or "bfloat16"; parameters and BN statistics stay float32.
       zero_init_last: zero-initialise the last BN gamma of every residual branch.
       scan: scan over each stage's identical units (fast compile) or unroll them.
-      remat: rematerialisation scheme, see `stack.py`.
+      remat: rematerialisation scheme, see `stack.py`; None is its `DEFAULT_REMAT`, "elementwise".
       unroll: scan unroll factor (units per loop iteration).
     """
 
@@ -95,7 +95,7 @@ class ResNet(nn.Module):
     dtype: str = "float32"
     zero_init_last: bool = False
     scan: bool = True
-    remat: bool | str = False
+    remat: bool | str | None = None
     unroll: int = 1
 
     @nn.compact
@@ -150,7 +150,7 @@ class _Stage(nn.Module):
     strides: int
     first_preact: str
     scan: bool
-    remat: bool | str
+    remat: bool | str | None
     unroll: int
 
     @nn.compact

@@ -128,7 +128,7 @@ OVERRIDES = {
     "bn_epsilon": "a positive float",
     "zero_init_last": "a bool",
     "scan": "a bool",
-    "remat": "False, True (= 'nested'), 'none', 'unit', 'block' or 'nested'",
+    "remat": "None (= 'elementwise'), False (= 'none'), True (= 'nested'), 'none', 'elementwise', 'unit', 'block' or 'nested'",
     "unroll": "a positive int",
 }
 
@@ -193,7 +193,7 @@ def create_model(name: str, *, num_classes: int, **overrides: Any) -> ResNet:
     for flag in ("zero_init_last", "scan"):
         _check(flag, isinstance(overrides.get(flag, False), bool), overrides.get(flag))
     try:
-        resolve_remat(overrides.get("remat", False))
+        resolve_remat(overrides.get("remat"))
     except ValueError:
         _check("remat", False, overrides.get("remat"))
     unroll = overrides.get("unroll", 1)

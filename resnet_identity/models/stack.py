@@ -9,6 +9,11 @@ for both paths) followed by n-1 identical units. `UnitStack` applies those n-1 u
 - `scan=False` unrolls a Python loop, one module per unit (`unit0`, `unit1`, ...).
 - `remat` rematerialises activations in the backward pass (`jax.checkpoint`). Without
   it a unit keeps ~4.7x its input in activations (ResNet-1001 at batch 128: 20.6 GiB).
+  - "elementwise" keeps what the convolutions compute (each BN's input) and BN's
+    per-channel statistics, and recomputes only the elementwise BN-ReLU before each
+    convolution: no convolution runs twice. A pre-activation bottleneck unit then keeps
+    1.5x its input (x, and the two C/4-wide conv outputs) instead of ~4.5x, which halves
+    ResNet-164's temporaries and, on CPU, the scan's buffer fills and writes.
   - "unit" keeps each unit's input and recomputes the unit once: 6.3 GiB, since
     330 inputs are still kept.
   - "block" keeps one input per block of L units and recomputes a block's forward pass
@@ -20,7 +25,7 @@ for both paths) followed by n-1 identical units. `UnitStack` applies those n-1 u
     "nested" and 202 ms with "block" (151 ms without remat, 1.32x); on 2 CPU cores
     both are faster than no remat. The second recomputation is free, so "nested" is the
     default.
-  Unrolled (`scan=False`), every scheme rematerialises per unit.
+  Unrolled (`scan=False`), "block" and "nested" rematerialise per unit, like "unit".
 
 The stacked and unrolled layouts hold the same numbers; `stacked_to_unrolled` and
 `unrolled_to_stacked` convert between them.
@@ -32,15 +37,20 @@ are in `canonical_conv.py`.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from resnet_identity.models.layers import BN_INPUT, BN_STATS
+
 ModuleDef = Any
 
-REMAT_SCHEMES = ("none", "unit", "block", "nested")
+REMAT_SCHEMES = ("none", "elementwise", "unit", "block", "nested")
+# The scheme when none is asked for (None): as fast as "none" or faster, in half its memory
+# (benchmarks/RESULTS.md, "3. CPU speed").
+DEFAULT_REMAT = "elementwise"
 REMAT_OPTIONS = (False, True) + REMAT_SCHEMES
 # Activations a pre-act bottleneck unit keeps for its backward pass, in multiples of its
 # input: 29.7 GiB (no remat) / 6.4 GiB (inputs only) for ResNet-1001 at batch 128.
@@ -48,10 +58,13 @@ ACTIVATIONS_PER_INPUT = 4.7
 
 
 def resolve_remat(remat: bool | str | None) -> str:
-    """Maps the `remat` override to a scheme name: True -> "nested", False -> "none"."""
+    """Maps the `remat` override to a scheme name: True -> "nested", False -> "none",
+    None -> `DEFAULT_REMAT`."""
+    if remat is None:
+        return DEFAULT_REMAT
     if remat is True:
         return "nested"
-    if remat is False or remat is None:
+    if remat is False:
         return "none"
     if remat in REMAT_SCHEMES:
         return remat
@@ -76,12 +89,24 @@ def block_length(length: int) -> int:
     return min(divisors, key=lambda d: length / d + ACTIVATIONS_PER_INPUT * d)
 
 
-def _levels(scheme: str, length: int) -> tuple[tuple[int, bool], ...]:
-    """(iterations, rematerialise each iteration) per loop level, outermost first."""
-    if scheme in ("none", "unit"):
-        return ((length, scheme == "unit"),)
+# What a rematerialised iteration keeps for the backward pass: its inputs alone ("all" is
+# recomputed), or also every BatchNorm input and statistic (`layers.BN_INPUT`, `BN_STATS`).
+_RECOMPUTE_ALL = jax.checkpoint_policies.nothing_saveable
+_RECOMPUTE_ELEMENTWISE = jax.checkpoint_policies.save_only_these_names(BN_INPUT, BN_STATS)
+Policy = Callable[..., bool] | None  # None: no remat, autodiff keeps what it keeps
+
+
+def _policy(scheme: str) -> Policy:
+    """The per-unit policy of a single-level scheme ("none", "elementwise", "unit")."""
+    return {"none": None, "elementwise": _RECOMPUTE_ELEMENTWISE, "unit": _RECOMPUTE_ALL}[scheme]
+
+
+def _levels(scheme: str, length: int) -> tuple[tuple[int, Policy], ...]:
+    """(iterations, remat policy of each iteration) per loop level, outermost first."""
+    if scheme in ("none", "elementwise", "unit"):
+        return ((length, _policy(scheme)),)
     block = block_length(length) if scheme == "block" else nested_block_length(length)
-    return ((length // block, True), (block, scheme == "nested"))
+    return ((length // block, _RECOMPUTE_ALL), (block, _RECOMPUTE_ALL if scheme == "nested" else None))
 
 
 class _Step(nn.Module):
@@ -98,7 +123,7 @@ class _Block(nn.Module):
     """One iteration of an outer loop: the inner loop levels, scanned."""
 
     unit: ModuleDef
-    levels: tuple[tuple[int, bool], ...]
+    levels: tuple[tuple[int, Policy], ...]
     unroll: int
 
     @nn.compact
@@ -106,12 +131,12 @@ class _Block(nn.Module):
         return _loop(self.unit, self.levels, self.unroll)(x, None)
 
 
-def _loop(unit: ModuleDef, levels: tuple[tuple[int, bool], ...], unroll: int) -> nn.Module:
+def _loop(unit: ModuleDef, levels: tuple[tuple[int, Policy], ...], unroll: int) -> nn.Module:
     """Nested `nn.scan`s, named "blocks" (outer) and "units" (innermost)."""
-    (length, remat), inner = levels[0], levels[1:]
+    (length, policy), inner = levels[0], levels[1:]
     body = _Block if inner else _Step
-    if remat:
-        body = nn.remat(body, prevent_cse=False)  # scan already keeps iterations apart
+    if policy is not None:  # scan already keeps iterations apart, so no CSE barrier
+        body = nn.remat(body, prevent_cse=False, policy=policy)
     scanned = nn.scan(
         body,
         variable_axes={True: 0},
@@ -130,7 +155,7 @@ class UnitStack(nn.Module):
     unit: ModuleDef
     length: int
     scan: bool = True
-    remat: bool | str = False
+    remat: bool | str | None = None
     unroll: int = 1
 
     @nn.compact
@@ -139,7 +164,8 @@ class UnitStack(nn.Module):
         if self.length == 0:
             return x
         if not self.scan:
-            unit = nn.remat(self.unit.func, prevent_cse=True) if scheme != "none" else self.unit.func
+            policy = _policy(scheme if scheme in ("none", "elementwise") else "unit")
+            unit = self.unit.func if policy is None else nn.remat(self.unit.func, prevent_cse=True, policy=policy)
             for i in range(self.length):
                 x = unit(*self.unit.args, **self.unit.keywords, name=f"unit{i}")(x)
             return x
