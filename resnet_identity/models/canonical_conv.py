@@ -49,8 +49,8 @@ def _canonical_grads(strides, padding, x, w, g):
         # contracting the three leading axes of the 4-D arrays made it copy one of them into
         # a transposed layout first (about 80 ms of a 164 step at batch 32).
         strided = x[:, ::strides[0], ::strides[1], :][:, :g.shape[1], :g.shape[2], :]
-        rows = (-1, x.shape[-1]), (-1, g.shape[-1])
-        dw = lax.dot_general(strided.reshape(rows[0]), g.reshape(rows[1]), (((0,), (0,)), ((), ())))
+        dw = lax.dot_general(strided.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1]),
+                             (((0,), (0,)), ((), ())))
         return dx, dw.reshape(w.shape)
     # dw[i, j, c, o] = sum_{n, t} x[n, s t + i, c] g[n, t, o]: C acts as the batch, N as the feature.
     dw_padding = [(lo, d - i + k - 1 - lo) for k, (lo, _), i, d in zip(kernel, padding, size_in, dilated_out)]

@@ -23,8 +23,8 @@ for both paths) followed by n-1 identical units. `UnitStack` applies those n-1 u
     remat inside: 0.96 GiB (21x) for two extra forward passes. Measured, that second
     pass costs nothing: on an H200, ResNet-1001 at batch 128 steps in 200 ms with
     "nested" and 202 ms with "block" (151 ms without remat, 1.32x); on 2 CPU cores
-    both are faster than no remat. The second recomputation is free, so "nested" is the
-    default.
+    both are faster than no remat. The second recomputation is free, so `remat=True`
+    selects "nested".
   Unrolled (`scan=False`), "block" and "nested" rematerialise per unit, like "unit".
 
 The stacked and unrolled layouts hold the same numbers; `stacked_to_unrolled` and
@@ -48,8 +48,8 @@ from resnet_identity.models.layers import BN_INPUT, BN_STATS
 ModuleDef = Any
 
 REMAT_SCHEMES = ("none", "elementwise", "unit", "block", "nested")
-# The scheme when none is asked for (None): as fast as "none" or faster, in half its memory
-# (benchmarks/RESULTS.md, "3. CPU speed").
+# The scheme when none is asked for (None): on CPU 12-16% faster than "none", in half its
+# memory (benchmarks/RESULTS.md, "3. CPU speed"); not yet timed on a GPU.
 DEFAULT_REMAT = "elementwise"
 REMAT_OPTIONS = (False, True) + REMAT_SCHEMES
 # Activations a pre-act bottleneck unit keeps for its backward pass, in multiples of its
@@ -94,17 +94,14 @@ def block_length(length: int) -> int:
 _RECOMPUTE_ALL = jax.checkpoint_policies.nothing_saveable
 _RECOMPUTE_ELEMENTWISE = jax.checkpoint_policies.save_only_these_names(BN_INPUT, BN_STATS)
 Policy = Callable[..., bool] | None  # None: no remat, autodiff keeps what it keeps
-
-
-def _policy(scheme: str) -> Policy:
-    """The per-unit policy of a single-level scheme ("none", "elementwise", "unit")."""
-    return {"none": None, "elementwise": _RECOMPUTE_ELEMENTWISE, "unit": _RECOMPUTE_ALL}[scheme]
+# The per-unit policy of each single-level scheme.
+_UNIT_POLICIES: dict[str, Policy] = {"none": None, "elementwise": _RECOMPUTE_ELEMENTWISE, "unit": _RECOMPUTE_ALL}
 
 
 def _levels(scheme: str, length: int) -> tuple[tuple[int, Policy], ...]:
     """(iterations, remat policy of each iteration) per loop level, outermost first."""
-    if scheme in ("none", "elementwise", "unit"):
-        return ((length, _policy(scheme)),)
+    if scheme in _UNIT_POLICIES:
+        return ((length, _UNIT_POLICIES[scheme]),)
     block = block_length(length) if scheme == "block" else nested_block_length(length)
     return ((length // block, _RECOMPUTE_ALL), (block, _RECOMPUTE_ALL if scheme == "nested" else None))
 
@@ -164,7 +161,7 @@ class UnitStack(nn.Module):
         if self.length == 0:
             return x
         if not self.scan:
-            policy = _policy(scheme if scheme in ("none", "elementwise") else "unit")
+            policy = _UNIT_POLICIES.get(scheme, _RECOMPUTE_ALL)  # two-level schemes: per unit
             unit = self.unit.func if policy is None else nn.remat(self.unit.func, prevent_cse=True, policy=policy)
             for i in range(self.length):
                 x = unit(*self.unit.args, **self.unit.keywords, name=f"unit{i}")(x)
