@@ -235,7 +235,7 @@ def build(model_name: str, batch: int, *, compile_only: bool = False, fast_init:
     flops = 6 * summary.forward_macs(setup.model, setup.image_size) * batch
     label = {"model": model_name, "batch": batch, "dtype": "float32", "scan": True, "fast_init": fast_init,
              **overrides}
-    label["remat"] = resolve_remat(overrides.get("remat"))
+    label["remat"] = resolve_remat(overrides.get("remat"), scan=overrides.get("scan", True))
     return Bench(label, state, compiled, batches, init_s, lower_s, compile_s, ready_cpu,
                  memory.temp_size_in_bytes if memory is not None else None, flops)
 

@@ -71,6 +71,7 @@ def test_scanned_schemes_match_unrolled_loss_gradients_and_statistics(unrolled_1
 def test_remat_true_is_nested_and_block_lengths():
     assert stack.resolve_remat(True) == "nested" and stack.resolve_remat(False) == "none"
     assert stack.resolve_remat(None) == stack.DEFAULT_REMAT == "elementwise"
+    assert stack.resolve_remat(None, scan=False) == "none" and stack.resolve_remat("unit", scan=False) == "unit"
     assert stack.block_length(110) == 5  # ResNet-1001: 22 blocks of 5
     assert stack.nested_block_length(110) == 10
     assert stack.block_length(17) == 1  # prime: per-unit remat
@@ -108,6 +109,22 @@ def _temp_bytes(length, remat):
 def test_block_remat_keeps_far_less_than_per_unit_remat_on_a_long_run():
     none, unit, block, nested = (_temp_bytes(110, r) for r in ("none", "unit", "block", "nested"))
     assert nested < block < unit / 2 < none / 4
+
+
+def test_an_unrolled_stack_defaults_to_no_remat():
+    """Unrolled, `jax.checkpoint` saves no memory on XLA:CPU (`stack.py`), so there the
+    default traces no rematerialised call; an explicit scheme still traces one per unit."""
+    def remat_calls(remat):
+        module = stack.UnitStack(_unit(), 3, scan=False, remat=remat)
+        variables = module.init(jax.random.key(1), X)
+
+        def loss(params):
+            return jnp.sum(module.apply({**variables, "params": params}, X, mutable=["batch_stats"])[0])
+
+        return len(re.findall(r"\bremat\w*\[", str(jax.make_jaxpr(jax.grad(loss))(variables["params"]))))
+
+    assert remat_calls(None) == remat_calls("none") == 0
+    assert remat_calls("unit") == remat_calls("elementwise") == 3
 
 
 def _matrix_ops(compiled):

@@ -75,7 +75,8 @@ class ResNet(nn.Module):
       dtype: compute dtype, "float32" or "bfloat16"; parameters and BN statistics stay float32.
       zero_init_last: zero-initialise the last BN gamma of every residual branch.
       scan: scan over each stage's identical units (fast compile) or unroll them.
-      remat: rematerialisation scheme, see `stack.py`; None is its `DEFAULT_REMAT`, "elementwise".
+      remat: rematerialisation scheme, see `stack.py`; None is its `DEFAULT_REMAT`, "elementwise",
+        when scanned and "none" when unrolled.
       unroll: scan unroll factor (units per loop iteration).
     """
 

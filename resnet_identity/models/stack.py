@@ -25,7 +25,14 @@ for both paths) followed by n-1 identical units. `UnitStack` applies those n-1 u
     "nested" and 202 ms with "block" (151 ms without remat, 1.32x); on 2 CPU cores
     both are faster than no remat. The second recomputation is free, so `remat=True`
     selects "nested".
-  Unrolled (`scan=False`), "block" and "nested" rematerialise per unit, like "unit".
+  Unrolled (`scan=False`), "block" and "nested" rematerialise per unit, like "unit". On
+  XLA:CPU that saves no memory: `jax.checkpoint` orders the recomputation only by
+  optimisation barriers on its inputs, and nothing keeps XLA from running it during the
+  forward pass. ResNet-164 unrolled at batch 32 keeps 1.115 GiB of temporaries with
+  "none", "elementwise", "unit" and "nested" alike (benchmarks/RESULTS.md, "4. Memory").
+  Inside a scan the backward loop cannot start before the forward loop ends, so there
+  the recomputation waits. An unrolled model therefore defaults to "none"; an explicit
+  scheme is still applied.
 
 The stacked and unrolled layouts hold the same numbers; `stacked_to_unrolled` and
 `unrolled_to_stacked` convert between them.
@@ -48,8 +55,9 @@ from resnet_identity.models.layers import BN_INPUT, BN_STATS
 ModuleDef = Any
 
 REMAT_SCHEMES = ("none", "elementwise", "unit", "block", "nested")
-# The scheme when none is asked for (None): on CPU 12-16% faster than "none", in half its
-# memory (benchmarks/RESULTS.md, "3. CPU speed"); not yet timed on a GPU.
+# The scheme of a scanned model when none is asked for (None): on CPU 12-16% faster than
+# "none", in half its memory (benchmarks/RESULTS.md, "3. CPU speed"); not yet timed on a
+# GPU. An unrolled model's is "none" (see the module docstring).
 DEFAULT_REMAT = "elementwise"
 REMAT_OPTIONS = (False, True) + REMAT_SCHEMES
 # Activations a pre-act bottleneck unit keeps for its backward pass, in multiples of its
@@ -57,11 +65,11 @@ REMAT_OPTIONS = (False, True) + REMAT_SCHEMES
 ACTIVATIONS_PER_INPUT = 4.7
 
 
-def resolve_remat(remat: bool | str | None) -> str:
+def resolve_remat(remat: bool | str | None, *, scan: bool = True) -> str:
     """Maps the `remat` override to a scheme name: True -> "nested", False -> "none",
-    None -> `DEFAULT_REMAT`."""
+    None -> `DEFAULT_REMAT` for a scanned model and "none" for an unrolled one."""
     if remat is None:
-        return DEFAULT_REMAT
+        return DEFAULT_REMAT if scan else "none"
     if remat is True:
         return "nested"
     if remat is False:
@@ -157,7 +165,7 @@ class UnitStack(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        scheme = resolve_remat(self.remat)
+        scheme = resolve_remat(self.remat, scan=self.scan)
         if self.length == 0:
             return x
         if not self.scan:
