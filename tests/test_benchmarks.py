@@ -1,7 +1,9 @@
-"""The benchmark harnesses' own logic: pipelined timing, the trace breakdown, the input pipeline."""
+"""The benchmark harnesses' own logic: pipelined timing, the trace breakdown, the input pipelines."""
 
 import gzip
 import json
+
+import pytest
 
 from benchmarks import input_pipeline, step_time, trace_breakdown
 
@@ -47,3 +49,17 @@ def test_input_pipeline_bench_prints_its_result(capsys):
     assert result["host_exceeds_target"] == (result["host_images_per_s"] > 20_000)
     for field in ("device_augment_exceeds_target", "device", "cpu_count", "loadavg_1m_5m", "jax"):
         assert field in result
+
+
+def test_imagenet_pipeline_bench_runs_the_real_train_path_on_synthetic_jpegs(capsys):
+    tf = pytest.importorskip("tensorflow")
+    from benchmarks import imagenet_pipeline
+
+    jpegs = imagenet_pipeline.synthetic_jpegs(4)
+    shapes = [tuple(tf.image.extract_jpeg_shape(j).numpy()) for j in jpegs]
+    assert all(max(h, w) == 500 and 333 <= min(h, w) <= 375 and c == 3 for h, w, c in shapes), shapes
+    result = imagenet_pipeline.main(["--batch=4", "--batches=2", "--rounds=2", "--warmup=0", "--images=4",
+                                     "--shuffle_buffer=8"])
+    assert json.loads(capsys.readouterr().out) == result
+    assert result["images_per_s"] > 0 and result["cpu_ms_per_image"] > 0 and result["mean_jpeg_kb"] > 10
+    assert result["cores_to_feed_h200_resnet50"] == pytest.approx(8.046 * result["cpu_ms_per_image"], abs=0.1)
