@@ -9,7 +9,7 @@
 # cannot take the rest down. JSON lines go to stdout and to $OUT/results.jsonl ($OUT defaults
 # to /tmp/gpu_suite). Steps are timed pipelined (`--windows`), as training runs them: the
 # host waits once per window, not on every step. `profile` writes perfetto traces of 3 steps
-# to $OUT/*.json.gz. About 12 minutes for the default sections on an H200.
+# to $OUT/*.json.gz. About 13 minutes for the default sections on an H200.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_suite}
@@ -44,7 +44,7 @@ section() {
       bench 150 --model=preact_resnet200 --batch=128 --dtype=bfloat16 --steps=5
       bench 200 --model=preact_resnet200 --batch=128 --dtype=bfloat16 --steps=5 --unrolled ;;
     1001)       # targets 7b and 4: ResNet-1001 at batch 128, fp32 as in the paper, each remat scheme
-      for remat in none block nested; do
+      for remat in none elementwise block nested; do
         bench 150 --model=cifar_preact1001 --batch=128 --remat=$remat --steps=5
       done ;;
     1001_bf16)  # the fastest forms found
