@@ -4,9 +4,9 @@
 #
 #   bash benchmarks/gpu_suite.sh [SECTION ...]
 #
-# Sections: env r50 r200 1001 1001_bf16 scan profile (default: all but profile). Each
-# measurement is its own `benchmarks.step_time` process under `timeout`, so one slow compile
-# cannot take the rest down. JSON lines go to stdout and to $OUT/results.jsonl ($OUT defaults
+# Sections: env r50 r200 1001 1001_bf16 scan flags profile (default: all but flags and
+# profile). Each measurement is its own `benchmarks.step_time` process under `timeout`, so one
+# slow compile cannot take the rest down. JSON lines go to stdout and to $OUT/results.jsonl ($OUT defaults
 # to /tmp/gpu_suite). Steps are timed pipelined (`--windows`), as training runs them: the
 # host waits once per window, not on every step. `profile` writes perfetto traces of 3 steps
 # to $OUT/*.json.gz. About 13 minutes for the default sections on an H200.
@@ -55,6 +55,11 @@ section() {
     scan)       # target 2 on GPU: scanned vs unrolled, side by side in one process
       timeout 420 python3 -m benchmarks.compare --sections=scan --model=cifar_preact164 --batch=128 \
         --rounds=3 --steps=10 2>>"$OUT/stderr.log" | tee -a "$OUT/results.jsonl" ;;
+    flags)      # not in the default set: an XLA:GPU pass that drops the scan's zero-fills of its
+                # stacked residuals (named after its description in jaxlib; untested here)
+      ( export XLA_FLAGS="--xla_gpu_enable_dus_accumulator_zero_init_elimination=true ${XLA_FLAGS:-}"
+        bench 150 --model=cifar_preact1001 --batch=128 --steps=5
+        bench 150 --model=resnet50 --batch=256 --dtype=bfloat16 --steps=10 ) ;;
     profile)    # where the time goes
       profile r50_unrolled --model=resnet50 --batch=256 --dtype=bfloat16 --steps=10 --unrolled
       profile r50_scanned --model=resnet50 --batch=256 --dtype=bfloat16 --steps=10
