@@ -188,7 +188,8 @@ def training_setup(model_name: str, batch: int, *, dataset: str = "synthetic", n
     init_key, step_key = jax.random.split(jax.random.key(seed))
     init = jax.jit(functools.partial(create_train_state, model, tx, data.image_size))
     step = jax.jit(functools.partial(train_step, model=model, tx=tx, schedule=schedule,
-                                     transform=data.train_transform, key=step_key), donate_argnums=0)
+                                     transform=data.train_transform, key=step_key), donate_argnums=0,
+                   compiler_options=xla_config.step_compiler_options(jax.default_backend()))
     return Setup(model, data.image_size, init, init_key, step,
                  data.train_batches(global_batch_size=batch, start_step=0, seed=seed))
 

@@ -175,12 +175,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         f"global batch {config.batch_size}, {total} steps"
         + (f"; resuming at step {start_step}" if start_step else ""))
 
+    step_options = xla_config.step_compiler_options(jax.default_backend())
     step_fn = jax.jit(
         functools.partial(train_step, model=model, tx=tx, schedule=schedule,
                           transform=dataset.train_transform, key=step_key),
-        donate_argnums=0, out_shardings=(replicated, replicated))
+        donate_argnums=0, out_shardings=(replicated, replicated), compiler_options=step_options)
     eval_fn = jax.jit(functools.partial(eval_step, model=model, transform=dataset.eval_transform),
-                      out_shardings=replicated)
+                      out_shardings=replicated, compiler_options=step_options)
     crops = tuple(config.eval_crops) if config.eval_crops else (None,)
     batch_sharding = parallel.batch_sharded(mesh)
 

@@ -1,4 +1,5 @@
-"""Process set-up for fast XLA:CPU training: huge pages for malloc, and a fast-compiling init.
+"""Process set-up for fast XLA:CPU training: huge pages for malloc, a fast-compiling init,
+and step options that drop the scan's loop-carry copies.
 
 XLA:CPU allocates the temporary buffer of every execution afresh (0.86 GiB for pre-act
 ResNet-164 at batch 32) and frees it after. glibc serves such sizes with `mmap`, so every
@@ -14,8 +15,13 @@ almost all of it LLVM -O2 on the per-parameter random-number code, whose single 
 ResNet-1001. The parameters differ from -O2's in the last bit only (floating-point
 contraction: 2% of them, <= 2.4e-7 relative), and every run compiles it the same way.
 
-No XLA flag is set: none of `--xla_cpu_use_onednn`, the XNNPACK graph-fusion modes or
-`--xla_cpu_use_xnnpack=false` changed the step time measurably (benchmarks/RESULTS.md).
+The train and eval steps compile with `step_compiler_options()`: on CPU, copy insertion's
+region analysis. Without it XLA:CPU copies a while loop's carried activation at the top of
+every iteration, forward and backward: one full activation per unit of a scanned model,
+~1 GB of memory traffic per ResNet-164 step at batch 32 (241 copies in the program; 165
+with it). Same numbers, bitwise; 3-6% faster on 2 cores (benchmarks/RESULTS.md, "3. CPU
+speed"). No XLA flag is set: none of `--xla_cpu_use_onednn`, the XNNPACK graph-fusion
+modes or `--xla_cpu_use_xnnpack=false` changed the step time measurably.
 """
 
 from __future__ import annotations
@@ -26,11 +32,18 @@ import sys
 
 HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"
 FAST_INIT_OPTIONS = {"xla_backend_optimization_level": 0}
+STEP_OPTIONS = {"xla_cpu_copy_insertion_use_region_analysis": True}
 
 
 def init_compiler_options(backend: str) -> dict | None:
     """XLA options for compiling the one-off init on `backend`: LLVM -O0 on CPU, else None."""
     return FAST_INIT_OPTIONS if backend == "cpu" else None
+
+
+def step_compiler_options(backend: str) -> dict | None:
+    """XLA options for the train and eval steps on `backend`: no loop-carry copies on CPU
+    (module docstring), else None."""
+    return STEP_OPTIONS if backend == "cpu" else None
 
 
 def use_huge_pages() -> None:

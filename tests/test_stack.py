@@ -226,3 +226,33 @@ def test_1x1_kernel_gradient_is_one_matrix_product_with_no_activation_transposed
     activation_sizes = {4 * 6 * 6 * 16, 4 * 6 * 6 * 32}
     assert not [s for s in moved if np.prod([int(d) for d in s.split(",")]) in activation_sizes], moved
     assert re.search(r"= f32\[16,32\]\S* dot\(", text)
+
+
+def test_step_options_drop_the_loop_carry_copies_of_a_scanned_stack():
+    """With `xla_config.step_compiler_options` XLA:CPU no longer copies the carried
+    activation at the top of every scan iteration (forward and backward), and the
+    gradient is bitwise the same."""
+    from resnet_identity import xla_config
+
+    module = stack.UnitStack(_unit(), 6)
+    variables = module.init(jax.random.key(1), X)
+    x = jax.random.normal(jax.random.key(2), (16, 8, 8, 8))
+
+    def loss(params, x):
+        y, _ = module.apply({**variables, "params": params}, x, mutable=["batch_stats"])
+        return jnp.sum(jnp.square(y))
+
+    def activation_copies_in_loops(compiled):
+        text = compiled.as_text()
+        bodies = set(re.findall(r"while\(.*?body=%([\w.\-]+)", text))
+        computations = re.findall(r"^(?:ENTRY )?%([\w.\-]+) .*?\{\n(.*?)\n\}", text, re.S | re.M)
+        return [line for name, body in computations if name in bodies
+                for line in re.findall(r"= f32\[16,8,8,8\]\S* copy\(", body)]
+
+    plain = jax.jit(jax.grad(loss)).lower(variables["params"], x).compile()
+    options = xla_config.step_compiler_options("cpu")
+    tuned = jax.jit(jax.grad(loss), compiler_options=options).lower(variables["params"], x).compile()
+    assert len(activation_copies_in_loops(plain)) == 2 and not activation_copies_in_loops(tuned)
+    for a, b in zip(jax.tree.leaves(plain(variables["params"], x)), jax.tree.leaves(tuned(variables["params"], x))):
+        np.testing.assert_array_equal(a, b)
+    assert xla_config.step_compiler_options("gpu") is None
