@@ -211,11 +211,13 @@ def test_mfu_uses_the_known_peaks():
     assert step_time.peak_flops("cpu", "float32") is None
 
 
-def test_1x1_kernel_gradient_is_one_matrix_product_with_no_activation_transposed():
+@pytest.mark.parametrize("c_in,c_out", [(16, 32), (32, 16)])
+def test_1x1_kernel_gradient_is_one_matrix_product_with_no_activation_transposed(c_in, c_out):
     """x^T g over the flattened (n, h, w) rows: XLA:CPU's dot reads the transposed operand in
-    place; contracting three axes of the 4-D arrays made it copy one into a transposed layout."""
-    x = jax.random.normal(jax.random.key(0), (4, 6, 6, 16))
-    w = jax.random.normal(jax.random.key(1), (1, 1, 16, 32))
+    place; contracting three axes of the 4-D arrays made it copy one into a transposed layout.
+    The narrower of x and g is the product's left operand (the faster order on XLA:CPU)."""
+    x = jax.random.normal(jax.random.key(0), (4, 6, 6, c_in))
+    w = jax.random.normal(jax.random.key(1), (1, 1, c_in, c_out))
 
     def loss(w, x):
         return jnp.sum(jnp.sin(canonical_conv.conv_with_canonical_grads(x, w, (1, 1), ((0, 0), (0, 0)),
@@ -223,9 +225,10 @@ def test_1x1_kernel_gradient_is_one_matrix_product_with_no_activation_transposed
 
     text = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(w, x).compile().as_text()
     moved = re.findall(r"= f32\[([\d,]+)\]\S* (?:transpose|copy)\(", text)
-    activation_sizes = {4 * 6 * 6 * 16, 4 * 6 * 6 * 32}
+    activation_sizes = {4 * 6 * 6 * c_in, 4 * 6 * 6 * c_out}
     assert not [s for s in moved if np.prod([int(d) for d in s.split(",")]) in activation_sizes], moved
-    assert re.search(r"= f32\[16,32\]\S* dot\(", text)
+    narrow, wide = sorted((c_in, c_out))
+    assert re.search(rf"= f32\[{narrow},{wide}\]\S* dot\(", text)
 
 
 def test_step_options_drop_the_loop_carry_copies_of_a_scanned_stack():
