@@ -215,7 +215,9 @@ def test_mfu_uses_the_known_peaks():
 def test_1x1_kernel_gradient_is_one_matrix_product_with_no_activation_transposed(c_in, c_out):
     """x^T g over the flattened (n, h, w) rows: XLA:CPU's dot reads the transposed operand in
     place; contracting three axes of the 4-D arrays made it copy one into a transposed layout.
-    The narrower of x and g is the product's left operand (the faster order on XLA:CPU)."""
+    The narrower of x and g is the product's left operand (the faster order on XLA:CPU). The
+    forward pass and the input gradient of this 1x1 stride-1 convolution are products too:
+    no convolution is left."""
     x = jax.random.normal(jax.random.key(0), (4, 6, 6, c_in))
     w = jax.random.normal(jax.random.key(1), (1, 1, c_in, c_out))
 
@@ -229,6 +231,7 @@ def test_1x1_kernel_gradient_is_one_matrix_product_with_no_activation_transposed
     assert not [s for s in moved if np.prod([int(d) for d in s.split(",")]) in activation_sizes], moved
     narrow, wide = sorted((c_in, c_out))
     assert re.search(rf"= f32\[{narrow},{wide}\]\S* dot\(", text)
+    assert "convolution(" not in text
 
 
 def test_step_options_drop_the_loop_carry_copies_of_a_scanned_stack():

@@ -2,7 +2,8 @@
 
 Parameters come from `jax.eval_shape(model.init)`. Multiply-adds are read off the traced
 forward pass: every convolution and matrix product in the jaxpr contributes
-(output elements) x (multiplies per output), and a scan body counts `length` times.
+(output elements) x (multiplies per output), a scan body counts `length` times, and a
+`cond` counts its costliest branch.
 Like the papers, this counts conv and FC multiply-adds only (v1 Table 1's "FLOPs").
 """
 
@@ -47,6 +48,9 @@ def _jaxpr_macs(jaxpr: Any) -> int:
     total = 0
     for eqn in jaxpr.eqns:
         total += _eqn_macs(eqn)
+        if eqn.primitive.name == "cond":  # one branch runs, e.g. one platform's form of a conv
+            total += max(_jaxpr_macs(branch.jaxpr) for branch in eqn.params["branches"])
+            continue
         repeat = eqn.params.get("length", 1) if eqn.primitive.name == "scan" else 1
         for param in eqn.params.values():
             subs = param if isinstance(param, (tuple, list)) else (param,)
