@@ -25,13 +25,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import time
 import types
 from typing import Any
 
 import numpy as np
+
+from benchmarks.step_time import cpu_seconds, load_average
 
 NUM_TRAIN = 1_281_167  # ImageNet-1k train split
 H200_RESNET50_IMAGES_PER_S = 8_046  # benchmarks/RESULTS.md, "7. GPU": bf16, batch 1024
@@ -72,11 +73,6 @@ class SyntheticImageNetBuilder:
         return tf.data.Dataset.from_tensor_slices({"image": self._jpegs, "label": self._labels}).repeat()
 
 
-def _cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=256, help="examples per batch (one process)")
@@ -113,12 +109,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         next(stream)
     rates, cpu_per_image = [], []
     for _ in range(args.rounds):
-        cpu, start = _cpu_seconds(), time.perf_counter()
+        cpu, start = cpu_seconds(), time.perf_counter()
         for _ in range(args.batches):
             next(stream)
         images = args.batch * args.batches
         rates.append(images / (time.perf_counter() - start))
-        cpu_per_image.append((_cpu_seconds() - cpu) / images)
+        cpu_per_image.append((cpu_seconds() - cpu) / images)
     rate, cpu_s = statistics.median(rates), statistics.median(cpu_per_image)
     result = {
         "batch": args.batch, "batches_per_round": args.batches, "rounds": args.rounds,
@@ -129,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "cpu_ms_per_image": round(1e3 * cpu_s, 2),
         "cores_to_feed_h200_resnet50": round(H200_RESNET50_IMAGES_PER_S * cpu_s, 1),
         "cpu_count": os.cpu_count(),
-        "loadavg_1m_5m": [round(x, 2) for x in os.getloadavg()[:2]],
+        "loadavg_1m_5m": load_average(),
         "tensorflow": tf.__version__,
     }
     print(json.dumps(result), flush=True)

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.step_time import load_average
 from resnet_identity import xla_config
 from resnet_identity.data import cifar, in_memory
 from resnet_identity.data import normalization as normalization_lib
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "device_augment_exceeds_target": device_rate > TARGET_IMAGES_PER_S,
         "device": f"{device.platform}:{device.device_kind}",
         "cpu_count": os.cpu_count(),
-        "loadavg_1m_5m": [round(x, 2) for x in os.getloadavg()[:2]],
+        "loadavg_1m_5m": load_average(),
         "jax": jax.__version__,
     }
     print(json.dumps(result), flush=True)

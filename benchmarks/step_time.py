@@ -73,11 +73,11 @@ class Bench:
         process's CPU time (user + system, all threads), which a busy machine inflates less."""
         for _ in range(steps):
             batch = self._next_batch()
-            cpu, start = _cpu_seconds(), time.perf_counter()
+            cpu, start = cpu_seconds(), time.perf_counter()
             self.state, metrics = self.step(self.state, batch)
             _block(self.state, metrics)
             self.timings.append(time.perf_counter() - start)
-            self.cpu_timings.append(_cpu_seconds() - cpu)
+            self.cpu_timings.append(cpu_seconds() - cpu)
 
     def _next_batch(self) -> dict[str, Any]:
         batch = self.batches[self._next % len(self.batches)]
@@ -88,12 +88,12 @@ class Bench:
         """Dispatches `steps` steps back to back and waits once, as training does (it never
         waits on a step's result); appends the mean step time of the window. On an
         accelerator this leaves out the host round trip that `run` pays on every step."""
-        cpu, start = _cpu_seconds(), time.perf_counter()
+        cpu, start = cpu_seconds(), time.perf_counter()
         for _ in range(steps):
             self.state, metrics = self.step(self.state, self._next_batch())
         _block(self.state, metrics)
         self.timings.append((time.perf_counter() - start) / steps)
-        self.cpu_timings.append((_cpu_seconds() - cpu) / steps)
+        self.cpu_timings.append((cpu_seconds() - cpu) / steps)
 
     def clear(self) -> None:
         self.timings.clear()
@@ -130,13 +130,19 @@ class Bench:
             "jax": jax.__version__,
             "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
-            "loadavg_1m_5m": [round(x, 2) for x in os.getloadavg()[:2]],
+            "loadavg_1m_5m": load_average(),
         }
 
 
-def _cpu_seconds() -> float:
+def cpu_seconds() -> float:
+    """CPU seconds this process has used so far: user + system, all threads."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def load_average() -> list[float]:
+    """The 1- and 5-minute load averages: how far a shared machine may skew a timing."""
+    return [round(x, 2) for x in os.getloadavg()[:2]]
 
 
 def _block(*trees: Any) -> None:
@@ -213,7 +219,7 @@ def build(model_name: str, batch: int, *, compile_only: bool = False, fast_init:
     init, init_key, step = setup.init, setup.init_key, setup.step
     batches = [next(setup.host_batches) for _ in range(2)]
 
-    init_s, ready_cpu = 0.0, _cpu_seconds()
+    init_s, ready_cpu = 0.0, cpu_seconds()
     if compile_only:
         state = jax.eval_shape(init, init_key)
         batches = [jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), batches[0])]
@@ -231,7 +237,7 @@ def build(model_name: str, batch: int, *, compile_only: bool = False, fast_init:
     start = time.perf_counter()
     compiled = lowered.compile()
     compile_s = time.perf_counter() - start
-    ready_cpu = _cpu_seconds() - ready_cpu
+    ready_cpu = cpu_seconds() - ready_cpu
     memory = compiled.memory_analysis()
     flops = 6 * summary.forward_macs(setup.model, setup.image_size) * batch
     label = {"model": model_name, "batch": batch, "dtype": "float32", "scan": True, "fast_init": fast_init,

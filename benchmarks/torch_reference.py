@@ -31,6 +31,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402  (after the OpenMP setting)
 from torch import nn  # noqa: E402
 
+from benchmarks.step_time import cpu_seconds, load_average  # noqa: E402
+
 PREACT164_PARAMETERS = 1_703_258
 
 
@@ -123,15 +125,14 @@ def main(argv: list[str] | None = None) -> dict:
     step()  # warm-up: allocator and oneDNN primitive caches
     times, cpu = [], []
     for _ in range(args.steps):
-        start = os.times()
+        start = cpu_seconds()
         times.append(step())
-        end = os.times()
-        cpu.append(end.user + end.system - start.user - start.system)
+        cpu.append(cpu_seconds() - start)
     ms = 1000 * statistics.median(times)
     result = {**label(args.batch, args.threads, args.channels_last), "step_ms": round(ms, 1),
               "step_ms_min": round(1000 * min(times), 1), "cpu_s_per_step": round(statistics.median(cpu), 2),
               "images_per_s": round(args.batch / ms * 1000, 1),
-              "loadavg_1m_5m": [round(x, 2) for x in os.getloadavg()[:2]],
+              "loadavg_1m_5m": load_average(),
               "step_times_ms": [round(1000 * t, 1) for t in times], "cpu_s_per_step_all": [round(c, 3) for c in cpu]}
     print(json.dumps(result))
     return result
