@@ -145,7 +145,8 @@ def test_elementwise_remat_recomputes_no_convolution_and_keeps_under_half():
 
 @pytest.mark.parametrize("shape,kernel,stride,pad", [
     ((2, 8, 8, 4), (3, 3, 4, 6), 1, 1), ((2, 8, 8, 4), (1, 1, 4, 6), 2, 0), ((2, 9, 9, 4), (3, 3, 4, 6), 2, 1),
-    ((2, 8, 8, 6), (1, 1, 6, 4), 1, 0), ((2, 16, 16, 3), (7, 7, 3, 4), 2, 3),
+    ((2, 8, 8, 6), (1, 1, 6, 4), 1, 0), ((2, 16, 16, 3), (7, 7, 3, 4), 2, 3), ((2, 9, 7, 4), (1, 1, 4, 6), 2, 0),
+    ((2, 10, 10, 4), (1, 1, 4, 3), 3, 0),
 ])
 def test_conv_with_canonical_grads_equals_lax(shape, kernel, stride, pad):
     x = jax.random.normal(jax.random.key(0), shape)
@@ -211,23 +212,23 @@ def test_mfu_uses_the_known_peaks():
     assert step_time.peak_flops("cpu", "float32") is None
 
 
-@pytest.mark.parametrize("c_in,c_out", [(16, 32), (32, 16)])
-def test_1x1_kernel_gradient_is_one_matrix_product_with_no_activation_transposed(c_in, c_out):
+@pytest.mark.parametrize("c_in,c_out,stride", [(16, 32, 1), (32, 16, 1), (16, 32, 2)])
+def test_1x1_kernel_gradient_is_one_matrix_product_with_no_activation_transposed(c_in, c_out, stride):
     """x^T g over the flattened (n, h, w) rows: XLA:CPU's dot reads the transposed operand in
     place; contracting three axes of the 4-D arrays made it copy one into a transposed layout.
     The narrower of x and g is the product's left operand (the faster order on XLA:CPU). The
-    forward pass and the input gradient of this 1x1 stride-1 convolution are products too:
-    no convolution is left."""
+    forward pass and the input gradient of a 1x1 convolution, strided or not, are products
+    too: no convolution is left."""
     x = jax.random.normal(jax.random.key(0), (4, 6, 6, c_in))
     w = jax.random.normal(jax.random.key(1), (1, 1, c_in, c_out))
 
     def loss(w, x):
-        return jnp.sum(jnp.sin(canonical_conv.conv_with_canonical_grads(x, w, (1, 1), ((0, 0), (0, 0)),
+        return jnp.sum(jnp.sin(canonical_conv.conv_with_canonical_grads(x, w, (stride, stride), ((0, 0), (0, 0)),
                                                                          dimension_numbers=NHWC)))
 
     text = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(w, x).compile().as_text()
     moved = re.findall(r"= f32\[([\d,]+)\]\S* (?:transpose|copy)\(", text)
-    activation_sizes = {4 * 6 * 6 * c_in, 4 * 6 * 6 * c_out}
+    activation_sizes = {4 * 6 * 6 * c_in, 4 * 6 * 6 * c_out // stride**2}
     assert not [s for s in moved if np.prod([int(d) for d in s.split(",")]) in activation_sizes], moved
     narrow, wide = sorted((c_in, c_out))
     assert re.search(rf"= f32\[{narrow},{wide}\]\S* dot\(", text)

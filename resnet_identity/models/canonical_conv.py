@@ -13,10 +13,11 @@ where `layers.conv` builds the convolutions, writes both gradient convolutions i
 canonical form itself, with the transposes made explicit, so it makes no difference where
 they are traced (benchmarks/RESULTS.md has the measurements).
 
-A 1x1, stride-1 convolution (two of a bottleneck unit's three) is one matrix product over
-the flattened (n, h, w) rows, and XLA:CPU runs that product (on YNNPACK) 2-3x faster than
-the same convolution: 32768x64 by 64x16 in 0.41 ms against 1.23 ms. On CPU its forward
-pass and input gradient are therefore products, as every 1x1 kernel gradient is.
+A 1x1 convolution (two of a bottleneck unit's three, and every projection shortcut) is one
+matrix product over the flattened (n, h, w) rows, of every stride-th row and column when it
+is strided, and XLA:CPU runs that product (on YNNPACK) 2-3x faster than the same
+convolution: 32768x64 by 64x16 in 0.41 ms against 1.23 ms. On CPU its forward pass, input
+gradient and kernel gradient are therefore all products.
 """
 
 from __future__ import annotations
@@ -31,14 +32,24 @@ from jax import lax
 _NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2))
 
 
-def _is_pointwise(w: jax.Array, strides: tuple[int, int], padding: tuple[tuple[int, int], tuple[int, int]]) -> bool:
-    return w.shape[:2] == (1, 1) and strides == (1, 1) and padding == ((0, 0), (0, 0))
+def _is_pointwise(w: jax.Array, padding: tuple[tuple[int, int], tuple[int, int]]) -> bool:
+    return w.shape[:2] == (1, 1) and padding == ((0, 0), (0, 0))
 
 
-def _pointwise(x: jax.Array, w: jax.Array) -> jax.Array:
-    """A 1x1, stride-1 convolution as one matrix product over the (n, h, w) rows."""
+def _pointwise(x: jax.Array, w: jax.Array, strides: tuple[int, int] = (1, 1)) -> jax.Array:
+    """A 1x1 convolution as one matrix product over the (n, h, w) rows it reads."""
+    x = x[:, ::strides[0], ::strides[1], :]
     y = lax.dot_general(x.reshape(-1, x.shape[-1]), w.reshape(w.shape[2:]), (((1,), (0,)), ((), ())))
     return y.reshape(x.shape[:-1] + (w.shape[-1],))
+
+
+def _spread(dx: jax.Array, strides: tuple[int, int], size: tuple[int, int]) -> jax.Array:
+    """Places a strided 1x1 convolution's input gradient back on the rows and columns it
+    read, with zeros between them and after the last: the transpose of `x[:, ::s, ::s]`."""
+    if strides == (1, 1):
+        return dx
+    config = [(0, 0, 0)] + [(0, i - (d - 1) * s - 1, s - 1) for i, d, s in zip(size, dx.shape[1:3], strides)]
+    return lax.pad(dx, jnp.zeros((), dx.dtype), config + [(0, 0, 0)])
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -46,8 +57,8 @@ def _nhwc_conv(x: jax.Array, w: jax.Array, strides: tuple[int, int],
                padding: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
     conv = functools.partial(lax.conv_general_dilated, window_strides=strides, padding=padding,
                              dimension_numbers=_NHWC)
-    if _is_pointwise(w, strides, padding):  # a product on CPU (module docstring)
-        return lax.platform_dependent(x, w, cpu=_pointwise, default=conv)
+    if _is_pointwise(w, padding):  # a product on CPU (module docstring)
+        return lax.platform_dependent(x, w, cpu=functools.partial(_pointwise, strides=strides), default=conv)
     return conv(x, w)
 
 
@@ -59,14 +70,9 @@ def _canonical_grads(strides, padding, x, w, g):
     """Both gradients as NHWC/HWIO convolutions, or matrix products for 1x1 kernels; the
     paddings are JAX's transpose rules'."""
     kernel, size_in = w.shape[:2], x.shape[1:3]
-    dilated_out = [(o - 1) * s + 1 for o, s in zip(g.shape[1:3], strides)]
-    dx_padding = [(k - 1 - lo, i - d + lo) for k, (lo, _), i, d in zip(kernel, padding, size_in, dilated_out)]
     flipped = jnp.swapaxes(jnp.flip(w, (0, 1)), 2, 3)  # HWIO of the transposed conv
-    if _is_pointwise(w, strides, padding):
-        dx = _pointwise(g, flipped)  # g w^T
-    else:
-        dx = lax.conv_general_dilated(g, flipped, (1, 1), dx_padding, lhs_dilation=strides, dimension_numbers=_NHWC)
-    if kernel == (1, 1) and padding == ((0, 0), (0, 0)):
+    if _is_pointwise(w, padding):
+        dx = _spread(_pointwise(g, flipped), strides, size_in)  # g w^T
         # A 1x1 kernel's gradient is one matrix product over (n, h, w): x^T g, with x and g
         # flattened to 2-D. XLA:CPU's dot takes a transposed left operand as it is, where
         # contracting the three leading axes of the 4-D arrays made it copy one of them into
@@ -74,14 +80,17 @@ def _canonical_grads(strides, padding, x, w, g):
         # about twice as fast with the narrower operand on the left (32768x16 by 32768x64:
         # 0.9 ms; 32768x64 by 32768x16: 1.7 ms), so a wide x gives (g^T x)^T. XLA would fold
         # that transpose back into the slow product; the barrier keeps the product as written.
-        strided = x[:, ::strides[0], ::strides[1], :][:, :g.shape[1], :g.shape[2], :]
-        x2, g2 = strided.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
+        read = x[:, ::strides[0], ::strides[1], :]
+        x2, g2 = read.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
         rows = (((0,), (0,)), ((), ()))
         if x2.shape[1] > g2.shape[1]:
             dw = lax.optimization_barrier(lax.dot_general(g2, x2, rows)).T
         else:
             dw = lax.dot_general(x2, g2, rows)
         return dx, dw.reshape(w.shape)
+    dilated_out = [(o - 1) * s + 1 for o, s in zip(g.shape[1:3], strides)]
+    dx_padding = [(k - 1 - lo, i - d + lo) for k, (lo, _), i, d in zip(kernel, padding, size_in, dilated_out)]
+    dx = lax.conv_general_dilated(g, flipped, (1, 1), dx_padding, lhs_dilation=strides, dimension_numbers=_NHWC)
     # dw[i, j, c, o] = sum_{n, t} x[n, s t + i, c] g[n, t, o]: C acts as the batch, N as the feature.
     dw_padding = [(lo, d - i + k - 1 - lo) for k, (lo, _), i, d in zip(kernel, padding, size_in, dilated_out)]
     dw = lax.conv_general_dilated(jnp.transpose(x, (3, 1, 2, 0)), jnp.transpose(g, (1, 2, 0, 3)), (1, 1),
@@ -114,8 +123,8 @@ def conv_with_canonical_grads(lhs: jax.Array, rhs: jax.Array, window_strides: Se
     A drop-in for `nn.Conv(conv_general_dilated=...)`. The same forward pass and gradients
     up to float rounding: the gradients are computed by the convolutions JAX's transpose
     rules would emit, with their operands transposed into NHWC/HWIO, and on CPU a 1x1
-    kernel's gradient, and a 1x1 stride-1 convolution and its input gradient, are matrix
-    products (see the module docstring for why both matter).
+    convolution (strided or not) and both its gradients are matrix products (see the module
+    docstring for why both matter).
     Only undilated, ungrouped 2-D NHWC/HWIO convolutions with explicit padding (all this
     codebase builds) take that path; anything else is passed to `lax.conv_general_dilated`.
     """
