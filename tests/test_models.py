@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from resnet_identity import models
@@ -387,15 +388,39 @@ def test_ghost_bn_group_that_does_not_divide_batch_is_a_clear_error():
 # ----------------------------------------------------------------------------- network
 
 
-def test_zero_init_last_makes_every_preact_unit_an_identity():
-    model = models.create_model("cifar_preact164", num_classes=10, depth=20, zero_init_last=True)
-    images = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
+@pytest.mark.parametrize("unit,zeroed", [("full_preact", "conv2"), ("original", "bn2"),
+                                         ("relu_only_preact", "bn2"), ("bn_after_addition", "conv2")])
+def test_zero_init_last_starts_each_branch_at_zero_and_leaves_it_trainable(unit, zeroed):
+    """The zeroed layer is the branch's last BN where it ends in BN, else its last conv: a
+    zeroed gamma under a ReLU (the pre-act unit's bn2) would never get a gradient. After one
+    SGD step every parameter has a non-zero gradient."""
+    model = models.create_model("cifar_resnet20", num_classes=10, depth=8, unit=unit, zero_init_last=True)
+    images = jax.random.normal(jax.random.key(1), (4, 8, 8, 3))
+    labels = jnp.arange(4) % 10
     variables = jax.jit(lambda x: model.init(jax.random.key(0), x, train=False))(images)
-    np.testing.assert_array_equal(variables["params"]["stage2"]["rest"]["units"]["unit"]["bn3"]["scale"], 0.0)
-    np.testing.assert_array_equal(variables["params"]["stage2"]["first"]["bn3"]["scale"], 0.0)
-    # Every unit is then an identity on its shortcut, so the stages only change shape.
-    logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images)
-    assert bool(jnp.all(jnp.isfinite(logits)))
+    params = variables["params"]
+    units = [params[f"stage{s}"][name] for s in (1, 2, 3) for name in params[f"stage{s}"]]
+    for u in units:
+        leaf = u[zeroed]["kernel" if zeroed.startswith("conv") else "scale"]
+        np.testing.assert_array_equal(leaf, 0.0)
+
+    @jax.jit
+    def grads(params):
+        def loss(params):
+            logits, _ = model.apply({**variables, "params": params}, images, train=True, mutable=["batch_stats"])
+            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+        return jax.grad(loss)(params)
+
+    stepped = jax.tree.map(lambda p, g: p - 0.1 * g, params, grads(params))
+    dead = [jax.tree_util.keystr(path) for path, g in jax.tree_util.tree_leaves_with_path(grads(stepped))
+            if not bool(jnp.any(g != 0))]
+    assert not dead, dead
+
+
+@pytest.mark.parametrize("unit", ["plain", "relu_before_addition"])
+def test_zero_init_last_is_refused_where_the_branch_could_not_learn(unit):
+    with pytest.raises(ValueError, match="zero_init_last=True does not apply"):
+        models.create_model("cifar_resnet20", num_classes=10, depth=8, unit=unit, zero_init_last=True)
 
 
 def test_bfloat16_computes_in_bf16_with_float32_parameters():

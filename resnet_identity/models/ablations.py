@@ -84,6 +84,7 @@ class BNAfterAddition(ResidualUnit):
     """weight-BN-ReLU-weight, add, BN, ReLU (Table 2(b), Fig. 4(b))."""
 
     projection_norm: ClassVar[bool] = False
+    zero_init_layer: ClassVar[str | None] = "conv"  # the BN after the addition stays at 1
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -95,6 +96,8 @@ class BNAfterAddition(ResidualUnit):
 
 class ReLUBeforeAddition(ResidualUnit):
     """weight-BN-ReLU-weight-BN-ReLU, add; nothing after (Table 2(c), Fig. 4(c))."""
+
+    zero_init_layer: ClassVar[str | None] = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -110,6 +113,7 @@ class ReLUOnlyPreActivation(PreActivation):
     """
 
     projection_norm: ClassVar[bool] = True
+    zero_init_layer: ClassVar[str | None] = "norm"
 
     def activation(self, index, x, *, last):
         del index, last

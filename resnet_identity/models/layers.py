@@ -34,7 +34,7 @@ dense_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "unifo
 
 
 def conv(features: int, kernel_size: int, strides: int = 1, *, dtype: Dtype = jnp.float32,
-         name: str | None = None) -> nn.Conv:
+         kernel_init: nn.initializers.Initializer = conv_kernel_init, name: str | None = None) -> nn.Conv:
     """A bias-free k x k convolution padded like Torch/Caffe: (k-1)//2 on every side.
 
     Explicit symmetric padding matters for stride 2: XLA's 'SAME' pads (0, 1) on even
@@ -47,7 +47,7 @@ def conv(features: int, kernel_size: int, strides: int = 1, *, dtype: Dtype = jn
         strides=(strides, strides),
         padding=((pad, pad), (pad, pad)),
         use_bias=False,
-        kernel_init=conv_kernel_init,
+        kernel_init=kernel_init,
         dtype=dtype,
         param_dtype=jnp.float32,
         conv_general_dilated=conv_with_canonical_grads,

@@ -73,7 +73,7 @@ class ResNet(nn.Module):
       stride_on: where a bottleneck's stride sits, "1x1" (papers) or "3x3".
       bn_group_size: examples per BatchNorm statistics group (None: whole batch).
       dtype: compute dtype, "float32" or "bfloat16"; parameters and BN statistics stay float32.
-      zero_init_last: zero-initialise the last BN gamma of every residual branch.
+      zero_init_last: start every residual branch at zero (`ResidualUnit.zero_init_layer`).
       scan: scan over each stage's identical units (fast compile) or unroll them.
       remat: rematerialisation scheme, see `stack.py`; None is its `DEFAULT_REMAT`, "elementwise",
         when scanned and "none" when unrolled.

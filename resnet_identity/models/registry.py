@@ -126,7 +126,7 @@ OVERRIDES = {
     "bn_group_size": "None or a positive int dividing the per-step batch",
     "bn_momentum": "a float in [0, 1)",
     "bn_epsilon": "a positive float",
-    "zero_init_last": "a bool",
+    "zero_init_last": "a bool; True only for units whose branch ends in a BN or a conv",
     "scan": "a bool",
     "remat": "None (= 'elementwise'), False (= 'none'), True (= 'nested'), 'none', 'elementwise', 'unit', 'block' or 'nested'",
     "unroll": "a positive int",
@@ -192,6 +192,9 @@ def create_model(name: str, *, num_classes: int, **overrides: Any) -> ResNet:
     _check("bn_epsilon", overrides.get("bn_epsilon", 1e-5) > 0, overrides.get("bn_epsilon"))
     for flag in ("zero_init_last", "scan"):
         _check(flag, isinstance(overrides.get(flag, False), bool), overrides.get(flag))
+    if overrides.get("zero_init_last") and variant.cls.zero_init_layer is None:
+        raise ValueError(f"zero_init_last=True does not apply to unit {unit_name!r}: its branch ends in a "
+                         "ReLU or it has no shortcut, so a zeroed layer would get no gradient. Leave it False.")
     try:
         resolve_remat(overrides.get("remat"))
     except ValueError:

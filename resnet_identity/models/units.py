@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from resnet_identity.models.layers import GhostBatchNorm, ModuleDef, conv
+from resnet_identity.models.layers import GhostBatchNorm, ModuleDef, conv, conv_kernel_init
 from resnet_identity.models.shortcuts import Shortcut
 
 STRIDE_PLACEMENTS = ("1x1", "3x3")
@@ -38,7 +38,8 @@ class ResidualUnit(nn.Module):
         first unit of a stage, `both_preact`); "none": no leading BN-ReLU (stage 1 after
         the ImageNet stem, `no_preact`).
       norm: BatchNorm partial with the train flag and group size baked in.
-      zero_init_last: initialise the branch's last BN gamma at 0 (off in the papers).
+      zero_init_last: start every branch at F(x) = 0 by zeroing its last layer (off in the
+        papers; see `zero_init_layer`).
       train: training mode, for units that need it beyond BN (dropout).
     """
 
@@ -57,6 +58,12 @@ class ResidualUnit(nn.Module):
     pre_activation: ClassVar[bool] = False
     # v1 projections are conv + BN; v2's are a bare conv.
     projection_norm: ClassVar[bool] = True
+    # The layer `zero_init_last` zeroes: the branch's last BN's gamma ("norm") where the
+    # branch ends in BN, its last conv's kernel ("conv") where it ends in a conv. Zeroing a
+    # gamma followed by a ReLU would leave the branch dead: relu'(0) = 0 stops every
+    # gradient to it, for the whole run. None: the unit cannot start as h(x), because its
+    # branch ends in a ReLU or it has no shortcut.
+    zero_init_layer: ClassVar[str | None] = "norm"
 
     def branch_specs(self) -> list[tuple[int, int, int]]:
         """(kernel, output channels, stride) of each conv of F (v1 Table 1, Fig. 5)."""
@@ -68,12 +75,23 @@ class ResidualUnit(nn.Module):
         first, middle = (self.strides, 1) if self.stride_on == "1x1" else (1, self.strides)
         return [(1, width, first), (3, width, middle), (1, self.features, 1)]
 
-    def branch_conv(self, index: int, spec: tuple[int, int, int]) -> nn.Module:
+    def zero_init(self, layer: str, *, last: bool) -> bool:
+        """Whether `zero_init_last` zeroes this `layer` ("conv" or "norm") of the branch."""
+        if not (last and self.zero_init_last):
+            return False
+        if self.zero_init_layer is None:
+            raise ValueError(
+                f"zero_init_last=True does not apply to {type(self).__name__}: its branch ends in a "
+                "ReLU or it has no shortcut, so a zeroed layer would get no gradient. Leave it False.")
+        return layer == self.zero_init_layer
+
+    def branch_conv(self, index: int, spec: tuple[int, int, int], *, last: bool) -> nn.Module:
         kernel, features, strides = spec
-        return conv(features, kernel, strides, dtype=self.dtype, name=f"conv{index + 1}")
+        init = nn.initializers.zeros if self.zero_init("conv", last=last) else conv_kernel_init
+        return conv(features, kernel, strides, dtype=self.dtype, kernel_init=init, name=f"conv{index + 1}")
 
     def branch_norm(self, index: int, *, last: bool) -> nn.Module:
-        init = nn.initializers.zeros if (last and self.zero_init_last) else nn.initializers.ones
+        init = nn.initializers.zeros if self.zero_init("norm", last=last) else nn.initializers.ones
         return self.norm(name=f"bn{index + 1}", scale_init=init)
 
     def make_shortcut(self) -> Shortcut:
@@ -91,7 +109,7 @@ class ResidualUnit(nn.Module):
         specs = self.branch_specs()
         for i, spec in enumerate(specs):
             last = i == len(specs) - 1
-            x = self.branch_conv(i, spec)(x)
+            x = self.branch_conv(i, spec, last=last)(x)
             if not last or norm_last:
                 x = self.branch_norm(i, last=last)(x)
             if not last or relu_last:
@@ -118,6 +136,7 @@ class PreActivation(ResidualUnit):
 
     pre_activation: ClassVar[bool] = True
     projection_norm: ClassVar[bool] = False
+    zero_init_layer: ClassVar[str | None] = "conv"
 
     def activation(self, index: int, x: jax.Array, *, last: bool) -> jax.Array:
         """What precedes conv `index`: BN-ReLU here (Fig. 4(e))."""
@@ -147,12 +166,14 @@ class PreActivation(ResidualUnit):
             last = i == len(specs) - 1
             if i:
                 branch = self.activation(i, branch, last=last)
-            branch = self.after_conv(i, self.branch_conv(i, spec)(branch), last=last)
+            branch = self.after_conv(i, self.branch_conv(i, spec, last=last)(branch), last=last)
         return self.make_shortcut()(shortcut_in) + branch
 
 
 class Plain(ResidualUnit):
     """conv-BN-ReLU per layer and no shortcut: v1's plain baseline (v1 Fig. 3 middle)."""
+
+    zero_init_layer: ClassVar[str | None] = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
