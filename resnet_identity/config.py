@@ -67,7 +67,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.momentum = 0.9
     c.nesterov = False
     c.weight_decay = 1e-4
-    c.decay_bn_and_bias = True  # the released code decays every parameter
+    c.decay_bn_and_bias = False  # the papers decay the weights; the released code every parameter
     c.seed = 0
     # Logging, evaluation, checkpoints.
     c.log_every_steps = 100

@@ -179,9 +179,9 @@ def weight_decay_mask(params):
       ``batchnorm`` (``BatchNorm_0``, ``bn1``, ``preact_bn``, ``final_norm``,
       ``PreActBN``; not ``normal_head``).
 
-    So Conv and Dense ``kernel`` leaves are ``True``. This is the
-    ``decay_bn_and_bias=False`` alternative to the released code, which decays
-    everything (PAPERS.md, "Training recipes").
+    So Conv and Dense ``kernel`` leaves are ``True``. This is the default,
+    ``decay_bn_and_bias=False``; the released code decays everything
+    (PAPERS.md, "Training recipes", lists it among its differences).
 
     Args:
         params: a parameter pytree, e.g. a flax ``variables['params']``.
@@ -205,7 +205,7 @@ def sgd(
     momentum: float = 0.9,
     nesterov: bool = False,
     weight_decay: float = 0.0,
-    decay_bn_and_bias: bool = True,
+    decay_bn_and_bias: bool = False,
 ) -> optax.GradientTransformation:
     """SGD as Torch7 ``optim.sgd`` with zero dampening (see the module docstring).
 
@@ -220,8 +220,10 @@ def sgd(
         nesterov: Nesterov momentum, as in the released code; needs ``mu > 0``.
         weight_decay: L2 coefficient added to the gradient, ``>= 0``; the papers
             use 1e-4.
-        decay_bn_and_bias: decay every parameter (the released code) when True,
-            else only where ``weight_decay_mask`` is True.
+        decay_bn_and_bias: decay every parameter, BN and biases included (the
+            released code) when True; else only where ``weight_decay_mask`` is
+            True, the conv and FC weights (the default; PAPERS.md lists decaying
+            everything as one of the released code's differences).
 
     Raises:
         ValueError: on an out-of-range argument.
