@@ -3,7 +3,12 @@
 Any config field can be overridden (`--config.batch_size=64`) and a config can take a
 preset after a colon (`--config=configs/cifar_preact1001.py:smoke`). Rerunning the same
 command resumes from the newest good checkpoint in DIR.
+
+Exit status: 0 when training finished; 75 when SIGTERM/SIGINT or a preemption notice
+stopped it after saving (rerun to resume); 1 on an error, printed with what to do.
 """
+
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -24,7 +29,11 @@ def main(argv):
     parallel.maybe_initialize_distributed(FLAGS.distributed)
     from resnet_identity import trainer
 
-    trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change)
+    try:
+        result = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change)
+    except trainer.USER_ERRORS as e:
+        sys.exit(f"error: {e}")
+    return trainer.exit_status(result)
 
 
 if __name__ == "__main__":

@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
+from resnet_identity import trainer
 from resnet_identity.analysis import ablation, paper
 
 PRESETS = {"quick": {"depth": 8, "steps": 200}}
@@ -52,11 +54,14 @@ def main(argv):
     if steps is not None:
         ablation.scale_budget(base, steps)
     table = int(FLAGS.table)
-    results = ablation.run_table(base, table, FLAGS.workdir, model=FLAGS.model, depth=depth,
-                                 rows=FLAGS.rows, fail_above=FLAGS.fail_above)
+    try:
+        results = ablation.run_table(base, table, FLAGS.workdir, model=FLAGS.model, depth=depth,
+                                     rows=FLAGS.rows, fail_above=FLAGS.fail_above)
+    except trainer.USER_ERRORS as e:
+        sys.exit(f"error: {e}")
     if results is None:
         print("Preempted: rerun the same command to resume.")
-        return
+        return trainer.EXIT_PREEMPTED
     report = ablation.markdown_report(results, table, base, FLAGS.model, depth, FLAGS.fail_above)
     with open(os.path.join(FLAGS.workdir, "table.md"), "w") as f:
         f.write(report)

@@ -23,7 +23,7 @@ the newest one that restores. Unreadable steps are moved, not deleted, to
 would refuse to save any step up to `N` again, leaving the resumed run unprotected.
 
 `PreemptionWatcher` turns SIGTERM/SIGINT into a flag the training loop polls, so the loop
-itself saves at a step boundary and exits 0. In a `jax.distributed` job it defers to JAX's
+itself saves at a step boundary and returns (`train.py` then exits 75, for a rerun). In a `jax.distributed` job it defers to JAX's
 preemption sync point instead, so every host stops, and saves, at the same step.
 """
 
@@ -55,6 +55,10 @@ policies = ocp.checkpoint_managers
 
 class CheckpointWriteError(OSError):
     """The checkpoint directory cannot be written (permissions, full disk, bad path)."""
+
+
+class CheckpointRestoreError(RuntimeError):
+    """No checkpoint in the directory could be restored; the message says what to do."""
 
 
 # (errnos, text tensorstore uses for them, what to tell the user). Orbax surfaces local I/O
@@ -172,7 +176,8 @@ class Checkpointer:
         `target_state` fixes structure, dtypes and shardings: a concrete `TrainState` (e.g.
         from `create_train_state`) or its `jax.eval_shape`, ideally with `sharding` set.
         Unreadable newer steps are logged and moved to `<dir>/corrupt/`. If no step can be
-        restored, raises RuntimeError listing why (often a changed model or optimiser config).
+        restored, raises CheckpointRestoreError listing why (often a changed model or optimiser
+        config).
         """
         self.wait()
         self._manager.reload()
@@ -196,7 +201,7 @@ class Checkpointer:
             return restored, step
         if failures:
             reasons = "; ".join(f"step {s}: {_describe(e)}" for s, e in failures)
-            raise RuntimeError(
+            raise CheckpointRestoreError(
                 f"No checkpoint in {self.directory} could be restored ({reasons}). If every step "
                 "fails the same way, the model or optimiser config probably differs from the run "
                 "that wrote them; otherwise move the directory aside to start afresh.")

@@ -62,11 +62,26 @@ class MetricLogger:
 
 
 def _truncate_after(path: str, step: int) -> None:
-    """Drops records past `step`: they belong to steps the resumed run will redo."""
+    """Drops records past `step`: they belong to steps the resumed run will redo.
+
+    A line that does not parse (the half-written last record of a killed run) is dropped
+    too, with a warning, so that the next append starts on a line of its own.
+    """
     if not os.path.exists(path):
         return
+    kept = []
     with open(path) as f:
-        kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                logging.warning("Dropping line %d of %s, which is not a whole record (a run killed "
+                                "while writing it): %.80r", number, path, line)
+                continue
+            if record["step"] <= step:
+                kept.append(line)
     write_atomically(path, "".join(kept))
 
 

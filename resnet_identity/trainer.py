@@ -30,6 +30,7 @@ import numpy as np
 
 from resnet_identity import checkpointing, config as config_lib, models, optim, parallel, xla_config
 from resnet_identity.data import get_dataset
+from resnet_identity.data.tfds_access import DatasetNotPreparedError
 from resnet_identity.files import write_atomically
 from resnet_identity.metric_logging import MetricLogger
 from resnet_identity.train_state import TrainState, create_train_state, eval_step, train_step
@@ -37,6 +38,20 @@ from resnet_identity.train_state import TrainState, create_train_state, eval_ste
 
 class DivergenceError(FloatingPointError):
     """Loss or gradient norm became NaN/Inf; the message names the step."""
+
+
+# Errors whose message already says what to do: the command-line entry points print the
+# message alone, without a traceback, and exit 1.
+USER_ERRORS = (config_lib.ConfigError, DatasetNotPreparedError, checkpointing.CheckpointWriteError,
+               checkpointing.CheckpointRestoreError, DivergenceError)
+# Exit status of a run stopped by SIGTERM/SIGINT or a preemption notice after saving
+# (sysexits' EX_TEMPFAIL): not 0, so that a scheduler or a retry loop reruns it.
+EXIT_PREEMPTED = 75
+
+
+def exit_status(result: dict[str, Any]) -> int:
+    """0 for a finished run, `EXIT_PREEMPTED` for one that saved and stopped early."""
+    return EXIT_PREEMPTED if "preempted_at_step" in result else 0
 
 
 def check_workdir(workdir: str) -> None:
@@ -55,10 +70,16 @@ def check_workdir(workdir: str) -> None:
         ) from e
 
 
-def check_saved_config(workdir: str, config: ml_collections.ConfigDict, allow_change: bool) -> None:
-    """Refuses to resume a workdir whose saved config differs, unless `allow_change`."""
+def check_saved_config(workdir: str, config: ml_collections.ConfigDict, allow_change: bool, *,
+                       has_checkpoint: bool = True) -> None:
+    """Refuses to resume a workdir whose saved config differs, unless `allow_change`.
+
+    Only a checkpoint (or a result) binds a workdir to its config: `train_and_evaluate`
+    passes `has_checkpoint=False` when there is none yet, so a run that failed before its
+    first save (a bad value, an out-of-memory compile) can be rerun with corrected values.
+    """
     path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
+    if not has_checkpoint or not os.path.exists(path):
         return
     with open(path) as f:
         saved = json.load(f)
@@ -130,8 +151,8 @@ class _Progress:
         now = time.time()
         rate = (step - self.last_step) / max(now - self.last_time - self.excluded, 1e-9)
         self.last_step, self.last_time, self.excluded = step, now, 0.0
-        eta = (self.total - step) / max(rate, 1e-9)
-        return f"{rate * self.batch:,.0f} img/s, ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}"
+        minutes, seconds = divmod(round((self.total - step) / max(rate, 1e-9)), 60)
+        return f"{rate * self.batch:,.0f} img/s, ETA {minutes // 60}:{minutes % 60:02d}:{seconds:02d}"
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
@@ -145,22 +166,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     config_lib.validate(config, num_devices=mesh.devices.size, num_processes=jax.process_count())
     is_main = jax.process_index() == 0
     check_workdir(workdir)
-    check_saved_config(workdir, config, allow_config_change)
+    checkpointer = checkpointing.Checkpointer(
+        os.path.join(workdir, "checkpoints"), every_steps=config.checkpoint_every_steps,
+        keep=config.keep_checkpoints)
+    check_saved_config(workdir, config, allow_config_change, has_checkpoint=checkpointer.latest_step() is not None)
     dataset = get_dataset(config)  # a missing dataset fails here, before any compile
-    if is_main:  # atomically: the other processes may be reading it in check_saved_config
-        write_atomically(os.path.join(workdir, "config.json"), config.to_json(indent=2))
-
     total = config_lib.total_steps(config)
     model = models.create_model(config.model, num_classes=dataset.num_classes, **config_lib.model_kwargs(config))
     tx, schedule = build_optimizer(config)
+    if is_main:  # atomically: the other processes may be reading it in check_saved_config
+        write_atomically(os.path.join(workdir, "config.json"), config.to_json(indent=2))
     replicated = parallel.replicated(mesh)
     key = jax.random.key(config.seed)
     init_key, step_key = jax.random.split(key)
 
     init = jax.jit(functools.partial(create_train_state, model, tx, dataset.image_size), out_shardings=replicated)
-    checkpointer = checkpointing.Checkpointer(
-        os.path.join(workdir, "checkpoints"), every_steps=config.checkpoint_every_steps,
-        keep=config.keep_checkpoints)
     abstract = jax.eval_shape(init, init_key)
     restored = checkpointer.restore(jax.tree.map(
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), abstract))
@@ -200,10 +220,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         bad = int(parallel.to_host(state.nonfinite_step))
         if bad >= 0:
             last = checkpointer.latest_step()
+            kept = (f"the last good checkpoint (step {last}) in {workdir}/checkpoints is kept"
+                    if last is not None else "no checkpoint had been written yet, so a rerun starts at step 0")
             raise DivergenceError(
-                f"Loss or gradient norm became NaN/Inf at step {bad}. Training stopped; the last good "
-                f"checkpoint (step {last}) in {workdir}/checkpoints is kept. Lower the learning rate, add "
-                f"warm-up, or check the data, then rerun the same command to resume from it.")
+                f"Loss or gradient norm became NaN/Inf at step {bad}. Training stopped; {kept}. An unchanged "
+                f"rerun would diverge again at the same step: lower the learning rate, add warm-up or check "
+                f"the data, then rerun with the changed values and --allow_config_change.")
 
     batches = dataset.train_batches(global_batch_size=config.batch_size, start_step=start_step,
                                     seed=config.seed, process_index=jax.process_index(),
@@ -234,24 +256,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                     logger.console(f"step {step}/{total}: loss {means['loss']:.4f}, train error "
                                    f"{100 * means['error']:.2f}%, lr {means['learning_rate']:.4g}, "
                                    f"{progress.line(step)}")
-                if step % config.eval_every_steps == 0 and step != total:
-                    with progress.paused():
-                        eval_results = run_eval(step)
+                # Save before evaluating: an evaluation that fails cannot cost this step's checkpoint.
                 if step % config.checkpoint_every_steps == 0 or step == total:
                     with progress.paused():
                         check_finite(step)
                         checkpointer.maybe_save(step, state, force=True)
+                if step % config.eval_every_steps == 0 and step != total:
+                    with progress.paused():
+                        eval_results = run_eval(step)
                 if step < total and watcher.should_stop(step):
                     check_finite(step)
                     checkpointer.maybe_save(step, state, force=True)
                     logger.console(f"Received {watcher.signal_name or 'a preemption notice'}: saved a checkpoint "
                                    f"at step {step}. Rerun the same command to resume.")
                     return {"preempted_at_step": step, "step": step, **({"state": state} if return_state else {})}
-        eval_results = run_eval(step)
+            # Still watching: a signal during the final evaluation must not kill the process
+            # while the final checkpoint is being written.
+            eval_results = run_eval(step)
     finally:
-        checkpointer.wait()
-        checkpointer.close()
-        logger.close()
+        try:
+            checkpointer.wait()
+        finally:
+            checkpointer.close()
+            logger.close()
     final = {"step": step, **{f"{tag}_{k}": v for tag, m in eval_results.items() for k, v in m.items()}}
     if is_main:
         write_atomically(os.path.join(workdir, "final_metrics.json"), json.dumps(final, indent=2))

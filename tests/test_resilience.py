@@ -75,10 +75,14 @@ def test_sigkill_three_times_then_resume_is_bitwise_identical(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_saves_at_current_step_and_exits_cleanly(tmp_path):
-    cmd = _worker_cmd(tmp_path / "run", tmp_path / "out.npz", 400, "checkpoint_every_steps=1000")
+def test_sigterm_saves_at_current_step_and_exits_for_a_rerun(tmp_path):
+    """`train.py` itself: it saves, says how to resume, and exits 75 (not 0, which a
+    scheduler would read as a finished run)."""
+    cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--config=" + os.path.join(ROOT, "configs", "quickstart.py"),
+           f"--workdir={tmp_path / 'run'}", "--config.num_train_steps=400", "--config.log_every_steps=1",
+           "--config.checkpoint_every_steps=1000", "--config.eval_every_steps=1000"]
     code, output = _run_until_killed(cmd, 3, signal.SIGTERM)
-    assert code == 0, output[-3000:]
+    assert code == trainer.EXIT_PREEMPTED == 75, output[-3000:]
     assert "saved a checkpoint at step" in output and "Rerun the same command to resume" in output
     saved = int(output.split("saved a checkpoint at step ")[1].split(".")[0])
     assert saved >= 3
@@ -249,3 +253,65 @@ def test_tfds_cifar_resume_is_bitwise_identical(tmp_path, monkeypatch):
     resumed = run(tmp_path / "resumed")["state"]
     for a, b in zip(jax.tree.leaves(reference), jax.tree.leaves(resumed)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_failed_evaluation_does_not_cost_the_checkpoint_due_at_the_same_step(tmp_path, monkeypatch):
+    """Checkpoint first, then evaluate: an evaluation that fails (out of memory, a bad crop)
+    at a step where both are due leaves that step's checkpoint, so a rerun does not redo it."""
+    config = tiny_config(steps=4)
+    config.eval_every_steps = config.checkpoint_every_steps = 2
+
+    def failing_evaluate(*args, **kwargs):
+        raise MemoryError("evaluation ran out of memory")
+
+    monkeypatch.setattr(trainer, "evaluate", failing_evaluate)
+    with pytest.raises(MemoryError):
+        trainer.train_and_evaluate(config, str(tmp_path))
+    assert "2" in os.listdir(tmp_path / "checkpoints")
+
+
+def test_a_run_that_failed_before_its_first_checkpoint_can_be_rerun_with_other_values(tmp_path):
+    """Only a checkpoint binds a workdir to its config: fixing a value that failed the first
+    start (here a stale config.json from a different learning rate) needs no flag."""
+    stale = tiny_config(steps=2)
+    stale.learning_rate = 0.5
+    (tmp_path / "config.json").write_text(stale.to_json(indent=2))
+    config = tiny_config(steps=2)
+    trainer.train_and_evaluate(config, str(tmp_path))
+    assert json.loads((tmp_path / "config.json").read_text())["learning_rate"] == config.learning_rate
+
+
+def test_a_torn_last_metrics_line_is_dropped_on_resume(tmp_path):
+    """A run killed while appending leaves half a JSON line; the next start drops it (it
+    would otherwise make every resume fail) and keeps the whole records up to its step."""
+    from resnet_identity.metric_logging import MetricLogger
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "train/loss": 2.0}\n{"step": 2, "train/loss": 1.5}\n{"step": 3, "train/lo')
+    logger = MetricLogger(str(tmp_path), resumed_from=2, is_main=True)
+    logger.write(3, "train", {"loss": 1.25})
+    logger.close()
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3]
+
+
+def test_eta_counts_hours_past_a_day():
+    progress = trainer._Progress(start_step=0, total=100_001, batch=128)
+    progress.last_time -= 1.0  # one step took a second: 100,000 more take 27 h 46 min
+    assert "ETA 27:46:" in progress.line(1)
+
+
+def test_divergence_before_any_checkpoint_says_a_rerun_starts_over(tmp_path, monkeypatch):
+    real = trainer.get_dataset
+    monkeypatch.setattr(trainer, "get_dataset", lambda config: _PoisonedFromStep(real(config), step=2))
+    with pytest.raises(trainer.DivergenceError, match="at step 2.*no checkpoint had been written yet.*"
+                                                      "rerun with the changed values and --allow_config_change"):
+        trainer.train_and_evaluate(tiny_config(steps=4), str(tmp_path))
+
+
+def test_train_py_prints_an_error_without_a_traceback_and_exits_1(tmp_path):
+    cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--config=" + os.path.join(ROOT, "configs", "quickstart.py"),
+           f"--workdir={tmp_path}", "--config.model=resnet_1001"]
+    result = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "error: " in result.stderr and "is not a model" in result.stderr
+    assert "Traceback" not in result.stderr
