@@ -108,12 +108,26 @@ def test_every_model_name_of_the_issue_exists():
         ({"remat": "sometimes"}, "remat"),
         ({"bn_group_size": 0}, "bn_group_size"),
         ({"unit": "exclusive_gating", "unit_options": {"gate_bias": 1}}, "gate_bias_init"),
+        # Wrong types get the same message, not a TypeError from a comparison.
+        ({"bn_momentum": "x"}, "bn_momentum"),
+        ({"bn_epsilon": None}, "bn_epsilon"),
+        ({"unit_options": [1]}, "unit_options"),
+        ({"depth": True}, "depth"),
+        ({"unroll": 2.0}, "unroll"),
     ],
 )
 def test_bad_names_and_overrides_list_the_choices(kwargs, message):
     name = kwargs.pop("name", "cifar_resnet20")
     with pytest.raises(ValueError, match=message):
         models.create_model(name, num_classes=10, **kwargs)
+
+
+def test_a_bool_is_not_a_class_count_and_a_direct_resnet_checks_its_stem():
+    with pytest.raises(ValueError, match="num_classes"):
+        models.create_model("cifar_resnet20", num_classes=True)
+    model = models.create_model("cifar_resnet20", num_classes=10, depth=8).clone(stem="cifarr")
+    with pytest.raises(ValueError, match="stem one of"):
+        model.init(jax.random.key(0), jnp.ones((2, 8, 8, 3)), train=False)
 
 
 def test_bottleneck_and_imagenet_depth_errors():

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.name not in registry.MODELS:
         parser.error(f"unknown model {args.name!r}; run without a name to list them")
     family = registry.MODELS[args.name].family
-    num_classes = args.num_classes or (10 if family == "cifar" else 1000)
+    num_classes = args.num_classes if args.num_classes is not None else (10 if family == "cifar" else 1000)
     overrides = dict(_parse_override(o) for o in args.override)
     model = registry.create_model(args.name, num_classes=num_classes, **overrides)
     size = registry.input_size(args.name)

@@ -101,6 +101,9 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = True) -> jax.Array:
+        if self.dtype not in DTYPES or self.stem not in STEMS:
+            raise ValueError(f"ResNet(dtype={self.dtype!r}, stem={self.stem!r}): dtype must be one of "
+                             f"{tuple(DTYPES)} and stem one of {STEMS}.")
         dtype = DTYPES[self.dtype]
         norm = make_norm(
             train=train, group_size=self.bn_group_size, dtype=dtype,

@@ -148,6 +148,14 @@ def _check(name: str, ok: bool, value: Any) -> None:
         raise ValueError(f"Invalid model override {name}={value!r}: expected {OVERRIDES[name]}.")
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def create_model(name: str, *, num_classes: int, **overrides: Any) -> ResNet:
     """Builds the named network as a `flax.linen.Module`.
 
@@ -160,14 +168,16 @@ def create_model(name: str, *, num_classes: int, **overrides: Any) -> ResNet:
     unknown = sorted(set(overrides) - set(OVERRIDES))
     if unknown:
         raise ValueError(f"Unknown model override(s) {unknown}. Valid overrides: {sorted(OVERRIDES)}.")
-    if not isinstance(num_classes, int) or num_classes < 1:
+    if not _is_int(num_classes) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}.")
     spec = MODELS[name]
     unit_name = overrides.pop("unit", spec.unit)
     _check("unit", unit_name in UNITS, unit_name)
     variant = UNITS[unit_name]
     unit_options = dict(variant.options)
-    extra = dict(overrides.pop("unit_options", None) or {})
+    extra = overrides.pop("unit_options", None) or {}
+    _check("unit_options", isinstance(extra, dict), extra)
+    extra = dict(extra)
     fields = _unit_fields(variant.cls)
     if set(extra) - fields:
         raise ValueError(
@@ -177,7 +187,7 @@ def create_model(name: str, *, num_classes: int, **overrides: Any) -> ResNet:
     unit_options.update(extra)
 
     depth = overrides.pop("depth", spec.depth)
-    _check("depth", isinstance(depth, int), depth)
+    _check("depth", _is_int(depth), depth)
     family = FAMILIES[spec.family]
     stage_sizes, stage_features, bottleneck = family.stages(depth, spec.bottleneck)
 
@@ -186,10 +196,11 @@ def create_model(name: str, *, num_classes: int, **overrides: Any) -> ResNet:
     _check("stride_on", overrides.get("stride_on", "1x1") in STRIDE_PLACEMENTS, overrides.get("stride_on"))
     _check("dtype", overrides.get("dtype", "float32") in DTYPES, overrides.get("dtype"))
     group = overrides.get("bn_group_size")
-    _check("bn_group_size", group is None or (isinstance(group, int) and group > 0), group)
+    _check("bn_group_size", group is None or (_is_int(group) and group > 0), group)
     momentum = overrides.get("bn_momentum", 0.9)
-    _check("bn_momentum", 0 <= momentum < 1, momentum)
-    _check("bn_epsilon", overrides.get("bn_epsilon", 1e-5) > 0, overrides.get("bn_epsilon"))
+    _check("bn_momentum", _is_number(momentum) and 0 <= momentum < 1, momentum)
+    epsilon = overrides.get("bn_epsilon", 1e-5)
+    _check("bn_epsilon", _is_number(epsilon) and epsilon > 0, epsilon)
     for flag in ("zero_init_last", "scan"):
         _check(flag, isinstance(overrides.get(flag, False), bool), overrides.get(flag))
     if overrides.get("zero_init_last") and variant.cls.zero_init_layer is None:
@@ -200,7 +211,7 @@ def create_model(name: str, *, num_classes: int, **overrides: Any) -> ResNet:
     except ValueError:
         _check("remat", False, overrides.get("remat"))
     unroll = overrides.get("unroll", 1)
-    _check("unroll", isinstance(unroll, int) and unroll > 0, unroll)
+    _check("unroll", _is_int(unroll) and unroll > 0, unroll)
 
     return ResNet(
         stage_sizes=stage_sizes,
