@@ -28,6 +28,7 @@ from ml_collections import config_flags
 
 from resnet_identity import trainer
 from resnet_identity.analysis import ablation, paper
+from resnet_identity.files import write_atomically
 
 PRESETS = {"quick": {"depth": 8, "steps": 200}}
 
@@ -63,8 +64,7 @@ def main(argv):
         print("Preempted: rerun the same command to resume.")
         return trainer.EXIT_PREEMPTED
     report = ablation.markdown_report(results, table, base, FLAGS.model, depth, FLAGS.fail_above)
-    with open(os.path.join(FLAGS.workdir, "table.md"), "w") as f:
-        f.write(report)
+    write_atomically(os.path.join(FLAGS.workdir, "table.md"), report)
     title = report.splitlines()[0].lstrip("# ") + f" ({FLAGS.model}" + (f", depth {depth})" if depth else ")")
     ablation.plot_report(results, FLAGS.model, FLAGS.fail_above, title, os.path.join(FLAGS.workdir, "table.png"))
     print(report)

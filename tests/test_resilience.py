@@ -315,3 +315,16 @@ def test_train_py_prints_an_error_without_a_traceback_and_exits_1(tmp_path):
     assert result.returncode == 1, result.stderr[-2000:]
     assert "error: " in result.stderr and "is not a model" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_write_atomically_replaces_whole_files_with_ordinary_permissions(tmp_path):
+    from resnet_identity.files import write_atomically
+
+    path = tmp_path / "record.json"
+    write_atomically(str(path), "old")
+    write_atomically(str(path), b"\x89PNG new")
+    assert path.read_bytes() == b"\x89PNG new"
+    assert os.listdir(tmp_path) == ["record.json"]  # no temporary file left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask

@@ -20,6 +20,7 @@ import ml_collections
 from resnet_identity import config as config_lib
 from resnet_identity import trainer
 from resnet_identity.analysis import paper
+from resnet_identity.files import write_atomically
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,5 +187,7 @@ def plot_report(results: list[RowResult], model: str, fail_above: float, title: 
     ax.set_title(title, pad=26)
     ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, fontsize=8, frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    from resnet_identity.analysis.plots import png_bytes  # imports matplotlib too
+
+    write_atomically(path, png_bytes(fig, dpi=120))
     plt.close(fig)
