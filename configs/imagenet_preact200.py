@@ -1,8 +1,11 @@
-"""Pre-activation ResNet-200 on ImageNet: v2 Table 5 (20.7% / 5.3% top-1/top-5 at 320 crop; 20.1% / 4.8% with scale + aspect augmentation).
+"""Pre-activation ResNet-200 on ImageNet: v2 Table 5, 20.7% / 5.3% top-1/top-5 at the 320 crop.
+
+That row is the default recipe's scale augmentation; Table 5's 20.1% / 4.8% row adds aspect ratio augmentation
+("scale + aspect"), which is `:fb_resnet_torch`'s random-sized crop.
 
 Launch:
   python train.py --config=configs/imagenet_preact200.py --workdir=workdirs/imagenet_preact200
-Presets (after a colon): smoke; e.g. `--config=configs/imagenet_preact200.py:smoke`.
+Presets (after a colon): smoke, fb_resnet_torch (fb.resnet.torch's augmentation); e.g. `--config=configs/imagenet_preact200.py:smoke`.
 Expected runtime: About 3 weeks on 8 GPUs in the paper. Needs the manual ImageNet download (see README).
 """
 

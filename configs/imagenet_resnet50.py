@@ -2,7 +2,7 @@
 
 Launch:
   python train.py --config=configs/imagenet_resnet50.py --workdir=workdirs/imagenet_resnet50
-Presets (after a colon): smoke; e.g. `--config=configs/imagenet_resnet50.py:smoke`.
+Presets (after a colon): smoke, fb_resnet_torch (fb.resnet.torch's augmentation); e.g. `--config=configs/imagenet_resnet50.py:smoke`.
 Expected runtime: Needs the manual ImageNet download (see README).
 """
 

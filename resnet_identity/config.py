@@ -46,6 +46,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.tfds_download = True
     c.normalization = ml_collections.FieldReference(None, field_type=str)
     c.eval_crops = ml_collections.FieldReference(None, field_type=tuple)  # ImageNet: (224, 320)
+    c.imagenet_train_crop = "scale"  # v1's shorter side in [256, 480]; "scale_aspect": fb.resnet.torch
     c.imagenet_color_jitter = 0.0
     c.imagenet_pca_lighting = 0.0
     c.imagenet_shuffle_buffer = 10_000
@@ -143,6 +144,9 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1, num_pro
          f"dataset={config.dataset!r} is not one of {DATASET_NAMES}.{_suggest(config.dataset, DATASET_NAMES)}")
     need(config.normalization is None or config.normalization in NORMALIZATIONS,
          f"normalization={config.normalization!r} is not one of {NORMALIZATIONS} (or None for the dataset's default).")
+    need(config.imagenet_train_crop in ("scale", "scale_aspect"),
+         f"imagenet_train_crop={config.imagenet_train_crop!r} must be 'scale' (v1: shorter side in [256, 480], "
+         f"random 224 crop) or 'scale_aspect' (fb.resnet.torch's random-sized crop).")
 
     batch = config.batch_size
     need(batch > 0, f"batch_size must be positive, got {batch}.")

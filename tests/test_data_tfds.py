@@ -279,3 +279,125 @@ def test_eval_crop_resizes_the_shorter_side_then_centre_crops():
         expected = np.clip(np.round(resized.numpy()), 0, 255).astype(np.uint8)
         np.testing.assert_array_equal(
             out, expected[top:top + crop, left:left + crop])
+
+
+@pytest.mark.parametrize("height,width", [(120, 160), (160, 90), (40, 300)])
+def test_scale_crop_draws_the_shorter_side_from_256_to_480(height, width):
+    from resnet_identity.data import imagenet_preprocess
+    shape = tf.constant([height, width, 3])
+    shorters = []
+    for seed in range(40):
+        shorter, window = imagenet_preprocess.scale_crop_window(
+            shape, tf.constant([seed, 9], tf.int64))
+        shorter, (top, left, side, side_x) = int(shorter), window.numpy()
+        shorters.append(shorter)
+        # The window is the 224 crop of the image resized to shorter side S.
+        assert side == side_x == round(224 * min(height, width) / shorter)
+        assert 0 <= top <= height - side and 0 <= left <= width - side
+    assert 256 <= min(shorters) and max(shorters) <= 480
+    assert max(shorters) - min(shorters) > 100
+    # Both ends are included: a 3-value range shows all three values.
+    narrow = {int(imagenet_preprocess.scale_crop_window(
+        shape, tf.constant([seed, 9], tf.int64), shorter_range=(256, 258))[0])
+              for seed in range(40)}
+    assert narrow == {256, 257, 258}
+
+
+@pytest.mark.parametrize("height,width", [(120, 160), (160, 90)])
+def test_scale_crop_is_the_crop_of_the_resized_image(height, width):
+    from resnet_identity.data import imagenet_preprocess
+    jpeg = _gradient_jpeg(height, width)
+    decoded = tf.io.decode_jpeg(jpeg, channels=3)
+    for seed in ([0, 1], [5, 2]):
+        seed = tf.constant(seed, tf.int64)
+        out = imagenet_preprocess.scale_crop(jpeg, seed).numpy()
+        assert out.shape == (224, 224, 3) and out.dtype == np.uint8
+        np.testing.assert_array_equal(
+            out, imagenet_preprocess.scale_crop(jpeg, seed).numpy())
+        shorter, window = imagenet_preprocess.scale_crop_window(
+            tf.shape(decoded), seed)
+        top, left = window.numpy()[:2]
+        scale = int(shorter) / min(height, width)
+        resized = tf.image.resize(
+            decoded, [round(height * scale), round(width * scale)],
+            method="bicubic").numpy()
+        assert min(resized.shape[:2]) == int(shorter)
+        top, left = round(top * scale), round(left * scale)
+        expected = np.clip(np.round(resized[top:top + 224, left:left + 224]),
+                           0, 255)
+        # Equal up to the window's rounding to whole source pixels.
+        difference = np.abs(out - expected)
+        assert difference.mean() < 1 and difference.max() <= 6
+
+
+class _GradientBuilder:
+    """The part of a TFDS builder ``ImageNetDataset`` reads, over gradient JPEGs
+    (unlike ``_fake_examples``' uniform ones, their crops differ)."""
+
+    def __init__(self, jpegs):
+        self.jpegs = jpegs
+        splits = {"train": len(jpegs), "validation": 1}
+        self.info = type("Info", (), {"splits": {
+            split: type("Split", (), {"num_examples": n})()
+            for split, n in splits.items()}})()
+
+    def as_dataset(self, *, split, shuffle_files, decoders, read_config):
+        del split, shuffle_files, decoders, read_config
+        return tf.data.Dataset.from_tensor_slices({
+            "image": self.jpegs, "label": np.arange(len(self.jpegs))})
+
+
+def test_imagenet_train_batches_use_the_chosen_crop():
+    from resnet_identity.data import imagenet
+    from resnet_identity.data import imagenet_preprocess
+    from resnet_identity.data import normalization
+    jpegs = [_gradient_jpeg(60 + 10 * i, 90 - 5 * i).numpy() for i in range(8)]
+    builder = _GradientBuilder(jpegs)
+    crop_seed = imagenet._epoch_seeds(1, 0, 0)[2]
+    batches = {}
+    for name, crop in imagenet_preprocess.TRAIN_CROPS.items():
+        ds = imagenet.ImageNetDataset(
+            builder=builder, train_crop=name, shuffle_buffer=8,
+            normalization=normalization.resolve(None, imagenet.NAME, None))
+        batch = next(ds.train_batches(global_batch_size=4, start_step=0,
+                                      seed=1))
+        assert batch["image"].shape == (4, 224, 224, 3)
+        # The k-th example of an epoch is cropped with seed (crop_seed, k).
+        for k, label in enumerate(batch["label"]):
+            expected = crop(jpegs[label], tf.constant([crop_seed, k], tf.int64))
+            np.testing.assert_array_equal(batch["image"][k], expected.numpy())
+        batches[name] = batch
+    np.testing.assert_array_equal(batches["scale"]["label"],
+                                  batches["scale_aspect"]["label"])
+    assert not np.array_equal(batches["scale"]["image"],
+                              batches["scale_aspect"]["image"])
+
+
+def test_imagenet_train_transform_flips_half_the_images():
+    from resnet_identity.data import imagenet
+    from resnet_identity.data import normalization
+    ds = imagenet.ImageNetDataset(
+        builder=None,
+        normalization=normalization.resolve(None, imagenet.NAME, None))
+    images = np.random.default_rng(0).integers(0, 256, (32, 6, 8, 3), np.uint8)
+    out = np.asarray(jax.jit(ds.train_transform)(images, jax.random.key(1)))
+    normalised = np.asarray(ds.eval_transform(images))
+    flipped = [np.allclose(o, n[:, ::-1], atol=1e-4) for o, n in
+               zip(out, normalised)]
+    kept = [np.allclose(o, n, atol=1e-4) for o, n in zip(out, normalised)]
+    assert all(f != k for f, k in zip(flipped, kept))
+    assert 8 <= sum(flipped) <= 24
+
+
+def test_imagenet_refuses_an_unknown_train_crop():
+    from resnet_identity import config as config_lib
+    from resnet_identity.data import imagenet
+    from resnet_identity.data import imagenet_preprocess
+    with pytest.raises(ValueError, match="'random'; valid choices: scale, "
+                                         "scale_aspect"):
+        imagenet.load(train_crop="random")
+    # config.validate accepts exactly the pipeline's crops.
+    config = config_lib.default_config()
+    for name in imagenet_preprocess.TRAIN_CROPS:
+        config.imagenet_train_crop = name
+        config_lib.validate(config)

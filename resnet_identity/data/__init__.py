@@ -14,8 +14,8 @@ this package works without the ``[tfds]`` extra.
 Config fields read (all but ``dataset`` optional, read with ``config.get``):
   dataset, data_dir, normalization, tfds_download (default True),
   synthetic_image_size (32), synthetic_num_classes (10),
-  imagenet_color_jitter (0.0), imagenet_pca_lighting (0.0),
-  imagenet_shuffle_buffer (10000).
+  imagenet_train_crop ('scale'), imagenet_color_jitter (0.0),
+  imagenet_pca_lighting (0.0), imagenet_shuffle_buffer (10000).
 """
 
 from typing import Any
@@ -84,6 +84,7 @@ def get_dataset(config: Any) -> Dataset:
     return imagenet.load(
         data_dir=_option(config, "data_dir", None),
         normalization=normalization,
+        train_crop=_option(config, "imagenet_train_crop", "scale"),
         color_jitter=_option(config, "imagenet_color_jitter", 0.0),
         pca_lighting=_option(config, "imagenet_pca_lighting", 0.0),
         shuffle_buffer=_option(config, "imagenet_shuffle_buffer",

@@ -1,15 +1,20 @@
 """``imagenet2012``: streamed from TFDS with tf.data, one shard per process.
 
-Train (fb.resnet.torch recipe, PAPERS.md "ImageNet (v2)"):
+Train (PAPERS.md "ImageNet (v2)"):
   * each process reads its own ``tfds.split_for_jax_process`` slice of
-    'train', with JPEGs left encoded (``SkipDecoding``) so the random-sized
-    crop decodes only its window (``imagenet_preprocess.py``); the host yields
-    uint8 224x224 crops;
+    'train', with JPEGs left encoded (``SkipDecoding``) so the crop decodes
+    only its window (``imagenet_preprocess.py``); the host yields uint8
+    224x224 crops. ``train_crop`` (``imagenet_train_crop``) picks the crop:
+    'scale', v1's shorter side drawn from [256, 480] then a random 224 crop
+    (the default, as in the papers), or 'scale_aspect', fb.resnet.torch's
+    random-sized crop;
   * on device, ``train_transform`` applies the optional colour jitter
     (``imagenet_color_jitter``, fb.resnet.torch uses 0.4) and PCA lighting
-    (``imagenet_pca_lighting``, fb.resnet.torch uses 0.1) of ``color.py``,
-    normalises with the ImageNet mean/std, and flips half of the images.
-    Both colour options default to 0 (off).
+    (``imagenet_pca_lighting``, AlexNet's colour augmentation that v1 cites;
+    fb.resnet.torch and ``recipes.imagenet`` use std 0.1) of ``color.py``,
+    normalises with the ImageNet per-channel mean/std (v1 subtracts a
+    per-pixel mean image instead), and flips half of the images. Both colour
+    options default to 0 (off) here.
 
 Order and resume: epoch e of process p is read with the file-shuffle seed,
 shuffle-buffer seed and crop seed drawn from ``default_rng([seed, e, p])``;
@@ -76,6 +81,8 @@ class ImageNetDataset:
     Attributes:
       builder: a prepared ``tfds.core.DatasetBuilder`` for imagenet2012.
       normalization: per-channel ImageNet mean/std (0-255 scale).
+      train_crop: a key of ``imagenet_preprocess.TRAIN_CROPS``: 'scale' (v1)
+        or 'scale_aspect' (fb.resnet.torch).
       color_jitter: fb.resnet.torch ColorJitter strength; 0 disables it.
       pca_lighting: std of the PCA lighting noise; 0 disables it.
       shuffle_buffer: examples (still-encoded JPEGs) in the shuffle buffer.
@@ -83,6 +90,7 @@ class ImageNetDataset:
 
     builder: Any
     normalization: normalization_lib.Normalization
+    train_crop: str = "scale"
     color_jitter: float = 0.0
     pca_lighting: float = 0.0
     shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER
@@ -147,11 +155,12 @@ class ImageNetDataset:
         # the epoch, whether or not the stream started mid-epoch.
         dataset = dataset.take(num_examples).enumerate().skip(skip)
 
+        crop = imagenet_preprocess.TRAIN_CROPS[self.train_crop]
+
         def prepare(index, example):
             crop_key = tf.stack([tf.constant(crop_seed, tf.int64), index])
             return {
-                "image": imagenet_preprocess.random_sized_crop(
-                    example["image"], crop_key, IMAGE_SIZE),
+                "image": crop(example["image"], crop_key, IMAGE_SIZE),
                 "label": tf.cast(example["label"], tf.int32),
             }
 
@@ -218,20 +227,27 @@ class ImageNetDataset:
 
 
 def load(data_dir: str | None = None, normalization: str | None = None,
-         color_jitter: float = 0.0, pca_lighting: float = 0.0,
+         train_crop: str = "scale", color_jitter: float = 0.0,
+         pca_lighting: float = 0.0,
          shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER) -> ImageNetDataset:
     """Opens the prepared TFDS imagenet2012 (see the module docstring).
 
     Raises:
       DatasetNotPreparedError: with the manual-download steps, when missing.
-      ValueError: an unsupported normalisation (only 'per_channel').
+      ValueError: an unsupported normalisation (only 'per_channel') or
+        train crop.
     """
-    # Resolved first: a bad option should not wait behind a missing dataset.
+    # Checked first: a bad option should not wait behind a missing dataset.
+    crops = imagenet_preprocess.TRAIN_CROPS
+    if train_crop not in crops:
+        raise ValueError(f"Unknown ImageNet train crop {train_crop!r}; valid "
+                         f"choices: {', '.join(crops)}.")
     normalizer = normalization_lib.resolve(normalization, NAME, None)
     builder = tfds_access.prepared_builder(NAME, data_dir, download=False)
     return ImageNetDataset(
         builder=builder,
         normalization=normalizer,
+        train_crop=train_crop,
         color_jitter=float(color_jitter),
         pca_lighting=float(pca_lighting),
         shuffle_buffer=int(shuffle_buffer),
