@@ -1,8 +1,8 @@
 """Checkpoints that survive preemption, interrupted writes and corrupt files (issue 5).
 
-`Checkpointer` wraps one Orbax `CheckpointManager` (orbax-checkpoint 0.12.x) whose policies,
-not code here, decide when to save and what to keep: `FixedIntervalPolicy(every_steps)` or
-`PreemptionCheckpointingPolicy()` to save, `LatestN(keep)` to keep. Each step directory
+`Checkpointer` wraps one Orbax `CheckpointManager` (orbax-checkpoint 0.12.x) whose policies
+decide when to save and what to keep: `FixedIntervalPolicy(every_steps)` to save (asked
+through `should_save`; `PreemptionWatcher` below handles preemption), `LatestN(keep)` to keep. Each step directory
 holds two items: `state` (the `TrainState`, `StandardSave`) and `meta` (a small JSON).
 
 Why a checkpoint is never half-taken, as Orbax 0.12.8 does it on local and NFS disks:
@@ -23,8 +23,9 @@ the newest one that restores. Unreadable steps are moved, not deleted, to
 would refuse to save any step up to `N` again, leaving the resumed run unprotected.
 
 `PreemptionWatcher` turns SIGTERM/SIGINT into a flag the training loop polls, so the loop
-itself saves at a step boundary and returns (`train.py` then exits 75, for a rerun). In a `jax.distributed` job it defers to JAX's
-preemption sync point instead, so every host stops, and saves, at the same step.
+itself saves at a step boundary and returns (`train.py` then exits 75, for a rerun). In a
+`jax.distributed` job it defers to JAX's preemption sync point instead, so every host stops,
+and saves, at the same step.
 """
 
 from __future__ import annotations
@@ -124,10 +125,7 @@ class Checkpointer:
         directory = os.fspath(directory)
         self.directory = directory if "://" in directory else os.path.abspath(directory)
         options = ocp.CheckpointManagerOptions(
-            save_decision_policy=policies.AnySavePolicy([
-                policies.FixedIntervalPolicy(every_steps),
-                policies.PreemptionCheckpointingPolicy(),
-            ]),
+            save_decision_policy=policies.FixedIntervalPolicy(every_steps),
             preservation_policy=policies.LatestN(keep),
             enable_async_checkpointing=async_save,
             cleanup_tmp_directories=True,
@@ -145,6 +143,10 @@ class Checkpointer:
 
     def all_steps(self) -> list[int]:
         return list(self._manager.all_steps())
+
+    def should_save(self, step: int) -> bool:
+        """Whether the save policy asks for `step` (and it is not saved yet)."""
+        return step not in self._manager.all_steps() and self._manager.should_save(step)
 
     def maybe_save(self, step: int, state: Any, *, force: bool = False,
                    metadata: Mapping[str, Any] | None = None) -> bool:

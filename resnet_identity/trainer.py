@@ -249,15 +249,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                 step += 1
                 if step % config.log_every_steps == 0 or step == total:
                     check_finite(step)
-                    means = {k: float(np.mean(v)) for k, v in parallel.to_host(
-                        jax.tree.map(lambda *xs: jnp.stack(xs), *pending)).items()}
+                    host = parallel.to_host(pending)  # no device op: a stack would compile per length
+                    means = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
                     pending.clear()
                     logger.write(step, "train", means)
                     logger.console(f"step {step}/{total}: loss {means['loss']:.4f}, train error "
                                    f"{100 * means['error']:.2f}%, lr {means['learning_rate']:.4g}, "
                                    f"{progress.line(step)}")
                 # Save before evaluating: an evaluation that fails cannot cost this step's checkpoint.
-                if step % config.checkpoint_every_steps == 0 or step == total:
+                if step == total or checkpointer.should_save(step):
                     with progress.paused():
                         check_finite(step)
                         checkpointer.maybe_save(step, state, force=True)

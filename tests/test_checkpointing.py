@@ -89,8 +89,10 @@ def test_round_trip_is_bitwise_for_concrete_and_abstract_targets(tmp_path, abstr
 def test_saves_on_the_interval_keeps_the_last_k_and_never_rewrites_a_step(tmp_path, abstract_state):
     state = random_state(abstract_state, 0)
     with Checkpointer(tmp_path, every_steps=2, keep=2) as ckpt:
+        asked = [s for s in range(1, 8) if ckpt.should_save(s)]
         saved = [s for s in range(1, 8) if ckpt.maybe_save(s, state)]
-        assert saved == [2, 4, 6]
+        assert asked == saved == [2, 4, 6]
+        assert not ckpt.should_save(4)  # already saved
         assert ckpt.maybe_save(7, state, force=True)
         assert not ckpt.maybe_save(7, state, force=True)  # Scheduled and preemption save at one step.
         ckpt.wait()
