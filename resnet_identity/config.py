@@ -17,6 +17,9 @@ from resnet_identity import models
 from resnet_identity.data import DATASET_NAMES, NORMALIZATIONS
 
 # Training examples per split, for epoch-based fields (no dataset read needed).
+# The test crops ImageNet evaluation implements (`imagenet_preprocess.EVAL_RESIZE`, which
+# imports TensorFlow; a test keeps the two equal).
+IMAGENET_EVAL_CROPS = (224, 320)
 TRAIN_SIZES = {"cifar10": 50_000, "cifar100": 50_000, "imagenet2012": 1_281_167, "digits": 1_437,
                "synthetic": 1_024}
 
@@ -169,6 +172,18 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1, num_pro
          "Set num_train_steps > 0, or num_train_steps = -1 with num_epochs > 0.")
     need(config.learning_rate > 0, f"learning_rate must be positive, got {config.learning_rate}.")
     need(0 <= config.momentum < 1, f"momentum must be in [0, 1), got {config.momentum}.")
+    need(not config.nesterov or config.momentum > 0, "nesterov=True needs momentum > 0.")
+    need(0 < config.lr_decay_factor <= 1, f"lr_decay_factor must be in (0, 1], got {config.lr_decay_factor}.")
+    need(config.warmup_steps >= 0, f"warmup_steps must be >= 0, got {config.warmup_steps}.")
+    need(config.warmup_steps == 0 or config.warmup_learning_rate > 0,
+         f"warmup_learning_rate must be positive, got {config.warmup_learning_rate}.")
+    crops = tuple(config.eval_crops or ())
+    if config.dataset == "imagenet2012":
+        need(set(crops) <= set(IMAGENET_EVAL_CROPS),
+             f"eval_crops={crops} must be drawn from {IMAGENET_EVAL_CROPS}, ImageNet's test protocols "
+             f"(v2 Table 5), or None for 224.")
+    else:
+        need(not crops, f"eval_crops={crops} is for ImageNet's test protocols; set it to None for {config.dataset}.")
     need(config.weight_decay >= 0, f"weight_decay must be >= 0, got {config.weight_decay}.")
     need(config.lr_boundaries_unit in ("steps", "epochs"),
          f"lr_boundaries_unit={config.lr_boundaries_unit!r} must be 'steps' or 'epochs'.")

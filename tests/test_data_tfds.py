@@ -401,3 +401,10 @@ def test_imagenet_refuses_an_unknown_train_crop():
     for name in imagenet_preprocess.TRAIN_CROPS:
         config.imagenet_train_crop = name
         config_lib.validate(config)
+
+
+def test_config_knows_the_imagenet_test_crops_the_pipeline_implements():
+    from resnet_identity import config as config_lib
+    from resnet_identity.data import imagenet_preprocess
+
+    assert tuple(sorted(imagenet_preprocess.EVAL_RESIZE)) == config_lib.IMAGENET_EVAL_CROPS

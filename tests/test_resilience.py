@@ -196,6 +196,11 @@ def test_wrong_type_is_refused():
         ({"model": "resnet_1001"}, "is not a model"),
         ({"lr_boundaries": (2, 9)}, "beyond the end of training"),
         ({"dataset": "cifar11"}, "cifar10"),
+        # Caught here, not by the optimiser after config.json is written or at the first eval.
+        ({"lr_decay_factor": 0.0}, "lr_decay_factor must be in"),
+        ({"nesterov": True, "momentum": 0.0}, "nesterov=True needs momentum"),
+        ({"warmup_steps": -5}, "warmup_steps must be >= 0"),
+        ({"eval_crops": (32,)}, "set it to None for digits"),
     ],
 )
 def test_invalid_values_get_one_clear_message(fields, message):
