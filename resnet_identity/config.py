@@ -30,11 +30,7 @@ class ConfigError(ValueError):
 
 # Types of the `create_model` overrides settable from a config or the command line
 # (`--config.model_overrides.remat=block`); None leaves the model's default.
-MODEL_OVERRIDE_TYPES = {
-    "depth": int, "unit": str, "unit_options": dict, "shortcut": str, "stride_on": str,
-    "dtype": str, "bn_group_size": int, "bn_momentum": float, "bn_epsilon": float,
-    "zero_init_last": bool, "scan": bool, "remat": str, "unroll": int,
-}
+MODEL_OVERRIDE_TYPES = {name: override.config_type for name, override in models.OVERRIDES.items()}
 
 
 def default_config() -> ml_collections.ConfigDict:

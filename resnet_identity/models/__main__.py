@@ -38,7 +38,10 @@ def main(argv: list[str] | None = None) -> None:
     family = registry.MODELS[args.name].family
     num_classes = args.num_classes if args.num_classes is not None else (10 if family == "cifar" else 1000)
     overrides = dict(_parse_override(o) for o in args.override)
-    model = registry.create_model(args.name, num_classes=num_classes, **overrides)
+    try:
+        model = registry.create_model(args.name, num_classes=num_classes, **overrides)
+    except ValueError as e:
+        parser.error(str(e))
     size = registry.input_size(args.name)
     print(f"{args.name} ({num_classes} classes, {size}x{size} input)")
     for module, count in summary.stage_table(model, size):

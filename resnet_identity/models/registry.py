@@ -115,21 +115,31 @@ def _specs() -> dict[str, ModelSpec]:
 
 MODELS: dict[str, ModelSpec] = _specs()
 
-# Overrides a caller may pass to `create_model`, with what each accepts.
+
+@dataclasses.dataclass(frozen=True)
+class Override:
+    """A `create_model` override: the type a config field holding it has, and what it accepts."""
+
+    config_type: type
+    accepts: str
+
+
+# Overrides a caller may pass to `create_model`; `config.py` builds `model_overrides` from it.
 OVERRIDES = {
-    "depth": "an int fitting the family's depth formula",
-    "unit": f"one of {sorted(UNITS)}",
-    "unit_options": "a dict of the unit variant's fields, e.g. {'gate_bias_init': -7.0}",
-    "shortcut": f"one of {SHORTCUT_OPTIONS}",
-    "stride_on": f"one of {STRIDE_PLACEMENTS}",
-    "dtype": f"one of {tuple(DTYPES)}",
-    "bn_group_size": "None or a positive int dividing the per-step batch",
-    "bn_momentum": "a float in [0, 1)",
-    "bn_epsilon": "a positive float",
-    "zero_init_last": "a bool; True only for units whose branch ends in a BN or a conv",
-    "scan": "a bool",
-    "remat": "None (= 'elementwise'), False (= 'none'), True (= 'nested'), 'none', 'elementwise', 'unit', 'block' or 'nested'",
-    "unroll": "a positive int",
+    "depth": Override(int, "an int fitting the family's depth formula"),
+    "unit": Override(str, f"one of {sorted(UNITS)}"),
+    "unit_options": Override(dict, "a dict of the unit variant's fields, e.g. {'gate_bias_init': -7.0}"),
+    "shortcut": Override(str, f"one of {SHORTCUT_OPTIONS}"),
+    "stride_on": Override(str, f"one of {STRIDE_PLACEMENTS}"),
+    "dtype": Override(str, f"one of {tuple(DTYPES)}"),
+    "bn_group_size": Override(int, "None or a positive int dividing the per-step batch"),
+    "bn_momentum": Override(float, "a float in [0, 1)"),
+    "bn_epsilon": Override(float, "a positive float"),
+    "zero_init_last": Override(bool, "a bool; True only for units whose branch ends in a BN or a conv"),
+    "scan": Override(bool, "a bool"),
+    "remat": Override(str, "None (= 'elementwise' scanned, 'none' unrolled), False (= 'none'), True (= 'nested'), "
+                           "'none', 'elementwise', 'unit', 'block' or 'nested'"),
+    "unroll": Override(int, "a positive int"),
 }
 
 
@@ -145,7 +155,7 @@ def _unit_fields(cls: type) -> set[str]:
 
 def _check(name: str, ok: bool, value: Any) -> None:
     if not ok:
-        raise ValueError(f"Invalid model override {name}={value!r}: expected {OVERRIDES[name]}.")
+        raise ValueError(f"Invalid model override {name}={value!r}: expected {OVERRIDES[name].accepts}.")
 
 
 def _is_int(value: Any) -> bool:
