@@ -114,6 +114,10 @@ def test_every_model_name_of_the_issue_exists():
         ({"unit_options": [1]}, "unit_options"),
         ({"depth": True}, "depth"),
         ({"unroll": 2.0}, "unroll"),
+        # Contradictions that would otherwise be ignored.
+        ({"unit": "conv_shortcut", "shortcut": "A"}, "contradicts"),
+        ({"stride_on": "3x3"}, "applies to bottleneck units"),
+        ({"scan": False, "unroll": 2}, "no scan to unroll"),
     ],
 )
 def test_bad_names_and_overrides_list_the_choices(kwargs, message):

@@ -203,7 +203,17 @@ def create_model(name: str, *, num_classes: int, **overrides: Any) -> ResNet:
 
     shortcut = overrides.pop("shortcut", variant.shortcut or spec.shortcut)
     _check("shortcut", shortcut in SHORTCUT_OPTIONS, shortcut)
+    # Overrides that would be silently ignored are refused instead.
+    if variant.shortcut and shortcut != variant.shortcut:
+        raise ValueError(f"Unit {unit_name!r} is defined by its shortcut option {variant.shortcut!r}; "
+                         f"shortcut={shortcut!r} contradicts it.")
     _check("stride_on", overrides.get("stride_on", "1x1") in STRIDE_PLACEMENTS, overrides.get("stride_on"))
+    if overrides.get("stride_on", "1x1") != "1x1" and not bottleneck:
+        raise ValueError(f"stride_on={overrides['stride_on']!r} applies to bottleneck units; {name} at depth "
+                         f"{depth} has basic units, whose stride is always on the first 3x3.")
+    if overrides.get("unroll", 1) != 1 and overrides.get("scan") is False:
+        raise ValueError("unroll partially unrolls the scan over a stage's units; with scan=False there is "
+                         "no scan to unroll. Drop one of them.")
     _check("dtype", overrides.get("dtype", "float32") in DTYPES, overrides.get("dtype"))
     group = overrides.get("bn_group_size")
     _check("bn_group_size", group is None or (_is_int(group) and group > 0), group)
