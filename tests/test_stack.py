@@ -1,8 +1,8 @@
 """Scan, remat and the CPU-friendly convolution of `stack.py`, and the benchmark harness.
 
 The equivalence tests run `UnitStack` directly on small bottleneck units (8 channels on
-4x4 maps), so runs long enough for two-level remat (12 units, blocks of 2 or 3) still
-compile in seconds.
+4x4 maps), so runs long enough for two-level remat (12 units, blocks of 2 or 3; 11 units,
+blocks and a tail) still compile in seconds.
 """
 
 import functools
@@ -68,26 +68,84 @@ def test_scanned_schemes_match_unrolled_loss_gradients_and_statistics(unrolled_1
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
+@pytest.fixture(scope="module")
+def unrolled_11():
+    return _loss_and_grads(11, scan=False, remat="none")
+
+
+@pytest.mark.parametrize("fields,layout", [
+    ({"remat": "block"}, (5, 2, 1)), ({"remat": "nested"}, (3, 3, 2)), ({"remat": "block", "unroll": 3}, (5, 2, 1)),
+])
+def test_a_prime_run_with_a_tail_matches_unrolled_loss_gradients_and_statistics(unrolled_11, fields, layout):
+    """11 units as (blocks, units per block, tail units)."""
+    params = jax.eval_shape(lambda: stack.UnitStack(_unit(), 11, **fields).init(jax.random.key(1), X))["params"]
+    blocks, tail = params["blocks"]["units"]["unit"]["conv1"]["kernel"], params["tail"]["unit"]["conv1"]["kernel"]
+    assert blocks.shape[:2] + tail.shape[:1] == layout
+    value, grads, stats = _loss_and_grads(11, **fields)
+    ref_value, ref_grads, ref_stats = unrolled_11
+    np.testing.assert_allclose(value, ref_value, rtol=1e-5)
+    assert jax.tree.structure(grads) == jax.tree.structure(ref_grads)
+    for a, b in zip(jax.tree.leaves((grads, stats)), jax.tree.leaves((ref_grads, ref_stats))):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_remat_true_is_nested_and_block_lengths():
     assert stack.resolve_remat(True) == "nested" and stack.resolve_remat(False) == "none"
     assert stack.resolve_remat(None) == stack.DEFAULT_REMAT == "elementwise"
     assert stack.resolve_remat(None, scan=False) == "none" and stack.resolve_remat("unit", scan=False) == "unit"
     assert stack.block_length(110) == 5  # ResNet-1001: 22 blocks of 5
     assert stack.nested_block_length(110) == 10
-    assert stack.block_length(17) == 1  # prime: per-unit remat
+    # Prime runs (ResNet-110/164: 17 units a stage, ResNet-1202: 199) get blocks and a tail.
+    assert (stack.block_length(17), stack.nested_block_length(17)) == (2, 4)
+    assert (stack.block_length(199), stack.nested_block_length(199)) == (7, 14)
+    assert stack.nested_block_length(23) == 5
     with pytest.raises(ValueError, match="block"):
         stack.resolve_remat("sometimes")
 
 
-def test_layouts_round_trip_for_every_scheme():
-    unrolled = stack.UnitStack(_unit(), 12, scan=False).init(jax.random.key(1), X)
+def test_every_run_length_keeps_order_sqrt_n():
+    """With L units a block (and a tail of n mod L), a run keeps ceil(n/L) block inputs
+    plus one block's w L while recomputing it; some L (ceil(sqrt(n/w))) brings that to at most
+    2 sqrt(w n) + 1 + w, divisor of n or not."""
+    for kept_per_unit, choose in ((1.0, stack.nested_block_length), (stack.ACTIVATIONS_PER_INPUT, stack.block_length)):
+        for n in range(1, 1203):
+            length = choose(n)
+            kept = -(-n // length) + kept_per_unit * length
+            assert 1 <= length <= n and kept <= 2 * np.sqrt(kept_per_unit * n) + 1 + kept_per_unit, (n, length)
+
+
+def test_runs_with_a_good_divisor_keep_their_layout_from_before_tails():
+    """Where the chosen L divides n, it is the divisor the pre-tail rules chose (nearest
+    sqrt(n) for "nested", least n/L + 4.7 L for "block"), so those checkpoints still load."""
+    for n in range(1, 400):
+        divisors = [d for d in range(1, n + 1) if n % d == 0]
+        nested = min(divisors, key=lambda d: (abs(d - np.sqrt(n)), d))
+        block = min(divisors, key=lambda d: n / d + stack.ACTIVATIONS_PER_INPUT * d)
+        assert n % stack.nested_block_length(n) or stack.nested_block_length(n) == nested, n
+        assert n % stack.block_length(n) or stack.block_length(n) == block, n
+
+
+@pytest.mark.parametrize("length", [12, 11])
+def test_layouts_round_trip_for_every_scheme(length):
+    unrolled = stack.UnitStack(_unit(), length, scan=False).init(jax.random.key(1), X)
     for scheme in stack.REMAT_SCHEMES:
         stacked = stack.unrolled_to_stacked(unrolled, remat=scheme)
-        expected = jax.eval_shape(lambda s=scheme: stack.UnitStack(_unit(), 12, remat=s).init(jax.random.key(1), X))
+        expected = jax.eval_shape(lambda s=scheme: stack.UnitStack(_unit(), length, remat=s).init(jax.random.key(1), X))
         assert jax.tree.map(jnp.shape, stacked) == jax.tree.map(lambda a: a.shape, expected), scheme
         restored = stack.stacked_to_unrolled(stacked)
+        assert jax.tree.structure(restored) == jax.tree.structure(unrolled)
         assert all(bool(jnp.all(a == b)) for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(unrolled)))
     assert stack.unrolled_to_stacked(unrolled, nested=True).keys() == {"params", "batch_stats"}
+
+
+def test_a_tail_holds_the_last_units():
+    """11 units under "nested": blocks [3, 3, ...] hold units 0-8, the tail [2, ...] units 9-10."""
+    unrolled = stack.UnitStack(_unit(), 11, scan=False).init(jax.random.key(1), X)
+    stacked = stack.unrolled_to_stacked(unrolled, nested=True)["params"]
+    units = unrolled["params"]
+    np.testing.assert_array_equal(stacked["blocks"]["units"]["unit"]["conv1"]["kernel"][2, 1],
+                                  units["unit7"]["conv1"]["kernel"])
+    np.testing.assert_array_equal(stacked["tail"]["unit"]["conv1"]["kernel"][1], units["unit10"]["conv1"]["kernel"])
 
 
 def _compiled_gradient(length, remat):
@@ -106,9 +164,17 @@ def _temp_bytes(length, remat):
     return _compiled_gradient(length, remat).memory_analysis().temp_size_in_bytes
 
 
-def test_block_remat_keeps_far_less_than_per_unit_remat_on_a_long_run():
-    none, unit, block, nested = (_temp_bytes(110, r) for r in ("none", "unit", "block", "nested"))
+@pytest.mark.parametrize("length", [110, 109])  # 109 is prime: blocks and a tail
+def test_block_remat_keeps_far_less_than_per_unit_remat_on_a_long_run(length):
+    none, unit, block, nested = (_temp_bytes(length, r) for r in ("none", "unit", "block", "nested"))
     assert nested < block < unit / 2 < none / 4
+
+
+def test_a_stage_of_resnet_164_keeps_less_with_blocks_than_per_unit():
+    """17 units, prime: "nested" (4 blocks of 4, tail of 1) and "block" (8 blocks of 2, tail
+    of 1) keep less than per-unit remat, which is what both fell back to without a tail."""
+    unit, block, nested = (_temp_bytes(17, r) for r in ("unit", "block", "nested"))
+    assert nested < 0.7 * unit and block < 0.95 * unit and nested < block
 
 
 def test_an_unrolled_stack_defaults_to_no_remat():
