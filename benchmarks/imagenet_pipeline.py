@@ -1,11 +1,11 @@
-"""Times the ImageNet host pipeline: JPEG decoding, random-sized crops and batching.
+"""Times the ImageNet host pipeline: JPEG decoding, training crops and batching.
 
-    python -m benchmarks.imagenet_pipeline [--batch=256] [--batches=10] [--rounds=3]
-        [--images=512] [--shuffle_buffer=10000]
+    python -m benchmarks.imagenet_pipeline [--train_crop=scale|scale_aspect] [--batch=256]
+        [--batches=10] [--rounds=3] [--images=512] [--shuffle_buffer=10000]
 
 prints ONE JSON line: the steady rate at which `ImageNetDataset.train_batches` (the
 training path of `resnet_identity/data/imagenet.py`, unchanged: shuffle buffer of encoded
-JPEGs, `random_sized_crop` decoding only its window, 224x224 uint8 batches) yields
+JPEGs, the recipe's crop decoding only its window, 224x224 uint8 batches) yields
 images on this host, the CPU time it spends per image, and from that the number of such
 cores that would keep up with the ResNet-50 step measured on one H200 (8,046 images/s,
 benchmarks/RESULTS.md "7. GPU"). The flip and colour augmentation are not in it: they run
@@ -75,6 +75,8 @@ class SyntheticImageNetBuilder:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--train_crop", default="scale", choices=("scale", "scale_aspect"),
+                        help="the training crop: v1's scale augmentation (the recipe's) or fb.resnet.torch's")
     parser.add_argument("--batch", type=int, default=256, help="examples per batch (one process)")
     parser.add_argument("--batches", type=int, default=10, help="batches per timed round")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds (the median is reported)")
@@ -96,7 +98,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     dataset = imagenet.ImageNetDataset(
         builder=SyntheticImageNetBuilder(jpegs),
         normalization=normalization_lib.resolve(None, imagenet.NAME, None),
-        shuffle_buffer=args.shuffle_buffer or imagenet.DEFAULT_SHUFFLE_BUFFER)
+        shuffle_buffer=args.shuffle_buffer or imagenet.DEFAULT_SHUFFLE_BUFFER,
+        train_crop=args.train_crop)
     stream = dataset.train_batches(global_batch_size=args.batch, start_step=0, seed=0)
 
     start = time.perf_counter()
@@ -117,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         cpu_per_image.append((cpu_seconds() - cpu) / images)
     rate, cpu_s = statistics.median(rates), statistics.median(cpu_per_image)
     result = {
-        "batch": args.batch, "batches_per_round": args.batches, "rounds": args.rounds,
+        "train_crop": args.train_crop, "batch": args.batch, "batches_per_round": args.batches, "rounds": args.rounds,
         "distinct_jpegs": len(jpegs), "mean_jpeg_kb": round(float(np.mean([len(j) for j in jpegs])) / 1e3, 1),
         "shuffle_buffer": dataset.shuffle_buffer,
         "first_batch_s": round(first_batch_s, 2),

@@ -51,7 +51,8 @@ def test_input_pipeline_bench_prints_its_result(capsys):
         assert field in result
 
 
-def test_imagenet_pipeline_bench_runs_the_real_train_path_on_synthetic_jpegs(capsys):
+@pytest.mark.parametrize("crop", ["scale", "scale_aspect"])
+def test_imagenet_pipeline_bench_runs_the_real_train_path_on_synthetic_jpegs(capsys, crop):
     tf = pytest.importorskip("tensorflow")
     from benchmarks import imagenet_pipeline
 
@@ -59,7 +60,8 @@ def test_imagenet_pipeline_bench_runs_the_real_train_path_on_synthetic_jpegs(cap
     shapes = [tuple(tf.image.extract_jpeg_shape(j).numpy()) for j in jpegs]
     assert all(max(h, w) == 500 and 333 <= min(h, w) <= 375 and c == 3 for h, w, c in shapes), shapes
     result = imagenet_pipeline.main(["--batch=4", "--batches=2", "--rounds=2", "--warmup=0", "--images=4",
-                                     "--shuffle_buffer=8"])
+                                     "--shuffle_buffer=8", f"--train_crop={crop}"])
     assert json.loads(capsys.readouterr().out) == result
+    assert result["train_crop"] == crop
     assert result["images_per_s"] > 0 and result["cpu_ms_per_image"] > 0 and result["mean_jpeg_kb"] > 10
     assert result["cores_to_feed_h200_resnet50"] == pytest.approx(8.046 * result["cpu_ms_per_image"], abs=0.1)
