@@ -489,6 +489,16 @@ def test_initialisation_follows_the_papers():
     bn = variables["params"]["stage1"]["first"]["bn1"]
     np.testing.assert_array_equal(bn["scale"], 1.0)
     np.testing.assert_array_equal(bn["bias"], 0.0)
+    # Fan-out, not fan-in: a bottleneck's last 1x1 (16 -> 64) has std sqrt(2 / 64), where
+    # fan-in would give sqrt(2 / 16). The FC layer is Torch's U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+    bottleneck = models.create_model("cifar_preact164", num_classes=10)
+    params = jax.jit(lambda x: bottleneck.init(jax.random.key(0), x, train=False))(jnp.ones((1, 8, 8, 3)))["params"]
+    conv3 = params["stage1"]["rest"]["units"]["unit"]["conv3"]["kernel"]
+    assert conv3.shape[-2:] == (16, 64)
+    assert abs(float(conv3.std()) / np.sqrt(2.0 / 64) - 1) < 0.05
+    fc = params["fc"]["kernel"]
+    bound = 1 / np.sqrt(fc.shape[0])
+    assert float(jnp.abs(fc).max()) <= bound and float(jnp.abs(fc).max()) > 0.9 * bound
 
 
 IMAGES = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
@@ -514,7 +524,7 @@ def unrolled_reference():
 def test_scanned_and_unrolled_give_same_loss_and_gradients(unrolled_reference, remat):
     as_unrolled, (l2, g2) = unrolled_reference
     scanned = models.create_model("cifar_preact164", num_classes=10, depth=47, remat=remat)
-    variables = models.unrolled_to_stacked(as_unrolled, nested=remat == "nested")
+    variables = models.unrolled_to_stacked(as_unrolled, remat=remat)
     reference_layout = jax.eval_shape(lambda: scanned.init(jax.random.key(1), IMAGES, train=False))
     assert jax.tree.structure(variables) == jax.tree.structure(reference_layout)
     l1, g1 = jax.jit(jax.value_and_grad(functools.partial(_loss, scanned)))(

@@ -135,13 +135,13 @@ def test_layouts_round_trip_for_every_scheme(length):
         restored = stack.stacked_to_unrolled(stacked)
         assert jax.tree.structure(restored) == jax.tree.structure(unrolled)
         assert all(bool(jnp.all(a == b)) for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(unrolled)))
-    assert stack.unrolled_to_stacked(unrolled, nested=True).keys() == {"params", "batch_stats"}
+    assert stack.unrolled_to_stacked(unrolled, remat="nested").keys() == {"params", "batch_stats"}
 
 
 def test_a_tail_holds_the_last_units():
     """11 units under "nested": blocks [3, 3, ...] hold units 0-8, the tail [2, ...] units 9-10."""
     unrolled = stack.UnitStack(_unit(), 11, scan=False).init(jax.random.key(1), X)
-    stacked = stack.unrolled_to_stacked(unrolled, nested=True)["params"]
+    stacked = stack.unrolled_to_stacked(unrolled, remat="nested")["params"]
     units = unrolled["params"]
     np.testing.assert_array_equal(stacked["blocks"]["units"]["unit"]["conv1"]["kernel"][2, 1],
                                   units["unit7"]["conv1"]["kernel"])

@@ -243,12 +243,9 @@ def stacked_to_unrolled(variables: Any) -> Any:
     return {k: stacked_to_unrolled(v) for k, v in variables.items()}
 
 
-def unrolled_to_stacked(variables: Any, *, nested: bool = False, remat: bool | str | None = None) -> Any:
-    """Inverse of `stacked_to_unrolled`, in the layout of the `remat` scheme.
-
-    `nested=True` is short for `remat="nested"`.
-    """
-    scheme = "nested" if nested else resolve_remat(remat)
+def unrolled_to_stacked(variables: Any, *, remat: bool | str | None = None) -> Any:
+    """Inverse of `stacked_to_unrolled`, in the layout of the `remat` scheme (module docstring)."""
+    scheme = resolve_remat(remat)
     if not isinstance(variables, dict):
         return variables
     if variables and all(k.startswith("unit") and k[4:].isdigit() for k in variables):
