@@ -23,6 +23,8 @@ from resnet_identity.files import write_atomically
 from absl import logging
 
 METRICS_FILE = "metrics.jsonl"
+# Records of steps a resumed run redoes, moved out of METRICS_FILE rather than deleted.
+SUPERSEDED_FILE = "metrics.superseded.jsonl"
 
 
 class MetricLogger:
@@ -62,14 +64,15 @@ class MetricLogger:
 
 
 def _truncate_after(path: str, step: int) -> None:
-    """Drops records past `step`: they belong to steps the resumed run will redo.
+    """Moves records past `step` to `SUPERSEDED_FILE` beside `path`: they belong to steps
+    the resumed run will redo (after a preemption, or a fallback to an older checkpoint).
 
-    A line that does not parse (the half-written last record of a killed run) is dropped
-    too, with a warning, so that the next append starts on a line of its own.
+    A line that does not parse (the half-written last record of a killed run) is dropped,
+    with a warning, so that the next append starts on a line of its own.
     """
     if not os.path.exists(path):
         return
-    kept = []
+    kept, superseded = [], []
     with open(path) as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
@@ -80,8 +83,10 @@ def _truncate_after(path: str, step: int) -> None:
                 logging.warning("Dropping line %d of %s, which is not a whole record (a run killed "
                                 "while writing it): %.80r", number, path, line)
                 continue
-            if record["step"] <= step:
-                kept.append(line)
+            (kept if record["step"] <= step else superseded).append(line)
+    if superseded:
+        with open(os.path.join(os.path.dirname(path), SUPERSEDED_FILE), "a") as f:
+            f.writelines(superseded)
     write_atomically(path, "".join(kept))
 
 

@@ -91,6 +91,22 @@ def check_saved_config(workdir: str, config: ml_collections.ConfigDict, allow_ch
         )
 
 
+def record_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+    """Writes `config.json`; a different config it replaces (a resume with
+    `--allow_config_change`, or a rerun before the first checkpoint) is appended to
+    `config_history.jsonl` first, so the config of every earlier step stays on record."""
+    path = os.path.join(workdir, "config.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            saved = json.load(f)
+        if config_lib.differing_fields(saved, json.loads(config.to_json())):
+            with open(os.path.join(workdir, "config_history.jsonl"), "a") as f:
+                f.write(json.dumps({"replaced_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                    "config": saved}) + "\n")
+    # Atomically: the other processes may be reading it in check_saved_config.
+    write_atomically(path, config.to_json(indent=2))
+
+
 def build_optimizer(config: ml_collections.ConfigDict):
     per_epoch = config_lib.steps_per_epoch(config)
     boundaries = optim.to_steps(config.lr_boundaries, unit=config.lr_boundaries_unit, steps_per_epoch=per_epoch)
@@ -174,8 +190,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     total = config_lib.total_steps(config)
     model = models.create_model(config.model, num_classes=dataset.num_classes, **config_lib.model_kwargs(config))
     tx, schedule = build_optimizer(config)
-    if is_main:  # atomically: the other processes may be reading it in check_saved_config
-        write_atomically(os.path.join(workdir, "config.json"), config.to_json(indent=2))
+    if is_main:
+        record_config(workdir, config)
     replicated = parallel.replicated(mesh)
     key = jax.random.key(config.seed)
     init_key, step_key = jax.random.split(key)
@@ -186,6 +202,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), abstract))
     if restored is not None:
         state, start_step = restored
+        if int(parallel.to_host(state.step)) != start_step:
+            raise checkpointing.CheckpointRestoreError(
+                f"Checkpoint {start_step} in {workdir}/checkpoints holds a state at step "
+                f"{int(parallel.to_host(state.step))}; its directory was renamed or copied. Move it aside to resume "
+                "from the previous one.")
     else:
         options = xla_config.init_compiler_options(jax.default_backend())
         state, start_step = init.lower(init_key).compile(compiler_options=options)(init_key), 0

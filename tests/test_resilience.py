@@ -144,6 +144,10 @@ def test_final_metrics_and_logs_survive_a_resume(tmp_path):
     trainer.train_and_evaluate(config, str(tmp_path), allow_config_change=True)
     second = json.load(open(tmp_path / "final_metrics.json"))
     assert first["step"] == 3 and second["step"] == 4
+    # The replaced config stays on record.
+    history = [json.loads(line) for line in open(tmp_path / "config_history.jsonl")]
+    assert [h["config"]["num_train_steps"] for h in history] == [3]
+    assert json.load(open(tmp_path / "config.json"))["num_train_steps"] == 4
     logged = [json.loads(l)["step"] for l in open(tmp_path / "metrics.jsonl") if "train/loss" in l]
     assert logged == [1, 2, 3, 4]
 
@@ -297,6 +301,12 @@ def test_a_torn_last_metrics_line_is_dropped_on_resume(tmp_path):
     logger.write(3, "train", {"loss": 1.25})
     logger.close()
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3]
+    # Whole records of redone steps (a fallback to an older checkpoint) are moved, not deleted.
+    logger = MetricLogger(str(tmp_path), resumed_from=1, is_main=True)
+    logger.close()
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1]
+    superseded = (tmp_path / "metrics.superseded.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in superseded] == [2, 3]
 
 
 def test_eta_counts_hours_past_a_day():
@@ -333,3 +343,17 @@ def test_write_atomically_replaces_whole_files_with_ordinary_permissions(tmp_pat
     umask = os.umask(0)
     os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_a_checkpoint_whose_directory_names_another_step_is_refused(tmp_path):
+    """The trainer resumes the data stream at the directory's step and the RNG at the
+    state's: a renamed or copied step directory would silently desynchronise them."""
+    from resnet_identity.checkpointing import CheckpointRestoreError
+
+    config = tiny_config(steps=2)
+    trainer.train_and_evaluate(config, str(tmp_path))
+    os.rename(tmp_path / "checkpoints" / "2", tmp_path / "checkpoints" / "3")
+    config.num_train_steps = 4
+    config.lr_boundaries = (3,)
+    with pytest.raises(CheckpointRestoreError, match="Checkpoint 3 .* holds a state at step 2"):
+        trainer.train_and_evaluate(config, str(tmp_path), allow_config_change=True)
