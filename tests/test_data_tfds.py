@@ -408,3 +408,24 @@ def test_config_knows_the_imagenet_test_crops_the_pipeline_implements():
     from resnet_identity.data import imagenet_preprocess
 
     assert tuple(sorted(imagenet_preprocess.EVAL_RESIZE)) == config_lib.IMAGENET_EVAL_CROPS
+
+
+def test_on_several_processes_process_0_prepares_first_and_the_others_reuse_it(tmp_path, monkeypatch):
+    """A data_dir shared by every host is written once: process 0 downloads before the
+    barrier, and a later process that finds the dataset prepared downloads nothing."""
+    from jax.experimental import multihost_utils
+
+    from resnet_identity.data import tfds_access
+
+    events = []
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(jax, "process_index", lambda: 1)
+    monkeypatch.setattr(multihost_utils, "sync_global_devices", lambda name: events.append(("barrier", name)))
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "is_prepared", lambda self: ("barrier", "tfds prepare cifar10") in events)
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", lambda self, *a, **k: events.append("download"))
+    tfds_access.prepared_builder("cifar10", str(tmp_path), download=True)
+    assert events == [("barrier", "tfds prepare cifar10")]  # process 1: no download of its own
+    events.clear()
+    monkeypatch.setattr(jax, "process_index", lambda: 0)
+    tfds_access.prepared_builder("cifar10", str(tmp_path), download=True)
+    assert events == ["download", ("barrier", "tfds prepare cifar10")]

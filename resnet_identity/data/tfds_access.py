@@ -109,10 +109,29 @@ def prepared_builder(name: str, data_dir: str | None, download: bool):
         cause = ("downloads are disabled (config.tfds_download=False)"
                  if name != "imagenet2012" else "no prepared dataset found")
         raise DatasetNotPreparedError(not_prepared_message(name, data_dir, cause))
+    # Process 0 downloads first while the others wait: on a data_dir every host shares, the
+    # others then find it prepared, instead of all writing it at once. On a host-local
+    # data_dir each host then prepares its own copy.
+    import jax
+    from jax.experimental import multihost_utils
+
+    failure = _download(builder) if jax.process_index() == 0 else None
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"tfds prepare {name}")
+        if jax.process_index() > 0:
+            builder = tfds.builder(name, data_dir=data_dir)
+            failure = None if builder.is_prepared() else _download(builder)
+    if failure is not None:
+        raise DatasetNotPreparedError(
+            not_prepared_message(name, data_dir, f"{type(failure).__name__}: {failure}")) from failure
+    return builder
+
+
+def _download(builder) -> Exception | None:
+    """Downloads and prepares `builder`'s dataset; the exception instead of raising it, so
+    that a failing process still reaches the other processes' barrier."""
     try:
         builder.download_and_prepare()
     except Exception as error:  # Any failure gets the same remedy.
-        raise DatasetNotPreparedError(
-            not_prepared_message(name, data_dir,
-                                 f"{type(error).__name__}: {error}")) from error
-    return builder
+        return error
+    return None
