@@ -73,6 +73,8 @@ class ResNet(nn.Module):
       stride_on: where a bottleneck's stride sits, "1x1" (papers) or "3x3".
       bn_group_size: examples per BatchNorm statistics group (None: whole batch).
       dtype: compute dtype, "float32" or "bfloat16"; parameters and BN statistics stay float32.
+        Activations, the residual stream x_{l+1} = x_l + F(x_l) included, are held in it: in
+        bfloat16 (8-bit mantissa) a branch output below 1/256 of x_l is rounded away in the sum.
       zero_init_last: start every residual branch at zero (`ResidualUnit.zero_init_layer`).
       scan: scan over each stage's identical units (fast compile) or unroll them.
       remat: rematerialisation scheme, see `stack.py`; None is its `DEFAULT_REMAT`, "elementwise",
