@@ -206,7 +206,8 @@ class Checkpointer:
             raise CheckpointRestoreError(
                 f"No checkpoint in {self.directory} could be restored ({reasons}). If every step "
                 "fails the same way, the model or optimiser config probably differs from the run "
-                "that wrote them; otherwise move the directory aside to start afresh.")
+                "that wrote them (the parameter layout also depends on model_overrides.scan and "
+                ".remat: resume with the values that run used); otherwise move the directory aside to start afresh.")
         return None
 
     def metadata(self, step: int) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import os
 import socket
 import time
@@ -196,6 +197,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     key = jax.random.key(config.seed)
     init_key, step_key = jax.random.split(key)
 
+    save_metadata = {"process_count": jax.process_count()}  # beside each checkpoint, read on resume
     init = jax.jit(functools.partial(create_train_state, model, tx, dataset.image_size), out_shardings=replicated)
     abstract = jax.eval_shape(init, init_key)
     restored = checkpointer.restore(jax.tree.map(
@@ -207,6 +209,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                 f"Checkpoint {start_step} in {workdir}/checkpoints holds a state at step "
                 f"{int(parallel.to_host(state.step))}; its directory was renamed or copied. Move it aside to resume "
                 "from the previous one.")
+        saved_processes = checkpointer.metadata(start_step).get("process_count", jax.process_count())
+        if saved_processes != jax.process_count():
+            logging.getLogger(__name__).warning(
+                "Checkpoint %d was written by %d processes and is resumed on %d: training continues, but "
+                "the order of examples from here on is not the one an uninterrupted run would have seen "
+                "(each process reads its own shard of the data).", start_step, saved_processes, jax.process_count())
     else:
         options = xla_config.init_compiler_options(jax.default_backend())
         state, start_step = init.lower(init_key).compile(compiler_options=options)(init_key), 0
@@ -281,13 +289,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                 if step == total or checkpointer.should_save(step):
                     with progress.paused():
                         check_finite(step)
-                        checkpointer.maybe_save(step, state, force=True)
+                        checkpointer.maybe_save(step, state, force=True, metadata=save_metadata)
                 if step % config.eval_every_steps == 0 and step != total:
                     with progress.paused():
                         eval_results = run_eval(step)
                 if step < total and watcher.should_stop(step):
                     check_finite(step)
-                    checkpointer.maybe_save(step, state, force=True)
+                    checkpointer.maybe_save(step, state, force=True, metadata=save_metadata)
                     logger.console(f"Received {watcher.signal_name or 'a preemption notice'}: saved a checkpoint "
                                    f"at step {step}. Rerun the same command to resume.")
                     return {"preempted_at_step": step, "step": step, **({"state": state} if return_state else {})}

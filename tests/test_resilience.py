@@ -357,3 +357,16 @@ def test_a_checkpoint_whose_directory_names_another_step_is_refused(tmp_path):
     config.lr_boundaries = (3,)
     with pytest.raises(CheckpointRestoreError, match="Checkpoint 3 .* holds a state at step 2"):
         trainer.train_and_evaluate(config, str(tmp_path), allow_config_change=True)
+
+
+def test_resuming_on_another_process_count_warns_that_the_data_order_changes(tmp_path, caplog):
+    config = tiny_config(steps=2)
+    trainer.train_and_evaluate(config, str(tmp_path))
+    meta = next((tmp_path / "checkpoints" / "2" / "meta").glob("*"))
+    record = json.loads(meta.read_text())
+    assert record["process_count"] == 1
+    meta.write_text(json.dumps({**record, "process_count": 2}))
+    config.num_train_steps = 3
+    config.lr_boundaries = (2,)
+    trainer.train_and_evaluate(config, str(tmp_path), allow_config_change=True)
+    assert "written by 2 processes and is resumed on 1" in caplog.text
