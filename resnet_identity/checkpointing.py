@@ -111,6 +111,16 @@ def _agree_all(ok: bool) -> bool:
     return bool(np.all(multihost_utils.process_allgather(np.asarray(ok, np.int32))))
 
 
+def finalized_steps(directory: str) -> list[int]:
+    """The steps saved in a local `directory` (Orbax's default naming: a finalised step is a
+    directory named by its number; one still being written has a temporary suffix), without
+    starting a `CheckpointManager`."""
+    if not os.path.isdir(directory):
+        return []
+    return sorted(int(name) for name in os.listdir(directory)
+                  if name.isdigit() and os.path.isdir(os.path.join(directory, name)))
+
+
 class Checkpointer:
     """Saves every `every_steps` steps (and when forced), keeps the newest `keep` steps.
 

@@ -183,10 +183,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     config_lib.validate(config, num_devices=mesh.devices.size, num_processes=jax.process_count())
     is_main = jax.process_index() == 0
     check_workdir(workdir)
-    checkpointer = checkpointing.Checkpointer(
-        os.path.join(workdir, "checkpoints"), every_steps=config.checkpoint_every_steps,
-        keep=config.keep_checkpoints)
-    check_saved_config(workdir, config, allow_config_change, has_checkpoint=checkpointer.latest_step() is not None)
+    checkpoint_dir = os.path.join(workdir, "checkpoints")
+    check_saved_config(workdir, config, allow_config_change,
+                       has_checkpoint=bool(checkpointing.finalized_steps(checkpoint_dir)))
     dataset = get_dataset(config)  # a missing dataset fails here, before any compile
     total = config_lib.total_steps(config)
     model = models.create_model(config.model, num_classes=dataset.num_classes, **config_lib.model_kwargs(config))
@@ -199,6 +198,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
     save_metadata = {"process_count": jax.process_count()}  # beside each checkpoint, read on resume
     init = jax.jit(functools.partial(create_train_state, model, tx, dataset.image_size), out_shardings=replicated)
+    checkpointer = checkpointing.Checkpointer(checkpoint_dir, every_steps=config.checkpoint_every_steps,
+                                              keep=config.keep_checkpoints)
     abstract = jax.eval_shape(init, init_key)
     restored = checkpointer.restore(jax.tree.map(
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), abstract))

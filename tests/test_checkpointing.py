@@ -251,3 +251,12 @@ def test_full_disk_gives_a_clear_error(tmp_path, abstract_state, monkeypatch):
         monkeypatch.setattr(ocp.CheckpointManager, "save", full)
         with pytest.raises(CheckpointWriteError, match="disk is full.*last complete checkpoint is intact"):
             ckpt.maybe_save(1, random_state(abstract_state, 0))
+
+
+def test_finalized_steps_lists_what_latest_step_sees_without_a_manager(tmp_path, abstract_state):
+    from resnet_identity.checkpointing import finalized_steps
+
+    assert finalized_steps(str(tmp_path / "absent")) == []
+    save_steps(tmp_path, abstract_state, [3, 5])
+    (tmp_path / "7.orbax-checkpoint-tmp").mkdir()  # a save killed mid-write
+    assert finalized_steps(str(tmp_path)) == [3, 5]
