@@ -491,9 +491,9 @@ def test_initialisation_follows_the_papers():
     np.testing.assert_array_equal(bn["bias"], 0.0)
     # Fan-out, not fan-in: a bottleneck's last 1x1 (16 -> 64) has std sqrt(2 / 64), where
     # fan-in would give sqrt(2 / 16). The FC layer is Torch's U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
-    bottleneck = models.create_model("cifar_preact164", num_classes=10)
+    bottleneck = models.create_model("cifar_preact164", num_classes=10, depth=29)
     params = jax.jit(lambda x: bottleneck.init(jax.random.key(0), x, train=False))(jnp.ones((1, 8, 8, 3)))["params"]
-    conv3 = params["stage1"]["rest"]["units"]["unit"]["conv3"]["kernel"]
+    conv3 = params["stage1"]["rest"]["units"]["unit"]["conv3"]["kernel"]  # (2, 1, 1, 16, 64)
     assert conv3.shape[-2:] == (16, 64)
     assert abs(float(conv3.std()) / np.sqrt(2.0 / 64) - 1) < 0.05
     fc = params["fc"]["kernel"]
