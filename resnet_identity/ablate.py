@@ -26,7 +26,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from resnet_identity import trainer
+from resnet_identity import parallel, trainer
 from resnet_identity.analysis import ablation, paper
 from resnet_identity.files import write_atomically
 
@@ -48,6 +48,7 @@ flags.mark_flags_as_required(["config", "workdir", "table"])
 
 def main(argv):
     del argv
+    parallel.maybe_initialize_distributed(False)  # as train.py: a multi-host environment is detected
     base = copy.deepcopy(FLAGS.config)
     preset = PRESETS.get(FLAGS.preset, {})
     depth = FLAGS.depth if FLAGS.depth is not None else preset.get("depth")
@@ -71,4 +72,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    from resnet_identity import xla_config
+
+    xla_config.use_huge_pages()  # as train.py: re-executes once, for XLA:CPU's per-step buffers
     app.run(main)

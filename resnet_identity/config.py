@@ -13,7 +13,7 @@ import math
 
 import ml_collections
 
-from resnet_identity import models
+from resnet_identity import models, optim
 from resnet_identity.data import DATASET_NAMES, NORMALIZATIONS
 
 # Training examples per split, for epoch-based fields (no dataset read needed).
@@ -190,7 +190,12 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1, num_pro
     if not errors and config.dataset in TRAIN_SIZES:
         end = total_steps(config)
         per_epoch = steps_per_epoch(config)
-        bounds = [b * per_epoch if config.lr_boundaries_unit == "epochs" else b for b in config.lr_boundaries]
+        try:  # the optimiser's own conversion, so that what is checked is what will run
+            bounds = list(optim.to_steps(config.lr_boundaries, unit=config.lr_boundaries_unit,
+                                         steps_per_epoch=per_epoch))
+        except ValueError as e:
+            errors.append(f"lr_boundaries: {e}")
+            bounds = []
         late = [b for b, s in zip(config.lr_boundaries, bounds) if s >= end]
         need(not late, f"lr_boundaries {late} ({config.lr_boundaries_unit}) fall at or beyond the end of "
                        f"training (step {end}); shorten them or train longer.")

@@ -25,7 +25,8 @@ def maybe_initialize_distributed(requested: bool) -> bool:
 
     Returns whether it initialised. Must run before any other JAX call touches devices.
     """
-    from_env = any(os.environ.get(k) for k in _MULTIHOST_ENV) and os.environ.get("SLURM_NTASKS", "2") != "1"
+    single_slurm_task = os.environ.get("SLURM_NTASKS") == "1"  # SLURM sets it for one-task jobs too
+    from_env = any(os.environ.get(k) for k in _MULTIHOST_ENV) and not single_slurm_task
     if not (requested or from_env):
         return False
     if jax.distributed.is_initialized():

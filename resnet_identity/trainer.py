@@ -129,11 +129,11 @@ def build_optimizer(config: ml_collections.ConfigDict):
     return tx, schedule
 
 
-def evaluate(state, dataset, eval_fn, config, mesh, crop=None) -> dict[str, float]:
-    """Error and loss over the whole test split: each example once (padded, masked)."""
-    sharding = parallel.batch_sharded(mesh)
+def evaluate(state, dataset, eval_fn, *, batch_size: int, sharding, crop: int | None = None) -> dict[str, float]:
+    """Error and loss over the whole test split: each example once (padded, masked), in
+    global batches of `batch_size` sharded by `sharding`."""
     totals = None
-    for batch in dataset.eval_batches(global_batch_size=config.eval_batch_size,
+    for batch in dataset.eval_batches(global_batch_size=batch_size,
                                       process_index=jax.process_index(),
                                       process_count=jax.process_count(), crop=crop):
         sums = eval_fn(state, parallel.global_batch(batch, sharding))
@@ -142,6 +142,11 @@ def evaluate(state, dataset, eval_fn, config, mesh, crop=None) -> dict[str, floa
     count = float(totals["count"])
     return {"error": float(totals["error_sum"]) / count, "loss": float(totals["loss_sum"]) / count,
             "examples": count}
+
+
+def summary_line(state: TrainState) -> str:
+    count = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(state.params))
+    return f"{count:,} parameters"
 
 
 class _Progress:
@@ -238,7 +243,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     def run_eval(step: int) -> dict[str, float]:
         results = {}
         for crop in crops:
-            metrics = evaluate(state, dataset, eval_fn, config, mesh, crop)
+            metrics = evaluate(state, dataset, eval_fn, batch_size=config.eval_batch_size,
+                               sharding=batch_sharding, crop=crop)
             tag = "test" if crop is None else f"test_{crop}"
             logger.write(step, tag, metrics)
             logger.console(f"step {step}: {tag} error {100 * metrics['error']:.2f}%, loss {metrics['loss']:.4f} "
@@ -312,11 +318,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     final = {"step": step, **{f"{tag}_{k}": v for tag, m in eval_results.items() for k, v in m.items()}}
     if is_main:
         write_atomically(os.path.join(workdir, "final_metrics.json"), json.dumps(final, indent=2))
-    print("final: " + ", ".join(f"{tag} error {100 * m['error']:.2f}%" for tag, m in eval_results.items()),
-          flush=True)
+    logger.console("final: " + ", ".join(f"{tag} error {100 * m['error']:.2f}%" for tag, m in eval_results.items()))
     return {**final, "state": state} if return_state else final
-
-
-def summary_line(state: TrainState) -> str:
-    count = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(state.params))
-    return f"{count:,} parameters"

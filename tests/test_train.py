@@ -221,3 +221,27 @@ def test_imagenet_recipe_augments_as_the_paper_and_presets_fb_resnet_torch():
     with pytest.raises(config_lib.ConfigError,
                        match=r"imagenet_train_crop='random_sized' must be 'scale' \(v1: .*\) or 'scale_aspect'"):
         config_lib.validate(paper)
+
+
+@pytest.mark.parametrize("env,expected", [
+    ({}, False),
+    ({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"}, True),
+    ({"SLURM_NTASKS": "4"}, True),
+    ({"SLURM_NTASKS": "1"}, False),  # a one-task SLURM job is single-process
+    ({"TPU_WORKER_HOSTNAMES": "a,b", "SLURM_NTASKS": "1"}, False),
+])
+def test_multi_host_environments_start_jax_distributed(monkeypatch, env, expected):
+    import jax
+
+    from resnet_identity import parallel
+
+    for key in parallel._MULTIHOST_ENV:
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    calls = []
+    monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(jax.distributed, "initialize", lambda: calls.append("init"))
+    assert parallel.maybe_initialize_distributed(False) is expected
+    assert calls == (["init"] if expected else [])
+    assert parallel.maybe_initialize_distributed(True) and calls[-1:] == ["init"]
