@@ -11,6 +11,7 @@ from typing import ClassVar
 import flax.linen as nn
 import jax
 
+from resnet_identity.models.canonical_conv import conv_with_canonical_grads
 from resnet_identity.models.layers import conv_kernel_init
 from resnet_identity.models.units import PostActivation, PreActivation, ResidualUnit
 
@@ -43,9 +44,11 @@ class Gate(nn.Module):
             self.features,
             (1, 1),
             strides=(self.strides, self.strides),
+            padding=((0, 0), (0, 0)),  # explicit, so that the convolution takes the canonical path
             kernel_init=conv_kernel_init,
             bias_init=nn.initializers.constant(self.bias_init),
             dtype=x.dtype,
+            conv_general_dilated=conv_with_canonical_grads,  # as `layers.conv`: fast gradients in a scan on CPU
         )(x)
         return nn.sigmoid(logits)
 
