@@ -542,3 +542,27 @@ def test_cli_lists_models_and_prints_a_table(capsys):
     main(["cifar_resnet110"])
     out = capsys.readouterr().out
     assert "1,727,962" in out and "stage3" in out and "G multiply-adds" in out
+
+
+@pytest.mark.parametrize("unit", ["exclusive_gating"])
+def test_every_convolution_of_a_variant_keeps_canonical_gradients_on_cpu(unit):
+    """Layers a variant adds (here the gate's 1x1 convolution) go through
+    `conv_with_canonical_grads` as the unit's own convolutions do: in a scan, a
+    non-canonical gradient convolution runs as a naive loop on XLA:CPU (canonical_conv.py)."""
+    import re
+
+    model = models.create_model("cifar_resnet20", num_classes=10, depth=20, unit=unit)
+    # 32x32, as in training: on maps smaller than a kernel XLA trims the window itself.
+    images = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+    variables = jax.jit(lambda x: model.init(jax.random.key(1), x, train=False))(images)
+
+    def loss(params):
+        logits, _ = model.apply({**variables, "params": params}, images, train=True, mutable=["batch_stats"])
+        return jnp.sum(logits)
+
+    text = jax.jit(jax.grad(loss)).lower(variables["params"]).compile().as_text()
+    bodies = set(re.findall(r"while\(.*?body=%([\w.\-]+)", text))
+    computations = re.findall(r"^%([\w.\-]+) .*?\{\n(.*?)\n\}", text, re.S | re.M)
+    labels = {label for name, body in computations if name in bodies
+              for label in re.findall(r"dim_labels=([\w>-]+)", body)}
+    assert labels == {"b01f_01io->b01f"}, labels
