@@ -2,7 +2,8 @@
 
 `Checkpointer` wraps one Orbax `CheckpointManager` (orbax-checkpoint 0.12.x) whose policies
 decide when to save and what to keep: `FixedIntervalPolicy(every_steps)` to save (asked
-through `should_save`; `PreemptionWatcher` below handles preemption), `LatestN(keep)` to keep. Each step directory
+through `should_save`; `PreemptionWatcher` below handles preemption), `LatestN(keep)` to
+keep. Each step directory
 holds two items: `state` (the `TrainState`, `StandardSave`) and `meta` (a small JSON).
 
 Why a checkpoint is never half-taken, as Orbax 0.12.8 does it on local and NFS disks:
@@ -217,7 +218,8 @@ class Checkpointer:
                 f"No checkpoint in {self.directory} could be restored ({reasons}). If every step "
                 "fails the same way, the model or optimiser config probably differs from the run "
                 "that wrote them (the parameter layout also depends on model_overrides.scan and "
-                ".remat: resume with the values that run used); otherwise move the directory aside to start afresh.")
+                ".remat: resume with the values that run used); otherwise move the directory aside "
+                "to start afresh.")
         return None
 
     def metadata(self, step: int) -> dict[str, Any]:

@@ -20,6 +20,8 @@ from resnet_identity.data import DATASET_NAMES, NORMALIZATIONS
 # The test crops ImageNet evaluation implements (`imagenet_preprocess.EVAL_RESIZE`, which
 # imports TensorFlow; a test keeps the two equal).
 IMAGENET_EVAL_CROPS = (224, 320)
+# Likewise the training crops (`imagenet_preprocess.TRAIN_CROPS`).
+IMAGENET_TRAIN_CROPS = ("scale", "scale_aspect")
 TRAIN_SIZES = {"cifar10": 50_000, "cifar100": 50_000, "imagenet2012": 1_281_167, "digits": 1_437,
                "synthetic": 1_024}
 
@@ -143,7 +145,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1, num_pro
          f"dataset={config.dataset!r} is not one of {DATASET_NAMES}.{_suggest(config.dataset, DATASET_NAMES)}")
     need(config.normalization is None or config.normalization in NORMALIZATIONS,
          f"normalization={config.normalization!r} is not one of {NORMALIZATIONS} (or None for the dataset's default).")
-    need(config.imagenet_train_crop in ("scale", "scale_aspect"),
+    need(config.imagenet_train_crop in IMAGENET_TRAIN_CROPS,
          f"imagenet_train_crop={config.imagenet_train_crop!r} must be 'scale' (v1: shorter side in [256, 480], "
          f"random 224 crop) or 'scale_aspect' (fb.resnet.torch's random-sized crop).")
 

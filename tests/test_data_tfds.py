@@ -397,6 +397,7 @@ def test_imagenet_refuses_an_unknown_train_crop():
                                          "scale_aspect"):
         imagenet.load(train_crop="random")
     # config.validate accepts exactly the pipeline's crops.
+    assert tuple(imagenet_preprocess.TRAIN_CROPS) == config_lib.IMAGENET_TRAIN_CROPS
     config = config_lib.default_config()
     for name in imagenet_preprocess.TRAIN_CROPS:
         config.imagenet_train_crop = name

@@ -20,6 +20,7 @@ import numpy as np
 from matplotlib.ticker import MaxNLocator
 
 from resnet_identity.analysis.unit_ops import Op
+from resnet_identity.files import write_atomically
 
 COLORS = ("tab:blue", "tab:red", "tab:green", "tab:purple", "tab:orange", "tab:brown", "tab:gray")
 
@@ -167,7 +168,6 @@ def show(fig, path: str | None = None, dpi: int = 100) -> None:
     data = png_bytes(fig, dpi)
     if path:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        with open(path, "wb") as f:
-            f.write(data)
+        write_atomically(path, data)
     display(Image(data))
     plt.close(fig)

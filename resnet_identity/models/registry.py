@@ -223,9 +223,8 @@ def create_model(name: str, *, num_classes: int, **overrides: Any) -> ResNet:
     _check("bn_epsilon", _is_number(epsilon) and epsilon > 0, epsilon)
     for flag in ("zero_init_last", "scan"):
         _check(flag, isinstance(overrides.get(flag, False), bool), overrides.get(flag))
-    if overrides.get("zero_init_last") and variant.cls.zero_init_layer is None:
-        raise ValueError(f"zero_init_last=True does not apply to unit {unit_name!r}: its branch ends in a "
-                         "ReLU or it has no shortcut, so a zeroed layer would get no gradient. Leave it False.")
+    if overrides.get("zero_init_last"):
+        variant.cls.check_zero_init()
     try:
         resolve_remat(overrides.get("remat"))
     except ValueError:

@@ -75,14 +75,19 @@ class ResidualUnit(nn.Module):
         first, middle = (self.strides, 1) if self.stride_on == "1x1" else (1, self.strides)
         return [(1, width, first), (3, width, middle), (1, self.features, 1)]
 
+    @classmethod
+    def check_zero_init(cls) -> None:
+        """Raises, saying why, if `zero_init_last` cannot apply to this unit."""
+        if cls.zero_init_layer is None:
+            raise ValueError(
+                f"zero_init_last=True does not apply to {cls.__name__}: its branch ends in a "
+                "ReLU or it has no shortcut, so a zeroed layer would get no gradient. Leave it False.")
+
     def zero_init(self, layer: str, *, last: bool) -> bool:
         """Whether `zero_init_last` zeroes this `layer` ("conv" or "norm") of the branch."""
         if not (last and self.zero_init_last):
             return False
-        if self.zero_init_layer is None:
-            raise ValueError(
-                f"zero_init_last=True does not apply to {type(self).__name__}: its branch ends in a "
-                "ReLU or it has no shortcut, so a zeroed layer would get no gradient. Leave it False.")
+        self.check_zero_init()
         return layer == self.zero_init_layer
 
     def branch_conv(self, index: int, spec: tuple[int, int, int], *, last: bool) -> nn.Module:
