@@ -23,6 +23,11 @@ the newest one that restores. Unreadable steps are moved, not deleted, to
 `<dir>/corrupt/<step>`: left in place, a bad step `N` would stay `latest_step()`, and Orbax
 would refuse to save any step up to `N` again, leaving the resumed run unprotected.
 
+A checkpoint written by the same model under other `scan`/`remat` values holds the same
+numbers in another layout (`models/stack.py`). With `relayout`, `restore` reads such a step
+in the layout it was saved in (from its tree metadata) and converts it, so these execution
+choices can change on resume.
+
 `PreemptionWatcher` turns SIGTERM/SIGINT into a flag the training loop polls, so the loop
 itself saves at a step boundary and returns (`train.py` then exits 75, for a rerun). In a
 `jax.distributed` job it defers to JAX's preemption sync point instead, so every host stops,
@@ -38,7 +43,7 @@ import os
 import signal
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import jax
@@ -145,7 +150,10 @@ class Checkpointer:
             if epath.Path(self.directory).exists() and not epath.Path(self.directory).is_dir():
                 raise NotADirectoryError(errno.ENOTDIR, "Not a directory", self.directory)
             self._manager = ocp.CheckpointManager(
-                self.directory, options=options, item_names=(STATE_ITEM, META_ITEM))
+                self.directory, options=options,
+                # Handlers named up front, so that a new manager can read a step's metadata
+                # (`item_metadata`) before it has saved or restored anything.
+                item_handlers={STATE_ITEM: ocp.StandardCheckpointHandler(), META_ITEM: ocp.JsonCheckpointHandler()})
             self._check_writable()
 
     def latest_step(self) -> int | None:
@@ -183,11 +191,18 @@ class Checkpointer:
         if "://" not in self.directory:
             os.rmdir(tempfile.mkdtemp(prefix=".write-probe-", dir=self.directory))
 
-    def restore(self, target_state: Any) -> tuple[Any, int] | None:
+    def restore(self, target_state: Any, *, relayout: Callable[[Any, Any], Any] | None = None
+                ) -> tuple[Any, int] | None:
         """The newest readable checkpoint as `(state, step)`, or None if there is none.
 
         `target_state` fixes structure, dtypes and shardings: a concrete `TrainState` (e.g.
         from `create_train_state`) or its `jax.eval_shape`, ideally with `sharding` set.
+        A step saved with another tree (the same model under other `scan`/`remat` values) is
+        read in its own layout and converted with `relayout(state, like)`, which must return
+        `state` rearranged into the layout of `like` (a state or a checkpoint's tree
+        metadata; `train_state.convert_layout`); the result takes `target_state`'s
+        shardings, so the converted state must be placed as one sharding for all of it
+        (the trainer replicates it). Without `relayout`, such a step fails to restore.
         Unreadable newer steps are logged and moved to `<dir>/corrupt/`. If no step can be
         restored, raises CheckpointRestoreError listing why (often a changed model or optimiser
         config).
@@ -195,11 +210,10 @@ class Checkpointer:
         self.wait()
         self._manager.reload()
         abstract = jax.tree.map(ocp.tree.to_shape_dtype_struct, target_state)
-        args = ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardRestore(abstract)})
         failures: list[tuple[int, Exception]] = []
         for step in sorted(self._manager.all_steps(), reverse=True):
             try:
-                restored = self._manager.restore(step, args=args)[STATE_ITEM]
+                restored = self._restore_step(step, abstract, relayout)
                 error = None
             except Exception as e:  # Orbax/TensorStore raise ValueError, OSError or bare Exception.
                 restored, error = None, e
@@ -217,11 +231,31 @@ class Checkpointer:
             raise CheckpointRestoreError(
                 f"No checkpoint in {self.directory} could be restored ({reasons}). If every step "
                 "fails the same way, the model or optimiser config probably differs from the run "
-                "that wrote them (the parameter layout also depends on model_overrides.scan and "
-                ".remat: resume with the values that run used); otherwise move the directory aside "
-                "to start afresh.")
+                "that wrote them (only the parameter layout, model_overrides.scan, .remat and "
+                ".unroll, may change on resume); otherwise move the directory aside to start afresh.")
         return None
 
+    def _restore_step(self, step: int, abstract: Any, relayout: Callable[[Any, Any], Any] | None) -> Any:
+        """One step restored into `abstract`, through its saved layout if that differs."""
+        def restore(target: Any) -> Any:
+            args = ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardRestore(target)})
+            return self._manager.restore(step, args=args)[STATE_ITEM]
+
+        if relayout is None:
+            return restore(abstract)
+        saved = self._manager.item_metadata(step)[STATE_ITEM]
+        if _shapes_by_path(saved) == _shapes_by_path(abstract):
+            return restore(abstract)
+        shardings = {leaf.sharding for leaf in jax.tree.leaves(abstract)}
+        if len(shardings) != 1 or None in shardings:
+            raise ValueError("converting a checkpoint's layout needs a target state with one sharding for all of it.")
+        (sharding,) = shardings
+        saved_layout = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
+                                    jax.eval_shape(lambda state: relayout(state, saved), abstract))
+        state = jax.jit(lambda s: relayout(s, abstract), out_shardings=sharding)(restore(saved_layout))
+        log.warning("Checkpoint at step %d in %s was saved in another parameter layout (model_overrides.scan or "
+                    ".remat differed); converted it to this model's.", step, self.directory)
+        return state
     def metadata(self, step: int) -> dict[str, Any]:
         """The JSON stored with `step` by `maybe_save`."""
         return dict(self._manager.restore(step, args=ocp.args.Composite(
@@ -257,6 +291,20 @@ class Checkpointer:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+def _shapes_by_path(tree: Any) -> dict[tuple[str, ...], tuple[int, ...]]:
+    """The shapes of `tree`'s leaves by their paths, named whatever kind of node holds them,
+    so that a `TrainState` and the dicts and lists of a checkpoint's metadata compare equal
+    (layouts "block" and "nested" differ in shapes only)."""
+    def name(key: Any) -> str:
+        for attr in ("key", "name", "idx"):
+            if hasattr(key, attr):
+                return str(getattr(key, attr))
+        return str(key)
+
+    return {tuple(name(k) for k in path): tuple(leaf.shape)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def _describe(error: BaseException) -> str:

@@ -33,6 +33,10 @@ class ConfigError(ValueError):
 # Types of the `create_model` overrides settable from a config or the command line
 # (`--config.model_overrides.remat=block`); None leaves the model's default.
 MODEL_OVERRIDE_TYPES = {name: override.config_type for name, override in models.OVERRIDES.items()}
+# Overrides that change how the model computes and lays out its variables, not what it
+# computes: a run resumes under other values without --allow_config_change, its checkpoint
+# converted to the new layout (`train_state.convert_layout`).
+LAYOUT_FIELDS = ("model_overrides.scan", "model_overrides.remat", "model_overrides.unroll")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -208,13 +212,16 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1, num_pro
         raise ConfigError("Invalid config:\n  - " + "\n  - ".join(errors))
 
 
-def differing_fields(saved: dict, current: dict, prefix: str = "") -> list[str]:
-    """Dotted names of fields whose values differ between two config dicts."""
+def differing_fields(saved: dict, current: dict, prefix: str = "", *, ignore: tuple[str, ...] = ()) -> list[str]:
+    """Dotted names of fields whose values differ between two config dicts (but those in
+    `ignore`), each with its two values."""
     diffs = []
     for key in sorted(set(saved) | set(current)):
         a, b = saved.get(key), current.get(key)
+        if f"{prefix}{key}" in ignore:
+            continue
         if isinstance(a, dict) and isinstance(b, dict):
-            diffs += differing_fields(a, b, f"{prefix}{key}.")
+            diffs += differing_fields(a, b, f"{prefix}{key}.", ignore=ignore)
         elif (list(a) if isinstance(a, (list, tuple)) else a) != (list(b) if isinstance(b, (list, tuple)) else b):
             diffs.append(f"{prefix}{key}: {a!r} -> {b!r}")
     return diffs

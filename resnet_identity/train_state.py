@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from resnet_identity import models
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -40,6 +42,29 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, image
         batch_stats=variables.get("batch_stats", {}),
         opt_state=tx.init(params),
         nonfinite_step=jnp.full((), -1, jnp.int32),
+    )
+
+
+def convert_layout(state: TrainState, like: Any) -> TrainState:
+    """`state` with its parameters, BN statistics and optimiser moments (every subtree of the
+    optimiser state shaped like the parameters) rearranged into the layout of `like`: a
+    `TrainState` (or its `jax.eval_shape`) of the same model under other `scan`/`remat`
+    overrides, or a checkpoint's tree metadata. See `models.convert_layout`."""
+    if isinstance(like, TrainState):
+        params_like, stats_like = like.params, like.batch_stats
+    else:
+        params_like, stats_like = like["params"], like["batch_stats"]
+    params_structure = jax.tree.structure(state.params)
+
+    def convert(tree: Any) -> Any:
+        if isinstance(tree, dict) and jax.tree.structure(tree) == params_structure:
+            return models.convert_layout(tree, params_like)
+        return tree
+
+    return state.replace(
+        params=models.convert_layout(state.params, params_like),
+        batch_stats=models.convert_layout(state.batch_stats, stats_like),
+        opt_state=jax.tree.map(convert, state.opt_state, is_leaf=lambda x: isinstance(x, dict)),
     )
 
 

@@ -34,7 +34,7 @@ from resnet_identity.data import get_dataset
 from resnet_identity.data.tfds_access import DatasetNotPreparedError
 from resnet_identity.files import write_atomically
 from resnet_identity.metric_logging import MetricLogger
-from resnet_identity.train_state import TrainState, create_train_state, eval_step, train_step
+from resnet_identity.train_state import TrainState, convert_layout, create_train_state, eval_step, train_step
 
 
 class DivergenceError(FloatingPointError):
@@ -75,7 +75,9 @@ def check_saved_config(workdir: str, config: ml_collections.ConfigDict, allow_ch
                        has_checkpoint: bool = True) -> None:
     """Refuses to resume a workdir whose saved config differs, unless `allow_change`.
 
-    Only a checkpoint (or a result) binds a workdir to its config: `train_and_evaluate`
+    The layout overrides (`config.LAYOUT_FIELDS`: scan, remat, unroll) may change freely:
+    the checkpoint is converted on restore. Only a checkpoint (or a result) binds a workdir
+    to its config: `train_and_evaluate`
     passes `has_checkpoint=False` when there is none yet, so a run that failed before its
     first save (a bad value, an out-of-memory compile) can be rerun with corrected values.
     """
@@ -84,7 +86,7 @@ def check_saved_config(workdir: str, config: ml_collections.ConfigDict, allow_ch
         return
     with open(path) as f:
         saved = json.load(f)
-    diffs = config_lib.differing_fields(saved, json.loads(config.to_json()))
+    diffs = config_lib.differing_fields(saved, json.loads(config.to_json()), ignore=config_lib.LAYOUT_FIELDS)
     if diffs and not allow_change:
         raise config_lib.ConfigError(
             f"{path} was written by a run with a different config:\n  - " + "\n  - ".join(diffs)
@@ -207,7 +209,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                               keep=config.keep_checkpoints)
     abstract = jax.eval_shape(init, init_key)
     restored = checkpointer.restore(jax.tree.map(
-        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), abstract))
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), abstract), relayout=convert_layout)
     if restored is not None:
         state, start_step = restored
         if int(parallel.to_host(state.step)) != start_step:

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -370,3 +371,41 @@ def test_resuming_on_another_process_count_warns_that_the_data_order_changes(tmp
     config.lr_boundaries = (2,)
     trainer.train_and_evaluate(config, str(tmp_path), allow_config_change=True)
     assert "written by 2 processes and is resumed on 1" in caplog.text
+
+
+def test_a_run_resumes_under_another_layout_without_losing_a_step(tmp_path, monkeypatch):
+    """A checkpoint saved scanned (remat "nested") resumes unrolled, with no
+    --allow_config_change, and ends where an uninterrupted run ends; a workdir holding
+    steps in both layouts restores its newest step in either, quarantining nothing."""
+    from resnet_identity import checkpointing, models
+    from resnet_identity.train_state import convert_layout
+
+    def config(**overrides):
+        c = tiny_config(steps=3)
+        c.model_overrides.depth = 20  # 2 repeated units a stage
+        c.model_overrides.remat = "nested"
+        c.checkpoint_every_steps = 1
+        for k, v in overrides.items():
+            c.model_overrides[k] = v
+        return c
+
+    reference = trainer.train_and_evaluate(config(), str(tmp_path / "reference"), return_state=True)["state"]
+    with monkeypatch.context() as m:  # a preemption after step 2
+        m.setattr(checkpointing.PreemptionWatcher, "should_stop", lambda self, step: step == 2)
+        assert trainer.train_and_evaluate(config(), str(tmp_path / "run"))["preempted_at_step"] == 2
+    resumed = trainer.train_and_evaluate(config(scan=False, remat=None), str(tmp_path / "run"), return_state=True)
+    assert resumed["step"] == 3
+    assert "unit1" in resumed["state"].params["stage1"]["rest"]
+    as_reference = convert_layout(resumed["state"], reference)
+    for a, b in zip(jax.tree.leaves(as_reference), jax.tree.leaves(reference)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    history = [json.loads(line) for line in open(tmp_path / "run" / "config_history.jsonl")]
+    assert history[-1]["config"]["model_overrides"]["scan"] is None  # the replaced config is on record
+
+    checkpoints = str(tmp_path / "run" / "checkpoints")
+    with checkpointing.Checkpointer(checkpoints, every_steps=1, keep=3) as checkpointer:
+        target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), reference)
+        state, step = checkpointer.restore(target, relayout=convert_layout)
+    assert step == 3 and not os.path.exists(os.path.join(checkpoints, "corrupt"))
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(as_reference)):
+        np.testing.assert_array_equal(a, b)

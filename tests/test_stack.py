@@ -136,6 +136,25 @@ def test_layouts_round_trip_for_every_scheme(length):
     assert stack.unrolled_to_stacked(unrolled, remat="nested").keys() == {"params", "batch_stats"}
 
 
+def test_any_layout_converts_to_any_other():
+    """Unrolled and every scheme's scanned layout (11 units: "nested" and "block" have blocks
+    of different lengths and a tail) convert into each other's exactly, through
+    `convert_layout`, which reads only the target's structure and shapes."""
+    unrolled = stack.UnitStack(_unit(), 11, scan=False).init(jax.random.key(1), X)
+    layouts = {"unrolled": unrolled, **{s: stack.unrolled_to_stacked(unrolled, remat=s) for s in stack.REMAT_SCHEMES}}
+    for source, variables in layouts.items():
+        for target, expected in layouts.items():
+            converted = stack.convert_layout(variables, jax.eval_shape(lambda e=expected: e))
+            assert jax.tree.structure(converted) == jax.tree.structure(expected), (source, target)
+            for a, b in zip(jax.tree.leaves(converted), jax.tree.leaves(expected)):
+                np.testing.assert_array_equal(a, b)
+    twelve = stack.UnitStack(_unit(), 12, scan=False).init(jax.random.key(1), X)
+    with pytest.raises(ValueError, match="not the same model"):
+        stack.convert_layout(layouts["nested"], twelve)
+    with pytest.raises(ValueError, match="not the same model"):
+        stack.convert_layout(unrolled, stack.unrolled_to_stacked(twelve, remat="block"))
+
+
 def test_a_tail_holds_the_last_units():
     """11 units under "nested": blocks [3, 3, ...] hold units 0-8, the tail [2, ...] units 9-10."""
     unrolled = stack.UnitStack(_unit(), 11, scan=False).init(jax.random.key(1), X)

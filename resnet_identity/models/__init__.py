@@ -10,7 +10,7 @@ from resnet_identity.models.registry import (
     create_model,
     input_size,
 )
-from resnet_identity.models.stack import stacked_to_unrolled, unrolled_to_stacked
+from resnet_identity.models.stack import convert_layout, stacked_to_unrolled, unrolled_to_stacked
 from resnet_identity.models.units import Plain, PostActivation, PreActivation, ResidualUnit
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "ResidualUnit",
     "UNITS",
     "available_models",
+    "convert_layout",
     "create_model",
     "input_size",
     "stacked_to_unrolled",

@@ -50,7 +50,9 @@ Stacked layouts, per variable collection (`[k, ...]`: k units' variables stacked
   units b L, ..., b L + L - 1; with a tail also `"tail": {"unit": [n % L, ...]}`, the last
   n mod L units.
 The stacked and unrolled (`unit0`, `unit1`, ...) layouts hold the same numbers;
-`stacked_to_unrolled` and `unrolled_to_stacked` convert between them.
+`stacked_to_unrolled` and `unrolled_to_stacked` convert between them, and `convert_layout`
+from any layout to that of a given tree (how a checkpoint resumes under other `scan`/`remat`
+values).
 
 Why the scanned gradient was once 7-10x slower than the unrolled one on CPU, and the fix,
 are in `canonical_conv.py`.
@@ -243,23 +245,70 @@ def stacked_to_unrolled(variables: Any) -> Any:
     return {k: stacked_to_unrolled(v) for k, v in variables.items()}
 
 
+def _stack_runs(units: list[Any], runs: tuple[tuple[str, tuple[int, ...]], ...]) -> dict:
+    """Per-unit variable trees, in unit order, stacked into the scanned runs `runs`: (name,
+    loop lengths outermost first) in order, each taking the next prod(lengths) units."""
+    if sum(math.prod(shape) for _, shape in runs) != len(units):
+        raise ValueError(f"{len(units)} units cannot fill scanned runs of {[shape for _, shape in runs]}: "
+                         "not the same model.")
+    flat = jax.tree.map(lambda *a: jnp.stack(a), *units)
+    stacked, start = {}, 0
+    for name, shape in runs:
+        count = math.prod(shape)
+        run = {"unit": jax.tree.map(lambda a, s=start, c=count, sh=shape: a[s:s + c].reshape(sh + a.shape[1:]),
+                                    flat)}
+        for depth in range(len(shape) - 1, 0, -1):  # the inner loops, innermost first
+            run = {"blocks" if len(shape) - depth > 1 else "units": run}
+        stacked[name] = run
+        start += count
+    return stacked
+
+
+def _unit_list(unrolled: Any) -> list[Any]:
+    """The `unit{i}` entries of an unrolled stack's variables, in unit order."""
+    if not (isinstance(unrolled, dict) and unrolled and all(k.startswith("unit") and k[4:].isdigit() for k in unrolled)):
+        raise ValueError("variables hold no unrolled units where the target layout has a scanned stack: "
+                         "not the same model.")
+    return [unrolled[f"unit{i}"] for i in range(len(unrolled))]
+
+
 def unrolled_to_stacked(variables: Any, *, remat: bool | str | None = None) -> Any:
     """Inverse of `stacked_to_unrolled`, in the layout of the `remat` scheme (module docstring)."""
     scheme = resolve_remat(remat)
     if not isinstance(variables, dict):
         return variables
     if variables and all(k.startswith("unit") and k[4:].isdigit() for k in variables):
-        units = [variables[f"unit{i}"] for i in range(len(variables))]
-        flat = jax.tree.map(lambda *a: jnp.stack(a), *units)
-        stacked, start = {}, 0
-        for name, levels in _runs(scheme, len(units)):
-            shape = tuple(iterations for iterations, _ in levels)
-            count = math.prod(shape)
-            run = {"unit": jax.tree.map(lambda a, s=start, c=count, sh=shape: a[s:s + c].reshape(sh + a.shape[1:]),
-                                        flat)}
-            for depth in range(len(levels) - 1, 0, -1):  # the inner loops, innermost first
-                run = {_scan_name(levels[depth:]): run}
-            stacked[name] = run
-            start += count
-        return stacked
+        units = _unit_list(variables)
+        runs = tuple((name, tuple(iterations for iterations, _ in levels)) for name, levels in _runs(scheme, len(units)))
+        return _stack_runs(units, runs)
     return {k: unrolled_to_stacked(v, remat=scheme) for k, v in variables.items()}
+
+
+def _loop_lengths(run: dict, depth: int = 1) -> tuple[int, ...]:
+    """A scanned run's loop lengths, outermost first, read off its first variable's shape."""
+    if "unit" in run:
+        return tuple(jax.tree.leaves(run["unit"])[0].shape[:depth])
+    (inner,) = run.values()
+    return _loop_lengths(inner, depth + 1)
+
+
+def convert_layout(variables: Any, like: Any) -> Any:
+    """`variables` of a model in any layout (scanned under any remat scheme, or unrolled)
+    rearranged into the layout of `like`: the same model's variables in the wanted layout,
+    or anything shaped like them (`jax.ShapeDtypeStruct`s, a checkpoint's array metadata);
+    only its structure and shapes are read. The numbers are unchanged, so a checkpoint saved
+    with one `scan`/`remat` resumes under another (`train_state.convert_layout`).
+    Raises ValueError (or KeyError, for a missing module) if `like` is another model."""
+    return _restack(stacked_to_unrolled(variables), like)
+
+
+def _restack(unrolled: Any, like: Any) -> Any:
+    if not isinstance(like, dict):
+        return unrolled
+    if _is_stacked_run(like):
+        runs = tuple((name, _loop_lengths(like[name])) for name in ("units", "blocks", "tail") if name in like)
+        return _stack_runs(_unit_list(unrolled), runs)
+    if not isinstance(unrolled, dict) or set(unrolled) != set(like):
+        raise ValueError(f"variables with modules {sorted(unrolled) if isinstance(unrolled, dict) else unrolled!r} "
+                         f"where the target layout has {sorted(like)}: not the same model.")
+    return {k: _restack(unrolled[k], v) for k, v in like.items()}
