@@ -346,3 +346,12 @@ def test_step_options_drop_the_loop_carry_copies_of_a_scanned_stack():
     for a, b in zip(jax.tree.leaves(plain(variables["params"], x)), jax.tree.leaves(tuned(variables["params"], x))):
         np.testing.assert_array_equal(a, b)
     assert xla_config.step_compiler_options("gpu") is None
+
+
+def test_step_options_respect_an_optimisation_level_set_in_xla_flags(monkeypatch):
+    from resnet_identity import xla_config
+
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    assert xla_config.step_compiler_options("cpu")["xla_backend_optimization_level"] == 1
+    monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=0")
+    assert "xla_backend_optimization_level" not in xla_config.step_compiler_options("cpu")
