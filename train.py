@@ -16,8 +16,8 @@ from ml_collections import config_flags
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py[:preset]).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and metrics.")
-flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host runs). "
-                  "Also enabled by a multi-host environment (e.g. JAX_COORDINATOR_ADDRESS).")
+flags.DEFINE_bool("distributed", None, "Call jax.distributed.initialize() (multi-host runs). Unset: "
+                  "only in a multi-host environment (e.g. JAX_COORDINATOR_ADDRESS); --nodistributed: never.")
 flags.DEFINE_bool("allow_config_change", False, "Resume a workdir whose config.json differs from --config.")
 flags.mark_flags_as_required(["config", "workdir"])
 

@@ -48,7 +48,7 @@ flags.mark_flags_as_required(["config", "workdir", "table"])
 
 def main(argv):
     del argv
-    parallel.maybe_initialize_distributed(False)  # as train.py: a multi-host environment is detected
+    parallel.maybe_initialize_distributed(None)  # as train.py: a multi-host environment is detected
     base = copy.deepcopy(FLAGS.config)
     preset = PRESETS.get(FLAGS.preset, {})
     depth = FLAGS.depth if FLAGS.depth is not None else preset.get("depth")

@@ -20,14 +20,16 @@ DATA_AXIS = "data"
 _MULTIHOST_ENV = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "SLURM_NTASKS", "TPU_WORKER_HOSTNAMES")
 
 
-def maybe_initialize_distributed(requested: bool) -> bool:
-    """Calls `jax.distributed.initialize()` when asked to, or when the environment is multi-host.
+def maybe_initialize_distributed(requested: bool | None = None) -> bool:
+    """Calls `jax.distributed.initialize()` if `requested`, never if `requested` is False
+    (e.g. one process of a SLURM job that should run alone), and otherwise (None) when the
+    environment is multi-host.
 
     Returns whether it initialised. Must run before any other JAX call touches devices.
     """
     single_slurm_task = os.environ.get("SLURM_NTASKS") == "1"  # SLURM sets it for one-task jobs too
     from_env = any(os.environ.get(k) for k in _MULTIHOST_ENV) and not single_slurm_task
-    if not (requested or from_env):
+    if not (requested if requested is not None else from_env):
         return False
     if jax.distributed.is_initialized():
         return True

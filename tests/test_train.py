@@ -242,6 +242,8 @@ def test_multi_host_environments_start_jax_distributed(monkeypatch, env, expecte
     calls = []
     monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
     monkeypatch.setattr(jax.distributed, "initialize", lambda: calls.append("init"))
-    assert parallel.maybe_initialize_distributed(False) is expected
+    assert parallel.maybe_initialize_distributed(None) is expected  # no --distributed flag: the environment decides
+    assert calls == (["init"] if expected else [])
+    assert parallel.maybe_initialize_distributed(False) is False  # --nodistributed: never, whatever the environment
     assert calls == (["init"] if expected else [])
     assert parallel.maybe_initialize_distributed(True) and calls[-1:] == ["init"]
