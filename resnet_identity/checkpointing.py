@@ -68,6 +68,10 @@ class CheckpointRestoreError(RuntimeError):
     """No checkpoint in the directory could be restored; the message says what to do."""
 
 
+class CheckpointLayoutError(CheckpointRestoreError):
+    """A readable checkpoint whose state cannot be converted to the target's layout."""
+
+
 # (errnos, text tensorstore uses for them, what to tell the user). Orbax surfaces local I/O
 # failures as OSError, but TensorStore's as ValueError carrying only the message.
 _WRITE_PROBLEMS = (
@@ -200,9 +204,10 @@ class Checkpointer:
         A step saved with another tree (the same model under other `scan`/`remat` values) is
         read in its own layout and converted with `relayout(state, like)`, which must return
         `state` rearranged into the layout of `like` (a state or a checkpoint's tree
-        metadata; `train_state.convert_layout`); the result takes `target_state`'s
-        shardings, so the converted state must be placed as one sharding for all of it
-        (the trainer replicates it). Without `relayout`, such a step fails to restore.
+        metadata; `train_state.convert_layout`). With `relayout`, every leaf of
+        `target_state` must carry one and the same sharding (the trainer replicates the
+        state), which the converted state takes; a step that cannot be converted raises
+        `CheckpointLayoutError` at once. Without `relayout`, such a step fails to restore.
         Unreadable newer steps are logged and moved to `<dir>/corrupt/`. If no step can be
         restored, raises CheckpointRestoreError listing why (often a changed model or optimiser
         config).
@@ -210,11 +215,17 @@ class Checkpointer:
         self.wait()
         self._manager.reload()
         abstract = jax.tree.map(ocp.tree.to_shape_dtype_struct, target_state)
+        shardings = {getattr(leaf, "sharding", None) for leaf in jax.tree.leaves(abstract)}
+        if relayout is not None and (len(shardings) != 1 or None in shardings):
+            raise ValueError("restore(relayout=...) needs a target state with one sharding set on every leaf, "
+                             f"got {sorted(map(str, shardings))}.")
         failures: list[tuple[int, Exception]] = []
         for step in sorted(self._manager.all_steps(), reverse=True):
             try:
                 restored = self._restore_step(step, abstract, relayout)
                 error = None
+            except CheckpointLayoutError:
+                raise
             except Exception as e:  # Orbax/TensorStore raise ValueError, OSError or bare Exception.
                 restored, error = None, e
             if not _agree_all(error is None):
@@ -236,26 +247,36 @@ class Checkpointer:
         return None
 
     def _restore_step(self, step: int, abstract: Any, relayout: Callable[[Any, Any], Any] | None) -> Any:
-        """One step restored into `abstract`, through its saved layout if that differs."""
+        """One step restored into `abstract`, through its saved layout if that differs. A
+        failure to convert raises `CheckpointLayoutError`: the step is not unreadable, the
+        model differs, so `restore` must not fall back to an older step and move this one."""
         def restore(target: Any) -> Any:
             args = ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardRestore(target)})
             return self._manager.restore(step, args=args)[STATE_ITEM]
 
         if relayout is None:
             return restore(abstract)
-        saved = self._manager.item_metadata(step)[STATE_ITEM]
-        if _shapes_by_path(saved) == _shapes_by_path(abstract):
+        try:
+            saved = self._manager.item_metadata(step)[STATE_ITEM]
+        except Exception:  # no readable tree metadata: nothing to convert from, restore as is
+            saved = None
+        if saved is None or _shapes_by_path(saved) == _shapes_by_path(abstract):
             return restore(abstract)
-        shardings = {leaf.sharding for leaf in jax.tree.leaves(abstract)}
-        if len(shardings) != 1 or None in shardings:
-            raise ValueError("converting a checkpoint's layout needs a target state with one sharding for all of it.")
-        (sharding,) = shardings
-        saved_layout = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
-                                    jax.eval_shape(lambda state: relayout(state, saved), abstract))
+        sharding = jax.tree.leaves(abstract)[0].sharding
+        try:
+            saved_layout = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
+                                        jax.eval_shape(lambda state: relayout(state, saved), abstract))
+        except Exception as e:
+            raise CheckpointLayoutError(
+                f"Checkpoint {step} in {self.directory} holds another model's state, not only another layout "
+                f"({_describe(e)}): beyond model_overrides.scan, .remat and .unroll, the model or optimiser differs "
+                "from the run that wrote it. Resume with that run's config, or use a new workdir.") from e
         state = jax.jit(lambda s: relayout(s, abstract), out_shardings=sharding)(restore(saved_layout))
-        log.warning("Checkpoint at step %d in %s was saved in another parameter layout (model_overrides.scan or "
-                    ".remat differed); converted it to this model's.", step, self.directory)
+        if jax.process_index() == 0:
+            log.warning("Checkpoint at step %d in %s was saved in another parameter layout (model_overrides.scan or "
+                        ".remat differed); converted it to this model's.", step, self.directory)
         return state
+
     def metadata(self, step: int) -> dict[str, Any]:
         """The JSON stored with `step` by `maybe_save`."""
         return dict(self._manager.restore(step, args=ocp.args.Composite(

@@ -56,10 +56,12 @@ def convert_layout(state: TrainState, like: Any) -> TrainState:
         params_like, stats_like = like["params"], like["batch_stats"]
     params_structure = jax.tree.structure(state.params)
 
-    def convert(tree: Any) -> Any:
-        if isinstance(tree, dict) and jax.tree.structure(tree) == params_structure:
+    def convert(tree: Any) -> Any:  # the parameter-shaped dicts, however deep in the optimiser state
+        if not isinstance(tree, dict):
+            return tree
+        if jax.tree.structure(tree) == params_structure:
             return models.convert_layout(tree, params_like)
-        return tree
+        return jax.tree.map(convert, tree, is_leaf=lambda x: x is not tree and isinstance(x, dict))
 
     return state.replace(
         params=models.convert_layout(state.params, params_like),

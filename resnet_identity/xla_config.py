@@ -24,7 +24,8 @@ speed"). They also compile the steps' generated code (the fused elementwise loop
 reductions; convolutions and products are library calls) with LLVM -O1 instead of -O2:
 ResNet-164 and -1001 steps compile in 8 s instead of 10 s on a 2-core AMD EPYC, and step
 as fast (interleaved: 1,165 against 1,149 ms, 1,605 against 1,629 ms; -O0 is 2.6x slower).
-A level set in `XLA_FLAGS` is respected. No XLA flag is set: none of `--xla_cpu_use_onednn`, the XNNPACK graph-fusion
+A level set in `XLA_FLAGS` is respected for the steps (the init is compiled at -O0
+regardless). No XLA flag is set: none of `--xla_cpu_use_onednn`, the XNNPACK graph-fusion
 modes or `--xla_cpu_use_xnnpack=false` changed the step time measurably.
 """
 
@@ -38,7 +39,7 @@ HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"
 FAST_INIT_OPTIONS = {"xla_backend_optimization_level": 0}
 STEP_OPTIONS = {"xla_cpu_copy_insertion_use_region_analysis": True}
 # LLVM -O1 rather than XLA's -O2 for the steps' generated loops: the convolutions and matrix
-# products are library calls either way. Compiles 15-20% sooner at the same step time.
+# products are library calls either way. Compiles about 20% sooner at the same step time.
 STEP_OPTIMIZATION_LEVEL = {"xla_backend_optimization_level": 1}
 
 

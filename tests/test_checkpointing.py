@@ -260,3 +260,58 @@ def test_finalized_steps_lists_what_latest_step_sees_without_a_manager(tmp_path,
     save_steps(tmp_path, abstract_state, [3, 5])
     (tmp_path / "7.orbax-checkpoint-tmp").mkdir()  # a save killed mid-write
     assert finalized_steps(str(tmp_path)) == [3, 5]
+
+
+def _layout_state(remat, depth=47, *, seed=None):
+    """A pre-act bottleneck net with 4 repeated units a stage: "nested" stacks them as blocks
+    [2, 2] and "block" as [4, 1], the same tree paths with other shapes. Abstract, with a
+    device sharding on every leaf, or filled with random values (`seed`)."""
+    model = create_model("cifar_preact164", num_classes=10, depth=depth, remat=remat)
+    abstract = jax.eval_shape(functools.partial(create_train_state, model, sgd(learning_rate=0.1), 32),
+                              jax.random.key(0))
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), abstract)
+    return abstract if seed is None else random_state(abstract, seed)
+
+
+def test_a_step_saved_in_another_layout_is_converted_and_nothing_is_moved(tmp_path, caplog):
+    from resnet_identity.train_state import convert_layout
+
+    older, newer = _layout_state("block", seed=1), _layout_state("nested", seed=2)
+    assert jax.tree.structure(older) != jax.tree.structure(newer) or any(
+        a.shape != b.shape for a, b in zip(jax.tree.leaves(older), jax.tree.leaves(newer)))
+    with Checkpointer(tmp_path, every_steps=1, keep=3, async_save=False) as checkpointer:
+        checkpointer.maybe_save(1, older, force=True)
+        checkpointer.maybe_save(2, newer, force=True)
+        state, step = checkpointer.restore(_layout_state("block"), relayout=convert_layout)
+    assert step == 2 and "converted it" in caplog.text
+    assert not (tmp_path / checkpointing.CORRUPT_SUBDIR).exists()
+    assert [a.shape for a in jax.tree.leaves(state)] == [a.shape for a in jax.tree.leaves(older)]
+    for a, b in zip(jax.tree.leaves(convert_layout(state, newer)), jax.tree.leaves(newer)):  # momentum included
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_step_of_another_model_is_refused_not_moved(tmp_path):
+    from resnet_identity.train_state import convert_layout
+
+    with Checkpointer(tmp_path, every_steps=1, keep=3, async_save=False) as checkpointer:
+        checkpointer.maybe_save(1, _layout_state("nested", seed=1), force=True)
+        checkpointer.maybe_save(2, _layout_state("nested", depth=56, seed=2), force=True)
+        with pytest.raises(checkpointing.CheckpointLayoutError, match=r"Checkpoint 2 .* another model's state"):
+            checkpointer.restore(_layout_state("block"), relayout=convert_layout)
+        with pytest.raises(ValueError, match="one sharding set on every leaf"):
+            checkpointer.restore(jax.eval_shape(lambda: _layout_state("block", seed=0)), relayout=convert_layout)
+    assert checkpointing.finalized_steps(str(tmp_path)) == [1, 2]
+    assert not (tmp_path / checkpointing.CORRUPT_SUBDIR).exists()
+
+
+def test_momenta_nested_deeper_in_the_optimiser_state_are_converted():
+    """As in `optax.multi_transform`, whose per-label states sit in a dict."""
+    from resnet_identity.train_state import convert_layout
+
+    state = _layout_state("nested", seed=3)
+    state = state.replace(opt_state={"inner_states": {"conv": {"trace": state.params}}, "count": state.step})
+    converted = convert_layout(state, _layout_state("block"))
+    for a, b in zip(jax.tree.leaves(converted.opt_state["inner_states"]), jax.tree.leaves(converted.params)):
+        np.testing.assert_array_equal(a, b)
+    assert converted.opt_state["count"] is state.step

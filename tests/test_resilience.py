@@ -399,7 +399,7 @@ def test_a_run_resumes_under_another_layout_without_losing_a_step(tmp_path, monk
     as_reference = convert_layout(resumed["state"], reference)
     for a, b in zip(jax.tree.leaves(as_reference), jax.tree.leaves(reference)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    history = [json.loads(line) for line in open(tmp_path / "run" / "config_history.jsonl")]
+    history = [json.loads(line) for line in (tmp_path / "run" / "config_history.jsonl").read_text().splitlines()]
     assert history[-1]["config"]["model_overrides"]["scan"] is None  # the replaced config is on record
 
     checkpoints = str(tmp_path / "run" / "checkpoints")
