@@ -1,5 +1,6 @@
-"""Process set-up for fast XLA:CPU training: huge pages for malloc, a fast-compiling init,
-and step options that drop the scan's loop-carry copies.
+"""Process set-up for fast training: on CPU huge pages for malloc, a fast-compiling init and
+step options that drop the scan's loop-carry copies; on GPU step options against the scan's
+bookkeeping (last paragraph).
 
 XLA:CPU allocates the temporary buffer of every execution afresh (0.86 GiB for pre-act
 ResNet-164 at batch 32) and frees it after. glibc serves such sizes with `mmap`, so every
@@ -27,6 +28,21 @@ as fast (interleaved: 1,165 against 1,149 ms, 1,605 against 1,629 ms; -O0 is 2.6
 A level set in `XLA_FLAGS` is respected for the steps (the init is compiled at -O0
 regardless). No XLA flag is set: none of `--xla_cpu_use_onednn`, the XNNPACK graph-fusion
 modes or `--xla_cpu_use_xnnpack=false` changed the step time measurably.
+
+On a GPU the steps compile with `GPU_STEP_OPTIONS`. A scanned ResNet-1001 step there is
+bound by kernel launches (about 25,000 per step, 2.8 us each), and each option removes some
+of the scan's bookkeeping or of the elementwise work beside a convolution:
+- `xla_gpu_enable_dynamic_slice_fusion`: library calls read and write loop slices in place;
+- `xla_gpu_enable_dus_accumulator_zero_init_elimination`: the scan's stacked outputs are
+  not zero-filled first;
+- `xla_gpu_copy_insertion_use_region_analysis`: no copies of the loop carry;
+- `xla_gpu_experimental_enable_conv_fusion`: cuDNN fusions take elementwise work around the
+  3x3 convolutions.
+ResNet-1001, bf16, batch 128, on an H200 (with 1x1 convolutions as matrix products,
+`canonical_conv.PRODUCT_PLATFORMS`): 85.9 ms per step without them, 83.5 with the first
+three, 79.1 with the fourth alone, 69.7 with all four (benchmarks/RESULTS.md, "7. GPU").
+An option named in `XLA_FLAGS` is left to it (`--xla_gpu_experimental_enable_conv_fusion=false`
+turns that one off).
 """
 
 from __future__ import annotations
@@ -41,6 +57,13 @@ STEP_OPTIONS = {"xla_cpu_copy_insertion_use_region_analysis": True}
 # LLVM -O1 rather than XLA's -O2 for the steps' generated loops: the convolutions and matrix
 # products are library calls either way. Compiles about 20% sooner at the same step time.
 STEP_OPTIMIZATION_LEVEL = {"xla_backend_optimization_level": 1}
+# XLA:GPU options for the steps (module docstring).
+GPU_STEP_OPTIONS = {
+    "xla_gpu_enable_dynamic_slice_fusion": True,
+    "xla_gpu_enable_dus_accumulator_zero_init_elimination": True,
+    "xla_gpu_copy_insertion_use_region_analysis": True,
+    "xla_gpu_experimental_enable_conv_fusion": True,
+}
 
 
 def init_compiler_options(backend: str) -> dict | None:
@@ -50,10 +73,14 @@ def init_compiler_options(backend: str) -> dict | None:
 
 def step_compiler_options(backend: str) -> dict | None:
     """XLA options for the train and eval steps on `backend`: on CPU no loop-carry copies,
-    and LLVM -O1 unless `XLA_FLAGS` sets a level (module docstring); else None."""
+    and LLVM -O1 unless `XLA_FLAGS` sets a level; on GPU `GPU_STEP_OPTIONS` (module
+    docstring); else None."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if backend == "gpu":  # an option named in XLA_FLAGS is left to it, e.g. =false to turn one off
+        return {name: value for name, value in GPU_STEP_OPTIONS.items() if name not in flags} or None
     if backend != "cpu":
         return None
-    if "xla_backend_optimization_level" in os.environ.get("XLA_FLAGS", ""):
+    if "xla_backend_optimization_level" in flags:
         return STEP_OPTIONS
     return {**STEP_OPTIONS, **STEP_OPTIMIZATION_LEVEL}
 
