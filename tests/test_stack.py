@@ -318,6 +318,47 @@ def test_1x1_kernel_gradient_is_one_matrix_product_with_no_activation_transposed
     assert "convolution(" not in text
 
 
+@pytest.mark.parametrize("c_in,c_out,stride", [(6, 4, 1), (4, 6, 2), (4, 3, 3)])
+def test_accelerator_1x1_products_give_the_convolution_and_its_gradients(c_in, c_out, stride):
+    """The product form that CUDA GPUs take (`PRODUCT_PLATFORMS`), run here on CPU: forward
+    pass and both gradients of a strided or unstrided 1x1 convolution, against `lax`'s."""
+    x = jax.random.normal(jax.random.key(0), (2, 9, 7, c_in))
+    w = jax.random.normal(jax.random.key(1), (1, 1, c_in, c_out))
+    y, vjp = jax.vjp(lambda x, w: lax.conv_general_dilated(x, w, (stride, stride), ((0, 0), (0, 0)),
+                                                          dimension_numbers=NHWC), x, w)
+    g = jax.random.normal(jax.random.key(2), y.shape)
+    np.testing.assert_allclose(canonical_conv._pointwise(x, w, (stride, stride)), y, rtol=1e-5, atol=1e-5)
+    for ours, reference in zip(canonical_conv._pointwise_grads((stride, stride), x, w, g), vjp(g)):
+        np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_cuda_lowering_makes_1x1_convolutions_products_unless_told_otherwise():
+    """Lowered for CUDA (no GPU needed): a 1x1 convolution and both its gradients are
+    `dot_general`s, a 3x3 stays a convolution; with CUDA taken out of the product platforms,
+    the 1x1 is a convolution again."""
+    x = jnp.ones((2, 8, 8, 16))
+
+    def lowered(kernel: int) -> str:
+        def loss(w, x):
+            pad = (kernel - 1) // 2
+            return jnp.sum(jnp.sin(canonical_conv.conv_with_canonical_grads(
+                x, w, (1, 1), ((pad, pad), (pad, pad)), dimension_numbers=NHWC)))
+
+        w = jnp.ones((kernel, kernel, 16, 32))
+        return jax.jit(jax.grad(loss, (0, 1))).trace(w, x).lower(lowering_platforms=("cuda",)).as_text()
+
+    assert "cuda" in canonical_conv.PRODUCT_PLATFORMS
+    text = lowered(1)
+    assert text.count("stablehlo.dot_general") == 3 and "stablehlo.convolution" not in text
+    assert lowered(3).count("stablehlo.convolution") == 3
+    with canonical_conv.pointwise_products(()):
+        text = lowered(1)
+    assert text.count("stablehlo.convolution") == 3 and "stablehlo.dot_general" not in text
+    with pytest.raises(ValueError, match="unknown platforms"):
+        with canonical_conv.pointwise_products(("gpu",)):
+            pass
+
+
 def test_step_options_drop_the_loop_carry_copies_of_a_scanned_stack():
     """With `xla_config.step_compiler_options` XLA:CPU no longer copies the carried
     activation at the top of every scan iteration (forward and backward), and the
@@ -345,7 +386,19 @@ def test_step_options_drop_the_loop_carry_copies_of_a_scanned_stack():
     assert len(activation_copies_in_loops(plain)) == 2 and not activation_copies_in_loops(tuned)
     for a, b in zip(jax.tree.leaves(plain(variables["params"], x)), jax.tree.leaves(tuned(variables["params"], x))):
         np.testing.assert_array_equal(a, b)
-    assert xla_config.step_compiler_options("gpu") is None
+    assert xla_config.step_compiler_options("tpu") is None
+
+
+def test_gpu_step_options_leave_an_option_named_in_xla_flags_to_it(monkeypatch):
+    from resnet_identity import xla_config
+
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    assert xla_config.step_compiler_options("gpu") == xla_config.GPU_STEP_OPTIONS
+    monkeypatch.setenv("XLA_FLAGS", "--xla_gpu_experimental_enable_conv_fusion=false")
+    options = xla_config.step_compiler_options("gpu")
+    assert "xla_gpu_experimental_enable_conv_fusion" not in options and len(options) == 3
+    # Every option is one this jaxlib knows (compiling for CPU validates the names too).
+    jax.jit(lambda x: x + 1).lower(1.0).compile(compiler_options=xla_config.GPU_STEP_OPTIONS)
 
 
 def test_step_options_respect_an_optimisation_level_set_in_xla_flags(monkeypatch):

@@ -1,4 +1,5 @@
-"""A convolution whose gradient convolutions XLA:CPU runs on its fast kernels, in a loop too.
+"""A convolution whose gradient convolutions XLA:CPU runs on its fast kernels, in a loop too,
+and whose 1x1 form is a matrix product where that is faster (CPU, CUDA GPUs).
 
 Why a scanned gradient was 7-10x slower than the unrolled one on CPU, and the fix:
 XLA:CPU runs a convolution on its fast library kernels only in the canonical form (input
@@ -18,18 +19,50 @@ matrix product over the flattened (n, h, w) rows, of every stride-th row and col
 is strided, and XLA:CPU runs that product (on YNNPACK) 2-3x faster than the same
 convolution: 32768x64 by 64x16 in 0.41 ms against 1.23 ms. On CPU its forward pass, input
 gradient and kernel gradient are therefore all products.
+
+The platforms in `PRODUCT_PLATFORMS` (CUDA GPUs) take products too, in the order the
+compiler picks. XLA:GPU autotunes them for these tall, narrow shapes (131072 x 64 by 64 x 16
+in a CIFAR bottleneck at batch 128) and runs them as Triton fusions that take in the ReLU
+before the product and the residual addition after the unit's last one; a cuDNN convolution
+runs alone. On an H200, bf16, a scanned ResNet-1001 step at batch 128 went from 106.9 to
+85.9 ms, ResNet-50's unrolled step at batch 256 from 36.0 to 35.3 ms, and the gradients of
+a bottleneck network agree with the convolutions' to 9e-7 (relative, at "highest"
+precision; benchmarks/RESULTS.md, "7. GPU"). `pointwise_products` changes the set while a
+model is traced, for side-by-side timings.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 _NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2))
+
+# Lowering platforms ("cuda", "rocm", "tpu") besides the CPU whose 1x1 convolutions, and both
+# their gradients, are matrix products (module docstring); the CPU's always are. ROCm and TPU
+# have not been timed, so they keep their library convolutions.
+PRODUCT_PLATFORMS: tuple[str, ...] = ("cuda",)
+
+
+@contextlib.contextmanager
+def pointwise_products(platforms: Sequence[str]) -> Iterator[None]:
+    """Within the block, `PRODUCT_PLATFORMS` is `platforms` (the CPU takes products anyway):
+    for timing both forms in one process. Tracing reads it, so a function jitted inside the
+    block must also be lowered there."""
+    global PRODUCT_PLATFORMS
+    unknown = set(platforms) - {"cpu", "cuda", "rocm", "tpu"}
+    if unknown:
+        raise ValueError(f"unknown platforms {sorted(unknown)}; choose from cpu, cuda, rocm, tpu.")
+    saved, PRODUCT_PLATFORMS = PRODUCT_PLATFORMS, tuple(p for p in platforms if p != "cpu")
+    try:
+        yield
+    finally:
+        PRODUCT_PLATFORMS = saved
 
 
 def _is_pointwise(w: jax.Array, padding: tuple[tuple[int, int], tuple[int, int]]) -> bool:
@@ -57,8 +90,9 @@ def _nhwc_conv(x: jax.Array, w: jax.Array, strides: tuple[int, int],
                padding: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
     conv = functools.partial(lax.conv_general_dilated, window_strides=strides, padding=padding,
                              dimension_numbers=_NHWC)
-    if _is_pointwise(w, padding):  # a product on CPU (module docstring)
-        return lax.platform_dependent(x, w, cpu=functools.partial(_pointwise, strides=strides), default=conv)
+    if _is_pointwise(w, padding):  # a product on CPU and `PRODUCT_PLATFORMS` (module docstring)
+        product = functools.partial(_pointwise, strides=strides)
+        return lax.platform_dependent(x, w, cpu=product, **dict.fromkeys(PRODUCT_PLATFORMS, product), default=conv)
     return conv(x, w)
 
 
@@ -66,28 +100,35 @@ def _nhwc_conv_fwd(x, w, strides, padding):
     return _nhwc_conv(x, w, strides, padding), (x, w)
 
 
+def _pointwise_grads(strides, x, w, g, *, narrow_left=False):
+    """Both gradients of a 1x1 convolution as matrix products: g w^T, placed back on the rows
+    and columns the convolution read, and x^T g over the flattened (n, h, w) rows.
+
+    XLA:CPU's dot takes a transposed left operand as it is, where contracting the three
+    leading axes of the 4-D arrays made it copy one of them into a transposed layout first
+    (about 80 ms of a 164 step at batch 32). It is also about twice as fast with the narrower
+    operand on the left (32768x16 by 32768x64: 0.9 ms; 32768x64 by 32768x16: 1.7 ms), so with
+    `narrow_left` a wide x gives (g^T x)^T. XLA would fold that transpose back into the slow
+    product; the barrier keeps the product as written. Elsewhere the compiler picks the order.
+    """
+    dx = _spread(_pointwise(g, jnp.swapaxes(w, 2, 3)), strides, x.shape[1:3])
+    read = x[:, ::strides[0], ::strides[1], :]
+    x2, g2 = read.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
+    rows = (((0,), (0,)), ((), ()))
+    if narrow_left and x2.shape[1] > g2.shape[1]:
+        dw = lax.optimization_barrier(lax.dot_general(g2, x2, rows)).T
+    else:
+        dw = lax.dot_general(x2, g2, rows)
+    return dx, dw.reshape(w.shape)
+
+
 def _canonical_grads(strides, padding, x, w, g):
     """Both gradients as NHWC/HWIO convolutions, or matrix products for 1x1 kernels; the
     paddings are JAX's transpose rules'."""
+    if _is_pointwise(w, padding):
+        return _pointwise_grads(strides, x, w, g, narrow_left=True)
     kernel, size_in = w.shape[:2], x.shape[1:3]
     flipped = jnp.swapaxes(jnp.flip(w, (0, 1)), 2, 3)  # HWIO of the transposed conv
-    if _is_pointwise(w, padding):
-        dx = _spread(_pointwise(g, flipped), strides, size_in)  # g w^T
-        # A 1x1 kernel's gradient is one matrix product over (n, h, w): x^T g, with x and g
-        # flattened to 2-D. XLA:CPU's dot takes a transposed left operand as it is, where
-        # contracting the three leading axes of the 4-D arrays made it copy one of them into
-        # a transposed layout first (about 80 ms of a 164 step at batch 32). It is also
-        # about twice as fast with the narrower operand on the left (32768x16 by 32768x64:
-        # 0.9 ms; 32768x64 by 32768x16: 1.7 ms), so a wide x gives (g^T x)^T. XLA would fold
-        # that transpose back into the slow product; the barrier keeps the product as written.
-        read = x[:, ::strides[0], ::strides[1], :]
-        x2, g2 = read.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
-        rows = (((0,), (0,)), ((), ()))
-        if x2.shape[1] > g2.shape[1]:
-            dw = lax.optimization_barrier(lax.dot_general(g2, x2, rows)).T
-        else:
-            dw = lax.dot_general(x2, g2, rows)
-        return dx, dw.reshape(w.shape)
     dilated_out = [(o - 1) * s + 1 for o, s in zip(g.shape[1:3], strides)]
     dx_padding = [(k - 1 - lo, i - d + lo) for k, (lo, _), i, d in zip(kernel, padding, size_in, dilated_out)]
     dx = lax.conv_general_dilated(g, flipped, (1, 1), dx_padding, lhs_dilation=strides, dimension_numbers=_NHWC)
@@ -105,9 +146,12 @@ def _nhwc_conv_bwd(strides, padding, residuals, g):
         return jax.vjp(lambda x, w: lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=_NHWC),
                        x, w)[1](g)
 
-    # Only XLA:CPU needs the rewrite; elsewhere the compiler picks layouts for JAX's own form.
+    # Only XLA:CPU needs the rewrite; elsewhere the compiler picks layouts for JAX's own form,
+    # except for the products of a 1x1 convolution on `PRODUCT_PLATFORMS`.
+    products = dict.fromkeys(PRODUCT_PLATFORMS if _is_pointwise(w, padding) else (),
+                             functools.partial(_pointwise_grads, strides))
     return lax.platform_dependent(x, w, g, cpu=functools.partial(_canonical_grads, strides, padding),
-                                  default=jax_grads)
+                                  **products, default=jax_grads)
 
 
 _nhwc_conv.defvjp(_nhwc_conv_fwd, _nhwc_conv_bwd)
