@@ -4,17 +4,22 @@
 #
 #   bash benchmarks/gpu_suite.sh [SECTION ...]
 #
-# Sections: env r50 r200 1001 1001_bf16 scan flags profile (default: all but flags and
-# profile). Each measurement is its own `benchmarks.step_time` process under `timeout`, so one
-# slow compile cannot take the rest down. JSON lines go to stdout and to $OUT/results.jsonl ($OUT defaults
-# to /tmp/gpu_suite). Steps are timed pipelined (`--windows`), as training runs them: the
-# host waits once per window, not on every step. `profile` writes perfetto traces of 3 steps
-# to $OUT/*.json.gz. The suite has not yet been timed as a whole.
+# Sections: env r50 r200 1001 1001_bf16 scan flags profile defaults explore (default: all but
+# flags, profile, defaults and explore).
+# - `defaults` times the current defaults (1x1 products on CUDA, `xla_config.GPU_STEP_OPTIONS`)
+#   in one process: `benchmarks.variants --plan=gpu_defaults`, about 6 minutes.
+# - `explore` reruns the 2026-11-29 exploration (`--plan=gpu`, about 7 minutes).
+# - The other sections run each measurement as its own `benchmarks.step_time` process under
+#   `timeout`, so one slow compile cannot take the rest down. JSON lines go to stdout and to
+#   $OUT/results.jsonl ($OUT defaults to /tmp/gpu_suite). Steps are timed pipelined
+#   (`--windows`), as training runs them: the host waits once per window, not on every step.
+#   `profile` writes perfetto traces of 3 steps to $OUT/*.json.gz. These sections have not
+#   been timed as a whole.
 #
-# The recorded rows predate the scanned models' `remat="elementwise"` default: they ran with
-# `remat="none"`, so scanned rows pass `--remat=none` to reproduce them (unrolled models
-# default to "none"). The elementwise row in section 1001 is the current default, not yet
-# timed on a GPU.
+# Their rows in RESULTS.md were measured on 2026-11-23, before three defaults changed:
+# scanned models' `remat="elementwise"` (the rows pass `--remat=none` to match), and on
+# CUDA the 1x1 products and `GPU_STEP_OPTIONS` (add `--no-products`, and set each option to
+# false in XLA_FLAGS, to reproduce those rows exactly).
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_suite}
@@ -50,7 +55,7 @@ section() {
       bench 150 --model=preact_resnet200 --batch=128 --dtype=bfloat16 --steps=5 --remat=none
       bench 200 --model=preact_resnet200 --batch=128 --dtype=bfloat16 --steps=5 --unrolled ;;
     1001)       # targets 7b and 4: ResNet-1001 at batch 128, fp32 as in the paper, each remat
-                # scheme ("elementwise", the default, has not been timed on a GPU yet)
+                # scheme ("elementwise" is the default)
       for remat in none elementwise block nested; do
         bench 150 --model=cifar_preact1001 --batch=128 --remat=$remat --steps=5
       done ;;
@@ -83,6 +88,13 @@ section() {
       profile r50_unrolled --model=resnet50 --batch=256 --dtype=bfloat16 --steps=10 --unrolled
       profile r50_scanned --model=resnet50 --batch=256 --dtype=bfloat16 --steps=10 --remat=none
       profile preact1001 --model=cifar_preact1001 --batch=128 --steps=5 --remat=none ;;
+    defaults)   # the current defaults, one process, under a time budget
+      python3 -m benchmarks.variants --plan=gpu_defaults --out="$OUT" --hlo=1001_bf16 2>>"$OUT/stderr.log" ;;
+    explore)    # products vs convolutions, remat forms and XLA options on ResNet-1001 and -50,
+                # with the step's default GPU options off, as on 2026-11-29
+      XLA_FLAGS="--xla_gpu_enable_dynamic_slice_fusion=false --xla_gpu_enable_dus_accumulator_zero_init_elimination=false \
+--xla_gpu_copy_insertion_use_region_analysis=false --xla_gpu_experimental_enable_conv_fusion=false ${XLA_FLAGS:-}" \
+        python3 -m benchmarks.variants --plan=gpu --out="$OUT" --hlo=1001_unit3_conv 2>>"$OUT/stderr.log" ;;
     *) echo "unknown section $1" >&2; return 2 ;;
   esac
 }

@@ -2,6 +2,7 @@
 
     python -m benchmarks.step_time --model=cifar_preact1001 --batch=32 [--dtype=bfloat16]
         [--remat[=SCHEME]] [--unrolled] [--steps=N] [--windows=W] [--depth=D] [--no-fast_init]
+        [--products | --no-products] [--compiler_option=NAME=VALUE ...]
 
 prints ONE JSON line: init seconds (jitted `create_train_state`, as `trainer.py` runs it),
 compile seconds (lowering + XLA compile of `train_step`), the median steady step over N
@@ -201,14 +202,46 @@ def training_setup(model_name: str, batch: int, *, dataset: str = "synthetic", n
 
 
 def build(model_name: str, batch: int, *, compile_only: bool = False, fast_init: bool = True,
-          num_classes: int = 10, seed: int = 0, **overrides: Any) -> Bench:
+          num_classes: int = 10, seed: int = 0, products: bool | None = None,
+          compiler_options: dict[str, Any] | None = None, **overrides: Any) -> Bench:
     """Initialises, lowers and compiles one configuration on synthetic data; `compile_only`
     skips init and data; `fast_init` compiles the init as `trainer.py` does
     (`xla_config.init_compiler_options`: -O0 on CPU); False compiles it at XLA's default.
+    `products` True (False) makes 1x1 convolutions matrix products on this backend (library
+    convolutions, the CPU excepted: `canonical_conv.pointwise_products`); None keeps
+    `canonical_conv.PRODUCT_PLATFORMS`. `compiler_options` (XLA debug options, such as
+    `{"xla_gpu_enable_dynamic_slice_fusion": True}`) are added to the step's own.
 
     `compile_only` compiles against `jax.eval_shape` of the state, which is all that
     `memory_analysis()` needs: ResNet-1001 at batch 128 is sized without running it.
     """
+    import jax
+
+    from resnet_identity.models import canonical_conv
+
+    if products is None:
+        return _build(model_name, batch, compile_only, fast_init, num_classes, seed, compiler_options, overrides)
+    platform = lowering_platform()
+    platforms = set(canonical_conv.PRODUCT_PLATFORMS) | {platform} if products else \
+        set(canonical_conv.PRODUCT_PLATFORMS) - {platform}
+    with canonical_conv.pointwise_products(sorted(platforms)):
+        bench = _build(model_name, batch, compile_only, fast_init, num_classes, seed, compiler_options, overrides)
+    bench.label["products"] = products
+    return bench
+
+
+def lowering_platform() -> str:
+    """The default backend as `lax.platform_dependent` names it: "cpu", "cuda", "rocm" or "tpu"."""
+    import jax
+
+    backend = jax.default_backend()
+    if backend != "gpu":
+        return backend
+    return "rocm" if "rocm" in jax.devices()[0].client.platform_version.lower() else "cuda"
+
+
+def _build(model_name: str, batch: int, compile_only: bool, fast_init: bool, num_classes: int, seed: int,
+           compiler_options: dict[str, Any] | None, overrides: dict[str, Any]) -> Bench:
     import jax
 
     from resnet_identity.models import summary
@@ -235,13 +268,13 @@ def build(model_name: str, batch: int, *, compile_only: bool = False, fast_init:
     lowered = step.lower(state, batches[0])
     lower_s = time.perf_counter() - start
     start = time.perf_counter()
-    compiled = lowered.compile()
+    compiled = lowered.compile(compiler_options=compiler_options)
     compile_s = time.perf_counter() - start
     ready_cpu = cpu_seconds() - ready_cpu
     memory = compiled.memory_analysis()
     flops = 6 * summary.forward_macs(setup.model, setup.image_size) * batch
     label = {"model": model_name, "batch": batch, "dtype": "float32", "scan": True, "fast_init": fast_init,
-             **overrides}
+             **overrides, **({"compiler_options": compiler_options} if compiler_options else {})}
     label["remat"] = resolve_remat(overrides.get("remat"), scan=overrides.get("scan", True))
     return Bench(label, state, compiled, batches, init_s, lower_s, compile_s, ready_cpu,
                  memory.temp_size_in_bytes if memory is not None else None, flops)
@@ -286,6 +319,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--unroll", type=int, default=None, help="scan unroll factor")
     parser.add_argument("--fast_init", action=argparse.BooleanOptionalAction, default=True,
                         help="compile the init as trainer.py does (-O0 on CPU); --no-fast_init: XLA's default")
+    parser.add_argument("--products", action=argparse.BooleanOptionalAction, default=None,
+                        help="1x1 convolutions as matrix products on this backend (--no-products: library "
+                             "convolutions, except on CPU); default: canonical_conv.PRODUCT_PLATFORMS")
+    parser.add_argument("--compiler_option", action="append", default=[], metavar="NAME=VALUE",
+                        help="an XLA option for the step's compile, added to xla_config's (repeatable)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps (the median is reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps after the first call")
     parser.add_argument("--profile_dir", default=None,
@@ -296,10 +334,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _compiler_option(text: str) -> tuple[str, Any]:
+    """NAME=VALUE, with true/false and integers typed as XLA's options expect."""
+    name, sep, value = text.partition("=")
+    if not sep:
+        raise SystemExit(f"--compiler_option={text!r}: expected NAME=VALUE, e.g. xla_gpu_enable_pdl=true")
+    if value.lower() in ("true", "false"):
+        return name, value.lower() == "true"
+    return name, int(value) if value.lstrip("-").isdigit() else value
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    options = dict(_compiler_option(o) for o in args.compiler_option) or None
     result = measure(args.model, args.batch, steps=args.steps, warmup=args.warmup, windows=args.windows,
-                     profile_dir=args.profile_dir, fast_init=args.fast_init,
+                     profile_dir=args.profile_dir, fast_init=args.fast_init, products=args.products,
+                     compiler_options=options,
                      **model_overrides(unrolled=args.unrolled, remat=args.remat, dtype=args.dtype,
                                        depth=args.depth, unroll=args.unroll))
     print(json.dumps(result), flush=True)

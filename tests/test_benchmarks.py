@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from benchmarks import input_pipeline, step_time, trace_breakdown
+from benchmarks import hlo_census, input_pipeline, step_time, trace_breakdown, variants
 
 
 def test_pipelined_timing_reports_windows_of_steps(capsys):
@@ -15,6 +15,16 @@ def test_pipelined_timing_reports_windows_of_steps(capsys):
     assert result["timing"] == "pipelined 2x3" and result["timed_steps"] == 6
     assert 0 < result["step_ms_min"] <= result["step_ms"]
     assert abs(result["images_per_s"] * result["step_ms"] / 2000 - 1) < 0.01  # batch 2 per step
+
+
+def test_step_time_takes_products_and_compiler_options_from_the_command_line(capsys):
+    result = step_time.main(["--model=cifar_preact20", "--depth=8", "--batch=2", "--steps=1", "--warmup=0",
+                             "--no-products", "--compiler_option=xla_cpu_use_fusion_emitters=true"])
+    assert result["products"] is False and result["compiler_options"] == {"xla_cpu_use_fusion_emitters": True}
+    assert step_time._compiler_option("xla_gpu_graph_min_graph_size=-2") == ("xla_gpu_graph_min_graph_size", -2)
+    assert step_time._compiler_option("a=WHILE,FUSION") == ("a", "WHILE,FUSION")
+    with pytest.raises(SystemExit, match="NAME=VALUE"):
+        step_time._compiler_option("xla_gpu_enable_pdl")
 
 
 def _event(name, dur, pid=1):
@@ -39,6 +49,55 @@ def test_trace_breakdown_sorts_gpu_kernels_by_kind(tmp_path, capsys):
     assert set(rows) == {label for label, _ in trace_breakdown.KINDS[:5]} | {
         "other elementwise (BN apply, ReLU, casts, optimiser)"}
     assert "0.3 ms of GPU time and 2 kernels per step" in capsys.readouterr().out
+
+
+def _scan_gradient_text(length: int) -> str:
+    import jax
+    import jax.numpy as jnp
+
+    def loss(x, w):
+        return jax.lax.scan(lambda h, k: (jnp.tanh(h @ k), None), x, w)[0].sum()
+
+    return jax.jit(jax.grad(loss, 1)).lower(jnp.ones((4, 8)), jnp.ones((length, 8, 8))).compile().as_text()
+
+
+def test_hlo_census_counts_a_loop_body_once_per_iteration():
+    """A forward and a backward loop of `length` trips: each extra trip adds the same
+    launches, and the loops' trip counts are read from the compiled program."""
+    counts = {n: hlo_census.census(_scan_gradient_text(n)) for n in (5, 10, 15)}
+    per_five = counts[10]["launches"] - counts[5]["launches"]
+    assert per_five > 0 and counts[15]["launches"] - counts[10]["launches"] == per_five
+    assert [loop["trips"] for loop in counts[10]["loops"]] == [10, 10]
+    assert all(loop["known"] for loop in counts[10]["loops"])
+    assert sum(counts[10]["by_kind"].values()) == counts[10]["launches"]
+    summary = hlo_census.summary(_scan_gradient_text(5), top=1)
+    assert len(summary["by_kind"]) == 1 and summary["loop_trips"] == [5, 5]
+    with pytest.raises(ValueError, match="ENTRY"):
+        hlo_census.census("not HLO")
+
+
+def test_variants_plan_times_each_variant_and_combines_what_helped(tmp_path, capsys):
+    """The smoke plan: a products-vs-convolutions check, two forms, an option tried on the
+    faster form, and a last variant built from the fastest form plus the options that helped;
+    each row is printed and appended to variants.jsonl, and the profiled one leaves a trace."""
+    rows = variants.main(["--plan=smoke", f"--out={tmp_path}", "--hlo=a"])
+    check, *timed = rows
+    assert check["grad_relative_diff_max"] < 1e-5  # on CPU both forms are products
+    assert [r["variant"] for r in timed] == ["a", "b", "o", "best"]
+    assert all(r["step_ms"] > 0 and r["hlo"]["launches"] > 0 for r in timed)
+    fastest = min(timed[:2], key=lambda r: r["step_ms"])["variant"]
+    assert timed[2]["from"] == timed[3]["from"] == fastest
+    helped = timed[2]["step_ms"] < 0.99 * next(r for r in timed if r["variant"] == fastest)["step_ms"]
+    assert ("compiler_options" in timed[3]) == helped
+    lines = (tmp_path / "variants.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == rows
+    assert (tmp_path / "a.hlo.txt.gz").exists() and (tmp_path / "best.perfetto.json.gz").exists()
+    assert "launches" in capsys.readouterr().out.splitlines()[-1]
+
+
+def test_variants_stop_starting_once_the_budget_is_spent(tmp_path):
+    rows = variants.main(["--plan=smoke", f"--out={tmp_path}", "--budget_s=0"])
+    assert [r.get("skipped") for r in rows] == ["cifar_preact164", "a", "b", "o", "best"]
 
 
 def test_input_pipeline_bench_prints_its_result(capsys):
