@@ -282,12 +282,19 @@ def _build(model_name: str, batch: int, compile_only: bool, fast_init: bool, num
 
 def measure(model_name: str, batch: int, *, steps: int = 5, warmup: int = 1, windows: int = 0,
             profile_dir: str | None = None, **overrides: Any) -> dict[str, Any]:
-    """`build`, then `warmup` untimed and `steps` timed steps; the result as a dict.
+    """`build`, then `time_steps`; the result as a dict."""
+    return time_steps(build(model_name, batch, **overrides), steps=steps, warmup=warmup, windows=windows,
+                      profile_dir=profile_dir)
+
+
+def time_steps(bench: Bench, *, steps: int, warmup: int = 1, windows: int = 0,
+               profile_dir: str | None = None) -> dict[str, Any]:
+    """`warmup` untimed and `steps` timed steps of a built `bench`; the result as a dict.
 
     With `windows` > 0 the timing is pipelined: `windows` windows of `steps` steps each,
     waiting only at the end of a window; "step_ms" is then the median window's mean step.
+    With `profile_dir`, 3 more steps are traced there (perfetto_trace.json.gz inside).
     """
-    bench = build(model_name, batch, **overrides)
     bench.run(warmup)
     bench.clear()
     if windows:

@@ -35,9 +35,8 @@ from resnet_identity import xla_config
 
 # XLA:GPU options aimed at the scan's bookkeeping (RESULTS.md "7. GPU": per-iteration slice
 # copies, residual writes and zero-fills, about 45 ms of a ResNet-1001 step).
-BOOKKEEPING = {"xla_gpu_enable_dynamic_slice_fusion": True,
-               "xla_gpu_enable_dus_accumulator_zero_init_elimination": True,
-               "xla_gpu_copy_insertion_use_region_analysis": True}
+_CONV_FUSION = "xla_gpu_experimental_enable_conv_fusion"
+BOOKKEEPING = {k: v for k, v in xla_config.GPU_STEP_OPTIONS.items() if k != _CONV_FUSION}
 
 _1001 = {"model": "cifar_preact1001", "batch": 128, "dtype": "bfloat16", "steps": 5}
 _1001_FORMS = ["1001_unit3_conv", "1001_unit3_products", "1001_elementwise_conv", "1001_elementwise_products",
@@ -59,7 +58,7 @@ PLANS: dict[str, list[dict[str, Any]]] = {
         {"name": "1001_best_bookkeeping", "best_of": _1001_FORMS, "options": BOOKKEEPING},
         {"name": "1001_best_pdl", "best_of": _1001_FORMS, "options": {"xla_gpu_enable_pdl": True}},
         {"name": "1001_best_conv_fusion", "best_of": _1001_FORMS,
-         "options": {"xla_gpu_experimental_enable_conv_fusion": True}},
+         "options": {_CONV_FUSION: True}},
         {"name": "r50_unrolled_conv", **_R50, "scan": False, "products": False},
         {"name": "r50_unrolled_products", **_R50, "scan": False, "products": True},
         {"name": "1001_best_triton_any", "best_of": _1001_FORMS, "options": {"xla_gpu_triton_gemm_any": True}},
@@ -97,11 +96,11 @@ def check_products(model_name: str, depth: int, batch: int, precision: str | Non
     convolutions, same parameters and batch: their largest relative difference per leaf.
     `precision` ("highest": no TF32) is the default matmul and convolution precision."""
     import jax
-    import jax.numpy as jnp
     import numpy as np
 
     from resnet_identity import models
     from resnet_identity.models import canonical_conv
+    from resnet_identity.train_state import cross_entropy
 
     platform = step_time.lowering_platform()
     images = jax.random.normal(jax.random.key(1), (batch, 32, 32, 3))
@@ -114,7 +113,7 @@ def check_products(model_name: str, depth: int, batch: int, precision: str | Non
 
             def loss(params):
                 logits, _ = model.apply({**variables, "params": params}, images, train=True, mutable=["batch_stats"])
-                return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1))
+                return cross_entropy(logits, labels).mean()
 
             results.append(jax.jit(jax.value_and_grad(loss))(variables["params"]))
     (loss_a, grads_a), (loss_b, grads_b) = results
@@ -133,7 +132,7 @@ def _improving_options(names: list[str], done: dict[str, dict[str, Any]]) -> dic
         result = done.get(name, {})
         base = done.get(result.get("from", ""), {})
         if result.get("step_ms") and base.get("step_ms") and result["step_ms"] < 0.99 * base["step_ms"]:
-            options.update(result["_added_options"])
+            options.update(result["_variant"]["_added_options"])
     return options
 
 
@@ -158,8 +157,8 @@ def _resolve(variant: dict[str, Any], done: dict[str, dict[str, Any]]) -> dict[s
 
 
 def run_variant(variant: dict[str, Any], *, windows: int, out: pathlib.Path, save_hlo: bool) -> dict[str, Any]:
-    """Builds and times one variant; saves its HLO (`save_hlo`) and, for a variant marked
-    "profile", a perfetto trace of 2 more steps, into `out`."""
+    """Builds and times one variant (`step_time.time_steps`); saves its HLO (`save_hlo`) and,
+    for a variant marked "profile", a perfetto trace of 3 more steps, into `out`."""
     kwargs = {k: variant[k] for k in _BUILD_KEYS if k in variant}
     bench = step_time.build(kwargs.pop("model"), kwargs.pop("batch"), scan=variant.get("scan", True),
                             compiler_options=variant.get("options") or None, **kwargs)
@@ -167,24 +166,15 @@ def run_variant(variant: dict[str, Any], *, windows: int, out: pathlib.Path, sav
     if save_hlo:
         with gzip.open(out / f"{variant['name']}.hlo.txt.gz", "wt") as f:
             f.write(text)
-    bench.run(1)
-    bench.clear()
-    for _ in range(windows):
-        bench.run_pipelined(variant["steps"])
-    result = {"variant": variant["name"], **({"from": variant["from"]} if "from" in variant else {}),
-              **bench.result(), "timing": f"pipelined {windows}x{variant['steps']}",
-              "hlo": hlo_census.summary(text)}
-    if variant.get("profile"):  # after the timing, which tracing would slow
-        import jax
-
-        with tempfile.TemporaryDirectory() as trace_dir:
-            with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
-                bench.run_pipelined(2)
-            for trace in pathlib.Path(trace_dir).rglob("perfetto_trace.json.gz"):
-                shutil.move(trace, out / f"{variant['name']}.perfetto.json.gz")
+    with tempfile.TemporaryDirectory() as trace_dir:
+        timing = step_time.time_steps(bench, steps=variant["steps"], windows=windows,
+                                      profile_dir=trace_dir if variant.get("profile") else None)
+        for trace in pathlib.Path(trace_dir).rglob("perfetto_trace.json.gz"):
+            shutil.move(trace, out / f"{variant['name']}.perfetto.json.gz")
     del bench
     gc.collect()
-    return result
+    return {"variant": variant["name"], **({"from": variant["from"]} if "from" in variant else {}), **timing,
+            "hlo": hlo_census.summary(text)}
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
@@ -227,7 +217,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         except Exception as error:  # a rejected option or an out-of-memory: record it, go on
             emit({"variant": entry["name"], "failed": f"{type(error).__name__}: {str(error)[:500]}"})
             continue
-        done[entry["name"]] = {**result, "_variant": variant, "_added_options": variant["_added_options"]}
+        done[entry["name"]] = {**result, "_variant": variant}
         emit(result)
     timed = sorted((r for r in rows if r.get("step_ms")), key=lambda r: r["step_ms"])
     for r in timed:

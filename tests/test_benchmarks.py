@@ -84,7 +84,7 @@ def test_variants_plan_times_each_variant_and_combines_what_helped(tmp_path, cap
     check, *timed = rows
     assert check["grad_relative_diff_max"] < 1e-5  # on CPU both forms are products
     assert [r["variant"] for r in timed] == ["a", "b", "o", "best"]
-    assert all(r["step_ms"] > 0 and r["hlo"]["launches"] > 0 for r in timed)
+    assert all(r["step_ms"] > 0 and r["hlo"]["launches"] > 0 and r["timed_steps"] == 2 * 2 for r in timed)
     fastest = min(timed[:2], key=lambda r: r["step_ms"])["variant"]
     assert timed[2]["from"] == timed[3]["from"] == fastest
     helped = timed[2]["step_ms"] < 0.99 * next(r for r in timed if r["variant"] == fastest)["step_ms"]
