@@ -8,7 +8,7 @@ import pytest
 from resnet_identity import models
 from resnet_identity.analysis import paper, signal
 from resnet_identity.analysis.unit_ops import unit_ops
-from resnet_identity.models import Plain, PostActivation, PreActivation, ResNet, unrolled_to_stacked
+from resnet_identity.models import ImageNetStem, Plain, PostActivation, PreActivation, ResNet, unrolled_to_stacked
 
 UNITS = 4
 
@@ -17,7 +17,7 @@ def one_stage(unit, **options) -> ResNet:
     """Four 16-channel units behind the ImageNet stem, which BN-ReLUs its output, so even the
     first unit's shortcut is the identity (`no_preact`)."""
     return ResNet(stage_sizes=(UNITS,), stage_features=(16,), unit=unit, unit_options=options or None,
-                  bottleneck=False, stem="imagenet", stem_features=16, num_classes=10, shortcut="A", scan=False)
+                  bottleneck=False, stem=ImageNetStem, stem_features=16, num_classes=10, shortcut="A", scan=False)
 
 
 def batch():
@@ -119,6 +119,19 @@ def test_unit_ops_put_the_activations_where_v2_fig4_draws_them():
     assert kinds("full_preact") == [("bn", False), ("relu", False), ("conv", False), ("bn", False),
                                     ("relu", False), ("conv", False), ("add", False)]
     assert kinds("bn_after_addition")[-3:] == [("add", False), ("bn", True), ("relu", True)]
+
+
+def test_unit_ops_name_the_1x1_convs_and_the_projection_shortcut():
+    # On CPU the 1x1 convs are matrix products behind `lax.platform_dependent`, a `cond`
+    # whose branches are a tuple of jaxprs: the listing must still see their convs.
+    opening = models.UNITS["full_preact"].cls(32, strides=2, bottleneck=True, shortcut="B", preact="both")
+    labels = [op.label for op in unit_ops(opening, (2, 8, 8, 16))]
+    assert labels[2] == "conv1: conv 1x1, 16->8, stride 2"
+    assert labels[5] == "conv2: conv 3x3, 8->8"
+    assert labels[8] == "conv3: conv 1x1, 8->32"
+    assert labels[9] == "shortcut: conv 1x1, 16->32, stride 2"
+    v1 = models.UNITS["original"].cls(32, strides=2, bottleneck=False, shortcut="B", preact="both")
+    assert "shortcut: conv 1x1, 16->32, stride 2 + BN" in [op.label for op in unit_ops(v1, (2, 8, 8, 16))]
 
 
 def test_paper_tables_cover_the_registry():

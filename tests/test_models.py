@@ -1,4 +1,5 @@
-"""Model library: exact parameter counts, multiply-adds, unit semantics and the API."""
+"""Model library: exact parameter counts, multiply-adds, the network and the API (units:
+test_units.py; BatchNorm: test_batchnorm.py)."""
 
 import functools
 
@@ -10,9 +11,7 @@ import optax
 import pytest
 
 from resnet_identity import models
-from resnet_identity.models import ablations, summary
-from resnet_identity.models.layers import GhostBatchNorm, make_norm
-from resnet_identity.models.shortcuts import Shortcut
+from resnet_identity.models import summary
 
 # PAPERS.md "Exact trainable parameter counts".
 PARAMETER_COUNTS = [
@@ -129,9 +128,54 @@ def test_bad_names_and_overrides_list_the_choices(kwargs, message):
 def test_a_bool_is_not_a_class_count_and_a_direct_resnet_checks_its_stem():
     with pytest.raises(ValueError, match="num_classes"):
         models.create_model("cifar_resnet20", num_classes=True)
-    model = models.create_model("cifar_resnet20", num_classes=10, depth=8).clone(stem="cifarr")
-    with pytest.raises(ValueError, match="stem one of"):
+    model = models.create_model("cifar_resnet20", num_classes=10, depth=8).clone(stem="cifar")
+    with pytest.raises(ValueError, match="pass a `Stem` subclass"):
         model.init(jax.random.key(0), jnp.ones((2, 8, 8, 3)), train=False)
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(stage_sizes=(1, 1)), "one size and one channel count per stage"),
+    (dict(stage_sizes=(1, 0, 1)), "at least one unit"),
+    (dict(unit="preact"), "pass a `ResidualUnit` subclass"),
+    (dict(dtype="float16"), "dtype='float16'"),
+])
+def test_a_direct_resnet_names_each_bad_field(fields, message):
+    model = models.create_model("cifar_resnet20", num_classes=10, depth=8).clone(**fields)
+    with pytest.raises(ValueError, match=message):
+        model.init(jax.random.key(0), jnp.ones((2, 8, 8, 3)), train=False)
+
+
+def test_an_image_without_a_batch_axis_is_refused_not_misread():
+    model = models.create_model("cifar_resnet20", num_classes=10, depth=8)
+    with pytest.raises(ValueError, match=r"NHWC.*images\[None\]"):
+        model.init(jax.random.key(0), jnp.ones((8, 8, 3)), train=False)
+
+
+class _BareStridedStem(models.Stem):
+    """A user's stem: a bare 5x5/2 conv, so the first pre-activation unit must pre-activate."""
+
+    @classmethod
+    def output_activated(cls, pre_activation: bool) -> bool:
+        return False
+
+    @nn.compact
+    def __call__(self, x):
+        return nn.Conv(self.features, (5, 5), strides=(2, 2), use_bias=False, dtype=self.dtype, name="conv")(x)
+
+
+def test_an_injected_stem_replaces_the_family_stem_and_decides_the_first_preactivation():
+    images = jnp.ones((2, 16, 16, 3))
+    imagenet_v2 = models.create_model("preact_resnet18", num_classes=10, scan=False)
+    custom = imagenet_v2.clone(stem=_BareStridedStem)
+    before = jax.eval_shape(lambda: imagenet_v2.init(jax.random.key(0), images, train=False))["params"]
+    variables = custom.init(jax.random.key(0), images, train=False)
+    after = variables["params"]
+    assert set(before["stem"]) == {"conv", "bn"} and set(after["stem"]) == {"conv"}
+    assert after["stem"]["conv"]["kernel"].shape == (5, 5, 3, 64)
+    # After the BN-ReLU'd ImageNet stem stage 1's first unit has no pre-activation BN
+    # (`no_preact`); after a bare stem it pre-activates both paths (`both_preact`).
+    assert "bn1" not in before["stage1"]["first"] and "bn1" in after["stage1"]["first"]
+    assert custom.apply(variables, images, train=False).shape == (2, 10)
 
 
 def test_bottleneck_and_imagenet_depth_errors():
@@ -139,268 +183,6 @@ def test_bottleneck_and_imagenet_depth_errors():
         models.create_model("cifar_preact164", num_classes=10, depth=111)
     with pytest.raises(ValueError, match="not one of"):
         models.create_model("resnet50", num_classes=10, depth=77)
-
-
-# ----------------------------------------------------------------------------- units
-
-
-def _unit(cls, x, *, zero_last_conv=False, train=False, rng=0, **fields):
-    norm = make_norm(train=train, group_size=None, dtype=jnp.float32)
-    unit = cls(norm=norm, train=train, **fields)
-    variables = unit.init({"params": jax.random.key(rng), "dropout": jax.random.key(1)}, x)
-    if zero_last_conv:
-        params = jax.tree_util.tree_map_with_path(
-            lambda path, leaf: jnp.zeros_like(leaf) if _is_last_conv(path, fields) else leaf,
-            variables["params"],
-        )
-        variables = {**variables, "params": params}
-    out = unit.apply(variables, x, rngs={"dropout": jax.random.key(2)}, mutable=["batch_stats"])[0]
-    return out, variables
-
-
-def _is_last_conv(path, fields):
-    last = "conv3" if fields.get("bottleneck") else "conv2"
-    return path[0].key == last
-
-
-X = jax.random.normal(jax.random.key(7), (4, 8, 8, 16))
-
-
-@pytest.mark.parametrize("bottleneck", [False, True])
-def test_preact_unit_is_identity_when_last_conv_is_zero(bottleneck):
-    out, _ = _unit(models.PreActivation, X, zero_last_conv=True, features=16, bottleneck=bottleneck)
-    np.testing.assert_array_equal(out, X)  # exactly: f and h are identities (v2 Eq. 3).
-
-
-@pytest.mark.parametrize("bottleneck", [False, True])
-def test_postact_unit_is_relu_of_input_when_last_conv_is_zero(bottleneck):
-    # With the last conv zeroed, BN in eval mode returns beta = 0, so y = relu(x + 0).
-    out, _ = _unit(models.PostActivation, X, zero_last_conv=True, features=16, bottleneck=bottleneck)
-    np.testing.assert_allclose(out, nn.relu(X), atol=1e-6)
-
-
-def test_preact_both_mode_feeds_preactivated_tensor_to_projection():
-    # 'both': shortcut(x) = conv1x1(relu(bn(x))); with the branch zeroed the unit returns exactly that.
-    out, variables = _unit(models.PreActivation, X, zero_last_conv=True, features=32, strides=2, preact="both")
-    kernel = variables["params"]["shortcut"]["conv"]["kernel"]
-    expected = jnp.einsum("nhwc,cd->nhwd", nn.relu(X)[:, ::2, ::2, :], kernel[0, 0])
-    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
-
-
-def test_preact_none_mode_has_no_leading_bn():
-    _, variables = _unit(models.PreActivation, X, features=16, preact="none")
-    assert "bn1" not in variables["params"] and "bn2" in variables["params"]
-    _, variables = _unit(models.PreActivation, X, features=16, preact="residual")
-    assert "bn1" in variables["params"]
-
-
-def test_v2_projection_is_bare_conv_and_v1_has_bn():
-    _, v2 = _unit(models.PreActivation, X, features=32, strides=2, preact="both")
-    _, v1 = _unit(models.PostActivation, X, features=32, strides=2)
-    assert set(v2["params"]["shortcut"]) == {"conv"}
-    assert set(v1["params"]["shortcut"]) == {"conv", "bn"}
-
-
-def test_option_a_new_channels_are_exactly_zero_and_subsampled():
-    out = Shortcut(32, 2, "A", norm=None).apply({}, X)
-    assert out.shape == (4, 4, 4, 32)
-    np.testing.assert_array_equal(out[..., :16], X[:, ::2, ::2, :])
-    np.testing.assert_array_equal(out[..., 16:], 0.0)
-
-
-def test_option_b_projects_only_when_shape_changes_and_c_always():
-    same = Shortcut(16, 1, "B", norm=None)
-    assert same.init(jax.random.key(0), X) == {}
-    np.testing.assert_array_equal(same.apply({}, X), X)
-    assert "conv" in Shortcut(32, 2, "B", norm=None).init(jax.random.key(0), X)["params"]
-    assert "conv" in Shortcut(16, 1, "C", norm=None).init(jax.random.key(0), X)["params"]
-
-
-@pytest.mark.parametrize("stride_on,expected_first,expected_middle", [("1x1", 2, 1), ("3x3", 1, 2)])
-def test_stride_placement(stride_on, expected_first, expected_middle):
-    unit = models.PreActivation(features=64, strides=2, bottleneck=True, stride_on=stride_on)
-    specs = unit.branch_specs()
-    assert [s[2] for s in specs] == [expected_first, expected_middle, 1]
-    assert [s[0] for s in specs] == [1, 3, 1] and specs[0][1] == 16
-
-
-def test_constant_scaling_halves():
-    # Zeroed branch: y = relu(0.5 * x) exactly.
-    out, _ = _unit(ablations.ConstantScaling, X, zero_last_conv=True, features=16)
-    np.testing.assert_allclose(out, nn.relu(0.5 * X), atol=1e-6)
-
-
-def test_constant_scaling_scales_branch_too():
-    full, _ = _unit(models.PostActivation, X, features=16, train=False)
-    # branch_scale 0.5, shortcut_scale 0.5 => y = relu(0.5 * (x + F)), i.e. half of the original pre-ReLU.
-    half, _ = _unit(ablations.ConstantScaling, X, features=16, shortcut_scale=0.5, branch_scale=0.5)
-    np.testing.assert_allclose(half, 0.5 * full, rtol=1e-5, atol=1e-6)
-
-
-def test_exclusive_gating_starts_near_identity_with_negative_bias():
-    # b_g = -6: g ~ sigmoid(-6) = 0.0025 with a zero gate kernel; y = relu((1-g) x + g F).
-    out, variables = _unit(ablations.ExclusiveGating, X, features=16, gate_bias_init=-6.0)
-    assert float(variables["params"]["gate"]["Conv_0"]["bias"][0]) == -6.0
-    params = jax.tree_util.tree_map_with_path(
-        lambda p, a: jnp.zeros_like(a) if p[0].key == "gate" and p[-1].key == "kernel" else a,
-        variables["params"],
-    )
-    unit = ablations.ExclusiveGating(features=16, norm=make_norm(train=False, group_size=None, dtype=jnp.float32),
-                                     gate_bias_init=-6.0)
-    branch_free = unit.apply({**variables, "params": params}, X)
-    g = jax.nn.sigmoid(-6.0)
-    full, _ = _unit(models.PostActivation, X, features=16)
-    # F of the gating unit equals the original unit's F (same init key); recover it from `full`.
-    f_branch = jnp.where(full > 0, full - X, 0.0)
-    np.testing.assert_allclose(jnp.where(full > 0, branch_free, 0.0),
-                               jnp.where(full > 0, nn.relu((1 - g) * X + g * f_branch), 0.0), atol=1e-5)
-
-
-def test_shortcut_only_gating_scales_shortcut_only():
-    out, variables = _unit(ablations.ShortcutOnlyGating, X, zero_last_conv=True, features=16, gate_bias_init=0.0)
-    params = jax.tree_util.tree_map_with_path(
-        lambda p, a: jnp.zeros_like(a) if p[0].key in ("gate", "conv2") and p[-1].key == "kernel" else a,
-        variables["params"],
-    )
-    unit = ablations.ShortcutOnlyGating(features=16, norm=make_norm(train=False, group_size=None, dtype=jnp.float32))
-    out = unit.apply({**variables, "params": params}, X)
-    np.testing.assert_allclose(out, nn.relu(0.5 * X), atol=1e-6)  # g = sigmoid(0) = 0.5.
-
-
-def test_dropout_shortcut_drops_in_training_only():
-    train_out, _ = _unit(ablations.DropoutShortcut, X, zero_last_conv=True, train=True, features=16, rate=0.5)
-    kept = np.asarray(train_out) != 0
-    positive = np.asarray(X) > 0
-    # Kept elements are 2x (inverted dropout); about half of the positive ones are dropped.
-    np.testing.assert_allclose(np.asarray(train_out)[kept], 2 * np.asarray(X)[kept], rtol=1e-5)
-    assert 0.3 < (kept & positive).sum() / positive.sum() < 0.7
-    eval_out, _ = _unit(ablations.DropoutShortcut, X, zero_last_conv=True, train=False, features=16, rate=0.5)
-    np.testing.assert_allclose(eval_out, nn.relu(X), atol=1e-6)
-
-
-def test_relu_before_addition_output_is_never_below_shortcut():
-    out, _ = _unit(ablations.ReLUBeforeAddition, X, features=16, train=True)
-    assert bool(jnp.all(out >= X - 1e-6))  # F >= 0 after its final ReLU (Fig. 4(c)).
-
-
-def test_bn_after_addition_normalises_the_sum():
-    out, _ = _unit(ablations.BNAfterAddition, X, features=16, train=True)
-    # relu(BN(y)) in training mode: before the ReLU each channel has mean 0, so about half is zero.
-    assert 0.3 < float((out == 0).mean()) < 0.7
-
-
-def test_relu_only_preact_branch_starts_with_relu_not_bn():
-    _, variables = _unit(ablations.ReLUOnlyPreActivation, X, features=16)
-    assert set(k for k in variables["params"] if k.startswith("bn")) == {"bn1", "bn2"}
-    out, _ = _unit(ablations.ReLUOnlyPreActivation, X, zero_last_conv=True, features=16)
-    np.testing.assert_allclose(out, X, atol=1e-6)  # BN(0) = beta = 0 in eval; f is identity.
-
-
-def test_plain_unit_has_no_shortcut():
-    out, variables = _unit(models.Plain, X, zero_last_conv=True, features=16)
-    assert "shortcut" not in variables["params"]
-    np.testing.assert_allclose(out, 0.0, atol=1e-6)
-
-
-def test_every_unit_variant_builds_a_network():
-    images = jnp.ones((2, 8, 8, 3))
-    for unit in models.UNITS:
-        model = models.create_model("cifar_resnet20", num_classes=10, depth=8, unit=unit)
-        variables = model.init({"params": jax.random.key(0), "dropout": jax.random.key(0)}, images, train=False)
-        logits, _ = model.apply(variables, images, train=True, mutable=["batch_stats"],
-                                rngs={"dropout": jax.random.key(1)})
-        assert logits.shape == (2, 10) and bool(jnp.all(jnp.isfinite(logits))), unit
-
-
-# ----------------------------------------------------------------------------- BatchNorm
-
-
-def test_ghost_bn_with_whole_batch_equals_flax_batchnorm():
-    x = jax.random.normal(jax.random.key(3), (8, 4, 4, 5)) * 3 + 1
-    ghost = GhostBatchNorm(group_size=8)
-    reference = nn.BatchNorm(use_running_average=False, momentum=0.9, epsilon=1e-5)
-    vg = ghost.init(jax.random.key(0), x)
-    vr = reference.init(jax.random.key(0), x)
-    yg, sg = ghost.apply(vg, x, mutable=["batch_stats"])
-    yr, sr = reference.apply(vr, x, mutable=["batch_stats"])
-    np.testing.assert_allclose(yg, yr, atol=1e-5)
-    np.testing.assert_allclose(sg["batch_stats"]["mean"], sr["batch_stats"]["mean"], atol=1e-6)
-    np.testing.assert_allclose(sg["batch_stats"]["var"], sr["batch_stats"]["var"], rtol=1e-5)
-
-
-def test_ghost_bn_gradient_equals_autodiff_of_the_plain_formula():
-    """The closed-form BN gradient (layers._batch_norm_bwd) matches autodiff, statistics included."""
-    x = jax.random.normal(jax.random.key(4), (8, 3, 3, 5)) * 2 + 0.5
-    bn = GhostBatchNorm(group_size=4)
-    variables = bn.init(jax.random.key(0), x)
-    weights = jax.random.normal(jax.random.key(5), x.shape)
-
-    def ours(x, params):
-        y, stats = bn.apply({**variables, "params": params}, x, mutable=["batch_stats"])
-        return jnp.sum(y * weights) + jnp.sum(stats["batch_stats"]["mean"]) + jnp.sum(stats["batch_stats"]["var"])
-
-    def reference(x, params):
-        g = x.reshape((2, 4) + x.shape[1:])
-        mean = g.mean((1, 2, 3), keepdims=True)
-        var = jnp.square(g - mean).mean((1, 2, 3), keepdims=True)
-        y = ((g - mean) / jnp.sqrt(var + 1e-5) * params["scale"] + params["bias"]).reshape(x.shape)
-        stats_mean = 0.9 * 0.0 + 0.1 * mean.mean((0, 1, 2, 3))
-        stats_var = 0.9 * 1.0 + 0.1 * var.mean((0, 1, 2, 3))
-        return jnp.sum(y * weights) + jnp.sum(stats_mean) + jnp.sum(stats_var)
-
-    np.testing.assert_allclose(ours(x, variables["params"]), reference(x, variables["params"]), rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(jax.grad(ours, argnums=(0, 1))(x, variables["params"])),
-                    jax.tree.leaves(jax.grad(reference, argnums=(0, 1))(x, variables["params"]))):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-
-
-def test_bf16_ghost_bn_keeps_its_input_in_bf16_and_computes_in_f32():
-    """Under mixed precision BN keeps x (not a float32 copy) for the backward pass, and its
-    results are float32 BN on the same bf16 values, rounded once to bf16."""
-    x = (jax.random.normal(jax.random.key(6), (8, 4, 4, 16)) * 3 + 1).astype(jnp.bfloat16)
-    bn16, bn32 = GhostBatchNorm(group_size=4, dtype=jnp.bfloat16), GhostBatchNorm(group_size=4)
-    variables = bn32.init(jax.random.key(0), x.astype(jnp.float32))
-    weights = jax.random.normal(jax.random.key(7), x.shape)
-
-    def forward(bn, x):
-        return bn.apply(variables, x, mutable=["batch_stats"])[0]
-
-    y16, vjp16 = jax.vjp(functools.partial(forward, bn16), x)
-    kept = [a for a in jax.tree.leaves(vjp16) if a.size == x.size]
-    assert kept and all(a.dtype == jnp.bfloat16 for a in kept), [a.dtype for a in kept]
-    (dx16,) = vjp16(weights.astype(jnp.bfloat16))
-    y32, vjp32 = jax.vjp(functools.partial(forward, bn32), x.astype(jnp.float32))
-    (dx32,) = vjp32(weights.astype(jnp.bfloat16).astype(jnp.float32))
-    assert y16.dtype == dx16.dtype == jnp.bfloat16
-    np.testing.assert_array_equal(y16, y32.astype(jnp.bfloat16))
-    np.testing.assert_allclose(dx16.astype(jnp.float32), dx32, rtol=1e-2, atol=1e-2 * float(jnp.abs(dx32).max()))
-
-
-def test_ghost_bn_normalises_each_group_by_its_own_statistics():
-    a = jax.random.normal(jax.random.key(1), (4, 3, 3, 2))
-    b = 10 + 5 * jax.random.normal(jax.random.key(2), (4, 3, 3, 2))
-    bn = GhostBatchNorm(group_size=4)
-    variables = bn.init(jax.random.key(0), a)
-    y, _ = bn.apply(variables, jnp.concatenate([a, b]), mutable=["batch_stats"])
-    ya, _ = bn.apply(variables, a, mutable=["batch_stats"])
-    yb, _ = bn.apply(variables, b, mutable=["batch_stats"])
-    np.testing.assert_allclose(y, jnp.concatenate([ya, yb]), atol=1e-5)
-    np.testing.assert_allclose(y[4:].mean((0, 1, 2)), 0.0, atol=1e-5)
-
-
-def test_ghost_bn_eval_uses_running_averages():
-    bn = GhostBatchNorm(use_running_average=True)
-    x = jnp.full((2, 1, 1, 2), 3.0)
-    variables = {"params": {"scale": jnp.array([2.0, 1.0]), "bias": jnp.array([1.0, 0.0])},
-                 "batch_stats": {"mean": jnp.array([1.0, 3.0]), "var": jnp.array([4.0, 1.0])}}
-    y = bn.apply(variables, x)
-    np.testing.assert_allclose(y[0, 0, 0], [2.0 * 2.0 / np.sqrt(4.0 + 1e-5) + 1.0, 0.0], rtol=1e-5)
-
-
-def test_ghost_bn_group_that_does_not_divide_batch_is_a_clear_error():
-    model = models.create_model("cifar_resnet20", num_classes=10, depth=8, bn_group_size=3)
-    with pytest.raises(ValueError, match="does not divide the batch of 4"):
-        model.init(jax.random.key(0), jnp.ones((4, 32, 32, 3)), train=True)
 
 
 # ----------------------------------------------------------------------------- network

@@ -42,13 +42,16 @@ def _submodule(eqn) -> str:
 
 
 def _nested(eqns):
-    """The equations and, depth first, those of the jaxprs nested in them (jit, custom_vjp...)."""
+    """The equations and, depth first, those of the jaxprs nested in them: single jaxprs
+    (jit, custom_jvp) and tuples of them (the branches of `cond`, through which
+    `lax.platform_dependent` routes the 1x1 convs of `layers.conv`)."""
     for eqn in eqns:
         yield eqn
         for param in eqn.params.values():
-            inner = getattr(param, "jaxpr", param)
-            if hasattr(inner, "eqns"):
-                yield from _nested(inner.eqns)
+            for sub in param if isinstance(param, (tuple, list)) else (param,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    yield from _nested(inner.eqns)
 
 
 def _is_relu(eqn) -> bool:

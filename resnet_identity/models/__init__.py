@@ -11,10 +11,13 @@ from resnet_identity.models.registry import (
     input_size,
 )
 from resnet_identity.models.stack import convert_layout, stacked_to_unrolled, unrolled_to_stacked
+from resnet_identity.models.stems import CifarStem, ImageNetStem, Stem
 from resnet_identity.models.units import Plain, PostActivation, PreActivation, ResidualUnit
 
 __all__ = [
+    "CifarStem",
     "GhostBatchNorm",
+    "ImageNetStem",
     "MODELS",
     "OVERRIDES",
     "Plain",
@@ -22,6 +25,7 @@ __all__ = [
     "PreActivation",
     "ResNet",
     "ResidualUnit",
+    "Stem",
     "UNITS",
     "available_models",
     "convert_layout",

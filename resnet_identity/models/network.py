@@ -2,10 +2,11 @@
 
 CIFAR (v1 Sec. 4.2): a 3x3 conv to 16 channels, three stages on 32/16/8 maps.
 ImageNet (v1 Table 1): 7x7/2 conv to 64, BN, ReLU, 3x3/2 max-pool, four stages.
-Pre-activation units (v2) change three places, each decided here once:
+Pre-activation units (v2) change three places, each decided once:
 - the CIFAR stem is a bare conv (no BN-ReLU), so stage 1's first unit pre-activates
   both paths ("both_preact"); after the ImageNet stem, whose output is already
-  BN-ReLU'd, stage 1's first unit skips that ("no_preact"), as `preresnet.lua` does;
+  BN-ReLU'd, stage 1's first unit skips that ("no_preact"), as `preresnet.lua` does.
+  The stem (`stems.py`, injected as a class) says which through `output_activated`;
 - the first unit of every later stage pre-activates both paths;
 - the last unit is followed by BN-ReLU before pooling (`resnet-pre-act.lua`).
 """
@@ -13,48 +14,19 @@ Pre-activation units (v2) change three places, each decided here once:
 from __future__ import annotations
 
 import functools
+import numbers
 from typing import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from resnet_identity.models.layers import ModuleDef, conv, dense_kernel_init, make_norm
+from resnet_identity.models.layers import ModuleDef, dense_kernel_init, make_norm
 from resnet_identity.models.stack import UnitStack
+from resnet_identity.models.stems import Stem
 from resnet_identity.models.units import ResidualUnit
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-class CifarStem(nn.Module):
-    """conv3x3(16), followed by BN-ReLU unless the units pre-activate (v2)."""
-
-    features: int
-    activate: bool
-    norm: ModuleDef
-    dtype: jnp.dtype
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        x = conv(self.features, 3, dtype=self.dtype, name="conv")(x)
-        return nn.relu(self.norm(name="bn")(x)) if self.activate else x
-
-
-class ImageNetStem(nn.Module):
-    """conv7x7/2(64) -> BN -> ReLU -> max-pool 3x3/2 (v1 Table 1), in v1 and v2 alike."""
-
-    features: int
-    norm: ModuleDef
-    dtype: jnp.dtype
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        x = conv(self.features, 7, 2, dtype=self.dtype, name="conv")(x)
-        x = nn.relu(self.norm(name="bn")(x))
-        return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-
-
-STEMS = ("cifar", "imagenet")
 
 
 class ResNet(nn.Module):
@@ -66,7 +38,7 @@ class ResNet(nn.Module):
       unit: the unit class (`PostActivation`, `PreActivation`, an ablation, `Plain`).
       unit_options: extra fields for `unit` (e.g. `gate_bias_init` of a gating unit).
       bottleneck: bottleneck (True) or basic (False) units.
-      stem: "cifar" or "imagenet".
+      stem: the stem class, `CifarStem` or `ImageNetStem` (`stems.py`).
       stem_features: channels of the stem conv (16 on CIFAR, 64 on ImageNet).
       num_classes: outputs of the final FC layer.
       shortcut: "A", "B" or "C".
@@ -86,7 +58,7 @@ class ResNet(nn.Module):
     stage_features: Sequence[int]
     unit: type[ResidualUnit]
     bottleneck: bool
-    stem: str
+    stem: type[Stem]
     stem_features: int
     num_classes: int
     unit_options: dict | None = None
@@ -103,21 +75,15 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = True) -> jax.Array:
-        if self.dtype not in DTYPES or self.stem not in STEMS:
-            raise ValueError(f"ResNet(dtype={self.dtype!r}, stem={self.stem!r}): dtype must be one of "
-                             f"{tuple(DTYPES)} and stem one of {STEMS}.")
+        self._check(images)
         dtype = DTYPES[self.dtype]
         norm = make_norm(
             train=train, group_size=self.bn_group_size, dtype=dtype,
             momentum=self.bn_momentum, epsilon=self.bn_epsilon,
         )
         pre_activation = self.unit.pre_activation
-        if self.stem == "imagenet":
-            stem, stem_activated = ImageNetStem(self.stem_features, norm, dtype, name="stem"), True
-        else:
-            stem_activated = not pre_activation
-            stem = CifarStem(self.stem_features, stem_activated, norm, dtype, name="stem")
-        x = stem(images.astype(dtype))
+        x = self.stem(self.stem_features, pre_activation, norm, dtype, name="stem")(images.astype(dtype))
+        stem_activated = self.stem.output_activated(pre_activation)
         unit = functools.partial(
             self.unit,
             bottleneck=self.bottleneck,
@@ -145,6 +111,28 @@ class ResNet(nn.Module):
             name="fc",
         )(x)
         return logits.astype(jnp.float32)
+
+
+    def _check(self, images: jax.Array) -> None:
+        """Clear errors for a `ResNet` built directly (`create_model` checks its own names)."""
+        problems = []
+        if self.dtype not in DTYPES:
+            problems.append(f"dtype={self.dtype!r}: choose one of {tuple(DTYPES)}")
+        if not (isinstance(self.stem, type) and issubclass(self.stem, Stem)):
+            problems.append(f"stem={self.stem!r}: pass a `Stem` subclass, e.g. stems.CifarStem")
+        if not (isinstance(self.unit, type) and issubclass(self.unit, ResidualUnit)):
+            problems.append(f"unit={self.unit!r}: pass a `ResidualUnit` subclass, e.g. units.PreActivation")
+        sizes, features = tuple(self.stage_sizes), tuple(self.stage_features)
+        if not sizes or len(sizes) != len(features):
+            problems.append(f"stage_sizes={sizes} and stage_features={features}: give one size and one "
+                            "channel count per stage")
+        if any(not isinstance(n, numbers.Integral) or isinstance(n, bool) or n < 1 for n in sizes):
+            problems.append(f"stage_sizes={sizes}: every stage needs at least one unit")
+        if problems:
+            raise ValueError("ResNet: " + "; ".join(problems) + ".")
+        if images.ndim != 4:
+            raise ValueError(f"ResNet: images must be NHWC (batch, height, width, channels); got shape "
+                             f"{images.shape}. Add a batch axis for one image: images[None].")
 
 
 class _Stage(nn.Module):

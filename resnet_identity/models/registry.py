@@ -7,12 +7,13 @@ overrides adjust the rest. A new unit variant is a small module plus one `UNITS`
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 from resnet_identity.models import ablations
 from resnet_identity.models.network import DTYPES, ResNet
 from resnet_identity.models.shortcuts import SHORTCUT_OPTIONS
 from resnet_identity.models.stack import resolve_remat
+from resnet_identity.models.stems import CifarStem, ImageNetStem, Stem
 from resnet_identity.models.units import STRIDE_PLACEMENTS, Plain, PostActivation, PreActivation
 
 
@@ -49,33 +50,23 @@ UNITS: dict[str, UnitVariant] = {
 }
 
 
-@dataclasses.dataclass(frozen=True)
-class Family:
-    """How depth maps to stages for one network family (PAPERS.md "Depths")."""
-
-    stem: str
-    stem_features: int
-    input_size: int
-
-    def stages(self, depth: int, bottleneck: bool) -> tuple[tuple[int, ...], tuple[int, ...], bool]:
-        """(units per stage, channels per stage, bottleneck) for `depth`."""
-        if self.stem == "cifar":
-            per_unit = 9 if bottleneck else 6
-            if depth < per_unit + 2 or (depth - 2) % per_unit:
-                formula = "9n+2 (bottleneck units)" if bottleneck else "6n+2 (basic units)"
-                valid = ", ".join(str(per_unit * n + 2) for n in range(1, 6))
-                raise ValueError(f"CIFAR depth {depth} does not fit {formula}; valid depths are {valid}, ...")
-            n = (depth - 2) // per_unit
-            features = (64, 128, 256) if bottleneck else (16, 32, 64)
-            return (n,) * 3, features, bottleneck
-        if depth not in IMAGENET_STAGES:
-            raise ValueError(f"ImageNet depth {depth} is not one of {sorted(IMAGENET_STAGES)}.")
-        sizes, bottleneck = IMAGENET_STAGES[depth]
-        features = (256, 512, 1024, 2048) if bottleneck else (64, 128, 256, 512)
-        return sizes, features, bottleneck
+Stages = tuple[tuple[int, ...], tuple[int, ...], bool]  # units per stage, channels per stage, bottleneck
 
 
-IMAGENET_STAGES = {
+def cifar_stages(depth: int, bottleneck: bool) -> Stages:
+    """Three stages of n units on 32/16/8 maps (PAPERS.md "Depths"): depth 6n+2 with basic
+    units (v1 Sec. 4.2), 9n+2 with bottleneck units (v2's ResNet-164 and -1001)."""
+    per_unit = 9 if bottleneck else 6
+    if depth < per_unit + 2 or (depth - 2) % per_unit:
+        formula = "9n+2 (bottleneck units)" if bottleneck else "6n+2 (basic units)"
+        valid = ", ".join(str(per_unit * n + 2) for n in range(1, 6))
+        raise ValueError(f"CIFAR depth {depth} does not fit {formula}; valid depths are {valid}, ...")
+    n = (depth - 2) // per_unit
+    features = (64, 128, 256) if bottleneck else (16, 32, 64)
+    return (n,) * 3, features, bottleneck
+
+
+IMAGENET_STAGES = {  # PAPERS.md "Depths": v1 Table 1, and v2's ResNet-200
     18: ((2, 2, 2, 2), False),
     34: ((3, 4, 6, 3), False),
     50: ((3, 4, 6, 3), True),
@@ -83,7 +74,30 @@ IMAGENET_STAGES = {
     152: ((3, 8, 36, 3), True),
     200: ((3, 24, 36, 3), True),
 }
-FAMILIES = {"cifar": Family("cifar", 16, 32), "imagenet": Family("imagenet", 64, 224)}
+
+
+def imagenet_stages(depth: int, bottleneck: bool) -> Stages:
+    """The four stages for `depth` (v1 Table 1); the depth alone decides `bottleneck`."""
+    if depth not in IMAGENET_STAGES:
+        raise ValueError(f"ImageNet depth {depth} is not one of {sorted(IMAGENET_STAGES)}.")
+    sizes, bottleneck = IMAGENET_STAGES[depth]
+    features = (256, 512, 1024, 2048) if bottleneck else (64, 128, 256, 512)
+    return sizes, features, bottleneck
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """A network family (PAPERS.md "Depths"): its stem, how depth maps to stages, its input size."""
+
+    name: str
+    stem: type[Stem]
+    stem_features: int
+    input_size: int
+    stages: Callable[[int, bool], Stages]
+
+
+FAMILIES = {family.name: family for family in (Family("cifar", CifarStem, 16, 32, cifar_stages),
+                                               Family("imagenet", ImageNetStem, 64, 224, imagenet_stages))}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,65 @@
+"""Stems: the layers before stage 1, injected into `ResNet` as a class.
+
+Every stem takes the same fields and says, through `output_activated`, whether its output
+is already BN-ReLU'd. The network reads that to decide whether stage 1's first unit
+pre-activates both paths (v2, after a bare stem) or neither (after a BN-ReLU'd stem).
+A new stem is a subclass here plus a `Family` in `registry.py`.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from resnet_identity.models.layers import Dtype, ModuleDef, conv
+
+
+class Stem(nn.Module):
+    """The common fields of a stem.
+
+    Attributes:
+      features: output channels (16 on CIFAR, 64 on ImageNet).
+      pre_activation: whether the network's units pre-activate (v2).
+      norm: the BatchNorm partial shared by the network.
+      dtype: compute dtype.
+    """
+
+    features: int
+    pre_activation: bool
+    norm: ModuleDef
+    dtype: Dtype = jnp.float32
+
+    @classmethod
+    def output_activated(cls, pre_activation: bool) -> bool:
+        """Whether the output is already BN-ReLU'd, for a network with these units."""
+        raise TypeError(f"{cls.__name__} must define output_activated(pre_activation).")
+
+
+class CifarStem(Stem):
+    """conv3x3(16) (v1 Sec. 4.2), followed by BN-ReLU unless the units pre-activate: in v2 the
+    stem is a bare conv and stage 1's first unit pre-activates both paths (`resnet-pre-act.lua`)."""
+
+    @classmethod
+    def output_activated(cls, pre_activation: bool) -> bool:
+        return not pre_activation
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = conv(self.features, 3, dtype=self.dtype, name="conv")(x)
+        return nn.relu(self.norm(name="bn")(x)) if self.output_activated(self.pre_activation) else x
+
+
+class ImageNetStem(Stem):
+    """conv7x7/2(64) -> BN -> ReLU -> max-pool 3x3/2 (v1 Table 1), in v1 and v2 alike: after it,
+    stage 1's first pre-activation unit skips its pre-activation, as `preresnet.lua` does."""
+
+    @classmethod
+    def output_activated(cls, pre_activation: bool) -> bool:
+        return True
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = conv(self.features, 7, 2, dtype=self.dtype, name="conv")(x)
+        x = nn.relu(self.norm(name="bn")(x))
+        return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
