@@ -278,9 +278,15 @@ class Checkpointer:
         return state
 
     def metadata(self, step: int) -> dict[str, Any]:
-        """The JSON stored with `step` by `maybe_save`."""
-        return dict(self._manager.restore(step, args=ocp.args.Composite(
-            **{META_ITEM: ocp.args.JsonRestore()}))[META_ITEM])
+        """The JSON stored with `step` by `maybe_save`; {} with a warning if it is missing or
+        unreadable. It only annotates the step, so a damaged one must not cost the state."""
+        try:
+            return dict(self._manager.restore(step, args=ocp.args.Composite(
+                **{META_ITEM: ocp.args.JsonRestore()}))[META_ITEM])
+        except Exception as e:  # Orbax raises FileNotFoundError, JSONDecodeError, ValueError...
+            log.warning("The metadata beside checkpoint %d in %s is unreadable (%s); its state is intact and "
+                        "is used without it.", step, self.directory, _describe(e))
+            return {}
 
     def _quarantine(self, step: int) -> None:
         # Default Orbax step naming: the step directory is just the number. `corrupt` does not

@@ -197,8 +197,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     total = config_lib.total_steps(config)
     model = models.create_model(config.model, num_classes=dataset.num_classes, **config_lib.model_kwargs(config))
     tx, schedule = build_optimizer(config)
-    if is_main:
-        record_config(workdir, config)
     replicated = parallel.replicated(mesh)
     key = jax.random.key(config.seed)
     init_key, step_key = jax.random.split(key)
@@ -226,6 +224,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     else:
         options = xla_config.init_compiler_options(jax.default_backend())
         state, start_step = init.lower(init_key).compile(compiler_options=options)(init_key), 0
+    if is_main:  # only once the checkpoint is known to fit this config: a refused resume changes nothing
+        record_config(workdir, config)
     logger = MetricLogger(workdir, resumed_from=start_step, is_main=is_main)
     logger.console(
         f"{config.model} on {config.dataset}: {summary_line(state)}, {mesh.devices.size} device(s), "
@@ -272,8 +272,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     pending: list[dict[str, jax.Array]] = []
     step = start_step
     eval_results: dict[str, dict[str, float]] = {}
+
+    def log_window(step: int) -> None:
+        """Writes the mean of the steps since the last line, then stops on a NaN/Inf: the
+        window that diverged is on record."""
+        host = parallel.to_host(pending)  # no device op: a stack would compile per length
+        means = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+        pending.clear()
+        logger.write(step, "train", means)
+        logger.console(f"step {step}/{total}: loss {means['loss']:.4f}, train error "
+                       f"{100 * means['error']:.2f}%, lr {means['learning_rate']:.4g}, {progress.line(step)}")
+        check_finite(step)
+
     # Whatever ends the loop (finish, preemption, divergence, a crash), a save in flight
-    # is completed before returning, so the newest good checkpoint is never lost.
+    # is completed before returning, so the newest good checkpoint is never lost. Finishing
+    # and preemption wait for it while still watching, so a second signal cannot cut it.
     try:
         with checkpointing.PreemptionWatcher() as watcher:
             while step < total:
@@ -286,14 +299,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                 pending.append(metrics)
                 step += 1
                 if step % config.log_every_steps == 0 or step == total:
-                    check_finite(step)
-                    host = parallel.to_host(pending)  # no device op: a stack would compile per length
-                    means = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
-                    pending.clear()
-                    logger.write(step, "train", means)
-                    logger.console(f"step {step}/{total}: loss {means['loss']:.4f}, train error "
-                                   f"{100 * means['error']:.2f}%, lr {means['learning_rate']:.4g}, "
-                                   f"{progress.line(step)}")
+                    log_window(step)
+                # Once a step, on every process (a multi-host sync), and before any evaluation:
+                # a preempted run saves at once, not after an evaluation that may outlast its grace.
+                if step < total and watcher.should_stop(step):
+                    if pending:  # the partial window, so the resumed run's logs miss no step
+                        log_window(step)  # (each window ends with check_finite)
+                    checkpointer.maybe_save(step, state, force=True, metadata=save_metadata)
+                    checkpointer.wait()
+                    logger.console(f"Received {watcher.signal_name or 'a preemption notice'}: saved a checkpoint "
+                                   f"at step {step}. Rerun the same command to resume.")
+                    return {"preempted_at_step": step, "step": step, **({"state": state} if return_state else {})}
                 # Save before evaluating: an evaluation that fails cannot cost this step's checkpoint.
                 if step == total or checkpointer.should_save(step):
                     with progress.paused():
@@ -302,15 +318,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                 if step % config.eval_every_steps == 0 and step != total:
                     with progress.paused():
                         eval_results = run_eval(step)
-                if step < total and watcher.should_stop(step):
-                    check_finite(step)
-                    checkpointer.maybe_save(step, state, force=True, metadata=save_metadata)
-                    logger.console(f"Received {watcher.signal_name or 'a preemption notice'}: saved a checkpoint "
-                                   f"at step {step}. Rerun the same command to resume.")
-                    return {"preempted_at_step": step, "step": step, **({"state": state} if return_state else {})}
-            # Still watching: a signal during the final evaluation must not kill the process
-            # while the final checkpoint is being written.
             eval_results = run_eval(step)
+            checkpointer.wait()
     finally:
         try:
             checkpointer.wait()

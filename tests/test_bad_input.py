@@ -1,0 +1,108 @@
+"""Bad input gets one clear message that says what to do, and loses nothing: configs,
+workdirs, datasets, and resumes that do not fit the workdir."""
+
+import pytest
+
+from resnet_identity import config as config_lib
+from resnet_identity import trainer
+from resnet_identity.data import DatasetNotPreparedError
+from tests.train_worker import tiny_config
+
+
+def _config(**fields):
+    config = tiny_config(steps=4)
+    for key, value in fields.items():
+        target = config
+        *parents, leaf = key.split("__")
+        for p in parents:
+            target = target[p]
+        target[leaf] = value
+    return config
+
+
+def test_unknown_key_is_refused():
+    config = tiny_config(steps=4)
+    with pytest.raises(AttributeError, match="learning_rat"):
+        config.learning_rat = 0.1  # the schema is locked: a typo fails at once
+    import ml_collections
+
+    loose = ml_collections.ConfigDict(tiny_config(steps=4).to_dict(), type_safe=False)
+    loose.learning_rat = 0.1
+    with pytest.raises(config_lib.ConfigError, match="Did you mean 'learning_rate'"):
+        config_lib.validate(loose)
+
+
+def test_wrong_type_is_refused():
+    config = tiny_config(steps=4)
+    with pytest.raises(TypeError):
+        config.batch_size = "sixteen"
+    import ml_collections
+
+    loose = ml_collections.ConfigDict(tiny_config(steps=4).to_dict(), type_safe=False)
+    loose.batch_size = 16.0
+    with pytest.raises(config_lib.ConfigError, match="batch_size must be an int"):
+        config_lib.validate(loose)
+
+
+@pytest.mark.parametrize(
+    "fields,message",
+    [
+        ({"batch_size": 18}, "does not split evenly over 4 devices"),
+        ({"model_overrides__bn_group_size": 3}, "bn_group_size=3 does not divide batch_size=16"),
+        ({"model_overrides__depth": 21}, "6n\\+2"),
+        ({"model_overrides__unit": "gated_magic"}, "unit"),
+        ({"model": "resnet_1001"}, "is not a model"),
+        ({"lr_boundaries": (2, 9)}, "beyond the end of training"),
+        ({"dataset": "cifar11"}, "cifar10"),
+        # Caught here, not by the optimiser after config.json is written or at the first eval.
+        ({"lr_decay_factor": 0.0}, "lr_decay_factor must be in"),
+        ({"nesterov": True, "momentum": 0.0}, "nesterov=True needs momentum"),
+        ({"warmup_steps": -5}, "warmup_steps must be >= 0"),
+        ({"eval_crops": (32,)}, "set it to None for digits"),
+    ],
+)
+def test_invalid_values_get_one_clear_message(fields, message):
+    with pytest.raises(config_lib.ConfigError, match=message):
+        config_lib.validate(_config(**fields), num_devices=4)
+
+
+def test_conflicting_saved_config_is_refused_unless_allowed(tmp_path):
+    trainer.train_and_evaluate(tiny_config(steps=2), str(tmp_path))
+    changed = _config(learning_rate=0.05)
+    changed.num_train_steps = 2
+    changed.lr_boundaries = (1,)
+    with pytest.raises(config_lib.ConfigError, match=r"(?s)learning_rate: 0.1 -> 0.05.*--allow_config_change"):
+        trainer.train_and_evaluate(changed, str(tmp_path))
+    trainer.train_and_evaluate(changed, str(tmp_path), allow_config_change=True)
+
+
+def test_unwritable_workdir_is_reported_with_what_to_do(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(OSError, match="Cannot write to workdir.*writable --workdir"):
+        trainer.train_and_evaluate(tiny_config(steps=2), str(blocker / "run"))
+
+
+def test_missing_dataset_is_reported_with_what_to_do(tmp_path):
+    pytest.importorskip("tensorflow_datasets")
+    config = tiny_config(steps=2)
+    config.dataset = "cifar10"
+    config.data_dir = str(tmp_path / "no_data")
+    config.tfds_download = False
+    with pytest.raises(DatasetNotPreparedError, match="cifar10"):
+        trainer.train_and_evaluate(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_a_refused_resume_leaves_the_saved_config_as_it_was(tmp_path):
+    """Even with --allow_config_change, a checkpoint of another model is refused, and the
+    workdir must still accept the config that wrote it, as the error advises."""
+    trainer.train_and_evaluate(tiny_config(steps=2), str(tmp_path))
+    saved = (tmp_path / "config.json").read_text()
+    deeper = tiny_config(steps=2)
+    deeper.model_overrides.depth = 14
+    with pytest.raises(trainer.checkpointing.CheckpointLayoutError, match="Resume with that run's config"):
+        trainer.train_and_evaluate(deeper, str(tmp_path), allow_config_change=True)
+    assert (tmp_path / "config.json").read_text() == saved
+    assert not (tmp_path / "config_history.jsonl").exists()
+    assert trainer.train_and_evaluate(tiny_config(steps=2), str(tmp_path))["step"] == 2
