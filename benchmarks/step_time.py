@@ -215,8 +215,6 @@ def build(model_name: str, batch: int, *, compile_only: bool = False, fast_init:
     `compile_only` compiles against `jax.eval_shape` of the state, which is all that
     `memory_analysis()` needs: ResNet-1001 at batch 128 is sized without running it.
     """
-    import jax
-
     from resnet_identity.models import canonical_conv
 
     if products is None:

@@ -3,7 +3,7 @@
 Launch:
   python train.py --config=configs/cifar_resnet110.py --workdir=workdirs/cifar_resnet110
 Presets (after a colon): smoke, released_code; e.g. `--config=configs/cifar_resnet110.py:smoke`.
-Expected runtime: About an hour on one GPU.
+Expected runtime: not measured here; benchmarks/RESULTS.md has our step times.
 """
 
 from resnet_identity import recipes

@@ -1,7 +1,8 @@
 """Pre-activation ResNet-200 on ImageNet: v2 Table 5, 20.7% / 5.3% top-1/top-5 at the 320 crop.
 
-That row is the default recipe's scale augmentation; Table 5's 20.1% / 4.8% row adds aspect ratio augmentation
-("scale + aspect"), which is `:fb_resnet_torch`'s random-sized crop.
+That row is the default recipe's scale augmentation. Table 5's 20.1% / 4.8% row adds aspect ratio augmentation
+("scale + aspect"); `:fb_resnet_torch` is the closest setting we have: its random-sized crop varies scale and
+aspect, but it also adds colour jitter 0.4, which that row does not describe.
 
 Launch:
   python train.py --config=configs/imagenet_preact200.py --workdir=workdirs/imagenet_preact200

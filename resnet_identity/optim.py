@@ -20,7 +20,7 @@ code uses, and also ``optax.sgd``'s convention). With gradient ``g``, weights
       w  = w - lr(t) * (g' + mu * v)    # Nesterov, v being the new buffer
 
 The learning rate multiplies the buffer *after* momentum, so an LR cut changes
-the very next step fully. Caffe, in which the paper's experiments were run,
+the very next step fully. Caffe (the framework of the v1 paper's released models)
 instead keeps the LR inside the buffer (``v = mu * v + lr * g'``;
 ``w = w - v``), so a cut fades in over roughly ``1 / (1 - mu)`` steps. The two
 agree while the LR is constant. This module follows Torch7 and optax.

@@ -14,11 +14,14 @@ PRESETS = ("smoke", "released_code", "fb_resnet_torch")
 
 
 def cifar(model: str, preset: str | None = None) -> ml_collections.ConfigDict:
-    """v2 paper's CIFAR recipe (Sec. 4 / Appendix), used for Tables 1-3.
+    """v2 paper's CIFAR recipe (Appendix; PAPERS.md "CIFAR (v2 paper)"), used for Tables 1-3.
 
     Batch 128 with BN statistics from groups of 64 (2 GPUs x 64), SGD momentum 0.9, weight
     decay 1e-4, LR 0.1 divided by 10 at 32k and 48k iterations, 64k iterations, LR 0.01 for
-    the first 400 iterations, pad-4 crop + flip augmentation.
+    the first 400 iterations, pad-4 crop + flip augmentation. Inputs have v1's per-pixel
+    mean subtracted (v1 Sec. 4.2, which v2 follows; `data/normalization.py` says how they
+    are scaled): the per-channel mean/std is one of the released code's differences, so
+    it is the `released_code` preset's.
     """
     c = default_config()
     c.model = model
@@ -30,6 +33,7 @@ def cifar(model: str, preset: str | None = None) -> ml_collections.ConfigDict:
     c.lr_boundaries = (32_000, 48_000)
     c.warmup_steps = 400
     c.warmup_learning_rate = 0.01
+    c.normalization = "per_pixel_mean"
     c.eval_every_steps = 4_000
     c.checkpoint_every_steps = 2_000
     return apply_preset(c, preset)
@@ -46,15 +50,18 @@ def imagenet(model: str, preset: str | None = None) -> ml_collections.ConfigDict
     mean/std normalisation. v1 subtracts a per-pixel mean image of the training set, which
     we do not have, so this is a deviation from the paper.
     The `fb_resnet_torch` preset switches to fb.resnet.torch's augmentation: random-sized
-    crop ("scale + aspect", Table 5's 20.1% row), colour jitter 0.4 and PCA lighting 0.1.
+    crop, colour jitter 0.4 and PCA lighting 0.1. It is the closest setting we have to
+    Table 5's "scale + aspect" row (20.1%), which PAPERS.md describes no further; beyond
+    the aspect, it also adds the colour jitter.
     """
     c = default_config()
     c.model = model
     c.model_overrides.bn_group_size = 32
     # Unrolled: with at most 36 identical units per stage, scanning saves little compile
-    # time, and on an H200 the unrolled step is 1.29x (ResNet-50) and 1.35x (pre-act
-    # ResNet-200) faster than the scanned one, for a one-off 8-78 s more to get ready
-    # (benchmarks/RESULTS.md, "GPU").
+    # time, and on an H200 the unrolled step was 1.29x (ResNet-50) and 1.35x (pre-act
+    # ResNet-200) faster than the scanned one (remat "none", before the GPU's 1x1 products
+    # and step options), for a one-off 6-9 s (ResNet-50) and 78 s (pre-act ResNet-200)
+    # more to get ready (benchmarks/RESULTS.md, "GPU").
     c.model_overrides.scan = False
     # No remat, the unrolled default, stated: the configuration measured on the H200
     # (8,046 images/s for ResNet-50 in bf16 at batch 1024, 2026-11-23, before the GPU's 1x1
@@ -106,7 +113,11 @@ def apply_preset(c: ml_collections.ConfigDict, preset: str | None) -> ml_collect
                              "(for ImageNet, fb_resnet_torch is fb.resnet.torch's setup).")
         # KaimingHe/resnet-1k-layers on fb.resnet.torch: batch 64 (its 4.62% ResNet-1001 run),
         # Nesterov, weight decay on every parameter, 200 epochs with cuts at epochs 81 and 122
-        # counted from 1 (after 80 and 121 completed epochs), per-channel normalisation.
+        # counted from 1 (after 80 and 121 completed epochs), per-channel normalisation: the
+        # four differences PAPERS.md lists. Two more follow from running that code, and
+        # PAPERS.md does not list them: no warm-up (fb.resnet.torch's `Trainer:learningRate`
+        # is the step schedule alone), and BN statistics over the whole batch of 64, since
+        # PAPERS.md gives no GPU count for that run (our assumption: one GPU).
         c.batch_size = 64
         c.model_overrides.bn_group_size = None
         c.nesterov = True

@@ -45,6 +45,7 @@ def test_cifar_recipe_is_the_papers():
     assert (c.batch_size, c.model_overrides.bn_group_size, c.momentum, c.weight_decay) == (128, 64, 0.9, 1e-4)
     assert (c.learning_rate, tuple(c.lr_boundaries), c.num_train_steps) == (0.1, (32_000, 48_000), 64_000)
     assert (c.warmup_steps, c.warmup_learning_rate, c.nesterov, c.decay_bn_and_bias) == (400, 0.01, False, False)
+    assert c.normalization == "per_pixel_mean"  # v1 Sec. 4.2; per-channel is the released code's
     released = _load("cifar_preact1001", "released_code")
     assert (released.batch_size, released.nesterov, released.num_epochs) == (64, True, 200.0)
     assert released.decay_bn_and_bias  # the released code decays BN and biases too

@@ -1,7 +1,8 @@
 """Input normalisation: which statistics, and applying them on device.
 
-Choices (``config.normalization``):
-  * ``'per_channel'`` (default): ``(x - mean_c) / std_c``.
+Choices (``config.normalization``; the CIFAR paper recipes, ``recipes.cifar``, pick
+``'per_pixel_mean'``, and their ``released_code`` preset ``'per_channel'``):
+  * ``'per_channel'`` (the default when none is set): ``(x - mean_c) / std_c``.
       - CIFAR-10: mean (125.3, 123.0, 113.9), std (63.0, 62.1, 66.7) on the
         0-255 scale, the constants of the released v2 code
         (fb.resnet.torch ``datasets/cifar10.lua``; PAPERS.md, CIFAR recipe).
