@@ -112,7 +112,6 @@ class ResNet(nn.Module):
         )(x)
         return logits.astype(jnp.float32)
 
-
     def _check(self, images: jax.Array) -> None:
         """Clear errors for a `ResNet` built directly (`create_model` checks its own names)."""
         problems = []
