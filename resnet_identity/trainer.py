@@ -284,48 +284,47 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        f"{100 * means['error']:.2f}%, lr {means['learning_rate']:.4g}, {progress.line(step)}")
         check_finite(step)
 
-    # Whatever ends the loop (finish, preemption, divergence, a crash), a save in flight
-    # is completed before returning, so the newest good checkpoint is never lost. Finishing
-    # and preemption wait for it while still watching, so a second signal cannot cut it.
+    # Whatever ends the loop (finish, preemption, divergence, a crash), a save in flight is
+    # completed while the watcher still holds the signals, so neither a crash nor a second
+    # signal can cost the newest checkpoint.
     try:
         with checkpointing.PreemptionWatcher() as watcher:
-            while step < total:
-                started = time.time()
-                state, metrics = step_fn(state, parallel.global_batch(next(batches), batch_sharding))
-                if step == start_step:  # the first call compiles the step before it runs
-                    compile_s = time.time() - started
-                    progress.exclude(compile_s)
-                    logger.console(f"compiled the train step in {compile_s:.1f} s")
-                pending.append(metrics)
-                step += 1
-                if step % config.log_every_steps == 0 or step == total:
-                    log_window(step)
-                # Once a step, on every process (a multi-host sync), and before any evaluation:
-                # a preempted run saves at once, not after an evaluation that may outlast its grace.
-                if step < total and watcher.should_stop(step):
-                    if pending:  # the partial window, so the resumed run's logs miss no step
-                        log_window(step)  # (each window ends with check_finite)
-                    checkpointer.maybe_save(step, state, force=True, metadata=save_metadata)
-                    checkpointer.wait()
-                    logger.console(f"Received {watcher.signal_name or 'a preemption notice'}: saved a checkpoint "
-                                   f"at step {step}. Rerun the same command to resume.")
-                    return {"preempted_at_step": step, "step": step, **({"state": state} if return_state else {})}
-                # Save before evaluating: an evaluation that fails cannot cost this step's checkpoint.
-                if step == total or checkpointer.should_save(step):
-                    with progress.paused():
-                        check_finite(step)
+            try:
+                while step < total:
+                    started = time.time()
+                    state, metrics = step_fn(state, parallel.global_batch(next(batches), batch_sharding))
+                    if step == start_step:  # the first call compiles the step before it runs
+                        compile_s = time.time() - started
+                        progress.exclude(compile_s)
+                        logger.console(f"compiled the train step in {compile_s:.1f} s")
+                    pending.append(metrics)
+                    step += 1
+                    if step % config.log_every_steps == 0 or step == total:
+                        log_window(step)
+                    # Once a step, on every process (a multi-host sync), and before any evaluation:
+                    # a preempted run saves at once, not after an evaluation that may outlast its grace.
+                    if step < total and watcher.should_stop(step):
+                        if pending:  # the partial window, so the resumed run's logs miss no step
+                            log_window(step)  # (each window ends with check_finite)
                         checkpointer.maybe_save(step, state, force=True, metadata=save_metadata)
-                if step % config.eval_every_steps == 0 and step != total:
-                    with progress.paused():
-                        eval_results = run_eval(step)
-            eval_results = run_eval(step)
-            checkpointer.wait()
+                        checkpointer.wait()  # before saying so below
+                        logger.console(f"Received {watcher.signal_name or 'a preemption notice'}: saved a checkpoint "
+                                       f"at step {step}. Rerun the same command to resume.")
+                        return {"preempted_at_step": step, "step": step, **({"state": state} if return_state else {})}
+                    # Save before evaluating: an evaluation that fails cannot cost this step's checkpoint.
+                    if step == total or checkpointer.should_save(step):
+                        with progress.paused():
+                            check_finite(step)
+                            checkpointer.maybe_save(step, state, force=True, metadata=save_metadata)
+                    if step % config.eval_every_steps == 0 and step != total:
+                        with progress.paused():
+                            eval_results = run_eval(step)
+                eval_results = run_eval(step)
+            finally:
+                checkpointer.wait()
     finally:
-        try:
-            checkpointer.wait()
-        finally:
-            checkpointer.close()
-            logger.close()
+        checkpointer.close()
+        logger.close()
     final = {"step": step, **{f"{tag}_{k}": v for tag, m in eval_results.items() for k, v in m.items()}}
     if is_main:
         write_atomically(os.path.join(workdir, "final_metrics.json"), json.dumps(final, indent=2))
