@@ -1,0 +1,60 @@
+"""The converted-weights directory format (`resnet_identity/weights.py`)."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from resnet_identity import models
+from resnet_identity import weights as weights_lib
+
+PREPROCESSING = weights_lib.Preprocessing(resize=36, crop=32, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
+
+
+def _variables(name, **overrides):
+    model = models.create_model(name, num_classes=10, **overrides)
+    return model, model.init(jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32), train=False)
+
+
+def test_weights_round_trip_from_a_scanned_layout_into_any_layout(tmp_path):
+    model, variables = _variables("cifar_preact20", scan=True, remat="nested")
+    names = [f"class {i}" for i in range(10)]
+    weights_lib.save_weights(tmp_path / "w", model="cifar_preact20", model_overrides={"scan": True, "remat": "nested"},
+                             variables=variables, preprocessing=PREPROCESSING, class_names=names, source="test")
+    loaded = weights_lib.load_weights(tmp_path / "w")
+    assert (loaded.model, loaded.model_overrides, loaded.class_names, loaded.source, loaded.num_classes) == (
+        "cifar_preact20", {}, names, "test", 10)
+    assert loaded.preprocessing.to_json() == PREPROCESSING.to_json()
+    assert "unit0" in loaded.variables["params"]["stage1"]["rest"]  # stored unrolled
+    images = np.random.default_rng(0).random((2, 32, 32, 3), np.float32)
+    expected = model.apply(variables, images, train=False)
+    for layout in ({}, {"scan": False}, {"scan": True, "remat": "block"}):
+        rebuilt, rebuilt_variables = loaded.create_model(**layout)
+        np.testing.assert_array_equal(rebuilt.apply(rebuilt_variables, images, train=False), expected)
+
+
+def test_saving_weights_of_another_architecture_names_the_first_mismatched_tensor(tmp_path):
+    _, variables = _variables("cifar_preact20")
+    with pytest.raises(weights_lib.WeightsMismatchError, match=r"cifar_preact32: tensor params/stage1/rest/unit2/"):
+        weights_lib.save_weights(tmp_path / "w", model="cifar_preact32", model_overrides={}, variables=variables,
+                                 preprocessing=PREPROCESSING, class_names=None, source="test")
+    assert not (tmp_path / "w").exists()
+    _, wide = _variables("cifar_resnet20")
+    with pytest.raises(weights_lib.WeightsMismatchError, match=r"tensor params/fc/bias has shape \(20,\), expected \(10,\)"):
+        weights_lib.check_variables(
+            jax.tree.map(lambda a: np.zeros(a.shape[:-1] + (a.shape[-1] * 2,)), wide),
+            weights_lib.abstract_variables(models.create_model("cifar_resnet20", num_classes=10)),
+            model="cifar_resnet20")
+
+
+def test_a_directory_that_is_not_weights_says_so(tmp_path):
+    with pytest.raises(weights_lib.WeightsError, match="no such directory"):
+        weights_lib.load_weights(tmp_path / "absent")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(weights_lib.WeightsError, match="has no weights.json"):
+        weights_lib.load_weights(tmp_path / "empty")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "weights.json").write_text(json.dumps({"format": "something else"}))
+    with pytest.raises(weights_lib.WeightsError, match="is not a resnet_identity.weights version 1 file"):
+        weights_lib.load_weights(tmp_path / "other")
