@@ -13,6 +13,8 @@ from resnet_identity.models.layers import GhostBatchNorm
 
 
 def test_ghost_bn_with_whole_batch_equals_flax_batchnorm():
+    """Flax's BatchNorm stores the biased batch variance; ours stores the unbiased one, as Torch
+    and PyTorch do, so the running variances differ by n/(n-1), n = 8*4*4 values per channel."""
     x = jax.random.normal(jax.random.key(3), (8, 4, 4, 5)) * 3 + 1
     ghost = GhostBatchNorm(group_size=8)
     reference = nn.BatchNorm(use_running_average=False, momentum=0.9, epsilon=1e-5)
@@ -22,12 +24,14 @@ def test_ghost_bn_with_whole_batch_equals_flax_batchnorm():
     yr, sr = reference.apply(vr, x, mutable=["batch_stats"])
     np.testing.assert_allclose(yg, yr, atol=1e-5)
     np.testing.assert_allclose(sg["batch_stats"]["mean"], sr["batch_stats"]["mean"], atol=1e-6)
-    np.testing.assert_allclose(sg["batch_stats"]["var"], sr["batch_stats"]["var"], rtol=1e-5)
+    n = 8 * 4 * 4
+    flax_batch_var = (sr["batch_stats"]["var"] - 0.9) / 0.1
+    np.testing.assert_allclose(sg["batch_stats"]["var"], 0.9 + 0.1 * flax_batch_var * n / (n - 1), rtol=1e-5)
 
 
 def test_ghost_bn_gradient_equals_autodiff_of_the_plain_formula():
     """The closed-form BN gradient (layers._batch_norm_bwd) matches autodiff, statistics included."""
-    x = jax.random.normal(jax.random.key(4), (8, 3, 3, 5)) * 2 + 0.5
+    x = jax.random.normal(jax.random.key(4), (8, 3, 3, 5)) * 2 + 30.0
     bn = GhostBatchNorm(group_size=4)
     variables = bn.init(jax.random.key(0), x)
     weights = jax.random.normal(jax.random.key(5), x.shape)
@@ -42,7 +46,8 @@ def test_ghost_bn_gradient_equals_autodiff_of_the_plain_formula():
         var = jnp.square(g - mean).mean((1, 2, 3), keepdims=True)
         y = ((g - mean) / jnp.sqrt(var + 1e-5) * params["scale"] + params["bias"]).reshape(x.shape)
         stats_mean = 0.9 * 0.0 + 0.1 * mean.mean((0, 1, 2, 3))
-        stats_var = 0.9 * 1.0 + 0.1 * var.mean((0, 1, 2, 3))
+        n = 4 * 3 * 3  # values per channel in a group: the running variance is unbiased
+        stats_var = 0.9 * 1.0 + 0.1 * var.mean((0, 1, 2, 3)) * n / (n - 1)
         return jnp.sum(y * weights) + jnp.sum(stats_mean) + jnp.sum(stats_var)
 
     np.testing.assert_allclose(ours(x, variables["params"]), reference(x, variables["params"]), rtol=1e-5)
@@ -98,3 +103,32 @@ def test_ghost_bn_group_that_does_not_divide_batch_is_a_clear_error():
     model = models.create_model("cifar_resnet20", num_classes=10, depth=8, bn_group_size=3)
     with pytest.raises(ValueError, match="does not divide the batch of 4"):
         model.init(jax.random.key(0), jnp.ones((4, 32, 32, 3)), train=True)
+
+
+def test_ghost_bn_running_variance_is_the_unbiased_mean_over_groups_by_hand():
+    """Two groups of 2 examples of 1x2 pixels, one channel: n = 4 values per group. The
+    running variance moves by 0.1 of the mean of the groups' unbiased variances (Torch's
+    `BatchNormalization`, PyTorch), the output is normalised by the biased one."""
+    x = jnp.array([1.0, 2.0, 4.0, 9.0, 10.0, 10.0, 12.0, 12.0]).reshape(4, 1, 2, 1)
+    bn = GhostBatchNorm(group_size=2, epsilon=0.0)
+    y, stats = bn.apply(bn.init(jax.random.key(0), x), x, mutable=["batch_stats"])
+    # group 1: 1, 2, 4, 9 (mean 4, squared deviations 9+4+0+25 = 38); group 2: 10, 10, 12, 12 (mean 11, 4)
+    unbiased = (38 / 3 + 4 / 3) / 2
+    np.testing.assert_allclose(stats["batch_stats"]["mean"], [0.1 * (4 + 11) / 2], rtol=1e-6)
+    np.testing.assert_allclose(stats["batch_stats"]["var"], [0.9 + 0.1 * unbiased], rtol=1e-6)
+    np.testing.assert_allclose(y[2:].ravel(), [-1, -1, 1, 1], rtol=1e-6)
+    np.testing.assert_allclose(y[:2].ravel(), (np.array([1, 2, 4, 9]) - 4) / np.sqrt(38 / 4), rtol=1e-6)
+
+
+@pytest.mark.parametrize("group_size", [None, 4])
+def test_ghost_bn_variance_is_accurate_far_from_zero(group_size):
+    """At mean = 1000 std the one-pass E[x^2] - E[x]^2 loses 11% to cancellation in float32;
+    the shifted pass stays at float32 rounding against float64 (torch: ~1e-6)."""
+    x = (1000.0 + np.random.default_rng(0).standard_normal((8, 6, 6, 16))).astype(np.float32)
+    bn = GhostBatchNorm(group_size=group_size, momentum=0.0)
+    y, stats = bn.apply(bn.init(jax.random.key(0), x), jnp.asarray(x), mutable=["batch_stats"])
+    groups = x.astype(np.float64).reshape((-1, group_size or 8) + x.shape[1:])
+    reference = groups.var((1, 2, 3), ddof=1).mean(0)
+    np.testing.assert_allclose(stats["batch_stats"]["var"], reference, rtol=5e-6)
+    normalised = (groups - groups.mean((1, 2, 3), keepdims=True)) / groups.std((1, 2, 3), keepdims=True)
+    np.testing.assert_allclose(y, normalised.reshape(x.shape), atol=1e-3)

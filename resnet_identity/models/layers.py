@@ -65,7 +65,10 @@ class GhostBatchNorm(nn.Module):
     `jax.jit` with a sharded batch is the exact global-batch statistic.
 
     Running averages (used when `use_running_average=True`) are updated with the mean over
-    groups of each group's mean and variance, with Torch's momentum 0.1 (`momentum=0.9` here).
+    groups of each group's mean and unbiased variance, with Torch's momentum 0.1
+    (`momentum=0.9` here). The unbiased n/(n-1) estimate, n the values per channel in a group,
+    is what Torch's `BatchNormalization` (the papers' released code) and PyTorch store; the
+    normalisation itself divides by the biased one, as they do.
     Parameter and statistic names match `flax.linen.BatchNorm` ('scale', 'bias'; 'mean', 'var').
     """
 
@@ -102,9 +105,11 @@ class GhostBatchNorm(nn.Module):
         y, mean, var = _batch_norm_train(grouped, scale, bias, self.epsilon)
         if not self.is_initializing():
             group_axes = tuple(range(mean.ndim - 1))
+            n = x.size // x.shape[-1] // (batch // group)
+            unbiased = var.mean(group_axes) * (n / max(n - 1, 1))
             m = self.momentum
             running_mean.value = m * running_mean.value + (1 - m) * mean.mean(group_axes)
-            running_var.value = m * running_var.value + (1 - m) * var.mean(group_axes)
+            running_var.value = m * running_var.value + (1 - m) * unbiased
         return y.reshape(x.shape).astype(self.dtype)
 
 
@@ -112,14 +117,20 @@ def _normalise(x, scale, bias, epsilon):
     """Per-group statistics over all axes but the group (0) and channel (-1) axes, in float32
     whatever the dtype of `x`; the result is float32.
 
-    The variance is E[x^2] - E[x]^2 (as `flax.linen.BatchNorm` computes it by default), so
-    both statistics come from one pass over `x`: on an H200 that made ResNet-50's bf16 step
-    3-5% faster than the two-pass (x - mean)^2 (benchmarks/RESULTS.md, "GPU").
+    Both statistics come from one pass over `x` (on an H200 one pass made ResNet-50's bf16 step
+    3-5% faster than the two-pass (x - mean)^2, benchmarks/RESULTS.md, "GPU"), taken about a
+    shift s, each group's first value per channel: var = E[(x-s)^2] - E[x-s]^2. Unshifted
+    (s = 0) this cancels catastrophically once |mean| >> std: 11% error at mean = 1000 std.
+    With s a value of the group, |E[x-s]| is a few std at most, and the error stays at float32
+    rounding (Chan, Golub & LeVeque 1983, "Algorithms for computing the sample variance").
     """
     x = x.astype(jnp.float32)
     axes = tuple(range(1, x.ndim - 1))
-    mean = x.mean(axes, keepdims=True)
-    var = jnp.maximum(jnp.square(x).mean(axes, keepdims=True) - jnp.square(mean), 0.0)
+    shift = x[(slice(None),) + (slice(0, 1),) * len(axes)]
+    shifted = x - shift
+    shifted_mean = shifted.mean(axes, keepdims=True)
+    var = jnp.maximum(jnp.square(shifted).mean(axes, keepdims=True) - jnp.square(shifted_mean), 0.0)
+    mean = shift + shifted_mean
     rstd = jax.lax.rsqrt(var + epsilon)
     mean, rstd = checkpoint_name(mean, BN_STATS), checkpoint_name(rstd, BN_STATS)
     return (x - mean) * (rstd * scale) + bias, mean, var, rstd
