@@ -11,7 +11,7 @@ from resnet_identity.models.registry import (
     input_size,
 )
 from resnet_identity.models.stack import convert_layout, stacked_to_unrolled, unrolled_to_stacked
-from resnet_identity.models.stems import CifarStem, ImageNetStem, Stem
+from resnet_identity.models.stems import STEMS, CifarStem, ImageNetStem, Stem, TimmStem
 from resnet_identity.models.units import Plain, PostActivation, PreActivation, ResidualUnit
 
 __all__ = [
@@ -20,12 +20,14 @@ __all__ = [
     "ImageNetStem",
     "MODELS",
     "OVERRIDES",
+    "STEMS",
     "Plain",
     "PostActivation",
     "PreActivation",
     "ResNet",
     "ResidualUnit",
     "Stem",
+    "TimmStem",
     "UNITS",
     "available_models",
     "convert_layout",

@@ -13,7 +13,7 @@ from resnet_identity.models import ablations
 from resnet_identity.models.network import DTYPES, ResNet
 from resnet_identity.models.shortcuts import SHORTCUT_OPTIONS
 from resnet_identity.models.stack import resolve_remat
-from resnet_identity.models.stems import CifarStem, ImageNetStem, Stem
+from resnet_identity.models.stems import STEMS, CifarStem, ImageNetStem, Stem
 from resnet_identity.models.units import STRIDE_PLACEMENTS, Plain, PostActivation, PreActivation
 
 
@@ -145,6 +145,7 @@ OVERRIDES = {
     "unit_options": Override(dict, "a dict of the unit variant's fields, e.g. {'gate_bias_init': -7.0}"),
     "shortcut": Override(str, f"one of {SHORTCUT_OPTIONS}"),
     "stride_on": Override(str, f"one of {STRIDE_PLACEMENTS}"),
+    "stem": Override(str, f"one of {sorted(STEMS)} (default: the family's own; 'timm' is timm's resnetv2 stem)"),
     "dtype": Override(str, f"one of {tuple(DTYPES)}"),
     "bn_group_size": Override(int, "None or a positive int dividing the per-step batch"),
     "bn_momentum": Override(float, "a float in [0, 1)"),
@@ -229,6 +230,8 @@ def create_model(name: str, *, num_classes: int, **overrides: Any) -> ResNet:
         raise ValueError("unroll partially unrolls the scan over a stage's units; with scan=False there is "
                          "no scan to unroll. Drop one of them.")
     _check("dtype", overrides.get("dtype", "float32") in DTYPES, overrides.get("dtype"))
+    stem = overrides.pop("stem", None)
+    _check("stem", stem is None or stem in STEMS, stem)
     group = overrides.get("bn_group_size")
     _check("bn_group_size", group is None or (_is_int(group) and group > 0), group)
     momentum = overrides.get("bn_momentum", 0.9)
@@ -252,7 +255,7 @@ def create_model(name: str, *, num_classes: int, **overrides: Any) -> ResNet:
         unit=variant.cls,
         unit_options=unit_options or None,
         bottleneck=bottleneck,
-        stem=family.stem,
+        stem=family.stem if stem is None else STEMS[stem],
         stem_features=family.stem_features,
         num_classes=num_classes,
         shortcut=shortcut,

@@ -3,7 +3,8 @@
 Every stem takes the same fields and says, through `output_activated`, whether its output
 is already BN-ReLU'd. The network reads that to decide whether stage 1's first unit
 pre-activates both paths (v2, after a bare stem) or neither (after a BN-ReLU'd stem).
-A new stem is a subclass here plus a `Family` in `registry.py`.
+A new stem is a subclass here plus a `STEMS` entry (selected by `model_overrides.stem`) or a
+`Family` in `registry.py`.
 """
 
 from __future__ import annotations
@@ -63,3 +64,26 @@ class ImageNetStem(Stem):
         x = conv(self.features, 7, 2, dtype=self.dtype, name="conv")(x)
         x = nn.relu(self.norm(name="bn")(x))
         return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+
+class TimmStem(Stem):
+    """conv7x7/2(64) -> max-pool 3x3/2 before pre-activation units, with no BN-ReLU between
+    them: timm's `resnetv2_*` models (`create_resnetv2_stem`, `preact=True`). Stage 1's first
+    unit then pre-activates both paths, as after the bare CIFAR stem. Before post-activation
+    units it is `ImageNetStem` (timm adds the BN-ReLU there too)."""
+
+    @classmethod
+    def output_activated(cls, pre_activation: bool) -> bool:
+        return not pre_activation
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = conv(self.features, 7, 2, dtype=self.dtype, name="conv")(x)
+        if self.output_activated(self.pre_activation):
+            x = nn.relu(self.norm(name="bn")(x))
+        # Max-pool pads with -inf (as torch does), so unactivated negative values survive it.
+        return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+
+# Stems by the name a config gives (`model_overrides.stem`); a family's default is its own.
+STEMS: dict[str, type[Stem]] = {"cifar": CifarStem, "imagenet": ImageNetStem, "timm": TimmStem}
