@@ -1,0 +1,86 @@
+"""The command line as a user meets it (`train.py`, through `resnet_identity.cli`): `--help`,
+`--list_config`, and a mistake in the flags or the config reported as one line, exit 1, no
+traceback. Each case runs the real `train.py` in a subprocess; none of them trains."""
+
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def train(*args: str, cwd: pathlib.Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+def assert_user_error(done: subprocess.CompletedProcess, message: str) -> None:
+    """Exit 1, stderr is the `error: ...` message alone, and it says `message`."""
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.startswith("error: "), done.stderr
+    assert message in done.stderr, done.stderr
+    assert len(done.stderr.splitlines()) <= 4, done.stderr
+
+
+def test_help_exits_0_and_names_the_configs_presets_and_fields():
+    done = train("--help")
+    assert done.returncode == 0, done.stderr
+    for expected in ("--workdir", "--config", "--list_config", "configs/quickstart.py", "presets: smoke",
+                     "batch_size", "model_overrides.depth", "--verbosity"):
+        assert expected in done.stdout
+
+
+def test_list_config_prints_each_field_with_its_override():
+    done = train("--config=configs/quickstart.py:smoke", "--config.seed=7", "--list_config")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "seed = 7" in lines
+    assert "dataset = 'synthetic'" in lines  # the preset's value
+    assert any(line.startswith("model_overrides.depth = ") for line in lines)
+
+
+def test_unknown_field_says_did_you_mean():
+    done = train("--config=configs/quickstart.py", "--workdir=unused", "--config.batch_sise=64")
+    assert_user_error(done, "error: no config field 'batch_sise'. Did you mean 'batch_size'?")
+
+
+def test_unknown_nested_field_names_its_full_path():
+    done = train("--config=configs/quickstart.py", "--workdir=unused", "--config.model_overrides.nonexistent=3")
+    assert_user_error(done, "no config field 'model_overrides.nonexistent'")
+
+
+def test_missing_config_file_lists_the_configs():
+    done = train("--config=configs/quickstar.py", "--workdir=unused")
+    assert_user_error(done, "'configs/quickstar.py' does not exist. Did you mean 'configs/quickstart.py'?")
+
+
+def test_syntax_error_in_config_names_file_and_line(tmp_path):
+    config = tmp_path / "broken.py"
+    config.write_text("def get_config():\n    return dict(batch_size=64\n")
+    done = train(f"--config={config}", "--workdir=unused")
+    assert_user_error(done, f"syntax error in config file {config}, line 2")
+
+
+def test_unknown_preset_lists_the_presets():
+    done = train("--config=configs/cifar_preact1001.py:smok", "--workdir=unused")
+    assert_user_error(done, "Unknown preset 'smok'")
+    assert "smoke" in done.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (("--config=configs/quickstart.py",), "--workdir is required"),
+    (("configs/quickstart.py",), "Did you mean --config=configs/quickstart.py?"),
+    (("--config=configs/quickstart.py", "--workdir=unused", "--config.batch_size=sixty"), "--config.batch_size=sixty"),
+    (("--config=configs/quickstart.py", "--workdir=unused", "--wokdir=x"), "Unknown command line flag 'wokdir'"),
+])
+def test_flag_mistakes_get_one_line(args, message):
+    assert_user_error(train(*args), message)
+
+
+def test_invalid_value_is_reported_before_anything_is_written(tmp_path):
+    done = train("--config=configs/quickstart.py", f"--workdir={tmp_path / 'run'}", "--config.num_train_steps=-5")
+    assert_user_error(done, "num_train_steps")
+    assert not (tmp_path / "run").exists()
