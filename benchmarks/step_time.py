@@ -189,7 +189,7 @@ def training_setup(model_name: str, batch: int, *, dataset: str = "synthetic", n
     model = models.create_model(model_name, num_classes=num_classes, **overrides)
     size = models.input_size(model_name)
     data = get_dataset(ml_collections.ConfigDict(
-        {"dataset": dataset, "synthetic_image_size": size, "synthetic_num_classes": num_classes}))
+        {"dataset": dataset, "synthetic": {"image_size": size, "num_classes": num_classes}}))
     schedule = optim.learning_rate_schedule(base_learning_rate=0.1, boundaries=(32_000, 48_000))
     tx = optim.sgd(learning_rate=schedule, momentum=0.9, weight_decay=1e-4)
     init_key, step_key = jax.random.split(jax.random.key(seed))

@@ -14,16 +14,7 @@ import math
 import ml_collections
 
 from resnet_identity import models, optim
-from resnet_identity.data import DATASET_NAMES, NORMALIZATIONS
-
-# Training examples per split, for epoch-based fields (no dataset read needed).
-# The test crops ImageNet evaluation implements (`imagenet_preprocess.EVAL_RESIZE`, which
-# imports TensorFlow; a test keeps the two equal).
-IMAGENET_EVAL_CROPS = (224, 320)
-# Likewise the training crops (`imagenet_preprocess.TRAIN_CROPS`).
-IMAGENET_TRAIN_CROPS = ("scale", "scale_aspect")
-TRAIN_SIZES = {"cifar10": 50_000, "cifar100": 50_000, "imagenet2012": 1_281_167, "digits": 1_437,
-               "synthetic": 1_024}
+from resnet_identity.data import NORMALIZATIONS, DatasetError, registry
 
 
 class ConfigError(ValueError):
@@ -45,18 +36,22 @@ def default_config() -> ml_collections.ConfigDict:
     c.model = "cifar_preact164"
     c.model_overrides = ml_collections.ConfigDict(
         {k: ml_collections.FieldReference(None, field_type=t) for k, t in MODEL_OVERRIDE_TYPES.items()})
-    # Data.
+    # Data: the dataset, the fields all datasets share, and each dataset's own options under
+    # its name, e.g. `imagenet2012.train_crop` (declared in its module; docs/datasets.md).
     c.dataset = "cifar10"
-    c.data_dir = ml_collections.FieldReference(None, field_type=str)
+    c.data_dir = ml_collections.FieldReference(None, field_type=str)  # TFDS datasets
     c.tfds_download = True
     c.normalization = ml_collections.FieldReference(None, field_type=str)
-    c.eval_crops = ml_collections.FieldReference(None, field_type=tuple)  # ImageNet: (224, 320)
-    c.imagenet_train_crop = "scale"  # v1's shorter side in [256, 480]; "scale_aspect": fb.resnet.torch
-    c.imagenet_color_jitter = 0.0
-    c.imagenet_pca_lighting = 0.0
-    c.imagenet_shuffle_buffer = 10_000
-    c.synthetic_image_size = 32
-    c.synthetic_num_classes = 10
+    c.eval_crops = ml_collections.FieldReference(None, field_type=tuple)  # None: the dataset's first
+    for name, spec in registry.SPECS.items():
+        if spec.options:
+            c[name] = ml_collections.ConfigDict(
+                {k: ml_collections.FieldReference(o.default, field_type=o.type) for k, o in spec.options.items()})
+    # Fine-tuning: start a fresh run from a run's checkpoint (its workdir; the newest step, or
+    # init_from_step) or from converted weights (`python -m resnet_identity.convert`). A
+    # classifier of another number of classes starts afresh (`init_from.py`).
+    c.init_from = ml_collections.FieldReference(None, field_type=str)
+    c.init_from_step = ml_collections.FieldReference(None, field_type=int)
     # Length and batch. num_train_steps = -1 means "num_epochs epochs".
     c.batch_size = 128
     c.eval_batch_size = 500
@@ -90,11 +85,8 @@ def model_kwargs(config: ml_collections.ConfigDict) -> dict:
 
 
 def steps_per_epoch(config: ml_collections.ConfigDict) -> int:
-    """In-memory sources let a batch span two epochs (ceil); the ImageNet stream drops each
-    epoch's remainder (floor), see `resnet_identity/data/imagenet.py`."""
-    if config.dataset == "imagenet2012":
-        return TRAIN_SIZES[config.dataset] // config.batch_size
-    return math.ceil(TRAIN_SIZES[config.dataset] / config.batch_size)
+    """The dataset's own count (`data.base.Facts.steps_per_epoch`)."""
+    return registry.facts(config).steps_per_epoch(config.batch_size)
 
 
 def total_steps(config: ml_collections.ConfigDict) -> int:
@@ -145,13 +137,22 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1, num_pro
             models.create_model(config.model, num_classes=10, **model_kwargs(config))
         except ValueError as e:
             errors.append(f"model_overrides: {e}")
-    need(config.dataset in DATASET_NAMES,
-         f"dataset={config.dataset!r} is not one of {DATASET_NAMES}.{_suggest(config.dataset, DATASET_NAMES)}")
+    names = tuple(registry.SPECS)
+    need(config.dataset in names,
+         f"dataset={config.dataset!r} is not one of {names}.{_suggest(config.dataset, names)}")
     need(config.normalization is None or config.normalization in NORMALIZATIONS,
          f"normalization={config.normalization!r} is not one of {NORMALIZATIONS} (or None for the dataset's default).")
-    need(config.imagenet_train_crop in IMAGENET_TRAIN_CROPS,
-         f"imagenet_train_crop={config.imagenet_train_crop!r} must be 'scale' (v1: shorter side in [256, 480], "
-         f"random 224 crop) or 'scale_aspect' (fb.resnet.torch's random-sized crop).")
+    facts = None
+    if config.dataset in names:
+        options = registry.options(config)
+        option_errors = [f"{config.dataset}.{e}" for e in registry.spec(config.dataset).check(options)]
+        errors += option_errors
+        try:  # the dataset's facts; a folder dataset lists and checks its files here
+            facts = None if option_errors else registry.spec(config.dataset).facts(options)
+        except DatasetError as e:
+            errors.append(str(e))
+    need(config.init_from is not None or config.init_from_step is None,
+         "init_from_step is set without init_from; set init_from to the run's workdir.")
 
     batch = config.batch_size
     need(batch > 0, f"batch_size must be positive, got {batch}.")
@@ -180,12 +181,13 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1, num_pro
     need(config.warmup_steps == 0 or config.warmup_learning_rate > 0,
          f"warmup_learning_rate must be positive, got {config.warmup_learning_rate}.")
     crops = tuple(config.eval_crops or ())
-    if config.dataset == "imagenet2012":
-        need(set(crops) <= set(IMAGENET_EVAL_CROPS),
-             f"eval_crops={crops} must be drawn from {IMAGENET_EVAL_CROPS}, ImageNet's test protocols "
-             f"(v2 Table 5), or None for 224.")
-    else:
-        need(not crops, f"eval_crops={crops} is for ImageNet's test protocols; set it to None for {config.dataset}.")
+    if facts is not None and facts.eval_crops:
+        need(set(crops) <= set(facts.eval_crops),
+             f"eval_crops={crops} must be drawn from {facts.eval_crops}, {config.dataset}'s test protocols (v2 "
+             f"Table 5 and fb.resnet.torch's 10crop; docs/datasets.md), or None for {facts.eval_crops[0]}.")
+    elif facts is not None:
+        need(not crops, f"eval_crops={crops}: {config.dataset} is evaluated on whole images; set it to None for "
+                        f"{config.dataset}.")
     need(config.weight_decay >= 0, f"weight_decay must be >= 0, got {config.weight_decay}.")
     need(config.lr_boundaries_unit in ("steps", "epochs"),
          f"lr_boundaries_unit={config.lr_boundaries_unit!r} must be 'steps' or 'epochs'.")
@@ -193,7 +195,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1, num_pro
     for field in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
         need(config[field] > 0, f"{field} must be positive, got {config[field]}.")
 
-    if not errors and config.dataset in TRAIN_SIZES:
+    if not errors and facts is not None:
         end = total_steps(config)
         per_epoch = steps_per_epoch(config)
         try:  # the optimiser's own conversion, so that what is checked is what will run

@@ -19,15 +19,15 @@ import copy
 import json
 from typing import Any
 
-from resnet_identity.config import default_config
+from resnet_identity.config import ConfigError, default_config
 
 # Old dotted name -> new dotted name.
 RENAMED = {
     # Dataset options nested under their dataset (the dataset registry, `data/registry.py`).
-    "imagenet_train_crop": "imagenet.train_crop",
-    "imagenet_color_jitter": "imagenet.color_jitter",
-    "imagenet_pca_lighting": "imagenet.pca_lighting",
-    "imagenet_shuffle_buffer": "imagenet.shuffle_buffer",
+    "imagenet_train_crop": "imagenet2012.train_crop",
+    "imagenet_color_jitter": "imagenet2012.color_jitter",
+    "imagenet_pca_lighting": "imagenet2012.pca_lighting",
+    "imagenet_shuffle_buffer": "imagenet2012.shuffle_buffer",
     "synthetic_image_size": "synthetic.image_size",
     "synthetic_num_classes": "synthetic.num_classes",
 }
@@ -73,3 +73,24 @@ def migrate(saved: dict, defaults: dict | None = None) -> dict:
             _put(migrated, new, value)
     _fill(migrated, defaults)
     return migrated
+
+
+def as_config(saved: dict):
+    """A saved config (`config.json` as a dict) as today's locked `ConfigDict`: `migrate`d,
+    then set field by field on `default_config()`. Raises `ConfigError` naming a field that
+    today's schema does not have."""
+    config = default_config()
+
+    def put(node, values: dict, prefix: str) -> None:
+        for key, value in values.items():
+            if key not in node:
+                raise ConfigError(f"The saved config has a field {prefix}{key} that this version does not know. "
+                                  "Use the version that wrote it, or add its new name to "
+                                  "resnet_identity/config_migration.py RENAMED.")
+            if isinstance(value, dict) and hasattr(node[key], "items"):
+                put(node[key], value, f"{prefix}{key}.")
+            else:
+                node[key] = tuple(value) if isinstance(value, list) else value
+
+    put(config, migrate(saved), "")
+    return config

@@ -69,9 +69,9 @@ def imagenet(model: str, preset: str | None = None) -> ml_collections.ConfigDict
     # 7,244 against 7,110 images/s).
     c.model_overrides.remat = "none"
     c.dataset = "imagenet2012"
-    c.imagenet_train_crop = "scale"
-    c.imagenet_color_jitter = 0.0  # not in v1
-    c.imagenet_pca_lighting = 0.1
+    c.imagenet2012.train_crop = "scale"
+    c.imagenet2012.color_jitter = 0.0  # not in v1
+    c.imagenet2012.pca_lighting = 0.1
     c.batch_size = 256
     c.eval_batch_size = 250
     c.num_train_steps = -1
@@ -92,7 +92,7 @@ def apply_preset(c: ml_collections.ConfigDict, preset: str | None) -> ml_collect
     if preset == "smoke":
         # A handful of steps on a tiny batch of synthetic images: checks the whole pipeline
         # (model, step, eval, checkpoint, logs) in about a minute on a CPU, with no download.
-        c.synthetic_image_size = 64 if c.dataset == "imagenet2012" else 32
+        c.synthetic.image_size = 64 if c.dataset == "imagenet2012" else 32
         c.dataset = "synthetic"
         c.eval_crops = None
         c.batch_size = 8
@@ -135,9 +135,9 @@ def apply_preset(c: ml_collections.ConfigDict, preset: str | None) -> ml_collect
                              "ImageNet configs.")
         # fb.resnet.torch's datasets/imagenet.lua: RandomSizedCrop, ColorJitter 0.4, Lighting
         # 0.1 and mean/std normalisation; the recipe's 90 epochs are already its.
-        c.imagenet_train_crop = "scale_aspect"
-        c.imagenet_color_jitter = 0.4
-        c.imagenet_pca_lighting = 0.1
+        c.imagenet2012.train_crop = "scale_aspect"
+        c.imagenet2012.color_jitter = 0.4
+        c.imagenet2012.pca_lighting = 0.1
         c.normalization = "per_channel"
         return c
     raise ValueError(f"Unknown preset {preset!r}; choose one of {PRESETS}.")

@@ -30,8 +30,8 @@ import ml_collections
 import numpy as np
 
 from resnet_identity import checkpointing, config as config_lib, models, optim, parallel, xla_config
-from resnet_identity.data import get_dataset
-from resnet_identity.data.tfds_access import DatasetNotPreparedError
+from resnet_identity import config_migration
+from resnet_identity.data import DatasetError, get_dataset
 from resnet_identity.files import write_atomically
 from resnet_identity.metric_logging import MetricLogger
 from resnet_identity.train_state import TrainState, convert_layout, create_train_state, eval_step, train_step
@@ -43,7 +43,7 @@ class DivergenceError(FloatingPointError):
 
 # Errors whose message already says what to do: the command-line entry points print the
 # message alone, without a traceback, and exit 1.
-USER_ERRORS = (config_lib.ConfigError, DatasetNotPreparedError, checkpointing.CheckpointWriteError,
+USER_ERRORS = (config_lib.ConfigError, DatasetError, checkpointing.CheckpointWriteError,
                checkpointing.CheckpointRestoreError, DivergenceError)
 # Exit status of a run stopped by SIGTERM/SIGINT or a preemption notice after saving
 # (sysexits' EX_TEMPFAIL): not 0, so that a scheduler or a retry loop reruns it.
@@ -85,7 +85,7 @@ def check_saved_config(workdir: str, config: ml_collections.ConfigDict, allow_ch
     if not has_checkpoint or not os.path.exists(path):
         return
     with open(path) as f:
-        saved = json.load(f)
+        saved = config_migration.migrate(json.load(f))  # an older version's field names read as today's
     diffs = config_lib.differing_fields(saved, json.loads(config.to_json()), ignore=config_lib.LAYOUT_FIELDS)
     if diffs and not allow_change:
         raise config_lib.ConfigError(

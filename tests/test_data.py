@@ -190,8 +190,7 @@ def test_digits_upsampling_matches_jax_bilinear_resize():
 
 def test_synthetic_follows_its_config_and_only_normalises():
     config = ml_collections.ConfigDict({"dataset": "synthetic",
-                                        "synthetic_image_size": 20,
-                                        "synthetic_num_classes": 7})
+                                        "synthetic": {"image_size": 20, "num_classes": 7}})
     ds = data.get_dataset(config)
     assert (ds.image_size, ds.num_classes) == (20, 7)
     assert (ds.num_train, ds.num_test) == (1024, 256)
@@ -212,7 +211,7 @@ def test_config_without_optional_fields_works():
 
 def test_unknown_dataset_lists_valid_names():
     with pytest.raises(ValueError, match="digits, synthetic, cifar10, cifar100, "
-                       "imagenet2012"):
+                       "imagenet2012, folder"):
         data.get_dataset(ml_collections.ConfigDict({"dataset": "mnist"}))
 
 

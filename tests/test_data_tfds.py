@@ -120,11 +120,8 @@ def test_cifar_reads_both_splits_into_memory(mocked_tfds, name, num_classes):
 def test_imagenet_train_batches_and_resume(mocked_tfds):
     del mocked_tfds
     ds = data.get_dataset(_config(dataset="imagenet2012",
-                                  imagenet_color_jitter=0.4,
-                                  imagenet_pca_lighting=0.1,
-                                  imagenet_shuffle_buffer=16))
+                                  imagenet2012={"color_jitter": 0.4, "pca_lighting": 0.1, "shuffle_buffer": 16}))
     assert (ds.num_train, ds.num_test, ds.image_size) == (40, 11, 224)
-    assert ds.steps_per_epoch(8, 1) == 5
     stream = ds.train_batches(global_batch_size=8, start_step=0, seed=3)
     from_zero = list(itertools.islice(stream, 7))
     batch = from_zero[0]
@@ -156,8 +153,7 @@ def test_imagenet_train_batches_and_resume(mocked_tfds):
 
 def test_imagenet_process_shards_are_disjoint(mocked_tfds):
     del mocked_tfds
-    ds = data.get_dataset(_config(dataset="imagenet2012",
-                                  imagenet_shuffle_buffer=16))
+    ds = data.get_dataset(_config(dataset="imagenet2012", imagenet2012={"shuffle_buffer": 16}))
     labels = []
     for process in range(2):
         epoch = list(itertools.islice(
@@ -169,7 +165,7 @@ def test_imagenet_process_shards_are_disjoint(mocked_tfds):
     assert set(labels[1]) == set(range(20, 40))
 
 
-@pytest.mark.parametrize("crop", [224, 320])
+@pytest.mark.parametrize("crop", [224, 320, "10crop"])
 def test_imagenet_eval_sees_every_example_once(mocked_tfds, crop):
     del mocked_tfds
     ds = data.get_dataset(_config(dataset="imagenet2012"))
@@ -179,22 +175,23 @@ def test_imagenet_eval_sees_every_example_once(mocked_tfds, crop):
     # 11 examples: shards of 6 and 5, both padded to 2 batches of 4.
     assert [len(batches) for batches in per_process] == [2, 2]
     seen = []
+    shape = (4, 10, 224, 224, 3) if crop == "10crop" else (4, crop, crop, 3)
     for batches in per_process:
         for batch in batches:
-            assert batch["image"].shape == (4, crop, crop, 3)
+            assert batch["image"].shape == shape
             assert batch["image"].dtype == np.uint8
             assert batch["mask"].dtype == bool
             assert not batch["image"][~batch["mask"]].any()
             seen.extend(batch["label"][batch["mask"]])
     np.testing.assert_array_equal(np.sort(seen), np.arange(11))
     normalised = ds.eval_transform(per_process[0][0]["image"])
-    assert normalised.shape == (4, crop, crop, 3)
+    assert normalised.shape == shape
 
 
 def test_imagenet_rejects_other_eval_crops(mocked_tfds):
     del mocked_tfds
     ds = data.get_dataset(_config(dataset="imagenet2012"))
-    with pytest.raises(ValueError, match="224, 320"):
+    with pytest.raises(ValueError, match="224, 320, '10crop'"):
         ds.eval_batches(global_batch_size=8, crop=256)
 
 
@@ -347,18 +344,22 @@ class _GradientBuilder:
             "image": self.jpegs, "label": np.arange(len(self.jpegs))})
 
 
+def _streamed(builder, **options):
+    from resnet_identity.data import imagenet, normalization, streamed
+
+    return streamed.StreamedDataset(
+        name=imagenet.NAME, source=imagenet.TfdsSource(builder), num_classes=1000, image_size=224,
+        normalization=normalization.resolve(None, imagenet.NAME, None), **options)
+
+
 def test_imagenet_train_batches_use_the_chosen_crop():
-    from resnet_identity.data import imagenet
-    from resnet_identity.data import imagenet_preprocess
-    from resnet_identity.data import normalization
+    from resnet_identity.data import imagenet_preprocess, streamed
     jpegs = [_gradient_jpeg(60 + 10 * i, 90 - 5 * i).numpy() for i in range(8)]
     builder = _GradientBuilder(jpegs)
-    crop_seed = imagenet._epoch_seeds(1, 0, 0)[2]
+    crop_seed = streamed._epoch_seeds(1, 0, 0)[2]
     batches = {}
     for name, crop in imagenet_preprocess.TRAIN_CROPS.items():
-        ds = imagenet.ImageNetDataset(
-            builder=builder, train_crop=name, shuffle_buffer=8,
-            normalization=normalization.resolve(None, imagenet.NAME, None))
+        ds = _streamed(builder, train_crop=name, shuffle_buffer=8)
         batch = next(ds.train_batches(global_batch_size=4, start_step=0,
                                       seed=1))
         assert batch["image"].shape == (4, 224, 224, 3)
@@ -374,11 +375,7 @@ def test_imagenet_train_batches_use_the_chosen_crop():
 
 
 def test_imagenet_train_transform_flips_half_the_images():
-    from resnet_identity.data import imagenet
-    from resnet_identity.data import normalization
-    ds = imagenet.ImageNetDataset(
-        builder=None,
-        normalization=normalization.resolve(None, imagenet.NAME, None))
+    ds = _streamed(_GradientBuilder([]))
     images = np.random.default_rng(0).integers(0, 256, (32, 6, 8, 3), np.uint8)
     out = np.asarray(jax.jit(ds.train_transform)(images, jax.random.key(1)))
     normalised = np.asarray(ds.eval_transform(images))
@@ -391,24 +388,15 @@ def test_imagenet_train_transform_flips_half_the_images():
 
 def test_imagenet_refuses_an_unknown_train_crop():
     from resnet_identity import config as config_lib
-    from resnet_identity.data import imagenet
-    from resnet_identity.data import imagenet_preprocess
-    with pytest.raises(ValueError, match="'random'; valid choices: scale, "
-                                         "scale_aspect"):
-        imagenet.load(train_crop="random")
-    # config.validate accepts exactly the pipeline's crops.
-    assert tuple(imagenet_preprocess.TRAIN_CROPS) == config_lib.IMAGENET_TRAIN_CROPS
+    from resnet_identity.data import crops, imagenet_preprocess
+    with pytest.raises(ValueError, match="train_crop='random' must be 'scale'"):
+        data.get_dataset(_config(dataset="imagenet2012", imagenet2012={"train_crop": "random"}))
+    # The pipeline implements exactly the crops that config.validate accepts.
+    assert tuple(imagenet_preprocess.TRAIN_CROPS) == crops.TRAIN_CROPS
     config = config_lib.default_config()
-    for name in imagenet_preprocess.TRAIN_CROPS:
-        config.imagenet_train_crop = name
+    for name in crops.TRAIN_CROPS:
+        config.imagenet2012.train_crop = name
         config_lib.validate(config)
-
-
-def test_config_knows_the_imagenet_test_crops_the_pipeline_implements():
-    from resnet_identity import config as config_lib
-    from resnet_identity.data import imagenet_preprocess
-
-    assert tuple(sorted(imagenet_preprocess.EVAL_RESIZE)) == config_lib.IMAGENET_EVAL_CROPS
 
 
 def test_on_several_processes_process_0_prepares_first_and_the_others_reuse_it(tmp_path, monkeypatch):

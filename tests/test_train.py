@@ -211,16 +211,18 @@ def test_imagenet_recipe_augments_as_the_paper_and_presets_fb_resnet_torch():
     from resnet_identity import recipes
 
     paper = recipes.imagenet("resnet50")
-    assert (paper.imagenet_train_crop, paper.imagenet_pca_lighting, paper.imagenet_color_jitter) == ("scale", 0.1, 0.0)
+    augment = paper.imagenet2012
+    assert (augment.train_crop, augment.pca_lighting, augment.color_jitter) == ("scale", 0.1, 0.0)
     fb = _load("imagenet_resnet50", "fb_resnet_torch")
     config_lib.validate(fb)
-    assert (fb.imagenet_train_crop, fb.imagenet_color_jitter, fb.imagenet_pca_lighting) == ("scale_aspect", 0.4, 0.1)
+    assert (fb.imagenet2012.train_crop, fb.imagenet2012.color_jitter, fb.imagenet2012.pca_lighting) == (
+        "scale_aspect", 0.4, 0.1)
     assert (fb.normalization, fb.num_epochs) == ("per_channel", 90.0)
     with pytest.raises(ValueError, match="use it with ImageNet configs"):
         recipes.cifar("cifar_preact164", "fb_resnet_torch")
-    paper.imagenet_train_crop = "random_sized"
+    paper.imagenet2012.train_crop = "random_sized"
     with pytest.raises(config_lib.ConfigError,
-                       match=r"imagenet_train_crop='random_sized' must be 'scale' \(v1: .*\) or 'scale_aspect'"):
+                       match=r"imagenet2012\.train_crop='random_sized' must be 'scale' \(v1: .*\) or 'scale_aspect'"):
         config_lib.validate(paper)
 
 

@@ -1,4 +1,5 @@
-"""The interface every data source implements, and the argument checks they share.
+"""The interface every data source implements, what the registry knows of each
+(``DatasetSpec``, ``Facts``), and the argument checks they share.
 
 Split of work (the design the trainer relies on):
   * the host yields numpy batches of uint8 NHWC images and int32 labels;
@@ -10,12 +11,20 @@ For the in-memory sources the host stream is then a pure function of
 too, so a resumed run reproduces the uninterrupted one bit for bit.
 """
 
-from typing import Iterator, Protocol
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Iterator, Mapping, Protocol
 
 import jax
 import numpy as np
 
 Batch = dict[str, np.ndarray]
+
+
+class DatasetError(RuntimeError):
+    """Data that cannot be read as configured; the message says what to fix."""
 
 
 class Dataset(Protocol):
@@ -96,3 +105,76 @@ def check_stream_start(start_step: int, seed: int) -> None:
         raise ValueError(f"start_step must be >= 0, got {start_step}.")
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """One dataset option: its default and type (a config field `config.<dataset>.<name>`)."""
+
+    default: Any
+    type: type
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The dataset-independent fields: TFDS's data directory and whether TFDS may download a
+    missing dataset, and the normalisation (None: the dataset's default)."""
+
+    data_dir: str | None = None
+    download: bool = True
+    normalization: str | None = None
+
+
+def steps_per_epoch(num_train: int, global_batch_size: int, drops_remainder: bool) -> int:
+    """Optimiser steps in one epoch. A stream that drops each epoch's remainder (tf.data)
+    has floor(N / B); a source that lets a batch span two epochs (in memory) has ceil.
+    For a stream read in P shards, floor(floor(N / P) / (B / P)) = floor(N / B): the same."""
+    if drops_remainder:
+        return num_train // global_batch_size
+    return math.ceil(num_train / global_batch_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class Facts:
+    """What is known of a dataset before its data are read.
+
+    Attributes:
+      num_classes: labels lie in [0, num_classes).
+      image_size: height = width of the training inputs.
+      num_train: examples in the training split (all processes together).
+      eval_crops: the values `eval_batches(crop=)` takes (the config's `eval_crops`);
+        () for a dataset evaluated on whole images only (crop None).
+      drops_remainder: whether each epoch drops its last partial batch (see `steps_per_epoch`).
+      class_names: one name per class, where known.
+    """
+
+    num_classes: int
+    image_size: int
+    num_train: int
+    eval_crops: tuple[int | str, ...] = ()
+    drops_remainder: bool = False
+    class_names: tuple[str, ...] | None = None
+
+    def steps_per_epoch(self, global_batch_size: int) -> int:
+        return steps_per_epoch(self.num_train, global_batch_size, self.drops_remainder)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    """A dataset as the registry knows it.
+
+    Attributes:
+      name: the `config.dataset` value.
+      facts: options -> `Facts`; may read a listing (the folder dataset), never the images.
+        Raises `DatasetError` for data that cannot be used.
+      load: (options, settings) -> `Dataset`.
+      options: the dataset's config fields, `config.<name>.<field>`, with defaults.
+      check: options -> messages for invalid values ([] when all are valid); run before
+        `facts`, so a bad value is reported without touching any data.
+    """
+
+    name: str
+    facts: Callable[[Mapping[str, Any]], Facts]
+    load: Callable[[Mapping[str, Any], Settings], Dataset]
+    options: Mapping[str, Option] = dataclasses.field(default_factory=dict)
+    check: Callable[[Mapping[str, Any]], list[str]] = lambda options: []

@@ -13,8 +13,13 @@ import numpy as np
 from resnet_identity.data import in_memory
 from resnet_identity.data import normalization as normalization_lib
 from resnet_identity.data import tfds_access
+from resnet_identity.data.base import DatasetSpec, Facts
 
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
+IMAGE_SIZE = 32
+NUM_TRAIN = 50_000
+# CIFAR-10's labels 0-9, in order (the dataset's batches.meta).
+CIFAR10_CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 # Examples per tf.data batch while reading; bounds peak memory of the copy.
 _READ_CHUNK = 10_000
@@ -65,3 +70,17 @@ def load(name: str, data_dir: str | None = None, download: bool = True,
         crop_padding=4,
         random_flip=True,
     )
+
+
+def _spec(name: str, class_names: tuple[str, ...] | None) -> DatasetSpec:
+    return DatasetSpec(
+        name=name,
+        facts=lambda options: Facts(num_classes=NUM_CLASSES[name], image_size=IMAGE_SIZE, num_train=NUM_TRAIN,
+                                    class_names=class_names),
+        load=lambda options, settings: load(name, data_dir=settings.data_dir, download=settings.download,
+                                            normalization=settings.normalization),
+    )
+
+
+# CIFAR-100's fine-label names are left to TFDS's metadata, which needs TensorFlow.
+SPEC = (_spec("cifar10", CIFAR10_CLASS_NAMES), _spec("cifar100", None))

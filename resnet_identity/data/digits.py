@@ -23,6 +23,7 @@ import numpy as np
 
 from resnet_identity.data import in_memory
 from resnet_identity.data import normalization as normalization_lib
+from resnet_identity.data.base import DatasetSpec, Facts
 
 NAME = "digits"
 NUM_CLASSES = 10
@@ -79,3 +80,11 @@ def load(normalization: str | None = None) -> in_memory.InMemoryDataset:
         crop_padding=4,
         random_flip=False,
     )
+
+
+SPEC = DatasetSpec(
+    name=NAME,
+    facts=lambda options: Facts(num_classes=NUM_CLASSES, image_size=IMAGE_SIZE, num_train=NUM_TRAIN,
+                                class_names=tuple(str(digit) for digit in range(NUM_CLASSES))),
+    load=lambda options, settings: load(settings.normalization),
+)

@@ -1,6 +1,11 @@
-"""Host-side ImageNet decoding and cropping, in TensorFlow (tf.data map functions).
+"""Host-side decoding and cropping of the streamed datasets, in TensorFlow (tf.data map functions).
 
-Training crops (``TRAIN_CROPS``, chosen by ``imagenet_train_crop``; PAPERS.md,
+The crops are ImageNet's (``crops.py`` names them); the ``folder`` dataset uses them at its
+own image size, the sizes below scaled by ``size / 224``. JPEGs decode only the crop's
+window; other formats (PNG, GIF, BMP) are decoded whole (twice in training: once for the
+shape the window is drawn from, once for the pixels).
+
+Training crops (``TRAIN_CROPS``, chosen by ``<dataset>.train_crop``; PAPERS.md,
 "ImageNet (v2)"):
 
   * ``'scale'``, v1's scale augmentation, which v2 keeps (the "scale" rows of
@@ -28,15 +33,18 @@ Training crops (``TRAIN_CROPS``, chosen by ``imagenet_train_crop``; PAPERS.md,
 
 The flip and colour augmentation run on device (``imagenet.py``).
 
-Evaluation: resize the shorter side to S and take the centre crop x crop,
-with S = 256 for crop 224 (224 / 0.875) and S = 320 for crop 320 (v2 Table 5:
-"a 320x320 crop from an image whose shorter side is 320").
+Evaluation (``eval_crop``; ``crops.eval_resize`` gives the sizes): resize the
+shorter side to S and take the centre crop x crop, with S = 256 for crop 224
+(224 / 0.875) and S = 320 for crop 320 (v2 Table 5: "a 320x320 crop from an
+image whose shorter side is 320"); or fb.resnet.torch's ten crops.
 
 Every function returns uint8 [size, size, 3]. Randomness comes only from the
 explicit ``seed`` (stateless ops), so the output is a function of its inputs.
 """
 
 import tensorflow as tf
+
+from resnet_identity.data import crops
 
 AREA_RANGE = (0.08, 1.0)
 ASPECT_RATIO_RANGE = (3 / 4, 4 / 3)
@@ -45,8 +53,6 @@ MAX_ATTEMPTS = 10
 # both ends included.
 SHORTER_SIDE_RANGE = (256, 480)
 
-# Shorter side before the centre crop, per evaluation crop size.
-EVAL_RESIZE = {224: 256, 320: 320}
 
 
 def _to_uint8(image: tf.Tensor) -> tf.Tensor:
@@ -54,26 +60,62 @@ def _to_uint8(image: tf.Tensor) -> tf.Tensor:
     return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
 
 
-def resize_shorter_center_crop(image: tf.Tensor, shorter: int,
-                               crop: int) -> tf.Tensor:
-    """Resizes the shorter side of a decoded image to ``shorter``, then centre-crops."""
+def decode(image_bytes: tf.Tensor) -> tf.Tensor:
+    """uint8 [H, W, 3] of a JPEG, PNG, GIF (first frame) or BMP file's bytes."""
+    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+    return tf.ensure_shape(image, [None, None, 3])
+
+
+def _shape(image_bytes: tf.Tensor) -> tf.Tensor:
+    """int32 [3] (height, width, channels), read from a JPEG's header alone."""
+    return tf.cond(tf.io.is_jpeg(image_bytes),
+                   lambda: tf.image.extract_jpeg_shape(image_bytes),
+                   lambda: tf.shape(decode(image_bytes)))
+
+
+def _resize_shorter(image: tf.Tensor, shorter: int, crop: int) -> tf.Tensor:
+    """The decoded image resized (bicubic) so its shorter side is ``shorter``, each side at least ``crop``."""
     shape = tf.shape(image)
     height = tf.cast(shape[0], tf.float32)
     width = tf.cast(shape[1], tf.float32)
     scale = shorter / tf.minimum(height, width)
     new_height = tf.maximum(tf.cast(tf.round(height * scale), tf.int32), crop)
     new_width = tf.maximum(tf.cast(tf.round(width * scale), tf.int32), crop)
-    resized = tf.image.resize(image, [new_height, new_width], method="bicubic")
-    top = (new_height - crop) // 2
-    left = (new_width - crop) // 2
-    cropped = resized[top:top + crop, left:left + crop, :]
-    return _to_uint8(tf.ensure_shape(cropped, [crop, crop, 3]))
+    return _to_uint8(tf.image.resize(image, [new_height, new_width], method="bicubic"))
+
+
+def resize_shorter_center_crop(image: tf.Tensor, shorter: int,
+                               crop: int) -> tf.Tensor:
+    """Resizes the shorter side of a decoded image to ``shorter``, then centre-crops."""
+    resized = _resize_shorter(image, shorter, crop)
+    shape = tf.shape(resized)
+    top = (shape[0] - crop) // 2
+    left = (shape[1] - crop) // 2
+    return tf.ensure_shape(resized[top:top + crop, left:left + crop, :], [crop, crop, 3])
+
+
+def ten_crop(image: tf.Tensor, shorter: int, crop: int) -> tf.Tensor:
+    """fb.resnet.torch's TenCrop after Scale(shorter): uint8 [10, crop, crop, 3], the centre
+    and the four corners, then the same five of the mirrored image."""
+    resized = _resize_shorter(image, shorter, crop)
+    shape = tf.shape(resized)
+    bottom, right = shape[0] - crop, shape[1] - crop
+    corners = [(bottom // 2, right // 2), (0, 0), (0, right), (bottom, 0), (bottom, right)]
+    five = tf.stack([resized[top:top + crop, left:left + crop, :] for top, left in corners])
+    return tf.ensure_shape(tf.concat([five, tf.reverse(five, axis=[2])], 0), [10, crop, crop, 3])
 
 
 def _decode_window(image_bytes: tf.Tensor, window: tf.Tensor,
                    size: int) -> tf.Tensor:
-    """Decodes only ``window`` [top, left, height, width]; resizes it to size."""
-    image = tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3)
+    """Decodes ``window`` [top, left, height, width] (only that window of a JPEG);
+    resizes it to size."""
+    def whole_then_window():
+        image = decode(image_bytes)
+        return image[window[0]:window[0] + window[2], window[1]:window[1] + window[3], :]
+
+    image = tf.cond(tf.io.is_jpeg(image_bytes),
+                    lambda: tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3),
+                    whole_then_window)
     return _to_uint8(tf.image.resize(image, [size, size], method="bicubic"))
 
 
@@ -111,28 +153,31 @@ def scale_crop_window(shape: tf.Tensor, seed: tf.Tensor, size: int = 224,
 
 def scale_crop(image_bytes: tf.Tensor, seed: tf.Tensor,
                size: int = 224) -> tf.Tensor:
-    """v1's scale augmentation of one JPEG (see the module docstring).
+    """v1's scale augmentation of one image (see the module docstring), the
+    shorter-side range scaled by ``size / 224``.
 
     Args:
-      image_bytes: a scalar string tensor holding a JPEG.
+      image_bytes: a scalar string tensor holding a JPEG (or PNG, GIF, BMP).
       seed: int [2] seed of the stateless sampler.
       size: output height and width.
     """
-    shape = tf.image.extract_jpeg_shape(image_bytes)
-    _, window = scale_crop_window(shape, seed, size)
+    shape = _shape(image_bytes)
+    low, high = SHORTER_SIDE_RANGE
+    _, window = scale_crop_window(shape, seed, size,
+                                  (round(low * size / 224), round(high * size / 224)))
     return _decode_window(image_bytes, window, size)
 
 
 def random_sized_crop(image_bytes: tf.Tensor, seed: tf.Tensor,
                       size: int = 224) -> tf.Tensor:
-    """fb.resnet.torch ``RandomSizedCrop`` of one JPEG (see the module docstring).
+    """fb.resnet.torch ``RandomSizedCrop`` of one image (see the module docstring).
 
     Args:
-      image_bytes: a scalar string tensor holding a JPEG.
+      image_bytes: a scalar string tensor holding a JPEG (or PNG, GIF, BMP).
       seed: int [2] seed of the stateless sampler.
       size: output height and width.
     """
-    shape = tf.image.extract_jpeg_shape(image_bytes)
+    shape = _shape(image_bytes)
     whole_image = tf.constant([0.0, 0.0, 1.0, 1.0], tf.float32, [1, 1, 4])
     begin, window_size, _ = tf.image.stateless_sample_distorted_bounding_box(
         shape, whole_image, seed=seed, min_object_covered=0.0,
@@ -145,17 +190,19 @@ def random_sized_crop(image_bytes: tf.Tensor, seed: tf.Tensor,
         return _decode_window(image_bytes, window, size)
 
     def fallback():
-        image = tf.io.decode_jpeg(image_bytes, channels=3)
-        return resize_shorter_center_crop(image, size, size)
+        return resize_shorter_center_crop(decode(image_bytes), size, size)
 
     return tf.cond(sampling_failed, fallback, crop_and_resize)
 
 
-# ``imagenet_train_crop`` -> the host-side crop of a training JPEG.
-TRAIN_CROPS = {"scale": scale_crop, "scale_aspect": random_sized_crop}
+# ``<dataset>.train_crop`` -> the host-side crop of a training image.
+TRAIN_CROPS = {crops.SCALE: scale_crop, crops.SCALE_ASPECT: random_sized_crop}
 
 
-def eval_crop(image_bytes: tf.Tensor, crop: int) -> tf.Tensor:
-    """The single-crop test protocol for ``crop`` (a key of ``EVAL_RESIZE``)."""
-    image = tf.io.decode_jpeg(image_bytes, channels=3)
-    return resize_shorter_center_crop(image, EVAL_RESIZE[crop], crop)
+def eval_crop(image_bytes: tf.Tensor, crop: int | str, image_size: int = 224) -> tf.Tensor:
+    """The test protocol ``crop`` (one of ``crops.eval_crops(image_size)``): uint8
+    [crop, crop, 3], or [10, image_size, image_size, 3] for ``crops.TEN_CROP``."""
+    shorter, side = crops.eval_resize(crop, image_size)
+    if crop == crops.TEN_CROP:
+        return ten_crop(decode(image_bytes), shorter, side)
+    return resize_shorter_center_crop(decode(image_bytes), shorter, side)

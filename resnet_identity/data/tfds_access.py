@@ -7,6 +7,8 @@ at module load; ``import_tfds`` does, when a TFDS dataset is requested.
 
 import os
 
+from resnet_identity.data.base import DatasetError
+
 INSTALL_HINT = "pip install -e '.[tfds]'"
 
 # Where TFDS expects the two ImageNet archives it cannot download itself
@@ -15,7 +17,7 @@ INSTALL_HINT = "pip install -e '.[tfds]'"
 IMAGENET_ARCHIVES = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
 
 
-class DatasetNotPreparedError(RuntimeError):
+class DatasetNotPreparedError(DatasetError):
     """A TFDS dataset is neither prepared in ``data_dir`` nor downloadable."""
 
 
