@@ -19,6 +19,9 @@ strengths (sharded, asynchronous, partial writes of training state) serve checkp
 stay Orbax's (`checkpointing.py`).
 
 `weights.json` is written last, so a directory without it is an unfinished write.
+
+`load_run_weights` reads the same from a training run's workdir (its `config.json` and a
+checkpoint), so everything that takes weights takes a run too.
 """
 
 from __future__ import annotations
@@ -30,9 +33,13 @@ from typing import Any
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 from etils import epath
 
-from resnet_identity import models
+from resnet_identity import checkpointing, config_migration, models
+from resnet_identity import config as config_lib
+from resnet_identity.data import crops, registry
+from resnet_identity.data import normalization as normalization_lib
 
 FORMAT = "resnet_identity.weights"
 VERSION = 1
@@ -84,8 +91,7 @@ class Preprocessing:
                    std=np.asarray(data["std"], np.float64), interpolation=data["interpolation"])
 
 
-# torchvision's ImageNet weights (the `IMAGENET1K_V1` transforms) and timm's `resnetv2_*`
-# (their `pretrained_cfg`: crop_pct 0.875, bilinear, ImageNet mean/std): the same recipe.
+# torchvision's ImageNet weights (the `IMAGENET1K_V1` transforms: `ImageClassification(crop_size=224)`).
 IMAGENET_PREPROCESSING = Preprocessing(resize=256, crop=224, mean=(0.485, 0.456, 0.406),
                                        std=(0.229, 0.224, 0.225), interpolation="bilinear")
 
@@ -221,3 +227,55 @@ def load_weights(directory: str | epath.PathLike) -> Weights:
     if weights.model not in models.MODELS:
         raise WeightsError(f"{path} holds weights of model {weights.model!r}, which this version does not know.")
     return weights
+
+
+def load_run_weights(workdir: str | epath.PathLike, step: int | None = None) -> Weights:
+    """The parameters and BN statistics of a training run's checkpoint `step` (default: the
+    newest), with the run's model, evaluation preprocessing and class names (its
+    `config.json`). Reads only: nothing in the workdir is written, moved or cleaned up, so a
+    run still training is safe. Raises `WeightsError` saying what is missing."""
+    workdir = epath.Path(workdir)
+    if not (workdir / "config.json").exists():
+        raise WeightsError(f"{workdir} is not a training run's workdir: it has no config.json.")
+    try:
+        config = config_migration.as_config(json.loads((workdir / "config.json").read_text()))
+    except ValueError as e:
+        raise WeightsError(f"Cannot read {workdir / 'config.json'}: {e}") from e
+    directory = workdir / "checkpoints"
+    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+                                    item_handlers={checkpointing.STATE_ITEM: ocp.StandardCheckpointHandler()})
+    steps = sorted(manager.all_steps()) if directory.exists() else []
+    if not steps:
+        raise WeightsError(f"{workdir} has no checkpoint yet (none in {directory}).")
+    step = steps[-1] if step is None else step
+    if step not in steps:
+        raise WeightsError(f"{workdir} has no checkpoint at step {step}; it has steps {steps}.")
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
+    saved = manager.item_metadata(step)[checkpointing.STATE_ITEM]
+    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), saved.tree)
+    state = manager.restore(step, args=ocp.args.Composite(
+        **{checkpointing.STATE_ITEM: ocp.args.StandardRestore(target)}))[checkpointing.STATE_ITEM]
+    variables = {name: jax.tree.map(np.asarray, models.stacked_to_unrolled(state[name])) for name in COLLECTIONS}
+    overrides = {k: v for k, v in config_lib.model_kwargs(config).items() if k not in LAYOUT_OVERRIDES}
+    facts = registry.facts(config)
+    return Weights(config.model, overrides, variables, run_preprocessing(config),
+                   list(facts.class_names) if facts.class_names else None, f"run:{workdir}@{step}")
+
+
+def run_preprocessing(config: Any) -> Preprocessing:
+    """A run's evaluation preprocessing for an image of any size: the dataset's single-crop
+    evaluation (`data/crops.py`; a dataset of whole small images: resized to its size) and
+    its normalisation."""
+    facts = registry.facts(config)
+    size = facts.image_size
+    resize, crop = crops.eval_resize(size, size) if facts.eval_crops else (size, size)
+    settings = registry.settings(config)
+    try:  # fixed constants need no data
+        normalization = normalization_lib.resolve(settings.normalization, config.dataset, None)
+    except ValueError:  # statistics of the training split
+        from resnet_identity.data import get_dataset
+
+        normalization = get_dataset(config).normalization
+    return Preprocessing(resize=resize, crop=crop, mean=np.asarray(normalization.mean, np.float64) / 255.0,
+                         std=np.asarray(normalization.std, np.float64) / 255.0,
+                         interpolation="bicubic" if facts.eval_crops else "bilinear")

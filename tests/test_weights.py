@@ -58,3 +58,24 @@ def test_a_directory_that_is_not_weights_says_so(tmp_path):
     (tmp_path / "other" / "weights.json").write_text(json.dumps({"format": "something else"}))
     with pytest.raises(weights_lib.WeightsError, match="is not a resnet_identity.weights version 1 file"):
         weights_lib.load_weights(tmp_path / "other")
+
+
+def test_run_weights_are_the_checkpoints_in_the_runs_model_and_preprocessing(tmp_path):
+    from resnet_identity import trainer
+    from tests.train_worker import tiny_config
+
+    config = tiny_config(2)
+    config.model_overrides.remat = "nested"
+    result = trainer.train_and_evaluate(config, str(tmp_path / "run"), return_state=True)
+    loaded = weights_lib.load_run_weights(tmp_path / "run")
+    assert (loaded.model, loaded.model_overrides, loaded.source) == (
+        "cifar_preact20", {"depth": 8, "bn_group_size": 2}, f"run:{tmp_path / 'run'}@2")
+    assert loaded.class_names == [str(i) for i in range(10)]
+    assert (loaded.preprocessing.resize, loaded.preprocessing.crop) == (32, 32)
+    state = result["state"]
+    unrolled = models.stacked_to_unrolled({"params": state.params, "batch_stats": state.batch_stats})
+    jax.tree.map(np.testing.assert_array_equal, loaded.variables, unrolled)
+    with pytest.raises(weights_lib.WeightsError, match=r"no checkpoint at step 5; it has steps \[2\]"):
+        weights_lib.load_run_weights(tmp_path / "run", step=5)
+    with pytest.raises(weights_lib.WeightsError, match="has no config.json"):
+        weights_lib.load_run_weights(tmp_path)
