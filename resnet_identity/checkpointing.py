@@ -52,15 +52,18 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
+from resnet_identity.files import WriteError, as_path, explain_write_errors, is_local, move_directory
+
 STATE_ITEM = "state"
 META_ITEM = "meta"
 CORRUPT_SUBDIR = "corrupt"
+COMMIT_SUCCESS_FILE = "commit_success.txt"  # Orbax's marker of a finalised step on Cloud Storage
 
 log = logging.getLogger(__name__)
 policies = ocp.checkpoint_managers
 
 
-class CheckpointWriteError(OSError):
+class CheckpointWriteError(WriteError):
     """The checkpoint directory cannot be written (permissions, full disk, bad path)."""
 
 
@@ -72,46 +75,18 @@ class CheckpointLayoutError(CheckpointRestoreError):
     """A readable checkpoint whose state cannot be converted to the target's layout."""
 
 
-# (errnos, text tensorstore uses for them, what to tell the user). Orbax surfaces local I/O
-# failures as OSError, but TensorStore's as ValueError carrying only the message.
-_WRITE_PROBLEMS = (
-    ({errno.EACCES, errno.EPERM}, "Permission denied",
-     "it is not writable by this user (uid {uid}). Fix its permissions or choose another workdir."),
-    ({errno.EROFS}, "Read-only file system",
-     "it is on a read-only file system. Choose a workdir on a writable disk."),
-    ({errno.ENOSPC, errno.EDQUOT}, "No space left on device",
-     "the disk is full (or over quota). Free space, lower keep_checkpoints, or choose a "
-     "workdir on a larger disk; the last complete checkpoint is intact and a rerun resumes from it."),
-    ({errno.ENOTDIR, errno.EEXIST}, "Not a directory",
-     "part of that path is a file, not a directory. Choose another workdir."),
-)
-
-
-def _write_problem(exc: BaseException) -> str | None:
-    """The user-facing explanation of a write failure anywhere in `exc`'s chain, if known."""
-    seen = 0
-    while exc is not None and seen < 8:
-        for errnos, text, advice in _WRITE_PROBLEMS:
-            if (isinstance(exc, OSError) and exc.errno in errnos) or text in str(exc):
-                return advice.format(uid=os.getuid() if hasattr(os, "getuid") else "?")
-        exc, seen = exc.__cause__ or exc.__context__, seen + 1
-    return None
-
-
 @contextlib.contextmanager
 def _explain_write_errors(directory: str, manager: ocp.CheckpointManager | None = None) -> Iterator[None]:
     try:
-        yield
-    except Exception as e:
+        with explain_write_errors(f"checkpoints to {directory}", CheckpointWriteError):
+            yield
+    except Exception:
         if manager is not None:
             # A failed save has already dropped the older steps it meant to replace from
             # Orbax's in-memory list, though they are still on disk: list them again.
             with contextlib.suppress(Exception):
                 manager.reload()
-        advice = _write_problem(e)
-        if advice is None:
-            raise
-        raise CheckpointWriteError(f"Cannot write checkpoints to {directory}: {advice} ({e})") from e
+        raise
 
 
 def _agree_all(ok: bool) -> bool:
@@ -121,14 +96,19 @@ def _agree_all(ok: bool) -> bool:
     return bool(np.all(multihost_utils.process_allgather(np.asarray(ok, np.int32))))
 
 
-def finalized_steps(directory: str) -> list[int]:
-    """The steps saved in a local `directory` (Orbax's default naming: a finalised step is a
-    directory named by its number; one still being written has a temporary suffix), without
-    starting a `CheckpointManager`."""
-    if not os.path.isdir(directory):
+def finalized_steps(directory: epath.PathLike) -> list[int]:
+    """The steps saved in `directory`, local or gs://, without starting a `CheckpointManager`.
+
+    Orbax's default naming: locally a finalised step is a directory named by its number (one
+    still being written has a temporary suffix); on Cloud Storage, where a directory cannot
+    be renamed atomically, a step counts once its `COMMIT_SUCCESS_FILE` exists.
+    """
+    directory = as_path(directory)
+    if not directory.is_dir():
         return []
-    return sorted(int(name) for name in os.listdir(directory)
-                  if name.isdigit() and os.path.isdir(os.path.join(directory, name)))
+    local = is_local(directory)
+    return sorted(int(step.name) for step in directory.iterdir()
+                  if step.name.isdigit() and (step.is_dir() if local else (step / COMMIT_SUCCESS_FILE).exists()))
 
 
 class Checkpointer:
@@ -143,7 +123,7 @@ class Checkpointer:
         if every_steps < 1 or keep < 1:
             raise ValueError(f"every_steps={every_steps} and keep={keep} must both be >= 1.")
         directory = os.fspath(directory)
-        self.directory = directory if "://" in directory else os.path.abspath(directory)
+        self.directory = os.path.abspath(directory) if is_local(directory) else directory
         options = ocp.CheckpointManagerOptions(
             save_decision_policy=policies.FixedIntervalPolicy(every_steps),
             preservation_policy=policies.LatestN(keep),
@@ -151,7 +131,7 @@ class Checkpointer:
             cleanup_tmp_directories=True,
         )
         with _explain_write_errors(self.directory):
-            if epath.Path(self.directory).exists() and not epath.Path(self.directory).is_dir():
+            if as_path(self.directory).exists() and not as_path(self.directory).is_dir():
                 raise NotADirectoryError(errno.ENOTDIR, "Not a directory", self.directory)
             self._manager = ocp.CheckpointManager(
                 self.directory, options=options,
@@ -192,7 +172,7 @@ class Checkpointer:
     def _check_writable(self) -> None:
         # Fail fast: when an async save cannot create its step directory, Orbax 0.12.8 raises
         # but leaves threads waiting ~5 minutes for that directory before the process can exit.
-        if "://" not in self.directory:
+        if is_local(self.directory):
             os.rmdir(tempfile.mkdtemp(prefix=".write-probe-", dir=self.directory))
 
     def restore(self, target_state: Any, *, relayout: Callable[[Any, Any], Any] | None = None
@@ -291,13 +271,12 @@ class Checkpointer:
     def _quarantine(self, step: int) -> None:
         # Default Orbax step naming: the step directory is just the number. `corrupt` does not
         # parse as a step, so Orbax neither lists nor garbage-collects what is moved there.
-        source = epath.Path(self.directory) / str(step)
-        target = epath.Path(self.directory) / CORRUPT_SUBDIR / str(step)
+        source = as_path(self.directory) / str(step)
+        target = as_path(self.directory) / CORRUPT_SUBDIR / str(step)
         if jax.process_index() == 0 and source.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
             if target.exists():
                 target = target.parent / f"{step}.{time.strftime('%Y%m%d-%H%M%S')}"
-            source.rename(target)
+            move_directory(source, target)
             log.warning("Moved unreadable checkpoint step %d to %s for inspection; it is not deleted.",
                         step, target)
         if jax.process_count() > 1:

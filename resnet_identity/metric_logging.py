@@ -1,56 +1,80 @@
-"""Metrics to the console, to TensorBoard event files and to `metrics.jsonl`.
+"""Metrics to the console, to TensorBoard event files and to `metrics.jsonl`, in a local or
+gs:// workdir.
 
-clu's writers import TensorFlow at import time (`clu.metric_writers` pulls in its TF
-summary writer), which would break the rule that training on embedded or synthetic data
-needs no TensorFlow. So events are written with tensorboardX (pure Python), and every
-logged value is also appended to `metrics.jsonl`, which notebooks read without either.
+clu's writers import TensorFlow at import time, and tensorboardX's `SummaryWriter` flushes
+from a thread every `flush_secs` and reaches gs:// only through a client of its own. So
+events are encoded with tensorboardX's protobufs and written here, synchronously: each
+`write` leaves its values in `metrics.jsonl` and in the event file before it returns, so a
+SIGKILL costs at most the window being logged. An event file is created with its first
+values, so a run killed before logging anything leaves no empty one.
+
+On Cloud Storage, where an object cannot grow, `metrics.jsonl` and the event file are
+rewritten whole at each write from an in-memory copy, in one upload each (GCS makes an
+upload visible whole or not at all); locally they are appended to.
 
 Resume: `metrics.jsonl` is cut back to the restored step, so no step appears twice there.
-TensorBoard files are append-only; a resumed run starts a new event file and logs a
-`resumed_from_step` scalar, and `read_metrics` keeps the newest value of each step.
+A resumed run starts a new event file and logs a `resumed_from_step` scalar, and
+`read_metrics` keeps the newest file's value of each step.
 """
 
 from __future__ import annotations
 
-import glob
 import json
 import os
+import secrets
+import socket
 import struct
-from typing import Any, Mapping
-
-from resnet_identity.files import write_atomically
+import time
+from typing import Any, Iterator, Mapping
 
 from absl import logging
+from etils import epath
+
+from resnet_identity.files import append_text, as_path, explain_write_errors, is_local, write_atomically
 
 METRICS_FILE = "metrics.jsonl"
-# Records of steps a resumed run redoes, moved out of METRICS_FILE rather than deleted.
+# Records of steps a resumed run redoes (and lines without a step), moved out of METRICS_FILE
+# rather than deleted.
 SUPERSEDED_FILE = "metrics.superseded.jsonl"
+EVENTS_PATTERN = "events.out.tfevents.*"
 
 
 class MetricLogger:
     """Writes scalars from process 0; other processes only log to the console."""
 
-    def __init__(self, workdir: str, *, resumed_from: int, is_main: bool = True):
+    def __init__(self, workdir: epath.PathLike, *, resumed_from: int, is_main: bool = True):
         self.is_main = is_main
-        self.path = os.path.join(workdir, METRICS_FILE)
-        self._events = None
+        self.path = as_path(workdir) / METRICS_FILE
+        self._events: EventFile | None = None
+        self._lines: list[str] | None = None  # METRICS_FILE's content, kept where it cannot be appended to
         if not is_main:
             return
-        _truncate_after(self.path, resumed_from)
-        from tensorboardX import SummaryWriter
-
-        self._events = SummaryWriter(logdir=workdir, flush_secs=30)
+        with explain_write_errors(f"metrics to {self.path}"):
+            kept = _truncate_after(self.path, resumed_from)
+        if not is_local(self.path):
+            self._lines = kept
+        self._events = EventFile(self.path.parent)
         if resumed_from > 0:
             self._events.add_scalar("resumed_from_step", resumed_from, resumed_from)
 
     def write(self, step: int, prefix: str, scalars: Mapping[str, float]) -> None:
+        """Records `scalars` as `prefix/name` at `step`, durable on return (see the module doc)."""
         if not self.is_main:
             return
-        record = {"step": step, **{f"{prefix}/{k}": float(v) for k, v in scalars.items()}}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        line = json.dumps({"step": step, **{f"{prefix}/{k}": float(v) for k, v in scalars.items()}}) + "\n"
         for k, v in scalars.items():
             self._events.add_scalar(f"{prefix}/{k}", float(v), step)
+        try:
+            with explain_write_errors(f"metrics to {self.path.parent}"):
+                if self._lines is None:
+                    append_text(self.path, line)
+                else:
+                    self._lines.append(line)
+                    write_atomically(self.path, "".join(self._lines))
+                self._events.flush()
+        except BaseException:
+            self._events = None  # the first failure is the one reported: close() tries no more
+            raise
 
     def console(self, message: str) -> None:
         if self.is_main:
@@ -59,45 +83,103 @@ class MetricLogger:
             logging.info(message)
 
     def close(self) -> None:
+        """Writes what is still pending: only a `resumed_from_step` of a run that logged nothing."""
         if self._events is not None:
-            self._events.close()
+            with explain_write_errors(f"metrics to {self.path.parent}"):
+                self._events.flush()
 
 
-def _truncate_after(path: str, step: int) -> None:
-    """Moves records past `step` to `SUPERSEDED_FILE` beside `path`: they belong to steps
-    the resumed run will redo (after a preemption, or a fallback to an older checkpoint).
+class EventFile:
+    """One TensorBoard event file (TFRecord framing of `Event` protobufs), named as
+    TensorBoard expects, created at the first `flush` that has values to write."""
+
+    def __init__(self, directory: epath.Path):
+        from tensorboardX.proto import event_pb2
+
+        self._event_pb2 = event_pb2
+        # TensorBoard's naming, with a random tail: two loggers of one process never share a file.
+        self.path = directory / (f"events.out.tfevents.{int(time.time()):010d}."
+                                 f"{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(4)}")
+        version = event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2")
+        self._pending = [_record(version.SerializeToString())]
+        self._has_values = False
+        self._written = b""  # the file's content so far, where it is rewritten whole
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        from tensorboardX.proto import summary_pb2
+
+        summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=tag, simple_value=value)])
+        event = self._event_pb2.Event(wall_time=time.time(), step=step, summary=summary)
+        self._pending.append(_record(event.SerializeToString()))
+        self._has_values = True
+
+    def flush(self) -> None:
+        if not self._has_values or not self._pending:
+            return
+        data = b"".join(self._pending)
+        if is_local(self.path):
+            with open(self.path, "ab") as f:
+                f.write(data)
+        else:
+            self._written += data
+            self.path.write_bytes(self._written)
+        self._pending.clear()
+
+
+def _record(data: bytes) -> bytes:
+    """`data` framed as one TFRecord: length, its masked CRC-32C, data, the data's CRC."""
+    from tensorboardX.record_writer import masked_crc32c
+
+    header = struct.pack("<Q", len(data))
+    return header + struct.pack("<I", masked_crc32c(header)) + data + struct.pack("<I", masked_crc32c(data))
+
+
+def _truncate_after(path: epath.Path, step: int) -> list[str]:
+    """Moves records past `step` to `SUPERSEDED_FILE` beside `path`, and returns the lines
+    kept: records past `step` belong to steps the resumed run will redo (after a preemption,
+    or a fallback to an older checkpoint).
 
     A line that does not parse (the half-written last record of a killed run) is dropped,
-    with a warning, so that the next append starts on a line of its own.
+    with a warning, so that the next append starts on a line of its own. A line without a
+    step (written by hand, say) is moved out with a warning too, kept in `SUPERSEDED_FILE`.
     """
-    if not os.path.exists(path):
-        return
+    if not path.exists():
+        return []
     kept, superseded = [], []
-    with open(path) as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                logging.warning("Dropping line %d of %s, which is not a whole record (a run killed "
-                                "while writing it): %.80r", number, path, line)
-                continue
-            (kept if record["step"] <= step else superseded).append(line)
+    for number, line in enumerate(path.read_text().splitlines(keepends=True), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            logging.warning("Dropping line %d of %s, which is not a whole record (a run killed "
+                            "while writing it): %.80r", number, path, line)
+            continue
+        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+            logging.warning("Moving line %d of %s, which has no step (this trainer did not write it), to %s: %.80r",
+                            number, path, SUPERSEDED_FILE, line)
+            superseded.append(line)
+            continue
+        (kept if record["step"] <= step else superseded).append(line)
     if superseded:
-        with open(os.path.join(os.path.dirname(path), SUPERSEDED_FILE), "a") as f:
-            f.writelines(superseded)
+        append_text(path.parent / SUPERSEDED_FILE, "".join(superseded))
     write_atomically(path, "".join(kept))
+    return kept
 
 
-def read_metrics(workdir: str) -> dict[str, dict[int, float]]:
-    """{tag: {step: value}} from a workdir's TensorBoard event files, newest file winning."""
+def read_metrics(workdir: epath.PathLike) -> dict[str, dict[int, float]]:
+    """{tag: {step: value}} from a workdir's TensorBoard event files (local or gs://); where
+    files disagree on a step, the newest file (by its first event's time) wins."""
     from tensorboardX.proto import event_pb2
 
+    files = []
+    for path in as_path(workdir).glob(EVENTS_PATTERN):
+        events = [event_pb2.Event.FromString(record) for record in _tfrecords(path.read_bytes())]
+        if events:
+            files.append((events[0].wall_time, path.name, events))
     series: dict[str, dict[int, float]] = {}
-    for path in sorted(glob.glob(os.path.join(workdir, "events.out.tfevents.*")), key=os.path.getmtime):
-        for record in _tfrecords(path):
-            event = event_pb2.Event.FromString(record)
+    for _, _, events in sorted(files, key=lambda f: f[:2]):
+        for event in events:
             for value in event.summary.value:
                 number = value.simple_value if value.HasField("simple_value") else _tensor_value(value)
                 series.setdefault(value.tag, {})[event.step] = number
@@ -108,14 +190,13 @@ def _tensor_value(value: Any) -> float:
     return float(value.tensor.float_val[0]) if value.tensor.float_val else float("nan")
 
 
-def _tfrecords(path: str):
-    """Yields the payloads of a TFRecord file (length, crc, data, crc), skipping a torn tail."""
-    with open(path, "rb") as f:
-        while header := f.read(12):
-            if len(header) < 12:
-                return
-            (length,) = struct.unpack("<Q", header[:8])
-            data = f.read(length)
-            if len(data) < length or len(f.read(4)) < 4:
-                return
-            yield data
+def _tfrecords(data: bytes) -> Iterator[bytes]:
+    """The payloads of a TFRecord file's bytes (length, crc, data, crc), less a torn tail."""
+    offset = 0
+    while offset + 12 <= len(data):
+        (length,) = struct.unpack("<Q", data[offset:offset + 8])
+        end = offset + 12 + length
+        if end + 4 > len(data):
+            return
+        yield data[offset + 12:end]
+        offset = end + 4

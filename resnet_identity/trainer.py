@@ -32,7 +32,7 @@ import numpy as np
 from resnet_identity import checkpointing, config as config_lib, models, optim, parallel, xla_config
 from resnet_identity import config_migration
 from resnet_identity.data import DatasetError, get_dataset
-from resnet_identity.files import write_atomically
+from resnet_identity.files import WriteError, append_text, as_path, write_atomically, write_problem
 from resnet_identity.metric_logging import MetricLogger
 from resnet_identity.train_state import TrainState, convert_layout, create_train_state, eval_step, train_step
 
@@ -43,7 +43,7 @@ class DivergenceError(FloatingPointError):
 
 # Errors whose message already says what to do: the command-line entry points print the
 # message alone, without a traceback, and exit 1.
-USER_ERRORS = (config_lib.ConfigError, DatasetError, checkpointing.CheckpointWriteError,
+USER_ERRORS = (config_lib.ConfigError, DatasetError, WriteError,
                checkpointing.CheckpointRestoreError, DivergenceError)
 # Exit status of a run stopped by SIGTERM/SIGINT or a preemption notice after saving
 # (sysexits' EX_TEMPFAIL): not 0, so that a scheduler or a retry loop reruns it.
@@ -56,19 +56,20 @@ def exit_status(result: dict[str, Any]) -> int:
 
 
 def check_workdir(workdir: str) -> None:
-    """Fails early, with what to do, if the workdir cannot be written or the disk is full."""
+    """Fails early, with what to do, if the workdir (local or gs://) cannot be written or
+    the disk is full. The probe file is removed whether or not its write succeeded."""
+    path = as_path(workdir)
+    # One probe per process: the processes of a multi-host run share the workdir.
+    probe = path / f".write_test.{socket.gethostname()}.{os.getpid()}"
     try:
-        os.makedirs(workdir, exist_ok=True)
-        # One probe per process: the processes of a multi-host run share the workdir.
-        probe = os.path.join(workdir, f".write_test.{socket.gethostname()}.{os.getpid()}")
-        with open(probe, "w") as f:
-            f.write("x" * 4096)
-        os.remove(probe)
+        path.mkdir(parents=True, exist_ok=True)
+        try:
+            probe.write_text("x" * 4096)
+        finally:
+            probe.unlink(missing_ok=True)
     except OSError as e:
-        raise OSError(
-            f"Cannot write to workdir {workdir!r} ({e.strerror}). Choose a writable --workdir, "
-            f"fix its permissions, or free disk space."
-        ) from e
+        advice = write_problem(e) or "choose a writable --workdir, fix its permissions, or free disk space."
+        raise WriteError(f"Cannot write to workdir {workdir}: {advice} ({e})") from e
 
 
 def check_saved_config(workdir: str, config: ml_collections.ConfigDict, allow_change: bool, *,
@@ -81,11 +82,10 @@ def check_saved_config(workdir: str, config: ml_collections.ConfigDict, allow_ch
     passes `has_checkpoint=False` when there is none yet, so a run that failed before its
     first save (a bad value, an out-of-memory compile) can be rerun with corrected values.
     """
-    path = os.path.join(workdir, "config.json")
-    if not has_checkpoint or not os.path.exists(path):
+    path = as_path(workdir) / "config.json"
+    if not has_checkpoint or not path.exists():
         return
-    with open(path) as f:
-        saved = config_migration.migrate(json.load(f))  # an older version's field names read as today's
+    saved = config_migration.migrate(json.loads(path.read_text()))  # an older version's field names read as today's
     diffs = config_lib.differing_fields(saved, json.loads(config.to_json()), ignore=config_lib.LAYOUT_FIELDS)
     if diffs and not allow_change:
         raise config_lib.ConfigError(
@@ -98,13 +98,12 @@ def record_config(workdir: str, config: ml_collections.ConfigDict) -> None:
     """Writes `config.json`; a different config it replaces (a resume with
     `--allow_config_change`, or a rerun before the first checkpoint) is appended to
     `config_history.jsonl` first, so the config of every earlier step stays on record."""
-    path = os.path.join(workdir, "config.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            saved = json.load(f)
+    path = as_path(workdir) / "config.json"
+    if path.exists():
+        saved = json.loads(path.read_text())
         if config_lib.differing_fields(saved, json.loads(config.to_json())):
-            with open(os.path.join(workdir, "config_history.jsonl"), "a") as f:
-                f.write(json.dumps({"replaced_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            append_text(path.parent / "config_history.jsonl",
+                        json.dumps({"replaced_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                     "config": saved}) + "\n")
     # Atomically: the other processes may be reading it in check_saved_config.
     write_atomically(path, config.to_json(indent=2))
@@ -190,7 +189,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     config_lib.validate(config, num_devices=mesh.devices.size, num_processes=jax.process_count())
     is_main = jax.process_index() == 0
     check_workdir(workdir)
-    checkpoint_dir = os.path.join(workdir, "checkpoints")
+    checkpoint_dir = as_path(workdir) / "checkpoints"
     check_saved_config(workdir, config, allow_config_change,
                        has_checkpoint=bool(checkpointing.finalized_steps(checkpoint_dir)))
     dataset = get_dataset(config)  # a missing dataset fails here, before any compile
@@ -327,6 +326,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         logger.close()
     final = {"step": step, **{f"{tag}_{k}": v for tag, m in eval_results.items() for k, v in m.items()}}
     if is_main:
-        write_atomically(os.path.join(workdir, "final_metrics.json"), json.dumps(final, indent=2))
+        write_atomically(as_path(workdir) / "final_metrics.json", json.dumps(final, indent=2))
     logger.console("final: " + ", ".join(f"{tag} error {100 * m['error']:.2f}%" for tag, m in eval_results.items()))
     return {**final, "state": state} if return_state else final
