@@ -1,8 +1,10 @@
 """The papers' analyses as tools.
 
 - `signal`: per-unit forward and backward norms through depth (v2 Sec. 3-4, Eq. 4-5, 8-9).
-- `ablation`: runs the rows of v2 Tables 1 and 2 (`python -m resnet_identity.ablate`).
+- `experiments`: every table and curves figure of both papers as rows to train
+  (`python -m resnet_identity.reproduce`); `runs` trains them, `report` sets them beside the
+  paper's figures.
 - `unit_ops`: a unit's operations in execution order, read off its traced code (v2 Fig. 4).
 - `plots`: the papers' figure styles (error curves, per-unit series, unit diagrams).
-- `paper`: the published figures everything above is compared against.
+- `paper`: the published figures everything above is compared against (docs/papers.md).
 """

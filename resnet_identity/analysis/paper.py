@@ -1,17 +1,31 @@
 """The papers' published figures, as data to compare our models and runs against.
 
-Every number is copied from PAPERS.md, the project's notes on both papers (arXiv v3); None in an error
-column means the paper reports "fail" (test error above 20%, v2 Table 1 footnote).
+The tables of results are read from `docs/papers.md`, the project's account of both papers,
+so that each published figure is written down once, there: every table sits under a `###`
+heading naming it ("v1 Table 6", "v2 Table 3"), its first column is the row label, and each
+other column holds one figure in percent, `fail` (a failed run, test error above 20%) or `—`
+(no figure). `figure` finds one; `PaperFigure` names one for an experiment's row.
+
+Exact parameter counts and multiply-adds (docs/papers.md "Exact trainable parameter counts",
+"Compute") are keyed by our model names here, for the model notebook and its tests.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import re
 
-# v2 Table 1: "fail" means test error above 20% on CIFAR-10.
+from etils import epath
+
+# v2 Table 1's footnote: "fail" means test error above 20% on CIFAR-10.
 FAIL_ERROR = 0.20
 
-# Exact trainable parameters (PAPERS.md "Exact trainable parameter counts"). CIFAR basic nets
+# Beside the package in a source checkout: the repository's docs.
+PAPERS_MD = epath.Path(__file__).resolve().parents[2] / "docs" / "papers.md"
+NO_FIGURE = "—"  # how docs/papers.md (and our tables) mark a cell the paper leaves empty
+
+# Exact trainable parameters (docs/papers.md "Exact trainable parameter counts"). CIFAR basic nets
 # use option A; the plain nets have the same count, since option A shortcuts are parameter-free.
 PARAMETERS: dict[str, int] = {
     "cifar_resnet20": 269_722,
@@ -35,8 +49,8 @@ PARAMETERS: dict[str, int] = {
     "preact_resnet200": 64_666_152,
 }
 
-# Forward multiply-adds per image, in units of 1e9 (PAPERS.md "Compute"): v1 Table 1 at 224x224
-# with the stride on the first 1x1, and v2's CIFAR pre-act nets at 32x32.
+# Forward multiply-adds per image, in units of 1e9 (docs/papers.md "Compute"): v1 Table 1 at
+# 224x224 with the stride on the first 1x1, and v2's CIFAR pre-act nets at 32x32.
 GIGA_MACS: dict[str, float] = {
     "resnet18": 1.8,
     "resnet34": 3.6,
@@ -49,59 +63,114 @@ GIGA_MACS: dict[str, float] = {
 
 
 @dataclasses.dataclass(frozen=True)
-class AblationRow:
-    """One row of v2 Table 1 or 2: the unit variant, its options, and the paper's error(s).
+class Table:
+    """One markdown table: the `###` heading above it, its column headers and its rows."""
 
-    `errors` maps a model name to the paper's CIFAR-10 test error (a fraction), None for "fail".
+    heading: str
+    columns: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+
+
+def _cells(line: str) -> tuple[str, ...]:
+    return tuple(cell.strip() for cell in line.strip().strip("|").split("|"))
+
+
+def parse_tables(markdown: str) -> list[Table]:
+    """Every table of `markdown`, each with the text of the nearest `###` heading above it."""
+    tables, heading, block = [], "", []
+    for line in markdown.splitlines() + [""]:
+        stripped = line.strip()
+        if stripped.startswith("|"):
+            block.append(stripped)
+            continue
+        if len(block) > 2 and set(block[1]) <= set("|-: "):  # header, separator, rows
+            tables.append(Table(heading, _cells(block[0]), tuple(_cells(b) for b in block[2:])))
+        block = []
+        if stripped.startswith("#"):
+            heading = stripped.lstrip("#").strip()
+    return tables
+
+
+@functools.cache
+def _tables(path: str) -> tuple[Table, ...]:
+    return tuple(parse_tables(epath.Path(path).read_text()))
+
+
+def tables(path: epath.PathLike | None = None) -> tuple[Table, ...]:
+    """The tables of docs/papers.md (or of `path`), read once per process."""
+    source = epath.Path(path) if path is not None else PAPERS_MD
+    if not source.exists():
+        raise FileNotFoundError(
+            f"{source} is missing: the paper's figures are read from docs/papers.md, "
+            "which a source checkout of the repository has."
+        )
+    return _tables(str(source))
+
+
+def find_table(name: str, path: epath.PathLike | None = None) -> Table:
+    """The table whose heading names `name` ("v1 Table 6") as a whole phrase."""
+    pattern = re.compile(rf"(?<![\w.]){re.escape(name)}(?![\w.])")
+    found = [t for t in tables(path) if pattern.search(t.heading)]
+    if len(found) != 1:
+        headings = [t.heading for t in tables(path) if t.heading]
+        raise KeyError(f"{len(found)} tables of docs/papers.md are headed {name!r}; headings: {headings}")
+    return found[0]
+
+
+def figure(table: str, row: str, column: str, path: epath.PathLike | None = None) -> str:
+    """The cell of `table` at row label `row` and column header `column`, as written there."""
+    found = find_table(table, path)
+    if column not in found.columns:
+        raise KeyError(f"{table} in docs/papers.md has no column {column!r}; columns: {list(found.columns)}")
+    matches = [r for r in found.rows if r[0] == row]
+    if len(matches) != 1:
+        raise KeyError(
+            f"{table} in docs/papers.md has {len(matches)} rows labelled {row!r}; rows: {[r[0] for r in found.rows]}"
+        )
+    return matches[0][found.columns.index(column)]
+
+
+def percent(cell: str) -> float | None:
+    """A cell's figure as a number; None for `fail` or `—`."""
+    try:
+        return float(cell)
+    except ValueError:
+        if cell in ("fail", NO_FIGURE):
+            return None
+        raise ValueError(f"{cell!r} in docs/papers.md is neither a number, 'fail' nor {NO_FIGURE!r}.") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class PaperFigure:
+    """Where a row's published figure sits in docs/papers.md.
+
+    `column` holds the best (or only) error; `mean` and `std` name the columns of a mean and
+    standard deviation over runs, where the table has them (v1 Table 6).
     """
 
-    key: str
-    label: str
-    unit: str
-    unit_options: dict
-    errors: dict[str, float | None]
-    shortcut_factor: str = ""
-    branch_factor: str = ""
+    table: str
+    row: str
+    column: str = "error (%)"
+    mean: str | None = None
+    std: str | None = None
 
+    def cells(self, path: epath.PathLike | None = None) -> tuple[str, str | None, str | None]:
+        """(best, mean, std) as written; mean and std None where the table has no such column."""
+        best = figure(self.table, self.row, self.column, path)
+        mean = figure(self.table, self.row, self.mean, path) if self.mean else None
+        std = figure(self.table, self.row, self.std, path) if self.std else None
+        return best, mean, std
 
-def _t1(key, label, unit, options, error, shortcut, branch):
-    return AblationRow(key, label, unit, options, {"cifar_resnet110": error}, shortcut, branch)
+    def text(self, path: epath.PathLike | None = None) -> str:
+        """As v1 Table 6 prints it: "6.43 (6.61±0.16)", "8.75", "fail" or "—"."""
+        best, mean, std = self.cells(path)
+        if mean in (None, NO_FIGURE) or std in (None, NO_FIGURE):
+            return best
+        return f"{best} ({mean}±{std})"
 
+    def value(self, path: epath.PathLike | None = None) -> float | None:
+        """The best (or only) error in percent; None for `fail` or no figure."""
+        return percent(self.cells(path)[0])
 
-# v2 Table 1, ResNet-110 with f = ReLU. The "exclusive gating, b_g from 0 to -5: fail" row is a
-# sweep, not one run, and is left out.
-TABLE1: tuple[AblationRow, ...] = (
-    _t1("original", "original", "original", {}, 0.0661, "1", "1"),
-    _t1("constant_scaling_shortcut", "constant scaling 0.5 / 1", "constant_scaling_shortcut",
-        {"shortcut_scale": 0.5, "branch_scale": 1.0}, None, "0.5", "1"),
-    _t1("constant_scaling", "constant scaling 0.5 / 0.5", "constant_scaling",
-        {"shortcut_scale": 0.5, "branch_scale": 0.5}, 0.1235, "0.5", "0.5"),
-    _t1("exclusive_gating_b-6", "exclusive gating, b_g = -6", "exclusive_gating",
-        {"gate_bias_init": -6.0}, 0.0870, "1-g(x)", "g(x)"),
-    _t1("exclusive_gating_b-7", "exclusive gating, b_g = -7", "exclusive_gating",
-        {"gate_bias_init": -7.0}, 0.0981, "1-g(x)", "g(x)"),
-    _t1("shortcut_only_gating_b0", "shortcut-only gating, b_g = 0", "shortcut_only_gating",
-        {"gate_bias_init": 0.0}, 0.1286, "1-g(x)", "1"),
-    _t1("shortcut_only_gating_b-6", "shortcut-only gating, b_g = -6", "shortcut_only_gating",
-        {"gate_bias_init": -6.0}, 0.0691, "1-g(x)", "1"),
-    _t1("conv_shortcut", "1x1 conv shortcut", "conv_shortcut", {}, 0.1222, "1x1 conv", "1"),
-    _t1("dropout_shortcut", "dropout shortcut", "dropout_shortcut", {"rate": 0.5}, None, "dropout 0.5", "1"),
-)
-
-
-def _t2(key, label, error110, error164):
-    return AblationRow(key, label, key, {}, {"cifar_resnet110": error110, "cifar_resnet164": error164})
-
-
-# v2 Table 2: where BN and ReLU sit around the addition.
-TABLE2: tuple[AblationRow, ...] = (
-    _t2("original", "(a) original", 0.0661, 0.0593),
-    _t2("bn_after_addition", "(b) BN after addition", 0.0817, 0.0650),
-    _t2("relu_before_addition", "(c) ReLU before addition", 0.0784, 0.0614),
-    _t2("relu_only_preact", "(d) ReLU-only pre-activation", 0.0671, 0.0591),
-    _t2("full_preact", "(e) full pre-activation", 0.0637, 0.0546),
-)
-
-TABLES = {1: TABLE1, 2: TABLE2}
-# Networks each table reports: Table 1 ResNet-110 only; Table 2 ResNet-110 and ResNet-164.
-TABLE_MODELS = {1: ("cifar_resnet110",), 2: ("cifar_resnet110", "cifar_resnet164")}
+    def failed(self, path: epath.PathLike | None = None) -> bool:
+        return self.cells(path)[0] == "fail"

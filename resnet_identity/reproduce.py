@@ -1,0 +1,106 @@
+"""Every table and training-curve figure of both papers, as one command.
+
+  python -m resnet_identity.reproduce EXPERIMENT --workdir=DIR [--config=FILE] [--seeds=N]
+      [--rows=KEY,...] [--preset=quick] [--steps=N] [--config.FIELD=VALUE ...]
+
+Experiments (`resnet_identity/analysis/experiments.py` declares their rows):
+  v1-table6   CIFAR-10 plain and ResNet-20/32/44/56/110 (--rows=resnet1202 for ResNet-1202)
+  v1-fig6     training curves of plain-20/32/44/56 and ResNet-20..110 (v1 Fig. 6)
+  v2-table1   v2 Table 1: scaling and gating the shortcut of ResNet-110
+  v2-table2   v2 Table 2: BN and ReLU around the addition, ResNet-110 and -164
+  v2-table3   original vs pre-activation ResNet-164 and -1001, CIFAR-10 and CIFAR-100
+  v2-fig6     training curves of ResNet-1001, original vs pre-activation (v2 Fig. 6)
+  v2-table5   ImageNet pre-act ResNet-152/200 (and the originals) at 224 and 320 crops
+
+Each row trains with its paper recipe (or with --config's recipe, budget and dataset), for
+--seeds seeds, each a normal train.py run in DIR/<row>/seed<seed>. Rerunning the command
+resumes unfinished runs and skips finished ones; on a pod slice run the same command on every
+host, as train.py. DIR/table.md sets each row's figure, best (mean±std) over seeds, beside
+the paper's (read from docs/papers.md); DIR/table.png plots them (DIR/curves.png for a
+figure); DIR/summary.json holds every run's final metrics and workdir. A run that diverges
+is "fail" with its reason, as is a v2 Table 1-2 row above 20% test error (--fail_above).
+
+--preset=quick shrinks every CIFAR row to one unit per stage and 20 steps of batch 16 on the
+embedded digits: a check that everything runs on a CPU in minutes, not the papers' experiment.
+
+Exit status: 0 when every run finished; 75 when a run was preempted after saving (rerun to
+resume); 1 on an error, printed with what to do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from absl import flags
+from etils import epath
+from ml_collections import config_flags
+
+from resnet_identity import cli, parallel, trainer
+from resnet_identity.analysis import experiments, runs
+
+DEFAULT_CONFIG = epath.Path(__file__).parent / "analysis" / "paper_recipe.py"
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    "config",
+    str(DEFAULT_CONFIG),
+    "A training config file (configs/*.py[:preset]) whose recipe, budget and "
+    "dataset every row uses instead of its paper recipe. Unset: each row's paper recipe.",
+    lock_config=True,
+)
+flags.DEFINE_string(
+    "workdir", None, "Directory for the runs, table.md, table.png/curves.png and summary.json (a gs:// path works too)."
+)
+flags.DEFINE_integer("seeds", 1, "Runs per row, with seeds config.seed, config.seed + 1, ...")
+flags.DEFINE_list("rows", None, "Only these rows (keys as in table.md); default: the experiment's rows.")
+flags.DEFINE_enum("preset", None, list(experiments.PRESETS), "quick: one unit per stage, 20 steps on the digits.")
+flags.DEFINE_integer("steps", None, "Training steps per run; the LR boundaries and warm-up scale with it.")
+flags.DEFINE_float(
+    "fail_above",
+    None,
+    "Test error (a fraction) above which a row is 'fail'. Default: the "
+    "experiment's (0.20 for v2 Tables 1-2, as the paper; none elsewhere).",
+)
+flags.DEFINE_bool(
+    "distributed", None, "As train.py: call jax.distributed.initialize() (unset: when the environment is multi-host)."
+)
+
+
+def run(name: str, rows: list[str] | None, overrides: Mapping[str, Any]) -> int:
+    """The command with the flags' values: prints table.md; returns the exit status."""
+    cli.require(workdir=FLAGS.workdir)
+    parallel.maybe_initialize_distributed(FLAGS.distributed)
+    try:
+        table = runs.run_experiment(
+            experiments.EXPERIMENTS[name],
+            FLAGS.workdir,
+            base=FLAGS.config if FLAGS["config"].present else None,
+            overrides=overrides,
+            preset=FLAGS.preset,
+            steps=FLAGS.steps,
+            seeds=FLAGS.seeds,
+            rows=rows,
+            fail_above=FLAGS.fail_above,
+        )
+    except (ValueError, OSError, *trainer.USER_ERRORS) as e:
+        cli.fail(str(e))
+    if table is None:
+        print("Preempted: rerun the same command to resume.")
+        return trainer.EXIT_PREEMPTED
+    print(table)
+    return 0
+
+
+def main(argv):
+    if len(argv) != 2 or argv[1] not in experiments.EXPERIMENTS:
+        given = f"got {argv[1:]}" if len(argv) != 2 else f"{argv[1]!r} is not one"
+        cli.fail(f"name one experiment ({given}): {', '.join(experiments.EXPERIMENTS)}. `--help` says what each is.")
+    return run(argv[1], FLAGS.rows, config_flags.get_override_values(FLAGS["config"]))
+
+
+if __name__ == "__main__":
+    from resnet_identity import xla_config
+
+    xla_config.use_huge_pages()  # as train.py: re-executes once, for XLA:CPU's per-step buffers
+    cli.run(main)
