@@ -8,7 +8,8 @@
   exits 0 (absl's own `--help` exits 1); `--helpfull` adds every library's flags;
 - a user's mistake, whether in the flags, in a config file or its overrides, or raised by the
   run as a `UserError` (or passed to `fail`), is printed as one message that says what to do,
-  and the process exits 1 without a traceback;
+  and the process exits 1 without a traceback; so is a missing optional extra (an ImportError
+  whose message gives the `pip install` command);
 - Ctrl-C before the run's own handler is installed (while compiling, say) exits 130 quietly.
 """
 
@@ -69,6 +70,10 @@ def run(main: Callable[[list[str]], int | None], *, help_epilog: Callable[[], st
         try:
             return main(argv)
         except UserError as e:
+            fail(str(e))
+        except ImportError as e:
+            if "pip install" not in str(e):  # a missing extra names its install command; anything else is a bug
+                raise
             fail(str(e))
         except KeyboardInterrupt:
             print("interrupted.", file=sys.stderr, flush=True)

@@ -2,6 +2,7 @@
 `--list_config`, and a mistake in the flags or the config reported as one line, exit 1, no
 traceback. Each case runs the real `train.py` in a subprocess; none of them trains."""
 
+import os
 import pathlib
 import subprocess
 import sys
@@ -84,3 +85,18 @@ def test_invalid_value_is_reported_before_anything_is_written(tmp_path):
     done = train("--config=configs/quickstart.py", f"--workdir={tmp_path / 'run'}", "--config.num_train_steps=-5")
     assert_user_error(done, "num_train_steps")
     assert not (tmp_path / "run").exists()
+
+
+def test_missing_extra_names_its_install_command(tmp_path):
+    """A TFDS dataset without TensorFlow Datasets installed (shadowed here by a module that
+    fails to import, as on a machine without the extra)."""
+    (tmp_path / "tensorflow_datasets.py").write_text("raise ImportError('No module named tensorflow_datasets')\n")
+    done = subprocess.run([sys.executable, str(ROOT / "train.py"), "--config=configs/quickstart.py",
+                           f"--workdir={tmp_path / 'run'}", "--config.dataset=cifar10"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    # TensorFlow itself was importable: its C++ start-up lines may come first.
+    assert done.stderr.splitlines()[-1].startswith("error: "), done.stderr
+    assert "pip install -e '.[tfds]'" in done.stderr
