@@ -1,6 +1,6 @@
 """PyTorch eager reference for the CPU speed target: pre-act ResNet-164 (v2), one train step.
 
-A faithful copy of `cifar_preact164` (PAPERS.md "v2 network details"): bare 3x3 stem,
+A faithful copy of `cifar_preact164` (docs/papers.md "v2 network details"): bare 3x3 stem,
 three stages of 18 bottleneck units (64/128/256 channels, stride on the first 1x1), the
 first unit of each stage pre-activating both paths into a bare 1x1 projection (option B),
 a final BN-ReLU, global average pooling and FC. Its parameter count, 1,703,258, is checked

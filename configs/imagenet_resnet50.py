@@ -1,6 +1,6 @@
 """ResNet-50 (v1 Table 1) on ImageNet with the v2 ImageNet recipe.
 
-PAPERS.md gives no ResNet-50 error to match (v2 Table 5 has ResNet-152 and -200); this config
+docs/papers.md gives no ResNet-50 error to match (v2 Table 5 has ResNet-152 and -200); this config
 is the throughput benchmark's network (benchmarks/RESULTS.md, target 7a) and a baseline.
 
 Launch:

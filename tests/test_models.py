@@ -13,7 +13,7 @@ import pytest
 from resnet_identity import models
 from resnet_identity.models import summary
 
-# PAPERS.md "Exact trainable parameter counts".
+# docs/papers.md "Exact trainable parameter counts".
 PARAMETER_COUNTS = [
     ("cifar_resnet20", 10, {}, 269_722),
     ("cifar_resnet32", 10, {}, 464_154),
@@ -56,7 +56,7 @@ def test_parameter_count_does_not_depend_on_scan_or_remat():
     assert _count("cifar_preact164", 10, stride_on="3x3") == expected
 
 
-# PAPERS.md "Compute": forward multiply-adds (G) per image.
+# docs/papers.md "Compute": forward multiply-adds (G) per image.
 MACS = [
     ("resnet50", {"stride_on": "3x3"}, 4.09, 0.02),
     ("resnet152", {"stride_on": "3x3"}, 11.56, 0.02),
@@ -67,7 +67,7 @@ MACS = [
     ("resnet50", {}, 3.8, 0.02),
     ("resnet101", {}, 7.6, 0.02),
     ("resnet152", {}, 11.3, 0.02),
-    # Our exact count is 0.2445 G, 2.2% under PAPERS.md's two-digit "0.25 G" (1001 matches
+    # Our exact count is 0.2445 G, 2.2% under docs/papers.md's two-digit "0.25 G" (1001 matches
     # to 0.1%); no conv/FC counting rule reaches 0.25 for both, so the figure is taken as rounded.
     ("cifar_preact164", {}, 0.25, 0.025),
     ("cifar_preact1001", {}, 1.49, 0.02),

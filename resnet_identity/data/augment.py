@@ -1,6 +1,6 @@
 """Geometric training augmentation, on device, in pure JAX.
 
-The CIFAR recipe of both papers (v1 Sec. 4.2; v2 Appendix, PAPERS.md "CIFAR (v2 paper)"):
+The CIFAR recipe of both papers (v1 Sec. 4.2; v2 Appendix, docs/papers.md "CIFAR (v2 paper)"):
 "pad 4 pixels on each side, take a random 32x32 crop from the padded image or
 its horizontal flip". The released code (fb.resnet.torch ``cifar10.lua``:
 ``ColorNormalize``, ``HorizontalFlip(0.5)``, ``RandomCrop(32, 4)``) normalises

@@ -3,7 +3,7 @@
 Both splits (50k train, 10k test, 32x32x3) are read with tf.data into host
 numpy arrays when the dataset is built; from then on they are served exactly
 like the embedded sources (``in_memory.py``): the order of ``order.py`` and
-the device-side pad-4 crop + flip of the CIFAR recipe (PAPERS.md, v2 "CIFAR").
+the device-side pad-4 crop + flip of the CIFAR recipe (docs/papers.md "CIFAR (v2 paper)").
 
 TensorFlow is imported only when ``load`` runs (``tfds_access.import_tfds``).
 """

@@ -1,6 +1,6 @@
 """ImageNet colour augmentation of fb.resnet.torch, on device, in pure JAX.
 
-PAPERS.md ("ImageNet (v2)"): fb.resnet.torch trains with colour jitter 0.4
+docs/papers.md ("ImageNet (v2)"): fb.resnet.torch trains with colour jitter 0.4
 and PCA lighting noise of std 0.1; ``datasets/imagenet.lua`` applies, after
 the random-sized crop and before ``ColorNormalize``:
 

@@ -5,7 +5,7 @@ Choices (``config.normalization``; the CIFAR paper recipes, ``recipes.cifar``, p
   * ``'per_channel'`` (the default when none is set): ``(x - mean_c) / std_c``.
       - CIFAR-10: mean (125.3, 123.0, 113.9), std (63.0, 62.1, 66.7) on the
         0-255 scale, the constants of the released v2 code
-        (fb.resnet.torch ``datasets/cifar10.lua``; PAPERS.md, CIFAR recipe).
+        (fb.resnet.torch ``datasets/cifar10.lua``; docs/papers.md "CIFAR (v2 paper)").
       - CIFAR-100: mean (129.3, 124.1, 112.4), std (68.2, 65.4, 70.4), the
         constants of fb.resnet.torch ``datasets/cifar100.lua``, computed the
         same way on the CIFAR-100 training set.

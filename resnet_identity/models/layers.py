@@ -59,7 +59,7 @@ class GhostBatchNorm(nn.Module):
     """BatchNorm whose training statistics come from groups of `group_size` examples.
 
     The papers' statistics were per GPU: 64 images on CIFAR (batch 128 on 2 GPUs) and 32 on
-    ImageNet (batch 256 on 8 GPUs), PAPERS.md "Training recipes". Splitting the global batch
+    ImageNet (batch 256 on 8 GPUs), docs/papers.md "Training recipes". Splitting the global batch
     into contiguous groups of G and normalising each by its own mean and (biased) variance
     reproduces that on any device count. `group_size=None` uses the whole batch, which under
     `jax.jit` with a sharded batch is the exact global-batch statistic.

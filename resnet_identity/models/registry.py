@@ -27,7 +27,7 @@ class UnitVariant:
     table: str = ""
 
 
-# Table rows refer to PAPERS.md "v2 ablations".
+# Table rows refer to docs/papers.md "v2 ablations".
 UNITS: dict[str, UnitVariant] = {
     "original": UnitVariant(PostActivation, table="v1; v2 Table 1 row 1, Table 2(a)"),
     "full_preact": UnitVariant(PreActivation, table="v2; Table 2(e)"),
@@ -54,7 +54,7 @@ Stages = tuple[tuple[int, ...], tuple[int, ...], bool]  # units per stage, chann
 
 
 def cifar_stages(depth: int, bottleneck: bool) -> Stages:
-    """Three stages of n units on 32/16/8 maps (PAPERS.md "Depths"): depth 6n+2 with basic
+    """Three stages of n units on 32/16/8 maps (docs/papers.md "Depths"): depth 6n+2 with basic
     units (v1 Sec. 4.2), 9n+2 with bottleneck units (v2's ResNet-164 and -1001)."""
     per_unit = 9 if bottleneck else 6
     if depth < per_unit + 2 or (depth - 2) % per_unit:
@@ -66,7 +66,7 @@ def cifar_stages(depth: int, bottleneck: bool) -> Stages:
     return (n,) * 3, features, bottleneck
 
 
-IMAGENET_STAGES = {  # PAPERS.md "Depths": v1 Table 1, and v2's ResNet-200
+IMAGENET_STAGES = {  # docs/papers.md "Depths": v1 Table 1, and v2's ResNet-200
     18: ((2, 2, 2, 2), False),
     34: ((3, 4, 6, 3), False),
     50: ((3, 4, 6, 3), True),
@@ -87,7 +87,7 @@ def imagenet_stages(depth: int, bottleneck: bool) -> Stages:
 
 @dataclasses.dataclass(frozen=True)
 class Family:
-    """A network family (PAPERS.md "Depths"): its stem, how depth maps to stages, its input size."""
+    """A network family (docs/papers.md "Depths"): its stem, how depth maps to stages, its input size."""
 
     name: str
     stem: type[Stem]
