@@ -40,6 +40,7 @@ import contextlib
 import errno
 import logging
 import os
+import shutil
 import signal
 import tempfile
 import time
@@ -76,9 +77,9 @@ class CheckpointLayoutError(CheckpointRestoreError):
 
 
 @contextlib.contextmanager
-def _explain_write_errors(directory: str, manager: ocp.CheckpointManager | None = None) -> Iterator[None]:
+def _explain_write_errors(what: str, manager: ocp.CheckpointManager | None = None) -> Iterator[None]:
     try:
-        with explain_write_errors(f"checkpoints to {directory}", CheckpointWriteError):
+        with explain_write_errors(what, CheckpointWriteError):
             yield
     except Exception:
         if manager is not None:
@@ -130,7 +131,9 @@ class Checkpointer:
             enable_async_checkpointing=async_save,
             cleanup_tmp_directories=True,
         )
-        with _explain_write_errors(self.directory):
+        self._in_flight: int | None = None  # the step whose asynchronous write may still be running
+        self._failed = False  # whether a CheckpointWriteError has been raised
+        with _explain_write_errors(f"checkpoints to {self.directory}"):
             if as_path(self.directory).exists() and not as_path(self.directory).is_dir():
                 raise NotADirectoryError(errno.ENOTDIR, "Not a directory", self.directory)
             self._manager = ocp.CheckpointManager(
@@ -165,15 +168,42 @@ class Checkpointer:
             STATE_ITEM: ocp.args.StandardSave(state),
             META_ITEM: ocp.args.JsonSave({"step": int(step), **(metadata or {})}),
         })
-        with _explain_write_errors(self.directory, self._manager):
+        self.wait()  # Orbax would wait too; here a failure of that save names its own step
+        with self._writing(step):
             self._check_writable()
-            return self._manager.save(step, args=args, force=True)
+            self._check_space(state, step)
+            saved = self._manager.save(step, args=args, force=True)
+        self._in_flight = step if saved else None
+        return saved
 
     def _check_writable(self) -> None:
         # Fail fast: when an async save cannot create its step directory, Orbax 0.12.8 raises
         # but leaves threads waiting ~5 minutes for that directory before the process can exit.
         if is_local(self.directory):
             os.rmdir(tempfile.mkdtemp(prefix=".write-probe-", dir=self.directory))
+
+    def _check_space(self, state: Any, step: int) -> None:
+        """Refuses, at `step` itself, a save the local disk has no room for: a write that
+        fails midway is only noticed later, after pages of Orbax tracebacks. At least the
+        state's raw size must be free (Orbax stores arrays uncompressed)."""
+        if not is_local(self.directory):
+            return
+        needed = sum(getattr(leaf, "nbytes", 0) for leaf in jax.tree.leaves(state))
+        free = shutil.disk_usage(self.directory).free
+        if free < needed:
+            raise OSError(errno.ENOSPC, f"No space left on device: checkpoint {step} needs "
+                                        f"{needed / 2**20:.1f} MiB, {free / 2**20:.1f} MiB are free")
+
+    @contextlib.contextmanager
+    def _writing(self, step: int | None) -> Iterator[None]:
+        """A write failure inside raises `CheckpointWriteError`, naming `step` if given."""
+        what = f"checkpoint {step} to {self.directory}" if step is not None else f"checkpoints to {self.directory}"
+        try:
+            with _explain_write_errors(what, self._manager):
+                yield
+        except Exception:
+            self._failed = True
+            raise
 
     def restore(self, target_state: Any, *, relayout: Callable[[Any, Any], Any] | None = None
                 ) -> tuple[Any, int] | None:
@@ -284,12 +314,16 @@ class Checkpointer:
         self._manager.reload()
 
     def wait(self) -> None:
-        """Blocks until any asynchronous save has been written and renamed into place."""
-        with _explain_write_errors(self.directory, self._manager):
+        """Blocks until any asynchronous save has been written and renamed into place; one
+        that failed raises `CheckpointWriteError` naming its step. Once such an error has
+        been raised, `wait` and `close` raise no more: the user reads the first one only."""
+        step, self._in_flight = self._in_flight, None
+        with contextlib.suppress(Exception) if self._failed else self._writing(step):
             self._manager.wait_until_finished()
 
     def close(self) -> None:
-        with _explain_write_errors(self.directory):
+        step, self._in_flight = self._in_flight, None
+        with contextlib.suppress(Exception) if self._failed else self._writing(step):
             self._manager.close()
 
     def __enter__(self) -> Checkpointer:

@@ -103,32 +103,33 @@ def write_atomically(path: epath.PathLike, content: str | bytes) -> None:
     """
     path = as_path(path)
     data = content.encode() if isinstance(content, str) else content
-    if not is_local(path):
-        path.write_bytes(data)
-        return
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    # os.open with mode 0o666 lets the umask decide the permissions, as open() would.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with explain_write_errors(str(path)):
+        if not is_local(path):
+            path.write_bytes(data)
+            return
+        tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        # os.open with mode 0o666 lets the umask decide the permissions, as open() would.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 def append_text(path: epath.PathLike, text: str) -> None:
     """Appends `text` to `path`. A Cloud Storage object cannot grow, so there it is read
     and rewritten whole (in one upload: never half of it); keep this for small records."""
     path = as_path(path)
-    if is_local(path):
-        with open(path, "a") as f:
-            f.write(text)
-    else:
+    if not is_local(path):
         write_atomically(path, (path.read_text() if path.exists() else "") + text)
+        return
+    with explain_write_errors(str(path)), open(path, "a") as f:
+        f.write(text)
 
 
 def move_directory(source: epath.PathLike, target: epath.PathLike) -> None:

@@ -123,7 +123,7 @@ def test_a_run_on_gcs_killed_three_times_ends_bitwise_equal_to_a_local_one(gcs_b
 
     changed = tiny_config(steps)
     changed.checkpoint_every_steps = 2
-    changed.schedule.learning_rate = 0.05
+    changed.seed = 1
     with pytest.raises(config_lib.ConfigError, match="different config"):
         trainer.train_and_evaluate(changed, run)
-    assert json.loads(read_object(f"{run}/config.json"))["schedule"]["learning_rate"] != 0.05
+    assert json.loads(read_object(f"{run}/config.json"))["seed"] == 0
