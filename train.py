@@ -26,7 +26,7 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and metric
 flags.DEFINE_bool("distributed", None, "Call jax.distributed.initialize() (multi-host runs). Unset: "
                   "only in a multi-host environment (e.g. JAX_COORDINATOR_ADDRESS); --nodistributed: never.")
 flags.DEFINE_bool("allow_config_change", False, "Resume a workdir whose config.json differs from --config.")
-flags.DEFINE_bool("list_config", False, "Print every field of --config (with its overrides) and its value; train nothing.")
+flags.DEFINE_bool("list_config", False, "Print each field of --config, overrides applied, and train nothing.")
 
 
 def config_lines(tree: dict, prefix: str = "") -> list[str]:

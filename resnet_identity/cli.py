@@ -19,7 +19,8 @@ import difflib
 import os
 import re
 import sys
-from typing import Callable, Iterable, NoReturn, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import NoReturn
 
 from absl import app, flags, logging
 from ml_collections.config_flags import config_flags
