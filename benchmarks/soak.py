@@ -28,7 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _command(workdir: str, steps: int) -> list[str]:
     return [sys.executable, os.path.join(ROOT, "train.py"), "--config=configs/quickstart.py",
             f"--workdir={workdir}", f"--config.num_train_steps={steps}",
-            f"--config.lr_boundaries=({steps * 2 // 3},{steps * 5 // 6})",
+            f"--config.schedule.boundaries=({steps * 2 // 3},{steps * 5 // 6})",
             "--config.checkpoint_every_steps=5", "--config.log_every_steps=5",
             f"--config.eval_every_steps={steps}"]
 

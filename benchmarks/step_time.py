@@ -190,7 +190,8 @@ def training_setup(model_name: str, batch: int, *, dataset: str = "synthetic", n
     size = models.input_size(model_name)
     data = get_dataset(ml_collections.ConfigDict(
         {"dataset": dataset, "synthetic": {"image_size": size, "num_classes": num_classes}}))
-    schedule = optim.learning_rate_schedule(base_learning_rate=0.1, boundaries=(32_000, 48_000))
+    schedule = optim.build_schedule(optim.schedule_config("step", boundaries=(32_000, 48_000)),
+                                    total_steps=64_000, steps_per_epoch=1)
     tx = optim.sgd(learning_rate=schedule, momentum=0.9, weight_decay=1e-4)
     init_key, step_key = jax.random.split(jax.random.key(seed))
     init = jax.jit(functools.partial(create_train_state, model, tx, data.image_size))

@@ -30,6 +30,18 @@ RENAMED = {
     "imagenet_shuffle_buffer": "imagenet2012.shuffle_buffer",
     "synthetic_image_size": "synthetic.image_size",
     "synthetic_num_classes": "synthetic.num_classes",
+    # The optimiser's and the schedule's fields, nested under them (`optim`, docs/schedules.md).
+    "learning_rate": "schedule.learning_rate",
+    "lr_boundaries": "schedule.boundaries",
+    "lr_boundaries_unit": "schedule.boundaries_unit",
+    "lr_decay_factor": "schedule.decay_factor",
+    "warmup": "schedule.warmup",
+    "warmup_steps": "schedule.warmup_steps",
+    "warmup_learning_rate": "schedule.warmup_learning_rate",
+    "momentum": "optimizer.momentum",
+    "nesterov": "optimizer.nesterov",
+    "weight_decay": "optimizer.weight_decay",
+    "decay_bn_and_bias": "optimizer.decay_bn_and_bias",
 }
 
 

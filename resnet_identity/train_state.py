@@ -70,15 +70,21 @@ def convert_layout(state: TrainState, like: Any) -> TrainState:
     )
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    return -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=-1)[:, 0]
+def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
+    """Softmax cross-entropy per example. With `label_smoothing` e, the target is 1 - e on the
+    label plus e spread evenly over every class (Szegedy et al. 2016, Sec. 7); the papers use 0."""
+    if not label_smoothing:
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype), label_smoothing)
+    return optax.softmax_cross_entropy(logits, targets)
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module,
                tx: optax.GradientTransformation, schedule: Callable[[jax.Array], jax.Array],
                transform: Callable[[jax.Array, jax.Array], jax.Array], key: jax.Array,
-               ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One step. Randomness is `fold_in(key, step)`, so a resumed run draws the same numbers."""
+               label_smoothing: float = 0.0) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One step. Randomness is `fold_in(key, step)`, so a resumed run draws the same numbers.
+    The loss (and its logged value) is smoothed by `label_smoothing`; evaluation's is not."""
     step_key = jax.random.fold_in(key, state.step)
     augment_key, dropout_key = jax.random.split(step_key)
     images = transform(batch["image"], augment_key)
@@ -89,7 +95,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
             {"params": params, "batch_stats": state.batch_stats}, images, train=True,
             mutable=["batch_stats"], rngs={"dropout": dropout_key},
         )
-        return cross_entropy(logits, labels).mean(), (logits, updates["batch_stats"])
+        return cross_entropy(logits, labels, label_smoothing).mean(), (logits, updates["batch_stats"])
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)

@@ -110,24 +110,9 @@ def record_config(workdir: str, config: ml_collections.ConfigDict) -> None:
 
 
 def build_optimizer(config: ml_collections.ConfigDict):
-    per_epoch = config_lib.steps_per_epoch(config)
-    boundaries = optim.to_steps(config.lr_boundaries, unit=config.lr_boundaries_unit, steps_per_epoch=per_epoch)
-    schedule = optim.learning_rate_schedule(
-        base_learning_rate=config.learning_rate,
-        boundaries=boundaries,
-        decay_factor=config.lr_decay_factor,
-        warmup_steps=config.warmup_steps,
-        warmup_learning_rate=config.warmup_learning_rate,
-        warmup=config.warmup,
-    )
-    tx = optim.sgd(
-        learning_rate=schedule,
-        momentum=config.momentum,
-        nesterov=config.nesterov,
-        weight_decay=config.weight_decay,
-        decay_bn_and_bias=config.decay_bn_and_bias,
-    )
-    return tx, schedule
+    """`config.optimizer` and `config.schedule` as (optax transformation, learning rate per step)."""
+    return optim.build(config, total_steps=config_lib.total_steps(config),
+                       steps_per_epoch=config_lib.steps_per_epoch(config))
 
 
 def evaluate(state, dataset, eval_fn, *, batch_size: int, sharding, crop: int | None = None) -> dict[str, float]:
@@ -234,7 +219,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     step_options = xla_config.step_compiler_options(jax.default_backend())
     step_fn = jax.jit(
         functools.partial(train_step, model=model, tx=tx, schedule=schedule,
-                          transform=dataset.train_transform, key=step_key),
+                          transform=dataset.train_transform, key=step_key, label_smoothing=config.label_smoothing),
         donate_argnums=0, out_shardings=(replicated, replicated), compiler_options=step_options)
     eval_fn = jax.jit(functools.partial(eval_step, model=model, transform=dataset.eval_transform),
                       out_shardings=replicated, compiler_options=step_options)

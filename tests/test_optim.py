@@ -1,4 +1,10 @@
-"""Tests for resnet_identity.optim against hand computation (PAPERS.md, "Training recipes")."""
+"""Tests for resnet_identity.optim against hand computation (docs/papers.md, "Training recipes"),
+and for the loss's label smoothing (`train_state.cross_entropy`), which config sets beside them."""
+
+import functools
+import json
+import math
+import os
 
 import flax.linen as nn
 import jax
@@ -7,13 +13,20 @@ import numpy as np
 import optax
 import pytest
 
-from resnet_identity import optim
+from resnet_identity import config as config_lib
+from resnet_identity import config_migration, models, optim
+from resnet_identity.train_state import create_train_state, cross_entropy, eval_step, train_step
 
 CIFAR_STEPS_PER_EPOCH = 391  # ceil(50000 / 128): fb.resnet.torch keeps the last partial batch.
 
 
 def lr_at(schedule, steps):
     return np.asarray(jax.jit(jax.vmap(schedule))(jnp.asarray(steps)))
+
+
+def schedule(name="step", *, total_steps=64_000, steps_per_epoch=1, **fields):
+    return optim.build_schedule(optim.schedule_config(name, **fields), total_steps=total_steps,
+                                steps_per_epoch=steps_per_epoch)
 
 
 # ---------------------------------------------------------------- to_steps
@@ -44,87 +57,147 @@ def test_to_steps_rejects_bad_input(kwargs, message):
         optim.to_steps(values, **kwargs)
 
 
-# ------------------------------------------------------------- LR schedule
+# ------------------------------------------- schedule entries, by hand
 
 
-def test_v2_cifar_schedule_with_constant_warmup():
-    schedule = optim.learning_rate_schedule(
-        base_learning_rate=0.1, boundaries=(32000, 48000), warmup_steps=400, warmup_learning_rate=0.01
-    )
-    steps = [0, 1, 399, 400, 401, 31999, 32000, 32001, 47999, 48000, 63999]
-    expected = [0.01, 0.01, 0.01, 0.1, 0.1, 0.1, 0.01, 0.01, 0.01, 0.001, 0.001]
-    np.testing.assert_allclose(lr_at(schedule, steps), expected, rtol=1e-6)
+def test_step_decay_with_the_papers_constant_warmup():
+    """v2 CIFAR: 0.01 for 400 iterations, then 0.1, / 10 at 32k and 48k, 64k in all."""
+    lrs = schedule(learning_rate=0.1, boundaries=(32000, 48000), warmup_steps=400, warmup_learning_rate=0.01)
+    # 0, warmup - 1, warmup, boundary - 1, boundary (twice), the last step.
+    steps = [0, 399, 400, 31999, 32000, 47999, 48000, 63999]
+    expected = [0.01, 0.01, 0.1, 0.1, 0.01, 0.01, 0.001, 0.001]
+    np.testing.assert_allclose(lr_at(lrs, steps), expected, rtol=1e-6)
 
 
-def test_schedule_without_warmup_decays_at_each_boundary():
-    schedule = optim.learning_rate_schedule(base_learning_rate=0.4, boundaries=(3, 5, 6), decay_factor=0.5)
+def test_step_decay_without_warmup_decays_at_each_boundary():
+    lrs = schedule(learning_rate=0.4, boundaries=(3, 5, 6), decay_factor=0.5, total_steps=8)
     expected = [0.4, 0.4, 0.4, 0.2, 0.2, 0.1, 0.05, 0.05]
-    np.testing.assert_allclose(lr_at(schedule, range(8)), expected, rtol=1e-6)
+    np.testing.assert_allclose(lr_at(lrs, range(8)), expected, rtol=1e-6)
 
 
-def test_schedule_without_boundaries_is_constant():
-    schedule = optim.learning_rate_schedule(base_learning_rate=0.1, boundaries=())
-    np.testing.assert_allclose(lr_at(schedule, [0, 10, 10**6]), [0.1] * 3, rtol=1e-6)
+def test_step_decay_without_boundaries_is_constant():
+    np.testing.assert_allclose(lr_at(schedule(boundaries=()), [0, 10, 63999]), [0.1] * 3, rtol=1e-6)
 
 
-def test_linear_warmup_from_zero_and_from_given_rate():
-    from_zero = optim.learning_rate_schedule(
-        base_learning_rate=0.1, boundaries=(10,), warmup_steps=4, warmup="linear"
-    )
-    expected = [0.0, 0.025, 0.05, 0.075, 0.1, 0.1, 0.01]
-    np.testing.assert_allclose(lr_at(from_zero, [0, 1, 2, 3, 4, 9, 10]), expected, rtol=1e-6, atol=1e-9)
-    from_rate = optim.learning_rate_schedule(
-        base_learning_rate=0.1, boundaries=(10,), warmup_steps=4, warmup_learning_rate=0.02, warmup="linear"
-    )
+def test_linear_warmup_from_zero_and_from_a_given_rate():
+    from_zero = schedule(learning_rate=0.1, boundaries=(10,), warmup="linear", warmup_steps=4,
+                         warmup_learning_rate=0.0, total_steps=12)
+    # 0.1 * t / 4 up to step 4, then 0.1, then 0.01 from the boundary to the last step.
+    expected = [0.0, 0.025, 0.05, 0.075, 0.1, 0.1, 0.01, 0.01]
+    np.testing.assert_allclose(lr_at(from_zero, [0, 1, 2, 3, 4, 9, 10, 11]), expected, rtol=1e-6, atol=1e-9)
+    from_rate = schedule(learning_rate=0.1, boundaries=(10,), warmup="linear", warmup_steps=4,
+                         warmup_learning_rate=0.02, total_steps=12)
     np.testing.assert_allclose(lr_at(from_rate, [0, 1, 2, 3, 4]), [0.02, 0.04, 0.06, 0.08, 0.1], rtol=1e-6)
+
+
+def test_cosine_by_hand():
+    """0.1 -> 0.001 over 100 steps: lr(t) = 0.001 + 0.099 * (1 + cos(pi t / 100)) / 2."""
+    lrs = schedule("cosine", learning_rate=0.1, end_learning_rate=0.001, total_steps=100)
+    steps = [0, 25, 50, 75, 99]
+    expected = [0.1, 0.001 + 0.099 * (1 + math.sqrt(0.5)) / 2, 0.0505, 0.001 + 0.099 * (1 - math.sqrt(0.5)) / 2,
+                0.001 + 0.099 * (1 + math.cos(math.pi * 0.99)) / 2]
+    np.testing.assert_allclose(lr_at(lrs, steps), expected, rtol=1e-5)
+
+
+def test_cosine_starts_after_a_linear_warmup():
+    """Warm-up 0 -> 0.2 over 10 steps, then the cosine over the remaining 100 of 110 steps."""
+    lrs = schedule("cosine", learning_rate=0.2, warmup="linear", warmup_steps=10, warmup_learning_rate=0.0,
+                   total_steps=110)
+    steps = [0, 5, 9, 10, 60, 109]
+    expected = [0.0, 0.1, 0.18, 0.2, 0.1, 0.1 * (1 + math.cos(math.pi * 0.99))]
+    np.testing.assert_allclose(lr_at(lrs, steps), expected, rtol=1e-5, atol=1e-8)  # float32's 1 + cos
 
 
 def test_released_code_epoch_schedule_in_steps():
     """fb.resnet.torch: 1-based epochs; decay = epoch >= 122 and 2 or epoch >= 81 and 1 or 0."""
-    cuts = optim.to_steps((80, 121), unit="epochs", steps_per_epoch=CIFAR_STEPS_PER_EPOCH)
-    assert cuts == (31280, 47311)
-    schedule = optim.learning_rate_schedule(base_learning_rate=0.1, boundaries=cuts)
+    lrs = schedule(boundaries=(80, 121), boundaries_unit="epochs", steps_per_epoch=CIFAR_STEPS_PER_EPOCH,
+                   total_steps=200 * CIFAR_STEPS_PER_EPOCH)
     epochs = np.arange(1, 201)
     first_steps = (epochs - 1) * CIFAR_STEPS_PER_EPOCH
     last_steps = epochs * CIFAR_STEPS_PER_EPOCH - 1
     decay = np.where(epochs >= 122, 2, np.where(epochs >= 81, 1, 0))
     expected = 0.1 * 0.1**decay
-    np.testing.assert_allclose(lr_at(schedule, first_steps), expected, rtol=1e-6)
-    np.testing.assert_allclose(lr_at(schedule, last_steps), expected, rtol=1e-6)
+    np.testing.assert_allclose(lr_at(lrs, first_steps), expected, rtol=1e-6)
+    np.testing.assert_allclose(lr_at(lrs, last_steps), expected, rtol=1e-6)
     # Reading "epoch 81" as 81 completed epochs would cut one epoch late.
-    late_cuts = optim.to_steps((81, 122), unit="epochs", steps_per_epoch=CIFAR_STEPS_PER_EPOCH)
-    late = optim.learning_rate_schedule(base_learning_rate=0.1, boundaries=late_cuts)
+    late = schedule(boundaries=(81, 122), boundaries_unit="epochs", steps_per_epoch=CIFAR_STEPS_PER_EPOCH,
+                    total_steps=200 * CIFAR_STEPS_PER_EPOCH)
     np.testing.assert_allclose(lr_at(late, [31280, 31671]), [0.1, 0.01], rtol=1e-6)
 
 
-def test_schedule_runs_on_traced_step():
-    schedule = optim.learning_rate_schedule(
-        base_learning_rate=0.1, boundaries=(5,), warmup_steps=2, warmup_learning_rate=0.01
-    )
-    jitted = jax.jit(schedule)
-    assert float(jitted(jnp.int32(1))) == pytest.approx(0.01)
-    assert float(jitted(jnp.int32(2))) == pytest.approx(0.1)
-    assert float(jitted(jnp.int32(5))) == pytest.approx(0.01)
+def test_schedule_runs_on_a_traced_step():
+    jitted = jax.jit(schedule(boundaries=(5,), warmup_steps=2, warmup_learning_rate=0.01, total_steps=8))
+    assert [float(jitted(jnp.int32(t))) for t in (1, 2, 5)] == pytest.approx([0.01, 0.1, 0.01])
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(boundaries=(10, 10)), "strictly increasing"),
-    (dict(boundaries=(20, 10)), "strictly increasing"),
-    (dict(boundaries=(0, 10)), "positive"),
-    (dict(boundaries=(-5,)), "positive"),
-    (dict(boundaries=(10.5,)), "integer"),
-    (dict(boundaries=(10,), base_learning_rate=0.0), "base_learning_rate"),
-    (dict(boundaries=(10,), decay_factor=0.0), "decay_factor"),
-    (dict(boundaries=(10,), warmup_steps=-1), "warmup_steps"),
-    (dict(boundaries=(10,), warmup_steps=10, warmup_learning_rate=0.01), "first boundary"),
-    (dict(boundaries=(10,), warmup_steps=2), "warmup_learning_rate"),
-    (dict(boundaries=(10,), warmup_steps=2, warmup_learning_rate=-0.1), "non-negative"),
-    (dict(boundaries=(10,), warmup="cosine"), "'constant', 'linear'"),
+# ------------------------------------------- schedule fields and checks
+
+
+def test_schedule_config_holds_every_field_of_its_entry():
+    assert dict(optim.schedule_config("cosine")) == {
+        "name": "cosine", "learning_rate": 0.1, "warmup": "constant", "warmup_steps": 0,
+        "warmup_learning_rate": 0.01, "end_learning_rate": 0.0}
+    step = optim.schedule_config("step", boundaries=(4,))
+    assert set(step) == {"name", "learning_rate", "warmup", "warmup_steps", "warmup_learning_rate",
+                         "boundaries", "boundaries_unit", "decay_factor"}
+    with pytest.raises(AttributeError):
+        step.end_learning_rate = 0.0  # locked: a typo or another entry's field fails at once
+    with pytest.raises(ValueError, match=r"'cosine' has no field\(s\) \['boundaries'\]"):
+        optim.schedule_config("cosine", boundaries=(4,))
+    with pytest.raises(ValueError, match="Did you mean 'cosine'"):
+        optim.schedule_config("cosin")
+
+
+def test_a_new_schedule_is_one_function_and_one_entry(monkeypatch):
+    def exponential(learning_rate, run, *, rate=0.5):
+        return lambda step: learning_rate * rate ** (step / run.total_steps)
+
+    monkeypatch.setitem(optim.SCHEDULES, "exponential", exponential)
+    config = optim.schedule_config("exponential", learning_rate=0.2, warmup_steps=1, warmup_learning_rate=0.05)
+    assert config.rate == 0.5
+    lrs = optim.build_schedule(config, total_steps=4, steps_per_epoch=1)
+    np.testing.assert_allclose(lr_at(lrs, [0, 1, 2]), [0.05, 0.2 * 0.5**0.25, 0.2 * 0.5**0.5], rtol=1e-6)
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(boundaries=(10, 10)), "must increase"),
+    (dict(boundaries=(20, 10)), "must increase"),
+    (dict(boundaries=(0, 10)), r"first boundary \(step 0\) must come after step 0"),
+    (dict(boundaries=(-5,)), "non-negative"),
+    (dict(boundaries=(10.5,)), "integers"),
+    (dict(boundaries=(100,)), r"boundaries \[100\] \(steps\) fall at or beyond the end of training \(step 100\)"),
+    (dict(boundaries=(2,), boundaries_unit="epochs"), r"boundaries \[2\] \(epochs\) fall at or beyond"),
+    (dict(boundaries=(10,), boundaries_unit="iterations"), "boundaries_unit must be one of"),
+    (dict(learning_rate=0.0), "learning_rate must be positive"),
+    (dict(decay_factor=0.0), r"decay_factor must be in \(0, 1\]"),
+    (dict(decay_factor=10.0), r"decay_factor must be in \(0, 1\]"),
+    (dict(warmup_steps=-1), r"warmup_steps must be an integer in \[0, 100\)"),
+    (dict(warmup_steps=100, boundaries=()), r"warmup_steps must be an integer in \[0, 100\)"),
+    (dict(warmup_steps=10, boundaries=(10,)), r"first boundary \(step 10\) must come after the warm-up's 10"),
+    (dict(warmup_steps=2, warmup_learning_rate=-0.1), "warmup_learning_rate must be non-negative"),
+    (dict(warmup="cosine"), r"warmup='cosine' is not one of \['constant', 'linear'\]"),
+    (dict(name="cosine", end_learning_rate=0.5), r"end_learning_rate must be in \[0, learning_rate=0.1\]"),
+    (dict(name="consine"), "Did you mean 'cosine'"),
+    (dict(name="cosine", boundaries=(10,)), r"To change schedules, set config.schedule = "),
 ])
-def test_schedule_rejects_bad_input(kwargs, message):
-    kwargs.setdefault("base_learning_rate", 0.1)
+def test_schedule_rejects_bad_values_naming_the_field(fields, message):
+    values = {**optim.schedule_fields("step"), "boundaries": (10,), **fields}
+    if values["name"] != "step":  # another entry, given the step entry's fields: only asked-for ones stay
+        values = {k: v for k, v in values.items() if k in fields or k in optim.COMMON_FIELDS or k == "name"}
     with pytest.raises(ValueError, match=message):
-        optim.learning_rate_schedule(**kwargs)
+        optim.build_schedule(values, total_steps=100, steps_per_epoch=50)
+
+
+def test_config_validation_is_the_optimiser_s_own_and_lists_each_section():
+    config = config_lib.default_config()
+    config.dataset = "digits"
+    config.schedule.decay_factor = 2.0
+    config.optimizer.momentum = 1.0
+    errors = optim.problems(config, total_steps=64_000, steps_per_epoch=23)
+    assert errors == ["schedule: decay_factor must be in (0, 1], got 2.0.",
+                      "optimizer: momentum must be in [0, 1), got 1.0."]
+    with pytest.raises(config_lib.ConfigError, match=r"(?s)decay_factor must be in.*momentum must be in"):
+        config_lib.validate(config)
 
 
 # --------------------------------------------------------------------- SGD
@@ -140,8 +213,9 @@ def run_steps(tx, params, grads_per_step):
 
 
 def scalar_run(tx, w0, grads):
-    params = run_steps(tx, {"w": jnp.float32(w0)}, [{"w": jnp.float32(g)} for g in grads])
-    return float(params["w"])
+    """One weight, named as flax names conv and FC weights, so that weight decay applies."""
+    params = run_steps(tx, {"kernel": jnp.float32(w0)}, [{"kernel": jnp.float32(g)} for g in grads])
+    return float(params["kernel"])
 
 
 def test_plain_momentum_by_hand():
@@ -173,8 +247,7 @@ def test_weight_decay_enters_before_momentum_by_hand():
 def test_learning_rate_applies_after_momentum():
     # lr = 1, 1, 0.1; mu = 0.5; g = 1: v = 1, 1.5, 1.75; w = -1, -2.5, -2.675.
     # Caffe's v = mu * v + lr * g would give v3 = 0.85 and w3 = -3.35.
-    schedule = optim.learning_rate_schedule(base_learning_rate=1.0, boundaries=(2,))
-    tx = optim.sgd(learning_rate=schedule, momentum=0.5)
+    tx = optim.sgd(learning_rate=schedule(learning_rate=1.0, boundaries=(2,), total_steps=3), momentum=0.5)
     assert scalar_run(tx, 0.0, [1.0, 1.0]) == pytest.approx(-2.5)
     assert scalar_run(tx, 0.0, [1.0, 1.0, 1.0]) == pytest.approx(-2.675)
 
@@ -208,7 +281,7 @@ def torch7_sgd_reference(params, grads_per_step, lrs, *, momentum, nesterov, wei
 
 @pytest.mark.parametrize("nesterov", [False, True])
 @pytest.mark.parametrize("decay_bn_and_bias", [True, False])
-def test_sgd_matches_torch7_reference_on_pytree(nesterov, decay_bn_and_bias):
+def test_config_built_sgd_matches_torch7_reference_on_pytree(nesterov, decay_bn_and_bias):
     rng = np.random.default_rng(0)
     params = flax_named_params(rng)
     grads_per_step = [flax_named_params(rng) for _ in range(3)]
@@ -217,18 +290,14 @@ def test_sgd_matches_torch7_reference_on_pytree(nesterov, decay_bn_and_bias):
         mask = jax.tree.map(lambda _: True, params)
     else:
         mask = {
-        "Conv_0": {"kernel": True},
-        "BatchNorm_0": {"scale": False, "bias": False},
-        "Dense_0": {"kernel": True, "bias": False},
+            "Conv_0": {"kernel": True},
+            "BatchNorm_0": {"scale": False, "bias": False},
+            "Dense_0": {"kernel": True, "bias": False},
         }
-    schedule = optim.learning_rate_schedule(base_learning_rate=0.1, boundaries=(2,))
-    tx = optim.sgd(
-        learning_rate=schedule,
-        momentum=0.9,
-        nesterov=nesterov,
-        weight_decay=0.05,
-        decay_bn_and_bias=decay_bn_and_bias,
-    )
+    config = config_lib.default_config()
+    config.optimizer.update(momentum=0.9, nesterov=nesterov, weight_decay=0.05, decay_bn_and_bias=decay_bn_and_bias)
+    config.schedule = optim.schedule_config("step", learning_rate=0.1, boundaries=(2,))
+    tx, _ = optim.build(config, total_steps=3, steps_per_epoch=1)
     got = run_steps(tx, params, grads_per_step)
     want = torch7_sgd_reference(
         params, grads_per_step, lrs, momentum=0.9, nesterov=nesterov, weight_decay=0.05, mask=mask
@@ -236,21 +305,6 @@ def test_sgd_matches_torch7_reference_on_pytree(nesterov, decay_bn_and_bias):
     for module, leaves in want.items():
         for name, value in leaves.items():
             np.testing.assert_allclose(got[module][name], value, rtol=1e-5, atol=1e-6)
-
-
-def test_masked_weight_decay_leaves_bn_and_bias_undecayed():
-    params = {
-        "Conv_0": {"kernel": jnp.ones(2)},
-        "BatchNorm_0": {"scale": jnp.ones(2), "bias": jnp.ones(2)},
-        "Dense_0": {"kernel": jnp.ones(2), "bias": jnp.ones(2)},
-    }
-    zero_grads = jax.tree.map(jnp.zeros_like, params)
-    tx = optim.sgd(learning_rate=1.0, momentum=0.0, weight_decay=0.5, decay_bn_and_bias=False)
-    got = run_steps(tx, params, [zero_grads])
-    np.testing.assert_allclose(got["Conv_0"]["kernel"], 0.5)
-    np.testing.assert_allclose(got["Dense_0"]["kernel"], 0.5)
-    for module, name in [("BatchNorm_0", "scale"), ("BatchNorm_0", "bias"), ("Dense_0", "bias")]:
-        np.testing.assert_allclose(got[module][name], 1.0)
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -278,54 +332,113 @@ class ConvBnDense(nn.Module):
         return nn.Dense(3)(x.mean(axis=(1, 2)))
 
 
-class NamedNorms(nn.Module):
-
-    @nn.compact
-    def __call__(self, x, train: bool = True):
-        x = nn.Conv(4, (3, 3), use_bias=False, name="conv1")(x)
-        x = nn.BatchNorm(use_running_average=not train, name="bn1")(x)
-        x = nn.LayerNorm(name="final_norm")(x)
-        return nn.Dense(3, name="normal_head")(x.mean(axis=(1, 2)))
-
-
-def abstract_init(model):
-    # The mask depends only on the tree's paths, so shapes suffice (no compute).
-    return jax.eval_shape(model.init, jax.random.key(0), jnp.ones((1, 8, 8, 2)))
-
-
 def test_weight_decay_mask_on_flax_conv_bn_dense():
-    variables = abstract_init(ConvBnDense())
-    assert optim.weight_decay_mask(variables["params"]) == {
+    params = jax.eval_shape(ConvBnDense().init, jax.random.key(0), jnp.ones((1, 8, 8, 2)))["params"]
+    assert optim.weight_decay_mask(params) == {
         "Conv_0": {"kernel": True},
         "BatchNorm_0": {"scale": False, "bias": False},
         "Dense_0": {"kernel": True, "bias": False},
     }
 
 
-def test_weight_decay_mask_with_custom_module_names():
-    variables = abstract_init(NamedNorms())
-    assert optim.weight_decay_mask(variables["params"]) == {
-        "conv1": {"kernel": True},
-        "bn1": {"scale": False, "bias": False},
-        "final_norm": {"scale": False, "bias": False},
-        "normal_head": {"kernel": True, "bias": False},
-    }
+def decayed_leaves(model_params, decay_bn_and_bias):
+    """The parameters that weight decay alone (zero gradients, no momentum) moves."""
+    tx = optim.sgd(learning_rate=1.0, momentum=0.0, weight_decay=0.5, decay_bn_and_bias=decay_bn_and_bias)
+    params = jax.tree.map(jnp.ones_like, model_params)
+    moved = run_steps(tx, params, [jax.tree.map(jnp.zeros_like, params)])
+    return sorted(jax.tree_util.keystr(path, simple=True, separator="/")
+                  for path, leaf in jax.tree_util.tree_leaves_with_path(moved) if np.all(leaf == 0.5))
 
 
-def test_weight_decay_mask_excludes_any_leaf_under_a_norm_module():
-    params = {
-        "unit0": {
-            "PreActBN": {"gamma": 1.0},
-            "GhostBatchNorm_0": {"mean_shift": 1.0},
-            "shortcut": {"conv": {"kernel": 1.0}, "bn": {"gamma": 1.0}},
-            "conv1": {"kernel": 1.0},
-        }
-    }
-    assert optim.weight_decay_mask(params) == {
-        "unit0": {
-            "PreActBN": {"gamma": False},
-            "GhostBatchNorm_0": {"mean_shift": False},
-            "shortcut": {"conv": {"kernel": True}, "bn": {"gamma": False}},
-            "conv1": {"kernel": True},
-        }
-    }
+@pytest.mark.parametrize("scan", [False, True])
+def test_weight_decay_on_a_small_resnet_by_hand(scan):
+    """ResNet-8 (one unit per stage, projection shortcuts): the papers decay its 9 conv weights
+    and the FC weight; `decay_bn_and_bias` (the released code) also its 9 BNs' γ and β and the FC
+    bias. Scanned, BN's γ and β have two dimensions, so a shape rule would get them wrong."""
+    model = models.create_model("cifar_resnet20", num_classes=10, depth=8, shortcut="B", scan=scan)
+    variables = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
+                               jnp.zeros((1, 32, 32, 3)))
+    params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), variables["params"])
+    kernels = [
+        "fc/kernel", "stage1/first/conv1/kernel", "stage1/first/conv2/kernel",
+        "stage2/first/conv1/kernel", "stage2/first/conv2/kernel", "stage2/first/shortcut/conv/kernel",
+        "stage3/first/conv1/kernel", "stage3/first/conv2/kernel", "stage3/first/shortcut/conv/kernel",
+        "stem/conv/kernel"]
+    norms = ["stem/bn", "stage1/first/bn1", "stage1/first/bn2", "stage2/first/bn1", "stage2/first/bn2",
+             "stage2/first/shortcut/bn", "stage3/first/bn1", "stage3/first/bn2", "stage3/first/shortcut/bn"]
+    undecayed = ["fc/bias"] + [f"{norm}/{leaf}" for norm in norms for leaf in ("scale", "bias")]
+    assert decayed_leaves(params, decay_bn_and_bias=False) == sorted(kernels)
+    assert decayed_leaves(params, decay_bn_and_bias=True) == sorted(kernels + undecayed)
+
+
+# ---------------------------------------------------------- label smoothing
+
+
+class FixedLogits(nn.Module):
+    """Logits log(1, 1, 2) for every image, whatever it is: softmax (1/4, 1/4, 1/2)."""
+
+    @nn.compact
+    def __call__(self, images, train: bool = True):
+        nn.BatchNorm(use_running_average=not train)(images)  # the step updates batch_stats
+        logits = self.param("logits", lambda key: jnp.log(jnp.array([1.0, 1.0, 2.0])))
+        return jnp.broadcast_to(logits, (images.shape[0], 3))
+
+
+def test_cross_entropy_by_hand_with_and_without_label_smoothing():
+    logits = jnp.log(jnp.array([[1.0, 1.0, 2.0]]))
+    # Label 2, p = 1/2: -log(1/2). Smoothed by 0.3 the target is (0.1, 0.1, 0.8):
+    # -(0.1 log 1/4 + 0.1 log 1/4 + 0.8 log 1/2) = 1.2 log 2.
+    assert float(cross_entropy(logits, jnp.array([2]))[0]) == pytest.approx(math.log(2), rel=1e-6)
+    assert float(cross_entropy(logits, jnp.array([2]), 0.3)[0]) == pytest.approx(1.2 * math.log(2), rel=1e-6)
+
+
+def test_label_smoothing_is_in_the_training_loss_only():
+    model = FixedLogits()
+    images = jnp.zeros((4, 2, 2, 3))
+    batch = {"image": images, "label": jnp.full((4,), 2), "mask": jnp.ones((4,), bool)}
+    state = create_train_state(model, optax.sgd(0.0), 2, jax.random.key(0))
+    step = functools.partial(train_step, model=model, tx=optax.sgd(0.0), schedule=lambda t: 0.0,
+                             transform=lambda x, key: x, key=jax.random.key(1))
+    _, plain = jax.jit(step)(state, batch)
+    _, smoothed = jax.jit(functools.partial(step, label_smoothing=0.3))(state, batch)
+    assert float(plain["loss"]) == pytest.approx(math.log(2), rel=1e-6)
+    assert float(smoothed["loss"]) == pytest.approx(1.2 * math.log(2), rel=1e-6)
+    sums = jax.jit(functools.partial(eval_step, model=model, transform=lambda x: x))(state, batch)
+    assert float(sums["loss_sum"]) == pytest.approx(4 * math.log(2), rel=1e-6)
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.0])
+def test_label_smoothing_outside_0_1_is_refused(value):
+    config = config_lib.default_config()
+    config.label_smoothing = value
+    with pytest.raises(config_lib.ConfigError, match=r"label_smoothing must be in \[0, 1\)"):
+        config_lib.validate(config)
+
+
+# ------------------------------------------------------------ old workdirs
+
+
+OLD_CONFIG = os.path.join(os.path.dirname(__file__), "data", "config_12af010_quickstart_smoke.json")
+
+
+def test_a_config_json_from_before_the_schedule_config_reads_as_today_s():
+    """config.json written at 12af010 (`configs/quickstart.py:smoke`), with the flat fields."""
+    with open(OLD_CONFIG) as f:
+        saved = json.load(f)
+    migrated = config_migration.migrate(saved)
+    assert migrated["schedule"] == {
+        "name": "step", "learning_rate": 0.1, "boundaries": [4], "boundaries_unit": "steps", "decay_factor": 0.1,
+        "warmup": "constant", "warmup_steps": 2, "warmup_learning_rate": 0.01}
+    assert migrated["optimizer"] == {"momentum": 0.9, "nesterov": False, "weight_decay": 1e-4,
+                                     "decay_bn_and_bias": False}
+    assert migrated["label_smoothing"] == 0.0  # the behaviour before the field existed
+    # The old run's learning rates: 0.01 for 2 warm-up steps, 0.1, then 0.01 from step 4 of 6.
+    lrs = optim.build_schedule(migrated["schedule"], total_steps=6, steps_per_epoch=128)
+    np.testing.assert_allclose(lr_at(lrs, range(6)), [0.01, 0.01, 0.1, 0.1, 0.01, 0.01], rtol=1e-6)
+    # The same config built today differs in none of these fields.
+    today = config_lib.default_config()
+    today.schedule = optim.schedule_config("step", learning_rate=0.1, boundaries=(4,), warmup_steps=2)
+    today.optimizer.update(momentum=0.9, nesterov=False, weight_decay=1e-4, decay_bn_and_bias=False)
+    current = json.loads(today.to_json())
+    assert config_lib.differing_fields({k: migrated[k] for k in ("schedule", "optimizer", "label_smoothing")},
+                                       {k: current[k] for k in ("schedule", "optimizer", "label_smoothing")}) == []

@@ -103,13 +103,13 @@ def test_scale_budget_keeps_the_schedule_shape():
 
     c = recipes.cifar("cifar_resnet110")  # 64k steps, cuts at 32k and 48k, warm-up 400
     experiments.scale_budget(c, 640)
-    assert (tuple(c.lr_boundaries), c.warmup_steps) == ((320, 480), 4)
+    assert (tuple(c.schedule.boundaries), c.schedule.warmup_steps) == ((320, 480), 4)
     config_lib.validate(c)
     c = recipes.cifar("cifar_resnet110", "released_code")  # 200 epochs, cuts at epochs 80 and 121
     experiments.scale_budget(c, 2000)
-    assert (c.lr_boundaries_unit, tuple(c.lr_boundaries)) == ("steps", (800, 1210))
+    assert (c.schedule.boundaries_unit, tuple(c.schedule.boundaries)) == ("steps", (800, 1210))
     experiments.scale_budget(c, 2)
-    assert tuple(c.lr_boundaries) == (1,)
+    assert tuple(c.schedule.boundaries) == (1,)
     config_lib.validate(c)
 
 
@@ -157,7 +157,7 @@ def test_quick_tables_run_end_to_end(name, row, steps, tmp_path):
 
 def test_a_diverged_run_is_a_fail_row_with_its_reason(tmp_path):
     experiment = experiments.EXPERIMENTS["v2-table1"]
-    overrides = {"learning_rate": 1e30}  # the weights overflow float32 by the second step
+    overrides = {"schedule.learning_rate": 1e30}  # the weights overflow float32 by the second step
     table = runs.run_experiment(experiment, tmp_path, preset="quick", rows=["dropout_shortcut"], overrides=overrides)
     cells = table_rows(table)["dropout_shortcut"]
     assert cells[2:4] == ["fail", "fail"]

@@ -139,7 +139,7 @@ def test_final_metrics_and_logs_survive_a_resume(tmp_path):
     trainer.train_and_evaluate(config, str(tmp_path))
     first = json.load(open(tmp_path / "final_metrics.json"))
     config.num_train_steps = 4
-    config.lr_boundaries = (3,)
+    config.schedule.boundaries = (3,)
     trainer.train_and_evaluate(config, str(tmp_path), allow_config_change=True)
     second = json.load(open(tmp_path / "final_metrics.json"))
     assert first["step"] == 3 and second["step"] == 4
@@ -194,11 +194,12 @@ def test_a_run_that_failed_before_its_first_checkpoint_can_be_rerun_with_other_v
     """Only a checkpoint binds a workdir to its config: fixing a value that failed the first
     start (here a stale config.json from a different learning rate) needs no flag."""
     stale = tiny_config(steps=2)
-    stale.learning_rate = 0.5
+    stale.schedule.learning_rate = 0.5
     (tmp_path / "config.json").write_text(stale.to_json(indent=2))
     config = tiny_config(steps=2)
     trainer.train_and_evaluate(config, str(tmp_path))
-    assert json.loads((tmp_path / "config.json").read_text())["learning_rate"] == config.learning_rate
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["schedule"]["learning_rate"] == config.schedule.learning_rate
 
 
 def test_a_torn_last_metrics_line_is_dropped_on_resume(tmp_path):
@@ -265,7 +266,7 @@ def test_a_checkpoint_whose_directory_names_another_step_is_refused(tmp_path):
     trainer.train_and_evaluate(config, str(tmp_path))
     os.rename(tmp_path / "checkpoints" / "2", tmp_path / "checkpoints" / "3")
     config.num_train_steps = 4
-    config.lr_boundaries = (3,)
+    config.schedule.boundaries = (3,)
     with pytest.raises(CheckpointRestoreError, match="Checkpoint 3 .* holds a state at step 2"):
         trainer.train_and_evaluate(config, str(tmp_path), allow_config_change=True)
 
@@ -278,7 +279,7 @@ def test_resuming_on_another_process_count_warns_that_the_data_order_changes(tmp
     assert record["process_count"] == 1
     meta.write_text(json.dumps({**record, "process_count": 2}))
     config.num_train_steps = 3
-    config.lr_boundaries = (2,)
+    config.schedule.boundaries = (2,)
     trainer.train_and_evaluate(config, str(tmp_path), allow_config_change=True)
     assert "written by 2 processes and is resumed on 1" in caplog.text
 
@@ -289,7 +290,7 @@ def test_a_damaged_metadata_item_costs_nothing_but_a_warning(tmp_path, caplog):
     meta = next((tmp_path / "checkpoints" / "2" / "meta").glob("*"))
     meta.write_text('{"st')  # torn mid-write
     config.num_train_steps = 3
-    config.lr_boundaries = (2,)
+    config.schedule.boundaries = (2,)
     result = trainer.train_and_evaluate(config, str(tmp_path), allow_config_change=True)
     assert result["step"] == 3
     assert "metadata beside checkpoint 2" in caplog.text and "state is intact" in caplog.text

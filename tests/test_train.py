@@ -31,7 +31,7 @@ def _load(name, preset=None):
 def test_every_config_validates_with_its_presets(name):
     config = _load(name)
     config_lib.validate(config)
-    for field in ("model", "model_overrides", "dataset", "batch_size", "num_train_steps", "learning_rate",
+    for field in ("model", "model_overrides", "dataset", "batch_size", "num_train_steps", "schedule", "optimizer",
                   "seed", "log_every_steps", "eval_every_steps", "checkpoint_every_steps"):
         assert field in config
     smoke = _load(name, "smoke")
@@ -42,17 +42,25 @@ def test_every_config_validates_with_its_presets(name):
 
 def test_cifar_recipe_is_the_papers():
     c = _load("cifar_preact1001")
-    assert (c.batch_size, c.model_overrides.bn_group_size, c.momentum, c.weight_decay) == (128, 64, 0.9, 1e-4)
-    assert (c.learning_rate, tuple(c.lr_boundaries), c.num_train_steps) == (0.1, (32_000, 48_000), 64_000)
-    assert (c.warmup_steps, c.warmup_learning_rate, c.nesterov, c.decay_bn_and_bias) == (400, 0.01, False, False)
+    optimizer, schedule = c.optimizer, c.schedule
+    assert (c.batch_size, c.model_overrides.bn_group_size, optimizer.momentum, optimizer.weight_decay) == (
+        128, 64, 0.9, 1e-4)
+    assert (schedule.name, schedule.learning_rate, tuple(schedule.boundaries), schedule.decay_factor) == (
+        "step", 0.1, (32_000, 48_000), 0.1)
+    assert c.num_train_steps == 64_000
+    assert (schedule.warmup, schedule.warmup_steps, schedule.warmup_learning_rate) == ("constant", 400, 0.01)
+    assert (optimizer.nesterov, optimizer.decay_bn_and_bias, c.label_smoothing) == (False, False, 0.0)
     assert c.normalization == "per_pixel_mean"  # v1 Sec. 4.2; per-channel is the released code's
     released = _load("cifar_preact1001", "released_code")
-    assert (released.batch_size, released.nesterov, released.num_epochs) == (64, True, 200.0)
-    assert released.decay_bn_and_bias  # the released code decays BN and biases too
+    assert (released.batch_size, released.optimizer.nesterov, released.num_epochs) == (64, True, 200.0)
+    assert released.optimizer.decay_bn_and_bias  # the released code decays BN and biases too
+    assert (tuple(released.schedule.boundaries), released.schedule.boundaries_unit) == ((80, 121), "epochs")
+    assert released.schedule.warmup_steps == 0
     assert config_lib.total_steps(released) == 200 * 782
     assert released.normalization == "per_channel"
     imagenet = _load("imagenet_preact200")
-    assert not imagenet.decay_bn_and_bias
+    assert not imagenet.optimizer.decay_bn_and_bias
+    assert (tuple(imagenet.schedule.boundaries), imagenet.schedule.boundaries_unit) == ((30, 60), "epochs")
     assert (imagenet.batch_size, imagenet.model_overrides.bn_group_size, tuple(imagenet.eval_crops)) == (256, 32, (224, 320))
 
 

@@ -25,8 +25,8 @@ def tiny_config(steps: int):
     c.batch_size = 16
     c.eval_batch_size = 120
     c.num_train_steps = steps
-    c.lr_boundaries = (max(steps - 1, 1),) if steps > 1 else ()
-    c.warmup_steps = 0
+    c.schedule.boundaries = (max(steps - 1, 1),) if steps > 1 else ()
+    c.schedule.warmup_steps = 0
     c.log_every_steps = 1
     c.eval_every_steps = 10_000
     c.checkpoint_every_steps = 10_000

@@ -331,15 +331,18 @@ def scale_budget(config: ml_collections.ConfigDict, steps: int) -> None:
         raise ValueError(f"--steps must be positive, got {steps}.")
     per_epoch = config_lib.steps_per_epoch(config)
     total = config_lib.total_steps(config)
-    unit = per_epoch if config.lr_boundaries_unit == "epochs" else 1
+    schedule = config.schedule
     ratio = steps / total
-    bounds = sorted({round(b * unit * ratio) for b in config.lr_boundaries} - {0})
+    first = steps
+    if "boundaries" in schedule:  # the step schedule's, moved in proportion and counted in steps
+        unit = per_epoch if schedule.boundaries_unit == "epochs" else 1
+        bounds = sorted({round(b * unit * ratio) for b in schedule.boundaries} - {0})
+        schedule.boundaries = tuple(b for b in bounds if b < steps)
+        schedule.boundaries_unit = "steps"
+        first = schedule.boundaries[0] if schedule.boundaries else steps
     config.num_train_steps = steps
     config.num_epochs = -1.0
-    config.lr_boundaries = tuple(b for b in bounds if b < steps)
-    config.lr_boundaries_unit = "steps"
-    first = config.lr_boundaries[0] if config.lr_boundaries else steps
-    config.warmup_steps = min(round(config.warmup_steps * ratio), first - 1)
+    schedule.warmup_steps = min(round(schedule.warmup_steps * ratio), first - 1)
 
 
 def set_field(config: ml_collections.ConfigDict, dotted: str, value: Any) -> None:

@@ -146,7 +146,8 @@ def train_briefly(model: ResNet, config: ml_collections.ConfigDict) -> Any:
     init_key, step_key = jax.random.split(key)
     state = create_train_state(model, tx, dataset.image_size, init_key)
     step = jax.jit(lambda s, b: train_step(s, b, model=model, tx=tx, schedule=schedule,
-                                           transform=dataset.train_transform, key=step_key))
+                                           transform=dataset.train_transform, key=step_key,
+                                           label_smoothing=config.label_smoothing))
     batches = dataset.train_batches(global_batch_size=config.batch_size, start_step=0, seed=config.seed,
                                     process_index=0, process_count=1)
     for _ in range(config.num_train_steps):
