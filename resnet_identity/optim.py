@@ -41,10 +41,10 @@ and optax.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
 import dataclasses
 import difflib
 import inspect
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -98,8 +98,14 @@ def to_steps(values, *, unit: str, steps_per_epoch: int) -> tuple[int, ...]:
 # ------------------------------------------------------------------ schedules
 
 
-def step_decay(learning_rate: float, run: Run, *, boundaries: Sequence[float] = (),
-               boundaries_unit: str = "steps", decay_factor: float = 0.1) -> optax.Schedule:
+def step_decay(
+    learning_rate: float,
+    run: Run,
+    *,
+    boundaries: Sequence[float] = (),
+    boundaries_unit: str = "steps",
+    decay_factor: float = 0.1,
+) -> optax.Schedule:
     """The papers' schedule: ``learning_rate * decay_factor**k`` once ``k`` boundaries are passed.
 
     v1 Sec. 4.2 and the v2 CIFAR recipe divide 0.1 by 10 at 32k and 48k iterations; v2's
@@ -115,8 +121,10 @@ def step_decay(learning_rate: float, run: Run, *, boundaries: Sequence[float] = 
         raise ValueError(f"boundaries {tuple(boundaries)} must increase (as steps: {steps}).")
     late = [b for b, s in zip(boundaries, steps) if s >= run.total_steps]
     if late:
-        raise ValueError(f"boundaries {late} ({boundaries_unit}) fall at or beyond the end of training "
-                         f"(step {run.total_steps}); shorten them or train longer.")
+        raise ValueError(
+            f"boundaries {late} ({boundaries_unit}) fall at or beyond the end of training "
+            f"(step {run.total_steps}); shorten them or train longer."
+        )
     if steps and steps[0] <= run.warmup_steps:
         after = f"the warm-up's {run.warmup_steps} steps" if run.warmup_steps else "step 0"
         raise ValueError(f"the first boundary (step {steps[0]}) must come after {after}.")
@@ -129,8 +137,9 @@ def cosine_decay(learning_rate: float, run: Run, *, end_learning_rate: float = 0
     schedule: a common alternative to compare against it."""
     if not 0 <= end_learning_rate <= learning_rate:
         raise ValueError(f"end_learning_rate must be in [0, learning_rate={learning_rate}], got {end_learning_rate!r}.")
-    cosine = optax.cosine_decay_schedule(learning_rate, decay_steps=run.total_steps - run.warmup_steps,
-                                         alpha=end_learning_rate / learning_rate)
+    cosine = optax.cosine_decay_schedule(
+        learning_rate, decay_steps=run.total_steps - run.warmup_steps, alpha=end_learning_rate / learning_rate
+    )
     return lambda step: cosine(step - run.warmup_steps)
 
 
@@ -170,9 +179,14 @@ def _suggest(name: Any, choices) -> str:
 def schedule_fields(name: str) -> dict[str, Any]:
     """Every field of schedule `name` with its default: the common ones, then the entry's own."""
     if name not in SCHEDULES:
-        raise ValueError(f"name={name!r} is not a schedule; choose one of {sorted(SCHEDULES)}.{_suggest(name, SCHEDULES)}")
-    own = {p.name: p.default for p in inspect.signature(SCHEDULES[name]).parameters.values()
-           if p.kind is inspect.Parameter.KEYWORD_ONLY}
+        raise ValueError(
+            f"name={name!r} is not a schedule; choose one of {sorted(SCHEDULES)}.{_suggest(name, SCHEDULES)}"
+        )
+    own = {
+        p.name: p.default
+        for p in inspect.signature(SCHEDULES[name]).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
     return {"name": name, **COMMON_FIELDS, **own}
 
 
@@ -199,9 +213,11 @@ def build_schedule(schedule: Mapping[str, Any], *, total_steps: int, steps_per_e
     fields = schedule_fields(values.get("name"))
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise ValueError(f"schedule {fields['name']!r} has no field(s) {unknown}; its fields are {sorted(fields)}. "
-                         f"To change schedules, set config.schedule = optim.schedule_config({fields['name']!r}, ...) "
-                         "in the config file.")
+        raise ValueError(
+            f"schedule {fields['name']!r} has no field(s) {unknown}; its fields are {sorted(fields)}. "
+            f"To change schedules, set config.schedule = optim.schedule_config({fields['name']!r}, ...) "
+            "in the config file."
+        )
     values = {**fields, **values}
     learning_rate, warmup, warmup_steps = values["learning_rate"], values["warmup"], values["warmup_steps"]
     if not learning_rate > 0:
@@ -209,8 +225,9 @@ def build_schedule(schedule: Mapping[str, Any], *, total_steps: int, steps_per_e
     if warmup not in WARMUPS:
         raise ValueError(f"warmup={warmup!r} is not one of {sorted(WARMUPS)}.{_suggest(warmup, WARMUPS)}")
     if not isinstance(warmup_steps, int) or isinstance(warmup_steps, bool) or not 0 <= warmup_steps < total_steps:
-        raise ValueError(f"warmup_steps must be an integer in [0, {total_steps}) (the run's length), "
-                         f"got {warmup_steps!r}.")
+        raise ValueError(
+            f"warmup_steps must be an integer in [0, {total_steps}) (the run's length), got {warmup_steps!r}."
+        )
     if warmup_steps and not values["warmup_learning_rate"] >= 0:
         raise ValueError(f"warmup_learning_rate must be non-negative, got {values['warmup_learning_rate']!r}.")
     own = {k: v for k, v in values.items() if k not in COMMON_FIELDS and k != "name"}
@@ -275,8 +292,9 @@ def sgd(
     )
 
 
-def build(config: ml_collections.ConfigDict, *, total_steps: int,
-          steps_per_epoch: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def build(
+    config: ml_collections.ConfigDict, *, total_steps: int, steps_per_epoch: int
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """``config.optimizer`` and ``config.schedule`` as optax: SGD, and its learning rate per step."""
     schedule = build_schedule(config.schedule, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
     return sgd(learning_rate=schedule, **dict(config.optimizer)), schedule

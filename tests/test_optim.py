@@ -25,8 +25,9 @@ def lr_at(schedule, steps):
 
 
 def schedule(name="step", *, total_steps=64_000, steps_per_epoch=1, **fields):
-    return optim.build_schedule(optim.schedule_config(name, **fields), total_steps=total_steps,
-                                steps_per_epoch=steps_per_epoch)
+    return optim.build_schedule(
+        optim.schedule_config(name, **fields), total_steps=total_steps, steps_per_epoch=steps_per_epoch
+    )
 
 
 # ---------------------------------------------------------------- to_steps
@@ -45,12 +46,15 @@ def test_to_steps_steps_pass_through():
     assert optim.to_steps((), unit="steps", steps_per_epoch=1) == ()
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(values=(1,), unit="iterations", steps_per_epoch=1), "'steps', 'epochs'"),
-    (dict(values=(1,), unit="epochs", steps_per_epoch=0), "steps_per_epoch"),
-    (dict(values=(-1,), unit="epochs", steps_per_epoch=10), "non-negative"),
-    (dict(values=(1.5,), unit="steps", steps_per_epoch=10), "integers"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(values=(1,), unit="iterations", steps_per_epoch=1), "'steps', 'epochs'"),
+        (dict(values=(1,), unit="epochs", steps_per_epoch=0), "steps_per_epoch"),
+        (dict(values=(-1,), unit="epochs", steps_per_epoch=10), "non-negative"),
+        (dict(values=(1.5,), unit="steps", steps_per_epoch=10), "integers"),
+    ],
+)
 def test_to_steps_rejects_bad_input(kwargs, message):
     values = kwargs.pop("values")
     with pytest.raises(ValueError, match=message):
@@ -80,13 +84,15 @@ def test_step_decay_without_boundaries_is_constant():
 
 
 def test_linear_warmup_from_zero_and_from_a_given_rate():
-    from_zero = schedule(learning_rate=0.1, boundaries=(10,), warmup="linear", warmup_steps=4,
-                         warmup_learning_rate=0.0, total_steps=12)
+    from_zero = schedule(
+        learning_rate=0.1, boundaries=(10,), warmup="linear", warmup_steps=4, warmup_learning_rate=0.0, total_steps=12
+    )
     # 0.1 * t / 4 up to step 4, then 0.1, then 0.01 from the boundary to the last step.
     expected = [0.0, 0.025, 0.05, 0.075, 0.1, 0.1, 0.01, 0.01]
     np.testing.assert_allclose(lr_at(from_zero, [0, 1, 2, 3, 4, 9, 10, 11]), expected, rtol=1e-6, atol=1e-9)
-    from_rate = schedule(learning_rate=0.1, boundaries=(10,), warmup="linear", warmup_steps=4,
-                         warmup_learning_rate=0.02, total_steps=12)
+    from_rate = schedule(
+        learning_rate=0.1, boundaries=(10,), warmup="linear", warmup_steps=4, warmup_learning_rate=0.02, total_steps=12
+    )
     np.testing.assert_allclose(lr_at(from_rate, [0, 1, 2, 3, 4]), [0.02, 0.04, 0.06, 0.08, 0.1], rtol=1e-6)
 
 
@@ -94,15 +100,21 @@ def test_cosine_by_hand():
     """0.1 -> 0.001 over 100 steps: lr(t) = 0.001 + 0.099 * (1 + cos(pi t / 100)) / 2."""
     lrs = schedule("cosine", learning_rate=0.1, end_learning_rate=0.001, total_steps=100)
     steps = [0, 25, 50, 75, 99]
-    expected = [0.1, 0.001 + 0.099 * (1 + math.sqrt(0.5)) / 2, 0.0505, 0.001 + 0.099 * (1 - math.sqrt(0.5)) / 2,
-                0.001 + 0.099 * (1 + math.cos(math.pi * 0.99)) / 2]
+    expected = [
+        0.1,
+        0.001 + 0.099 * (1 + math.sqrt(0.5)) / 2,
+        0.0505,
+        0.001 + 0.099 * (1 - math.sqrt(0.5)) / 2,
+        0.001 + 0.099 * (1 + math.cos(math.pi * 0.99)) / 2,
+    ]
     np.testing.assert_allclose(lr_at(lrs, steps), expected, rtol=1e-5)
 
 
 def test_cosine_starts_after_a_linear_warmup():
     """Warm-up 0 -> 0.2 over 10 steps, then the cosine over the remaining 100 of 110 steps."""
-    lrs = schedule("cosine", learning_rate=0.2, warmup="linear", warmup_steps=10, warmup_learning_rate=0.0,
-                   total_steps=110)
+    lrs = schedule(
+        "cosine", learning_rate=0.2, warmup="linear", warmup_steps=10, warmup_learning_rate=0.0, total_steps=110
+    )
     steps = [0, 5, 9, 10, 60, 109]
     expected = [0.0, 0.1, 0.18, 0.2, 0.1, 0.1 * (1 + math.cos(math.pi * 0.99))]
     np.testing.assert_allclose(lr_at(lrs, steps), expected, rtol=1e-5, atol=1e-8)  # float32's 1 + cos
@@ -110,8 +122,12 @@ def test_cosine_starts_after_a_linear_warmup():
 
 def test_released_code_epoch_schedule_in_steps():
     """fb.resnet.torch: 1-based epochs; decay = epoch >= 122 and 2 or epoch >= 81 and 1 or 0."""
-    lrs = schedule(boundaries=(80, 121), boundaries_unit="epochs", steps_per_epoch=CIFAR_STEPS_PER_EPOCH,
-                   total_steps=200 * CIFAR_STEPS_PER_EPOCH)
+    lrs = schedule(
+        boundaries=(80, 121),
+        boundaries_unit="epochs",
+        steps_per_epoch=CIFAR_STEPS_PER_EPOCH,
+        total_steps=200 * CIFAR_STEPS_PER_EPOCH,
+    )
     epochs = np.arange(1, 201)
     first_steps = (epochs - 1) * CIFAR_STEPS_PER_EPOCH
     last_steps = epochs * CIFAR_STEPS_PER_EPOCH - 1
@@ -120,8 +136,12 @@ def test_released_code_epoch_schedule_in_steps():
     np.testing.assert_allclose(lr_at(lrs, first_steps), expected, rtol=1e-6)
     np.testing.assert_allclose(lr_at(lrs, last_steps), expected, rtol=1e-6)
     # Reading "epoch 81" as 81 completed epochs would cut one epoch late.
-    late = schedule(boundaries=(81, 122), boundaries_unit="epochs", steps_per_epoch=CIFAR_STEPS_PER_EPOCH,
-                    total_steps=200 * CIFAR_STEPS_PER_EPOCH)
+    late = schedule(
+        boundaries=(81, 122),
+        boundaries_unit="epochs",
+        steps_per_epoch=CIFAR_STEPS_PER_EPOCH,
+        total_steps=200 * CIFAR_STEPS_PER_EPOCH,
+    )
     np.testing.assert_allclose(lr_at(late, [31280, 31671]), [0.1, 0.01], rtol=1e-6)
 
 
@@ -135,11 +155,24 @@ def test_schedule_runs_on_a_traced_step():
 
 def test_schedule_config_holds_every_field_of_its_entry():
     assert dict(optim.schedule_config("cosine")) == {
-        "name": "cosine", "learning_rate": 0.1, "warmup": "constant", "warmup_steps": 0,
-        "warmup_learning_rate": 0.01, "end_learning_rate": 0.0}
+        "name": "cosine",
+        "learning_rate": 0.1,
+        "warmup": "constant",
+        "warmup_steps": 0,
+        "warmup_learning_rate": 0.01,
+        "end_learning_rate": 0.0,
+    }
     step = optim.schedule_config("step", boundaries=(4,))
-    assert set(step) == {"name", "learning_rate", "warmup", "warmup_steps", "warmup_learning_rate",
-                         "boundaries", "boundaries_unit", "decay_factor"}
+    assert set(step) == {
+        "name",
+        "learning_rate",
+        "warmup",
+        "warmup_steps",
+        "warmup_learning_rate",
+        "boundaries",
+        "boundaries_unit",
+        "decay_factor",
+    }
     with pytest.raises(AttributeError):
         step.end_learning_rate = 0.0  # locked: a typo or another entry's field fails at once
     with pytest.raises(ValueError, match=r"'cosine' has no field\(s\) \['boundaries'\]"):
@@ -159,27 +192,30 @@ def test_a_new_schedule_is_one_function_and_one_entry(monkeypatch):
     np.testing.assert_allclose(lr_at(lrs, [0, 1, 2]), [0.05, 0.2 * 0.5**0.25, 0.2 * 0.5**0.5], rtol=1e-6)
 
 
-@pytest.mark.parametrize("fields, message", [
-    (dict(boundaries=(10, 10)), "must increase"),
-    (dict(boundaries=(20, 10)), "must increase"),
-    (dict(boundaries=(0, 10)), r"first boundary \(step 0\) must come after step 0"),
-    (dict(boundaries=(-5,)), "non-negative"),
-    (dict(boundaries=(10.5,)), "integers"),
-    (dict(boundaries=(100,)), r"boundaries \[100\] \(steps\) fall at or beyond the end of training \(step 100\)"),
-    (dict(boundaries=(2,), boundaries_unit="epochs"), r"boundaries \[2\] \(epochs\) fall at or beyond"),
-    (dict(boundaries=(10,), boundaries_unit="iterations"), "boundaries_unit must be one of"),
-    (dict(learning_rate=0.0), "learning_rate must be positive"),
-    (dict(decay_factor=0.0), r"decay_factor must be in \(0, 1\]"),
-    (dict(decay_factor=10.0), r"decay_factor must be in \(0, 1\]"),
-    (dict(warmup_steps=-1), r"warmup_steps must be an integer in \[0, 100\)"),
-    (dict(warmup_steps=100, boundaries=()), r"warmup_steps must be an integer in \[0, 100\)"),
-    (dict(warmup_steps=10, boundaries=(10,)), r"first boundary \(step 10\) must come after the warm-up's 10"),
-    (dict(warmup_steps=2, warmup_learning_rate=-0.1), "warmup_learning_rate must be non-negative"),
-    (dict(warmup="cosine"), r"warmup='cosine' is not one of \['constant', 'linear'\]"),
-    (dict(name="cosine", end_learning_rate=0.5), r"end_learning_rate must be in \[0, learning_rate=0.1\]"),
-    (dict(name="consine"), "Did you mean 'cosine'"),
-    (dict(name="cosine", boundaries=(10,)), r"To change schedules, set config.schedule = "),
-])
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        (dict(boundaries=(10, 10)), "must increase"),
+        (dict(boundaries=(20, 10)), "must increase"),
+        (dict(boundaries=(0, 10)), r"first boundary \(step 0\) must come after step 0"),
+        (dict(boundaries=(-5,)), "non-negative"),
+        (dict(boundaries=(10.5,)), "integers"),
+        (dict(boundaries=(100,)), r"boundaries \[100\] \(steps\) fall at or beyond the end of training \(step 100\)"),
+        (dict(boundaries=(2,), boundaries_unit="epochs"), r"boundaries \[2\] \(epochs\) fall at or beyond"),
+        (dict(boundaries=(10,), boundaries_unit="iterations"), "boundaries_unit must be one of"),
+        (dict(learning_rate=0.0), "learning_rate must be positive"),
+        (dict(decay_factor=0.0), r"decay_factor must be in \(0, 1\]"),
+        (dict(decay_factor=10.0), r"decay_factor must be in \(0, 1\]"),
+        (dict(warmup_steps=-1), r"warmup_steps must be an integer in \[0, 100\)"),
+        (dict(warmup_steps=100, boundaries=()), r"warmup_steps must be an integer in \[0, 100\)"),
+        (dict(warmup_steps=10, boundaries=(10,)), r"first boundary \(step 10\) must come after the warm-up's 10"),
+        (dict(warmup_steps=2, warmup_learning_rate=-0.1), "warmup_learning_rate must be non-negative"),
+        (dict(warmup="cosine"), r"warmup='cosine' is not one of \['constant', 'linear'\]"),
+        (dict(name="cosine", end_learning_rate=0.5), r"end_learning_rate must be in \[0, learning_rate=0.1\]"),
+        (dict(name="consine"), "Did you mean 'cosine'"),
+        (dict(name="cosine", boundaries=(10,)), r"To change schedules, set config.schedule = "),
+    ],
+)
 def test_schedule_rejects_bad_values_naming_the_field(fields, message):
     values = {**optim.schedule_fields("step"), "boundaries": (10,), **fields}
     if values["name"] != "step":  # another entry, given the step entry's fields: only asked-for ones stay
@@ -194,8 +230,10 @@ def test_config_validation_is_the_optimiser_s_own_and_lists_each_section():
     config.schedule.decay_factor = 2.0
     config.optimizer.momentum = 1.0
     errors = optim.problems(config, total_steps=64_000, steps_per_epoch=23)
-    assert errors == ["schedule: decay_factor must be in (0, 1], got 2.0.",
-                      "optimizer: momentum must be in [0, 1), got 1.0."]
+    assert errors == [
+        "schedule: decay_factor must be in (0, 1], got 2.0.",
+        "optimizer: momentum must be in [0, 1), got 1.0.",
+    ]
     with pytest.raises(config_lib.ConfigError, match=r"(?s)decay_factor must be in.*momentum must be in"):
         config_lib.validate(config)
 
@@ -307,13 +345,16 @@ def test_config_built_sgd_matches_torch7_reference_on_pytree(nesterov, decay_bn_
             np.testing.assert_allclose(got[module][name], value, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(momentum=-0.1), "momentum"),
-    (dict(momentum=1.0), "momentum"),
-    (dict(momentum=0.0, nesterov=True), "nesterov"),
-    (dict(weight_decay=-1e-4), "weight_decay"),
-    (dict(learning_rate=0.0), "learning_rate"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(momentum=-0.1), "momentum"),
+        (dict(momentum=1.0), "momentum"),
+        (dict(momentum=0.0, nesterov=True), "nesterov"),
+        (dict(weight_decay=-1e-4), "weight_decay"),
+        (dict(learning_rate=0.0), "learning_rate"),
+    ],
+)
 def test_sgd_rejects_bad_input(kwargs, message):
     kwargs.setdefault("learning_rate", 0.1)
     with pytest.raises(ValueError, match=message):
@@ -324,7 +365,6 @@ def test_sgd_rejects_bad_input(kwargs, message):
 
 
 class ConvBnDense(nn.Module):
-
     @nn.compact
     def __call__(self, x, train: bool = True):
         x = nn.Conv(4, (3, 3), use_bias=False)(x)
@@ -346,8 +386,11 @@ def decayed_leaves(model_params, decay_bn_and_bias):
     tx = optim.sgd(learning_rate=1.0, momentum=0.0, weight_decay=0.5, decay_bn_and_bias=decay_bn_and_bias)
     params = jax.tree.map(jnp.ones_like, model_params)
     moved = run_steps(tx, params, [jax.tree.map(jnp.zeros_like, params)])
-    return sorted(jax.tree_util.keystr(path, simple=True, separator="/")
-                  for path, leaf in jax.tree_util.tree_leaves_with_path(moved) if np.all(leaf == 0.5))
+    return sorted(
+        jax.tree_util.keystr(path, simple=True, separator="/")
+        for path, leaf in jax.tree_util.tree_leaves_with_path(moved)
+        if np.all(leaf == 0.5)
+    )
 
 
 @pytest.mark.parametrize("scan", [False, True])
@@ -356,16 +399,31 @@ def test_weight_decay_on_a_small_resnet_by_hand(scan):
     and the FC weight; `decay_bn_and_bias` (the released code) also its 9 BNs' γ and β and the FC
     bias. Scanned, BN's γ and β have two dimensions, so a shape rule would get them wrong."""
     model = models.create_model("cifar_resnet20", num_classes=10, depth=8, shortcut="B", scan=scan)
-    variables = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
-                               jnp.zeros((1, 32, 32, 3)))
+    variables = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
     params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), variables["params"])
     kernels = [
-        "fc/kernel", "stage1/first/conv1/kernel", "stage1/first/conv2/kernel",
-        "stage2/first/conv1/kernel", "stage2/first/conv2/kernel", "stage2/first/shortcut/conv/kernel",
-        "stage3/first/conv1/kernel", "stage3/first/conv2/kernel", "stage3/first/shortcut/conv/kernel",
-        "stem/conv/kernel"]
-    norms = ["stem/bn", "stage1/first/bn1", "stage1/first/bn2", "stage2/first/bn1", "stage2/first/bn2",
-             "stage2/first/shortcut/bn", "stage3/first/bn1", "stage3/first/bn2", "stage3/first/shortcut/bn"]
+        "fc/kernel",
+        "stage1/first/conv1/kernel",
+        "stage1/first/conv2/kernel",
+        "stage2/first/conv1/kernel",
+        "stage2/first/conv2/kernel",
+        "stage2/first/shortcut/conv/kernel",
+        "stage3/first/conv1/kernel",
+        "stage3/first/conv2/kernel",
+        "stage3/first/shortcut/conv/kernel",
+        "stem/conv/kernel",
+    ]
+    norms = [
+        "stem/bn",
+        "stage1/first/bn1",
+        "stage1/first/bn2",
+        "stage2/first/bn1",
+        "stage2/first/bn2",
+        "stage2/first/shortcut/bn",
+        "stage3/first/bn1",
+        "stage3/first/bn2",
+        "stage3/first/shortcut/bn",
+    ]
     undecayed = ["fc/bias"] + [f"{norm}/{leaf}" for norm in norms for leaf in ("scale", "bias")]
     assert decayed_leaves(params, decay_bn_and_bias=False) == sorted(kernels)
     assert decayed_leaves(params, decay_bn_and_bias=True) == sorted(kernels + undecayed)
@@ -397,8 +455,14 @@ def test_label_smoothing_is_in_the_training_loss_only():
     images = jnp.zeros((4, 2, 2, 3))
     batch = {"image": images, "label": jnp.full((4,), 2), "mask": jnp.ones((4,), bool)}
     state = create_train_state(model, optax.sgd(0.0), 2, jax.random.key(0))
-    step = functools.partial(train_step, model=model, tx=optax.sgd(0.0), schedule=lambda t: 0.0,
-                             transform=lambda x, key: x, key=jax.random.key(1))
+    step = functools.partial(
+        train_step,
+        model=model,
+        tx=optax.sgd(0.0),
+        schedule=lambda t: 0.0,
+        transform=lambda x, key: x,
+        key=jax.random.key(1),
+    )
     _, plain = jax.jit(step)(state, batch)
     _, smoothed = jax.jit(functools.partial(step, label_smoothing=0.3))(state, batch)
     assert float(plain["loss"]) == pytest.approx(math.log(2), rel=1e-6)
@@ -427,10 +491,21 @@ def test_a_config_json_from_before_the_schedule_config_reads_as_today_s():
         saved = json.load(f)
     migrated = config_migration.migrate(saved)
     assert migrated["schedule"] == {
-        "name": "step", "learning_rate": 0.1, "boundaries": [4], "boundaries_unit": "steps", "decay_factor": 0.1,
-        "warmup": "constant", "warmup_steps": 2, "warmup_learning_rate": 0.01}
-    assert migrated["optimizer"] == {"momentum": 0.9, "nesterov": False, "weight_decay": 1e-4,
-                                     "decay_bn_and_bias": False}
+        "name": "step",
+        "learning_rate": 0.1,
+        "boundaries": [4],
+        "boundaries_unit": "steps",
+        "decay_factor": 0.1,
+        "warmup": "constant",
+        "warmup_steps": 2,
+        "warmup_learning_rate": 0.01,
+    }
+    assert migrated["optimizer"] == {
+        "momentum": 0.9,
+        "nesterov": False,
+        "weight_decay": 1e-4,
+        "decay_bn_and_bias": False,
+    }
     assert migrated["label_smoothing"] == 0.0  # the behaviour before the field existed
     # The old run's learning rates: 0.01 for 2 warm-up steps, 0.1, then 0.01 from step 4 of 6.
     lrs = optim.build_schedule(migrated["schedule"], total_steps=6, steps_per_epoch=128)
@@ -440,5 +515,10 @@ def test_a_config_json_from_before_the_schedule_config_reads_as_today_s():
     today.schedule = optim.schedule_config("step", learning_rate=0.1, boundaries=(4,), warmup_steps=2)
     today.optimizer.update(momentum=0.9, nesterov=False, weight_decay=1e-4, decay_bn_and_bias=False)
     current = json.loads(today.to_json())
-    assert config_lib.differing_fields({k: migrated[k] for k in ("schedule", "optimizer", "label_smoothing")},
-                                       {k: current[k] for k in ("schedule", "optimizer", "label_smoothing")}) == []
+    assert (
+        config_lib.differing_fields(
+            {k: migrated[k] for k in ("schedule", "optimizer", "label_smoothing")},
+            {k: current[k] for k in ("schedule", "optimizer", "label_smoothing")},
+        )
+        == []
+    )
