@@ -196,7 +196,7 @@ def schedule_config(name: str = "step", **values: Any) -> ml_collections.ConfigD
     fields = schedule_fields(name)
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise ValueError(f"schedule {name!r} has no field(s) {unknown}; its fields are {sorted(fields)}.")
+        raise ValueError(f"{name!r} has no field(s) {unknown}; its fields are {sorted(fields)}.")
     schedule = ml_collections.ConfigDict({**fields, **values})
     schedule.lock()
     return schedule
@@ -214,7 +214,7 @@ def build_schedule(schedule: Mapping[str, Any], *, total_steps: int, steps_per_e
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise ValueError(
-            f"schedule {fields['name']!r} has no field(s) {unknown}; its fields are {sorted(fields)}. "
+            f"{fields['name']!r} has no field(s) {unknown}; its fields are {sorted(fields)}. "
             f"To change schedules, set config.schedule = optim.schedule_config({fields['name']!r}, ...) "
             "in the config file."
         )
