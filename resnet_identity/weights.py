@@ -279,3 +279,18 @@ def run_preprocessing(config: Any) -> Preprocessing:
     return Preprocessing(resize=resize, crop=crop, mean=np.asarray(normalization.mean, np.float64) / 255.0,
                          std=np.asarray(normalization.std, np.float64) / 255.0,
                          interpolation="bicubic" if facts.eval_crops else "bilinear")
+
+
+def load_weights_or_run(*, workdir: str | None = None, step: int | None = None, weights: str | None = None,
+                        model: str | None = None) -> Weights:
+    """What a command's `--workdir=RUN [--step=N]` or `--weights=DIR --model=NAME` name, with
+    `model` checked against the weights' own (a `WeightsError` says what to pass)."""
+    if (workdir is None) == (weights is None):
+        raise WeightsError("give either --workdir=RUN (with an optional --step) or --weights=DIR --model=NAME.")
+    if workdir is not None:
+        return load_run_weights(workdir, step)
+    loaded = load_weights(weights)
+    if model != loaded.model:
+        raise WeightsError(f"{weights} holds weights of our {loaded.model} (from {loaded.source}); pass "
+                           f"--model={loaded.model}" + ("." if model is None else f", not --model={model}."))
+    return loaded

@@ -41,7 +41,8 @@ def test_saving_weights_of_another_architecture_names_the_first_mismatched_tenso
                                  preprocessing=PREPROCESSING, class_names=None, source="test")
     assert not (tmp_path / "w").exists()
     _, wide = _variables("cifar_resnet20")
-    with pytest.raises(weights_lib.WeightsMismatchError, match=r"tensor params/fc/bias has shape \(20,\), expected \(10,\)"):
+    with pytest.raises(weights_lib.WeightsMismatchError,
+                       match=r"tensor params/fc/bias has shape \(20,\), expected \(10,\)"):
         weights_lib.check_variables(
             jax.tree.map(lambda a: np.zeros(a.shape[:-1] + (a.shape[-1] * 2,)), wide),
             weights_lib.abstract_variables(models.create_model("cifar_resnet20", num_classes=10)),

@@ -1,0 +1,68 @@
+"""Convert weights between torchvision or timm and resnet-identity (docs/pretrained.md).
+
+  python -m resnet_identity.convert --from=torchvision --model=resnet50 resnet50.pth --out=DIR
+  python -m resnet_identity.convert --from=timm --model=resnetv2_50 resnetv2_50.pth --out=DIR
+  python -m resnet_identity.convert --to=torchvision --workdir=RUN [--step=N] --out=FILE.pth
+  python -m resnet_identity.convert --to=timm --weights=DIR --model=NAME --out=FILE.pth
+
+--from reads a torch `state_dict` (`.pth`, or timm's `.safetensors`) of the named torchvision
+model (resnet18/34/50/101/152) or timm model (resnetv2_50/101/152) and writes a weights
+directory (`resnet_identity/weights.py`) for our equivalent network, with the source's
+preprocessing and ImageNet class names. --to writes the `state_dict` of a run's checkpoint
+(the newest, or --step) or of a weights directory (--model: the weights' model, one of ours),
+which loads into the torch model with `load_state_dict(strict=True)`; `.safetensors` output
+too. A file of another architecture is refused, naming the first tensor that does not fit.
+"""
+
+from __future__ import annotations
+
+from absl import flags
+
+from resnet_identity import cli
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("from", None, ["torchvision", "timm"], "Import: the library whose weights file is given.")
+flags.DEFINE_enum("to", None, ["torchvision", "timm"], "Export: the library whose state_dict is written.")
+flags.DEFINE_string("model", None, "With --from: the source's model name (resnet50, resnetv2_50, ...); with "
+                                   "--weights: the weights' model (one of ours, as in their weights.json).")
+flags.DEFINE_string("workdir", None, "Export a run's checkpoint.")
+flags.DEFINE_integer("step", None, "With --workdir: the checkpoint step (default: the newest).")
+flags.DEFINE_string("weights", None, "Export a weights directory.")
+flags.DEFINE_string("out", None, "With --from: the weights directory to write; with --to: the .pth file.")
+
+
+def convert(argv: list[str]) -> str:
+    """Runs the conversion the flags ask for; returns the line to print."""
+    from resnet_identity import interop
+    from resnet_identity import weights as weights_lib
+
+    source, target = FLAGS["from"].value, FLAGS.to
+    if (source is None) == (target is None):
+        raise cli.UserError("give one of --from=torchvision|timm (import a .pth file) or --to=torchvision|timm "
+                            "(export a run or a weights directory).")
+    cli.require(out=FLAGS.out)
+    if source is not None:
+        cli.require(model=FLAGS.model)
+        if len(argv) != 2:
+            raise cli.UserError(f"--from={source} takes one weights file (.pth or .safetensors), got {argv[1:]}.")
+        weights = interop.import_file(source, FLAGS.model, argv[1], FLAGS.out)
+        overrides = ", ".join(f"{k}={v!r}" for k, v in weights.model_overrides.items())
+        return f"Wrote {FLAGS.out}: our {weights.model} ({overrides or 'no overrides'}) from {source}'s {FLAGS.model}."
+    cli.no_arguments(argv)
+    weights = weights_lib.load_weights_or_run(workdir=FLAGS.workdir, step=FLAGS.step, weights=FLAGS.weights,
+                                              model=FLAGS.model)
+    name = interop.export_file(weights, target, FLAGS.out)
+    return f"Wrote {FLAGS.out}: {target}'s {name} state_dict from {weights.source}."
+
+
+def main(argv: list[str]) -> None:
+    from resnet_identity import weights as weights_lib
+
+    try:
+        print(convert(argv), flush=True)
+    except (weights_lib.WeightsError, ImportError) as e:
+        raise cli.UserError(str(e)) from e
+
+
+if __name__ == "__main__":
+    cli.run(main)
