@@ -2,7 +2,7 @@
 
 `Checkpointer` wraps one Orbax `CheckpointManager` (orbax-checkpoint 0.12.x) whose policies
 decide when to save and what to keep: `FixedIntervalPolicy(every_steps)` to save (asked
-through `should_save`; `PreemptionWatcher` below handles preemption), `LatestN(keep)` to
+through `should_save`; `preemption.PreemptionWatcher` handles preemption), `LatestN(keep)` to
 keep. Each step directory
 holds two items: `state` (the `TrainState`, `StandardSave`) and `meta` (a small JSON).
 
@@ -27,11 +27,6 @@ A checkpoint written by the same model under other `scan`/`remat` values holds t
 numbers in another layout (`models/stack.py`). With `relayout`, `restore` reads such a step
 in the layout it was saved in (from its tree metadata) and converts it, so these execution
 choices can change on resume.
-
-`PreemptionWatcher` turns SIGTERM/SIGINT into a flag the training loop polls, so the loop
-itself saves at a step boundary and returns (`train.py` then exits 75, for a rerun). In a
-`jax.distributed` job it defers to JAX's preemption sync point instead, so every host stops,
-and saves, at the same step.
 """
 
 from __future__ import annotations
@@ -41,7 +36,6 @@ import errno
 import logging
 import os
 import shutil
-import signal
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -353,66 +347,3 @@ def _describe(error: BaseException) -> str:
         error = inner
     text = (str(error).strip().splitlines() or [""])[0]
     return f"{type(error).__name__}: {text[:300]}"
-
-
-def _jax_preemption_service_active() -> bool:
-    # `jax.distributed.initialize` starts the preemption sync manager unless disabled; that
-    # manager installs its own (C++) SIGTERM handler, which a Python handler would replace.
-    return jax.distributed.is_initialized() and bool(jax.config.jax_enable_preemption_service)
-
-
-class PreemptionWatcher:
-    """Context manager: SIGTERM/SIGINT set a flag; `should_stop(step)` reports it.
-
-    Handlers only record the signal (they never raise), so the loop finishes its step, saves
-    and exits cleanly. A second SIGINT raises KeyboardInterrupt, for a save that hangs.
-    Enter it from the main thread: Python installs and runs signal handlers only there.
-
-    In a `jax.distributed` job, acting on one host's local flag would leave the others
-    waiting in a collective. There SIGTERM is left to JAX's preemption notifier, SIGINT is
-    forwarded to it as SIGTERM, and `should_stop` is
-    `multihost_utils.reached_preemption_sync_point(step)`: True on every host at the same
-    step. That protocol requires calling `should_stop` once per step, with the same step
-    numbers, on every host. Previous handlers are restored on exit (a handler installed
-    from C rather than Python cannot be restored and becomes SIG_DFL).
-    """
-
-    def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)):
-        self._signals = signals
-        self._previous: dict[int, Any] = {}
-        self._use_jax_sync = False
-        self._stopped = False
-        self.signal_name: str | None = None
-
-    def __enter__(self) -> PreemptionWatcher:
-        self._use_jax_sync = _jax_preemption_service_active()
-        for sig in self._signals:
-            if sig == signal.SIGTERM and self._use_jax_sync:
-                continue
-            self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        for sig, previous in self._previous.items():
-            signal.signal(sig, signal.SIG_DFL if previous is None else previous)
-        self._previous.clear()
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if signum == signal.SIGINT and self.signal_name is not None:
-            raise KeyboardInterrupt
-        self.signal_name = signal.Signals(signum).name
-        if self._use_jax_sync:
-            os.kill(os.getpid(), signal.SIGTERM)  # Hand it to JAX's notifier, which tells every host.
-        else:
-            self._stopped = True
-
-    def should_stop(self, step: int) -> bool:
-        """Whether to save at `step` and exit. Once True, stays True."""
-        if self._use_jax_sync and not self._stopped:
-            try:
-                self._stopped = multihost_utils.reached_preemption_sync_point(step)
-            except RuntimeError:  # The sync manager was disabled after initialisation.
-                self._stopped = self.signal_name is not None
-            if self._stopped and self.signal_name is None:
-                self.signal_name = "SIGTERM"
-        return self._stopped

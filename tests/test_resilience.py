@@ -82,8 +82,8 @@ def test_sigterm_saves_at_current_step_and_exits_for_a_rerun(tmp_path):
            "--config.checkpoint_every_steps=1000", "--config.eval_every_steps=1000"]
     code, output = _run_until_killed(cmd, 3, signal.SIGTERM)
     assert code == trainer.EXIT_PREEMPTED == 75, output[-3000:]
-    assert "saved a checkpoint at step" in output and "Rerun the same command to resume" in output
-    saved = int(output.split("saved a checkpoint at step ")[1].split(".")[0])
+    assert "received SIGTERM: saving step" in output and "rerun the same command to resume" in output
+    saved = int(output.split("saved step ")[1].split(";")[0])
     assert saved >= 3
     assert str(saved) in os.listdir(tmp_path / "run" / "checkpoints")
 
@@ -165,11 +165,11 @@ def test_tfds_cifar_resume_is_bitwise_identical(tmp_path, monkeypatch):
             return trainer.train_and_evaluate(config, str(workdir), return_state=True)
 
     reference = run(tmp_path / "reference")["state"]
-    original = trainer.checkpointing.PreemptionWatcher.should_stop
-    monkeypatch.setattr(trainer.checkpointing.PreemptionWatcher, "should_stop", lambda self, step: step == 2)
+    original = trainer.preemption.PreemptionWatcher.should_stop
+    monkeypatch.setattr(trainer.preemption.PreemptionWatcher, "should_stop", lambda self, step: step == 2)
     stopped = run(tmp_path / "resumed")
     assert stopped["preempted_at_step"] == 2
-    monkeypatch.setattr(trainer.checkpointing.PreemptionWatcher, "should_stop", original)
+    monkeypatch.setattr(trainer.preemption.PreemptionWatcher, "should_stop", original)
     resumed = run(tmp_path / "resumed")["state"]
     for a, b in zip(jax.tree.leaves(reference), jax.tree.leaves(resumed)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -298,7 +298,7 @@ def test_a_damaged_metadata_item_costs_nothing_but_a_warning(tmp_path, caplog):
 
 
 def test_a_preempted_run_saves_before_evaluating_and_logs_its_partial_window(tmp_path, monkeypatch):
-    from resnet_identity import checkpointing
+    from resnet_identity import preemption
 
     config = tiny_config(steps=6)
     config.log_every_steps = 3
@@ -307,7 +307,7 @@ def test_a_preempted_run_saves_before_evaluating_and_logs_its_partial_window(tmp
     real_evaluate = trainer.evaluate
     monkeypatch.setattr(trainer, "evaluate", lambda *a, **k: evaluated.append(1) or real_evaluate(*a, **k))
     with monkeypatch.context() as m:
-        m.setattr(checkpointing.PreemptionWatcher, "should_stop", lambda self, step: step == 4)
+        m.setattr(preemption.PreemptionWatcher, "should_stop", lambda self, step: step == 4)
         assert trainer.train_and_evaluate(config, str(tmp_path))["preempted_at_step"] == 4
     assert not evaluated
     assert os.listdir(tmp_path / "checkpoints") == ["4"]
@@ -319,7 +319,7 @@ def test_a_preempted_run_saves_before_evaluating_and_logs_its_partial_window(tmp
 def test_saves_in_flight_are_awaited_while_signals_are_still_caught(tmp_path, monkeypatch):
     """A second SIGTERM while the preemption (or final) checkpoint is being written must be
     caught, not kill the process with the step half-written."""
-    from resnet_identity import checkpointing
+    from resnet_identity import checkpointing, preemption
 
     handlers, in_flight = [], []
     real_save, real_wait = checkpointing.Checkpointer.maybe_save, checkpointing.Checkpointer.wait
@@ -338,7 +338,7 @@ def test_saves_in_flight_are_awaited_while_signals_are_still_caught(tmp_path, mo
     monkeypatch.setattr(checkpointing.Checkpointer, "wait", wait)
     config = tiny_config(steps=3)
     with monkeypatch.context() as m:
-        m.setattr(checkpointing.PreemptionWatcher, "should_stop", lambda self, step: step == 2)
+        m.setattr(preemption.PreemptionWatcher, "should_stop", lambda self, step: step == 2)
         trainer.train_and_evaluate(config, str(tmp_path))
     trainer.train_and_evaluate(config, str(tmp_path))  # resumes at 2 and finishes at 3
     assert len(handlers) == 2
@@ -360,7 +360,7 @@ def test_a_run_resumes_under_another_layout_without_losing_a_step(tmp_path, monk
     """A checkpoint saved scanned (remat "nested") resumes unrolled, with no
     --allow_config_change, and ends where an uninterrupted run ends; a workdir holding
     steps in both layouts restores its newest step in either, quarantining nothing."""
-    from resnet_identity import checkpointing
+    from resnet_identity import checkpointing, preemption
     from resnet_identity.train_state import convert_layout
 
     def config(**overrides):
@@ -374,7 +374,7 @@ def test_a_run_resumes_under_another_layout_without_losing_a_step(tmp_path, monk
 
     reference = trainer.train_and_evaluate(config(), str(tmp_path / "reference"), return_state=True)["state"]
     with monkeypatch.context() as m:  # a preemption after step 2
-        m.setattr(checkpointing.PreemptionWatcher, "should_stop", lambda self, step: step == 2)
+        m.setattr(preemption.PreemptionWatcher, "should_stop", lambda self, step: step == 2)
         assert trainer.train_and_evaluate(config(), str(tmp_path / "run"))["preempted_at_step"] == 2
     resumed = trainer.train_and_evaluate(config(scan=False, remat=None), str(tmp_path / "run"), return_state=True)
     assert resumed["step"] == 3
