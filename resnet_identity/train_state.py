@@ -125,11 +125,18 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
 def eval_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module,
               transform: Callable[[jax.Array], jax.Array]) -> dict[str, jax.Array]:
     """Sums of loss and errors over the real (mask=True) examples of one batch."""
+    images, labels = batch["image"], batch["label"]  # images [b, views, H, W, 3] for a multi-crop test
+    views = images.shape[1] if images.ndim == 5 else 1
     logits = model.apply({"params": state.params, "batch_stats": state.batch_stats},
-                         transform(batch["image"]), train=False)
+                         transform(images.reshape((-1, *images.shape[-3:]))), train=False)
+    # log of the views' mean softmax output (fb.resnet.torch's 10-crop test); one view: log_softmax.
+    log_probs = jax.nn.logsumexp(jax.nn.log_softmax(logits).reshape(len(images), views, -1), axis=1) - jnp.log(views)
+    label_log_prob = jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
+    ranked_above = jnp.sum(log_probs > label_log_prob[:, None], axis=-1)
     mask = batch["mask"].astype(jnp.float32)
     return {
-        "loss_sum": jnp.sum(cross_entropy(logits, batch["label"]) * mask),
-        "error_sum": jnp.sum((jnp.argmax(logits, -1) != batch["label"]) * mask),
+        "loss_sum": jnp.sum(-label_log_prob * mask),
+        "error_sum": jnp.sum((jnp.argmax(log_probs, -1) != labels) * mask),
+        "top5_error_sum": jnp.sum((ranked_above >= 5) * mask),
         "count": jnp.sum(mask),
     }

@@ -175,7 +175,8 @@ class FolderSource:
 
     def train_files(self, shuffle_seed: int, process_index: int, process_count: int):
         files = self._files(self.listing.train, process_index, process_count)
-        return files.shuffle(len(self.listing.train.files) // process_count + 1, seed=shuffle_seed)
+        return files.shuffle(len(self.listing.train.files) // process_count + 1, seed=shuffle_seed,
+                             reshuffle_each_iteration=False)
 
     def eval_files(self, process_index: int, process_count: int):
         return self._files(self.listing.val, process_index, process_count)

@@ -73,31 +73,31 @@ def _shape(image_bytes: tf.Tensor) -> tf.Tensor:
                    lambda: tf.shape(decode(image_bytes)))
 
 
-def _resize_shorter(image: tf.Tensor, shorter: int, crop: int) -> tf.Tensor:
-    """The decoded image resized (bicubic) so its shorter side is ``shorter``, each side at least ``crop``."""
+def _resize_shorter(image: tf.Tensor, shorter: int, crop: int, method: str = "bicubic") -> tf.Tensor:
+    """The decoded image resized so its shorter side is ``shorter``, each side at least ``crop``."""
     shape = tf.shape(image)
     height = tf.cast(shape[0], tf.float32)
     width = tf.cast(shape[1], tf.float32)
     scale = shorter / tf.minimum(height, width)
     new_height = tf.maximum(tf.cast(tf.round(height * scale), tf.int32), crop)
     new_width = tf.maximum(tf.cast(tf.round(width * scale), tf.int32), crop)
-    return _to_uint8(tf.image.resize(image, [new_height, new_width], method="bicubic"))
+    return _to_uint8(tf.image.resize(image, [new_height, new_width], method=method))
 
 
 def resize_shorter_center_crop(image: tf.Tensor, shorter: int,
-                               crop: int) -> tf.Tensor:
+                               crop: int, method: str = "bicubic") -> tf.Tensor:
     """Resizes the shorter side of a decoded image to ``shorter``, then centre-crops."""
-    resized = _resize_shorter(image, shorter, crop)
+    resized = _resize_shorter(image, shorter, crop, method)
     shape = tf.shape(resized)
     top = (shape[0] - crop) // 2
     left = (shape[1] - crop) // 2
     return tf.ensure_shape(resized[top:top + crop, left:left + crop, :], [crop, crop, 3])
 
 
-def ten_crop(image: tf.Tensor, shorter: int, crop: int) -> tf.Tensor:
+def ten_crop(image: tf.Tensor, shorter: int, crop: int, method: str = "bicubic") -> tf.Tensor:
     """fb.resnet.torch's TenCrop after Scale(shorter): uint8 [10, crop, crop, 3], the centre
     and the four corners, then the same five of the mirrored image."""
-    resized = _resize_shorter(image, shorter, crop)
+    resized = _resize_shorter(image, shorter, crop, method)
     shape = tf.shape(resized)
     bottom, right = shape[0] - crop, shape[1] - crop
     corners = [(bottom // 2, right // 2), (0, 0), (0, right), (bottom, 0), (bottom, right)]
@@ -199,10 +199,12 @@ def random_sized_crop(image_bytes: tf.Tensor, seed: tf.Tensor,
 TRAIN_CROPS = {crops.SCALE: scale_crop, crops.SCALE_ASPECT: random_sized_crop}
 
 
-def eval_crop(image_bytes: tf.Tensor, crop: int | str, image_size: int = 224) -> tf.Tensor:
+def eval_crop(image_bytes: tf.Tensor, crop: int | str, image_size: int = 224,
+              method: str = "bicubic") -> tf.Tensor:
     """The test protocol ``crop`` (one of ``crops.eval_crops(image_size)``): uint8
-    [crop, crop, 3], or [10, image_size, image_size, 3] for ``crops.TEN_CROP``."""
+    [crop, crop, 3], or [10, image_size, image_size, 3] for ``crops.TEN_CROP``. ``method``
+    resizes (bicubic as fb.resnet.torch; torchvision's weights expect bilinear)."""
     shorter, side = crops.eval_resize(crop, image_size)
     if crop == crops.TEN_CROP:
-        return ten_crop(decode(image_bytes), shorter, side)
-    return resize_shorter_center_crop(decode(image_bytes), shorter, side)
+        return ten_crop(decode(image_bytes), shorter, side, method)
+    return resize_shorter_center_crop(decode(image_bytes), shorter, side, method)

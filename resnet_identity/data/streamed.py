@@ -110,6 +110,8 @@ class StreamedDataset:
       color_jitter: fb.resnet.torch ColorJitter strength; 0 disables it.
       pca_lighting: std of the PCA lighting noise; 0 disables it.
       shuffle_buffer: examples (still-encoded images) in the shuffle buffer.
+      eval_interpolation: how evaluation resizes ("bicubic", or "bilinear" for weights
+        trained that way, e.g. torchvision's).
     """
 
     name: str
@@ -121,6 +123,7 @@ class StreamedDataset:
     color_jitter: float = 0.0
     pca_lighting: float = 0.0
     shuffle_buffer: int = 10_000
+    eval_interpolation: str = "bicubic"
 
     @property
     def num_train(self) -> int:
@@ -157,7 +160,8 @@ class StreamedDataset:
         """(index in epoch, {"file", "label"}) of one epoch, from example `skip` on."""
         file_seed, buffer_seed, _ = _epoch_seeds(seed, epoch, process_index)
         files = self.source.train_files(file_seed, process_index, process_count)
-        files = files.shuffle(self.shuffle_buffer, seed=buffer_seed)
+        # The same order on every pass, so that a failing batch's files can be read again.
+        files = files.shuffle(self.shuffle_buffer, seed=buffer_seed, reshuffle_each_iteration=False)
         # enumerate() before skip(): an example's crop seed is its position in the epoch,
         # whether or not the stream started mid-epoch.
         return files.take(num_examples).enumerate().skip(skip)
@@ -209,7 +213,7 @@ class StreamedDataset:
 
         def prepare(example):
             return {"image": imagenet_preprocess.eval_crop(self.source.read(example["file"]), crop,
-                                                           self.image_size),
+                                                           self.image_size, self.eval_interpolation),
                     "label": example["label"], "mask": tf.constant(True)}
 
         shape = [10, side, side, 3] if crop == crops.TEN_CROP else [side, side, 3]
