@@ -22,14 +22,14 @@ import logging
 import os
 import socket
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from resnet_identity import checkpointing, config as config_lib, models, optim, parallel, xla_config
+from resnet_identity import checkpointing, config as config_lib, models, optim, parallel, preemption, xla_config
 from resnet_identity import config_migration
 from resnet_identity.data import DatasetError, get_dataset
 from resnet_identity.files import WriteError, append_text, as_path, write_atomically, write_problem
@@ -116,13 +116,17 @@ def build_optimizer(config: ml_collections.ConfigDict):
                        steps_per_epoch=config_lib.steps_per_epoch(config))
 
 
-def evaluate(state, dataset, eval_fn, *, batch_size: int, sharding, crop: int | None = None) -> dict[str, float]:
+def evaluate(state, dataset, eval_fn, *, batch_size: int, sharding, crop: int | None = None,
+             interrupted: Callable[[], bool] = lambda: False) -> dict[str, float] | None:
     """Error and loss over the whole test split: each example once (padded, masked), in
-    global batches of `batch_size` sharded by `sharding`."""
+    global batches of `batch_size` sharded by `sharding`; None once `interrupted()` (a
+    preemption, which must not wait for a long evaluation)."""
     totals = None
     for batch in dataset.eval_batches(global_batch_size=batch_size,
                                       process_index=jax.process_index(),
                                       process_count=jax.process_count(), crop=crop):
+        if interrupted():
+            return None
         sums = eval_fn(state, parallel.global_batch(batch, sharding))
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = parallel.to_host(totals)
@@ -228,11 +232,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     crops = tuple(config.eval_crops) if config.eval_crops else (None,)
     batch_sharding = parallel.batch_sharded(mesh)
 
+    watcher = preemption.PreemptionWatcher(last_step=total, console=preemption.write_line if is_main else None)
+
     def run_eval(step: int) -> dict[str, float]:
         results = {}
         for crop in crops:
-            metrics = evaluate(state, dataset, eval_fn, batch_size=config.eval_batch_size,
-                               sharding=batch_sharding, crop=crop)
+            metrics = evaluate(state, dataset, eval_fn, batch_size=config.eval_batch_size, sharding=batch_sharding,
+                               crop=crop, interrupted=lambda: watcher.stop_requested)
+            if metrics is None:
+                break
             tag = "test" if crop is None else f"test_{crop}"
             logger.write(step, tag, metrics)
             logger.console(f"step {step}: {tag} error {100 * metrics['error']:.2f}%, loss {metrics['loss']:.4f} "
@@ -270,11 +278,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        f"{100 * means['error']:.2f}%, lr {means['learning_rate']:.4g}, {progress.line(step)}")
         check_finite(step)
 
+    def save_and_stop(step: int) -> dict[str, Any]:
+        """The preemption's checkpoint, durable before the run says so and returns."""
+        if pending:  # the partial window, so the resumed run's logs miss no step
+            log_window(step)  # (each window ends with check_finite)
+        checkpointer.maybe_save(step, state, force=True, metadata=save_metadata)
+        checkpointer.wait()
+        watcher.saved(step)
+        return {"preempted_at_step": step, "step": step, **({"state": state} if return_state else {})}
+
+    run_ahead = preemption.RunAheadBound()  # so that a stop waits for a few steps, not tens
     # Whatever ends the loop (finish, preemption, divergence, a crash), a save in flight is
     # completed while the watcher still holds the signals, so neither a crash nor a second
     # signal can cost the newest checkpoint.
     try:
-        with checkpointing.PreemptionWatcher() as watcher:
+        with watcher:
             try:
                 while step < total:
                     started = time.time()
@@ -284,19 +302,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                         progress.exclude(compile_s)
                         logger.console(f"compiled the train step in {compile_s:.1f} s")
                     pending.append(metrics)
+                    run_ahead.dispatched(metrics)
                     step += 1
                     if step % config.log_every_steps == 0 or step == total:
                         log_window(step)
                     # Once a step, on every process (a multi-host sync), and before any evaluation:
                     # a preempted run saves at once, not after an evaluation that may outlast its grace.
-                    if step < total and watcher.should_stop(step):
-                        if pending:  # the partial window, so the resumed run's logs miss no step
-                            log_window(step)  # (each window ends with check_finite)
-                        checkpointer.maybe_save(step, state, force=True, metadata=save_metadata)
-                        checkpointer.wait()  # before saying so below
-                        logger.console(f"Received {watcher.signal_name or 'a preemption notice'}: saved a checkpoint "
-                                       f"at step {step}. Rerun the same command to resume.")
-                        return {"preempted_at_step": step, "step": step, **({"state": state} if return_state else {})}
+                    if watcher.should_stop(step):
+                        return save_and_stop(step)
                     # Save before evaluating: an evaluation that fails cannot cost this step's checkpoint.
                     if step == total or checkpointer.should_save(step):
                         with progress.paused():
@@ -306,6 +319,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                         with progress.paused():
                             eval_results = run_eval(step)
                 eval_results = run_eval(step)
+                if watcher.stop_requested:  # during the final evaluation: the rerun only evaluates
+                    return save_and_stop(step)
             finally:
                 checkpointer.wait()
     finally:
