@@ -1,7 +1,7 @@
 """The papers' training recipes as config builders, shared by the files in `configs/`.
 
 Each builder returns a locked `ConfigDict` (schema in `config.py`) holding only data; the
-presets are the only branches. PAPERS.md "Training recipes" is the source of every number.
+presets are the only branches. docs/papers.md "Training recipes" is the source of every number.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ PRESETS = ("smoke", "released_code", "fb_resnet_torch")
 
 
 def cifar(model: str, preset: str | None = None) -> ml_collections.ConfigDict:
-    """v2 paper's CIFAR recipe (Appendix; PAPERS.md "CIFAR (v2 paper)"), used for Tables 1-3.
+    """v2 paper's CIFAR recipe (Appendix; docs/papers.md "CIFAR (v2 paper)"), used for Tables 1-3.
 
     Batch 128 with BN statistics from groups of 64 (2 GPUs x 64), SGD momentum 0.9, weight
     decay 1e-4, LR 0.1 divided by 10 at 32k and 48k iterations, 64k iterations, LR 0.01 for
@@ -40,7 +40,7 @@ def cifar(model: str, preset: str | None = None) -> ml_collections.ConfigDict:
 
 
 def imagenet(model: str, preset: str | None = None) -> ml_collections.ConfigDict:
-    """v2 ImageNet recipe (PAPERS.md "ImageNet (v2)"), used for Table 5.
+    """v2 ImageNet recipe (docs/papers.md "ImageNet (v2)"), used for Table 5.
 
     The paper's: batch 256 with BN groups of 32 (8 GPUs x 32), LR 0.1 cut at epochs 30 and
     60, no warm-up, and v1's augmentation: shorter side drawn from [256, 480] ("scale", the
@@ -51,7 +51,7 @@ def imagenet(model: str, preset: str | None = None) -> ml_collections.ConfigDict
     we do not have, so this is a deviation from the paper.
     The `fb_resnet_torch` preset switches to fb.resnet.torch's augmentation: random-sized
     crop, colour jitter 0.4 and PCA lighting 0.1. It is the closest setting we have to
-    Table 5's "scale + aspect" row (20.1%), which PAPERS.md describes no further; beyond
+    Table 5's "scale + aspect" row (20.1%), which the paper describes no further; beyond
     the aspect, it also adds the colour jitter.
     """
     c = default_config()
@@ -120,10 +120,10 @@ def apply_preset(c: ml_collections.ConfigDict, preset: str | None) -> ml_collect
         # KaimingHe/resnet-1k-layers on fb.resnet.torch: batch 64 (its 4.62% ResNet-1001 run),
         # Nesterov, weight decay on every parameter, 200 epochs with cuts at epochs 81 and 122
         # counted from 1 (after 80 and 121 completed epochs), per-channel normalisation: the
-        # four differences PAPERS.md lists. Two more follow from running that code, and
-        # PAPERS.md does not list them: no warm-up (fb.resnet.torch's `Trainer:learningRate`
+        # four differences docs/papers.md lists. Two more follow from running that code, and
+        # docs/papers.md does not list them: no warm-up (fb.resnet.torch's `Trainer:learningRate`
         # is the step schedule alone), and BN statistics over the whole batch of 64, since
-        # PAPERS.md gives no GPU count for that run (our assumption: one GPU).
+        # docs/papers.md gives no GPU count for that run (our assumption: one GPU).
         c.batch_size = 64
         c.model_overrides.bn_group_size = None
         c.optimizer.nesterov = True
