@@ -46,6 +46,8 @@ class DivergenceError(FloatingPointError):
 # message alone, without a traceback, and exit 1.
 USER_ERRORS = (config_lib.ConfigError, DatasetError, WriteError,
                checkpointing.CheckpointRestoreError, DivergenceError)
+# An evaluation running longer than this says how far it has got (ImageNet's takes minutes).
+EVAL_PROGRESS_SECONDS = 30.0
 # Exit status of a run stopped by SIGTERM/SIGINT or a preemption notice after saving
 # (sysexits' EX_TEMPFAIL): not 0, so that a scheduler or a retry loop reruns it.
 EXIT_PREEMPTED = 75
@@ -86,7 +88,15 @@ def check_saved_config(workdir: str, config: ml_collections.ConfigDict, allow_ch
     path = as_path(workdir) / "config.json"
     if not has_checkpoint or not path.exists():
         return
-    saved = config_migration.migrate(json.loads(path.read_text()))  # an older version's field names read as today's
+    saved = _read_saved_config(path)
+    if saved is None:
+        if allow_change:
+            return  # record_config moves the damaged file aside
+        raise config_lib.ConfigError(
+            f"{path} is damaged (not a JSON config), so --config cannot be checked against the config of the "
+            f"checkpoints. If --config is that config, rerun with --allow_config_change: the damaged file is kept "
+            f"beside it as config.json.damaged-<time> and a new config.json is written. Otherwise use a new --workdir.")
+    saved = config_migration.migrate(saved)  # an older version's field names read as today's
     diffs = config_lib.differing_fields(saved, json.loads(config.to_json()), ignore=config_lib.LAYOUT_FIELDS)
     if diffs and not allow_change:
         raise config_lib.ConfigError(
@@ -95,17 +105,30 @@ def check_saved_config(workdir: str, config: ml_collections.ConfigDict, allow_ch
         )
 
 
+def _read_saved_config(path) -> dict | None:
+    """A workdir's `config.json` as written, or None if it is damaged (not a JSON object)."""
+    try:
+        saved = json.loads(path.read_text())
+    except ValueError:  # not JSON, or not text
+        return None
+    return saved if isinstance(saved, dict) else None
+
+
 def record_config(workdir: str, config: ml_collections.ConfigDict) -> None:
     """Writes `config.json`; a different config it replaces (a resume with
     `--allow_config_change`, or a rerun before the first checkpoint) is appended to
-    `config_history.jsonl` first, so the config of every earlier step stays on record."""
+    `config_history.jsonl` first, so the config of every earlier step stays on record; a
+    damaged one is kept beside it as `config.json.damaged-<time>`."""
     path = as_path(workdir) / "config.json"
-    if path.exists():
-        saved = json.loads(path.read_text())
-        if config_lib.differing_fields(saved, json.loads(config.to_json())):
-            append_text(path.parent / "config_history.jsonl",
-                        json.dumps({"replaced_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                    "config": saved}) + "\n")
+    saved = _read_saved_config(path) if path.exists() else {}
+    if saved is None:
+        aside = path.parent / f"config.json.damaged-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+        path.rename(aside)
+        logging.getLogger(__name__).warning("%s was damaged: kept as %s; a new config.json is written.", path, aside)
+    elif saved and config_lib.differing_fields(saved, json.loads(config.to_json())):
+        append_text(path.parent / "config_history.jsonl",
+                    json.dumps({"replaced_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                "config": saved}) + "\n")
     # Atomically: the other processes may be reading it in check_saved_config.
     write_atomically(path, config.to_json(indent=2))
 
@@ -117,17 +140,25 @@ def build_optimizer(config: ml_collections.ConfigDict):
 
 
 def evaluate(state, dataset, eval_fn, *, batch_size: int, sharding, crop: int | None = None,
-             interrupted: Callable[[], bool] = lambda: False) -> dict[str, float] | None:
+             interrupted: Callable[[], bool] = lambda: False,
+             progress: Callable[[str], None] | None = None) -> dict[str, float] | None:
     """Error and loss over the whole test split: each example once (padded, masked), in
     global batches of `batch_size` sharded by `sharding`; None once `interrupted()` (a
-    preemption, which must not wait for a long evaluation)."""
-    totals = None
+    preemption, which must not wait for a long evaluation). `progress` hears how many
+    examples are done, every `EVAL_PROGRESS_SECONDS`."""
+    totals, done, reported = None, 0, time.time()
     for batch in dataset.eval_batches(global_batch_size=batch_size,
                                       process_index=jax.process_index(),
                                       process_count=jax.process_count(), crop=crop):
         if interrupted():
             return None
         sums = eval_fn(state, parallel.global_batch(batch, sharding))
+        if totals is not None:  # one batch in flight, so that `done` counts finished work
+            jax.block_until_ready(totals)
+            done += batch_size
+            if progress is not None and time.time() - reported >= EVAL_PROGRESS_SECONDS:
+                progress(f"evaluated {min(done, dataset.num_test):,} of {dataset.num_test:,} examples")
+                reported = time.time()
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = parallel.to_host(totals)
     count = float(totals["count"])
@@ -237,11 +268,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     def run_eval(step: int) -> dict[str, float]:
         results = {}
         for crop in crops:
+            tag = "test" if crop is None else f"test_{crop}"
+            logger.console(f"step {step}: evaluating on {dataset.num_test:,} examples"
+                           + (f" at crop {crop}" if crop else "") + "...")
             metrics = evaluate(state, dataset, eval_fn, batch_size=config.eval_batch_size, sharding=batch_sharding,
-                               crop=crop, interrupted=lambda: watcher.stop_requested)
+                               crop=crop, interrupted=lambda: watcher.stop_requested,
+                               progress=lambda line: logger.console(f"step {step}: {line}"))
             if metrics is None:
                 break
-            tag = "test" if crop is None else f"test_{crop}"
             logger.write(step, tag, metrics)
             logger.console(f"step {step}: {tag} error {100 * metrics['error']:.2f}%, loss {metrics['loss']:.4f} "
                            f"({int(metrics['examples'])} examples)")

@@ -1,6 +1,12 @@
 """Bad input gets one clear message that says what to do, and loses nothing: configs,
 workdirs, datasets, and resumes that do not fit the workdir."""
 
+import json
+import pathlib
+import shutil
+import subprocess
+import sys
+
 import pytest
 
 from resnet_identity import config as config_lib
@@ -107,3 +113,64 @@ def test_a_refused_resume_leaves_the_saved_config_as_it_was(tmp_path):
     assert (tmp_path / "config.json").read_text() == saved
     assert not (tmp_path / "config_history.jsonl").exists()
     assert trainer.train_and_evaluate(tiny_config(steps=2), str(tmp_path))["step"] == 2
+
+
+# The same mistakes met on the command line: the real train.py prints one `error:` line with
+# the fix, exits 1 and shows no traceback (flag and config-file mistakes: test_cli.py).
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _train_py(workdir, *flags, tmp_path):
+    config = tmp_path / "tiny_config.py"
+    config.write_text("from tests.train_worker import tiny_config\n\n\n"
+                      "def get_config():\n    return tiny_config(steps=2)\n")
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), f"--config={config}", f"--workdir={workdir}",
+                           *flags], cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def _assert_user_error(done, message):
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.startswith("error: ") and message in done.stderr, done.stderr
+
+
+@pytest.fixture(scope="module")
+def trained_workdir(tmp_path_factory):
+    """A finished two-step run; each test works on a copy."""
+    workdir = tmp_path_factory.mktemp("trained") / "run"
+    trainer.train_and_evaluate(tiny_config(steps=2), str(workdir))
+    return workdir
+
+
+def test_workdir_that_is_a_file_is_one_line(tmp_path):
+    blocker = tmp_path / "run"
+    blocker.write_text("a file, not a folder")
+    _assert_user_error(_train_py(blocker, tmp_path=tmp_path), f"Cannot write to workdir {blocker}")
+    assert blocker.read_text() == "a file, not a folder"
+
+
+def test_damaged_config_json_is_refused_then_kept_aside_with_allow_config_change(trained_workdir, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(trained_workdir, workdir)
+    (workdir / "config.json").write_text('{"model": "cifar_pre')
+    _assert_user_error(_train_py(workdir, tmp_path=tmp_path), "--allow_config_change")
+    done = _train_py(workdir, "--allow_config_change", tmp_path=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "step 2: evaluating on 360 examples..." in done.stdout  # the finished run evaluates again
+    (aside,) = workdir.glob("config.json.damaged-*")
+    assert aside.read_text() == '{"model": "cifar_pre'
+    assert json.loads((workdir / "config.json").read_text())["model"] == "cifar_preact20"
+
+
+def test_metrics_line_without_step_is_moved_aside_not_fatal(trained_workdir, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(trained_workdir, workdir)
+    with open(workdir / "metrics.jsonl", "a") as f:
+        f.write('{"note": "written by hand"}\n')
+    done = _train_py(workdir, tmp_path=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr and "has no step" in done.stderr
+    assert '{"note": "written by hand"}' in (workdir / "metrics.superseded.jsonl").read_text()
+    assert all("step" in json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines())
