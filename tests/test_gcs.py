@@ -127,3 +127,24 @@ def test_a_run_on_gcs_killed_three_times_ends_bitwise_equal_to_a_local_one(gcs_b
     with pytest.raises(config_lib.ConfigError, match="different config"):
         trainer.train_and_evaluate(changed, run)
     assert json.loads(read_object(f"{run}/config.json"))["seed"] == 0
+
+
+def test_a_gs_data_dir_is_read_by_tfds_through_the_same_client(gcs_bucket):
+    """TFDS finds, or misses, a dataset in a gs:// data_dir through epath. Its records are
+    read by tf.data, whose Cloud Storage client cannot be pointed at an emulator: that last
+    step is not tested here (docs/tpu.md)."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    from resnet_identity.data.tfds_access import DatasetNotPreparedError, prepared_builder
+
+    data_dir = f"{gcs_bucket}/tensorflow_datasets"
+    with pytest.raises(DatasetNotPreparedError, match=f"tfds build cifar10 --data_dir={data_dir}"):
+        prepared_builder("cifar10", data_dir, download=False)
+    builder = tfds.builder("cifar10", data_dir=data_dir)
+    template = tfds.core.ShardedFileTemplate(data_dir=builder.data_dir, dataset_name="cifar10", split="train",
+                                             filetype_suffix="tfrecord")
+    builder.info.set_splits(tfds.core.SplitDict([tfds.core.SplitInfo(
+        name="train", shard_lengths=[2], num_bytes=0, filename_template=template)]))
+    builder.info.write_to_directory(builder.data_dir)  # what `tfds build` leaves beside the records
+    assert f"tensorflow_datasets/cifar10/{builder.version}/dataset_info.json" in "\n".join(list_objects(gcs_bucket))
+    prepared = prepared_builder("cifar10", data_dir, download=False)
+    assert prepared.info.splits["train"].num_examples == 2

@@ -13,14 +13,14 @@
 from __future__ import annotations
 
 import io
-import os
 from typing import Mapping, Sequence
 
 import numpy as np
+from etils import epath
 from matplotlib.ticker import MaxNLocator
 
 from resnet_identity.analysis.unit_ops import Op
-from resnet_identity.files import write_atomically
+from resnet_identity.files import as_path, write_atomically
 
 COLORS = ("tab:blue", "tab:red", "tab:green", "tab:purple", "tab:orange", "tab:brown", "tab:gray")
 
@@ -159,15 +159,15 @@ def png_bytes(fig, dpi: int = 100) -> bytes:
     return out.getvalue()
 
 
-def show(fig, path: str | None = None, dpi: int = 100) -> None:
-    """Displays `fig` in a notebook as `png_bytes`, writes the same bytes to `path` if given,
-    and closes it (so the inline backend does not show it a second time)."""
+def show(fig, path: epath.PathLike | None = None, dpi: int = 100) -> None:
+    """Displays `fig` in a notebook as `png_bytes`, writes the same bytes to `path` (local or
+    gs://) if given, and closes it (so the inline backend does not show it a second time)."""
     import matplotlib.pyplot as plt
     from IPython.display import Image, display
 
     data = png_bytes(fig, dpi)
     if path:
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        as_path(path).parent.mkdir(parents=True, exist_ok=True)
         write_atomically(path, data)
     display(Image(data))
     plt.close(fig)

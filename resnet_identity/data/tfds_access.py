@@ -8,6 +8,7 @@ at module load; ``import_tfds`` does, when a TFDS dataset is requested.
 import os
 
 from resnet_identity.data.base import DatasetError
+from resnet_identity.files import as_path
 
 INSTALL_HINT = "pip install -e '.[tfds]'"
 
@@ -47,9 +48,11 @@ def import_tfds():
 
 
 def resolve_data_dir(data_dir: str | None) -> str:
-    """``data_dir``, or TFDS's default ($TFDS_DATA_DIR, else ~/tensorflow_datasets)."""
+    """``data_dir`` (local or gs://), or TFDS's default ($TFDS_DATA_DIR, else
+    ~/tensorflow_datasets)."""
     if data_dir:
-        return os.path.expanduser(data_dir)
+        # Through as_path: TFDS's epath then reads a gs:// data_dir with the client it chose.
+        return os.fspath(as_path(os.path.expanduser(data_dir)))
     return os.environ.get("TFDS_DATA_DIR",
                           os.path.join(os.path.expanduser("~"),
                                        "tensorflow_datasets"))

@@ -1,0 +1,54 @@
+"""TensorBoard events and metrics that survive kills; a resume on another device count warns.
+(On a gs:// workdir: test_gcs.py.)"""
+
+import json
+import os
+import signal
+
+import jax
+import pytest
+
+from resnet_identity import trainer
+from resnet_identity.metric_logging import EVENTS_PATTERN, MetricLogger, read_metrics
+from tests.test_resilience import _run_until_killed, _worker_cmd
+from tests.train_worker import tiny_config
+
+
+def test_event_files_are_what_tensorflow_reads(tmp_path):
+    """The records `EventFile` frames by hand pass TensorFlow's own reader, CRCs included."""
+    tf = pytest.importorskip("tensorflow")
+    logger = MetricLogger(tmp_path, resumed_from=0)
+    logger.write(1, "train", {"loss": 2.5, "error": 0.75})
+    logger.write(2, "test", {"error": 0.5})
+    [path] = tmp_path.glob(EVENTS_PATTERN)
+    events = list(tf.compat.v1.train.summary_iterator(str(path)))
+    assert events[0].file_version == "brain.Event:2"
+    values = {(e.step, v.tag): v.simple_value for e in events[1:] for v in e.summary.value}
+    assert values == {(1, "train/loss"): 2.5, (1, "train/error"): 0.75, (2, "test/error"): 0.5}
+
+
+def test_a_run_killed_before_logging_leaves_no_event_file(tmp_path):
+    MetricLogger(tmp_path, resumed_from=0)  # never written to, never closed: as a SIGKILL leaves it
+    assert list(tmp_path.glob(EVENTS_PATTERN)) == []
+
+
+@pytest.mark.slow
+def test_a_sigkilled_run_keeps_its_curves_and_a_resume_on_other_devices_warns(tmp_path, caplog, capsys, monkeypatch):
+    """Two devices, SIGKILLed after logging step 5: every logged step is in the events.
+    Resumed here on one device, the run says that it is no longer bitwise reproducible."""
+    assert jax.device_count() == 1  # this process's backend starts before the worker's flag is set
+    monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2")
+    code, output = _run_until_killed(_worker_cmd(tmp_path, tmp_path / "out.npz", 6, "checkpoint_every_steps=2"),
+                                     5, signal.SIGKILL)
+    assert code == -signal.SIGKILL and "2 device(s)" in output, output[-3000:]
+    assert sorted(read_metrics(tmp_path)["train/loss"]) == [1, 2, 3, 4, 5]
+    assert all(path.stat().st_size > 0 for path in tmp_path.glob(EVENTS_PATTERN))
+
+    config = tiny_config(steps=6)
+    config.checkpoint_every_steps = 2
+    result = trainer.train_and_evaluate(config, str(tmp_path))
+    assert result["step"] == 6 and "resuming at step" in capsys.readouterr().out
+    assert "written on 2 devices and is resumed on 1" in caplog.text
+    assert sorted(read_metrics(tmp_path)["train/loss"]) == [1, 2, 3, 4, 5, 6]
+    logged = [json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl") if "train/loss" in line]
+    assert logged == [1, 2, 3, 4, 5, 6]
