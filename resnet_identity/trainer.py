@@ -221,7 +221,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     key = jax.random.key(config.seed)
     init_key, step_key = jax.random.split(key)
 
-    save_metadata = {"process_count": jax.process_count()}  # beside each checkpoint, read on resume
+    # Beside each checkpoint, read on resume.
+    save_metadata = {"process_count": jax.process_count(), "device_count": jax.device_count()}
     init = jax.jit(functools.partial(create_train_state, model, tx, dataset.image_size), out_shardings=replicated)
     checkpointer = checkpointing.Checkpointer(checkpoint_dir, every_steps=config.checkpoint_every_steps,
                                               keep=config.keep_checkpoints)
@@ -235,12 +236,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                 f"Checkpoint {start_step} in {workdir}/checkpoints holds a state at step "
                 f"{int(parallel.to_host(state.step))}; its directory was renamed or copied. Move it aside to resume "
                 "from the previous one.")
-        saved_processes = checkpointer.metadata(start_step).get("process_count", jax.process_count())
+        saved_meta = checkpointer.metadata(start_step)
+        saved_processes = saved_meta.get("process_count", jax.process_count())
         if saved_processes != jax.process_count():
             logging.getLogger(__name__).warning(
                 "Checkpoint %d was written by %d processes and is resumed on %d: training continues, but "
                 "the order of examples from here on is not the one an uninterrupted run would have seen "
                 "(each process reads its own shard of the data).", start_step, saved_processes, jax.process_count())
+        saved_devices = saved_meta.get("device_count", jax.device_count())
+        if saved_devices != jax.device_count():
+            logging.getLogger(__name__).warning(
+                "Checkpoint %d was written on %d devices and is resumed on %d: training continues on the same "
+                "examples, but its results are no longer bitwise those of an uninterrupted run (each sum over the "
+                "batch is split across the devices differently).", start_step, saved_devices, jax.device_count())
     else:
         options = xla_config.init_compiler_options(jax.default_backend())
         state, start_step = init.lower(init_key).compile(compiler_options=options)(init_key), 0
