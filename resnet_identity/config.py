@@ -147,6 +147,10 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1, num_pro
             facts = None if option_errors else registry.spec(config.dataset).facts(options)
         except DatasetError as e:
             errors.append(str(e))
+        if facts is not None and isinstance(config.batch_size, int) and config.batch_size > 0:
+            need(facts.steps_per_epoch(config.batch_size) >= 1,
+                 f"batch_size={config.batch_size} is larger than {config.dataset}'s {facts.num_train} training "
+                 "examples; use a smaller batch_size.")
     need(config.init_from is not None or config.init_from_step is None,
          "init_from_step is set without init_from; set init_from to the run's workdir.")
 

@@ -48,7 +48,8 @@ def parse_crops(values: list[str] | None, default: tuple | None) -> tuple:
 
 
 def _network(config):
-    """(label, model, variables, weights or None) of the run or the weights named by the flags."""
+    """(label, model name, model, variables, weights or None) of the run or the weights named
+    by the flags."""
     from resnet_identity import config as config_lib, init_from, models, weights as weights_lib
 
     if (FLAGS.workdir is None) == (FLAGS.weights is None):
@@ -60,11 +61,11 @@ def _network(config):
             raise cli.UserError(f"{FLAGS.weights} holds weights of {weights.model}, not {FLAGS.model}; "
                                 f"pass --model={weights.model}.")
         model, variables = weights.create_model()
-        return "weights", model, variables, weights
+        return "weights", weights.model, model, variables, weights
     run_config, variables, step = init_from.read_run(FLAGS.workdir, FLAGS.step)
     num_classes = int(weights_lib.flatten(variables)["params/fc/bias"].shape[0])
     model = models.create_model(run_config.model, num_classes=num_classes, **config_lib.model_kwargs(run_config))
-    return f"step{step}", model, variables, None
+    return f"step{step}", run_config.model, model, variables, None
 
 
 def evaluate(config) -> list[dict]:
@@ -84,7 +85,7 @@ def evaluate(config) -> list[dict]:
         choices = f"choose from {', '.join(map(str, facts.eval_crops))}" if facts.eval_crops else (
             f"{config.dataset} is evaluated on whole images: leave --crops out")
         raise cli.UserError(f"--crops {bad} not offered by {config.dataset}; {choices}.")
-    label, model, variables, weights = _network(config)
+    label, model_name, model, variables, weights = _network(config)
     dataset = get_dataset(config)
     if weights is not None:  # the source's preprocessing, not the dataset's
         mean, std = (255.0 * np.asarray(v, np.float32) for v in (weights.preprocessing.mean, weights.preprocessing.std))
@@ -111,8 +112,8 @@ def evaluate(config) -> list[dict]:
         metrics = trainer.evaluate(state, dataset, eval_fn, batch_size=config.eval_batch_size,
                                    sharding=parallel.batch_sharded(mesh), crop=crop)
         name = str(crop if crop is not None else facts.image_size)
-        result = {"source": FLAGS.workdir or FLAGS.weights, "checkpoint": label, "model": config.model
-                  if weights is None else weights.model, "dataset": config.dataset, "crop": name,
+        result = {"source": FLAGS.workdir or FLAGS.weights, "checkpoint": label, "model": model_name,
+                  "dataset": config.dataset, "crop": name,
                   "top1_error": metrics["error"], "top5_error": metrics["top5_error"], "loss": metrics["loss"],
                   "examples": int(metrics["examples"])}
         if jax.process_index() == 0:

@@ -80,3 +80,11 @@ def test_an_image_that_does_not_decode_is_named(tmp_path):
     (tmp_path / "train" / "eel" / "1.png").write_bytes(b"\x89PNG broken")
     with pytest.raises(DatasetError, match=r"Cannot decode .*train/eel/1\.png.*rerun the same command"):
         list(itertools.islice(ds.train_batches(global_batch_size=4, start_step=0, seed=0), 3))
+
+
+def test_a_batch_larger_than_the_folder_is_refused(tmp_path):
+    write_folder(tmp_path)
+    config = config_lib.default_config()
+    config.dataset, config.folder.path, config.batch_size = "folder", str(tmp_path), 16
+    with pytest.raises(config_lib.ConfigError, match="batch_size=16 is larger than folder's 12 training examples"):
+        config_lib.validate(config)
