@@ -3,6 +3,7 @@ workdirs, datasets, and resumes that do not fit the workdir."""
 
 import json
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -172,5 +173,7 @@ def test_metrics_line_without_step_is_moved_aside_not_fatal(trained_workdir, tmp
     done = _train_py(workdir, tmp_path=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr and "has no step" in done.stderr
+    # The resumed run is quiet: no library INFO lines (absl's "I1203 12:00:00 ... checkpoint_manager.py]").
+    assert not re.search(r"^I\d{4} ", done.stderr, re.MULTILINE), done.stderr
     assert '{"note": "written by hand"}' in (workdir / "metrics.superseded.jsonl").read_text()
     assert all("step" in json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines())
