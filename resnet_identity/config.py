@@ -71,6 +71,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.eval_every_steps = 2_000
     c.checkpoint_every_steps = 2_000
     c.keep_checkpoints = 3
+    c.diagnostics_every_steps = 0  # identity-mapping diagnostics every N steps; 0: off (diagnostics.py)
     c.lock()
     return c
 
@@ -118,7 +119,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1, num_pro
 
     for field, kind in (("batch_size", int), ("eval_batch_size", int), ("num_train_steps", int),
                         ("log_every_steps", int), ("eval_every_steps", int),
-                        ("checkpoint_every_steps", int), ("keep_checkpoints", int),
+                        ("checkpoint_every_steps", int), ("keep_checkpoints", int), ("diagnostics_every_steps", int),
                         ("seed", int)):
         need(isinstance(config[field], kind) and not isinstance(config[field], bool),
              f"{field} must be an int, got {config[field]!r}.")
@@ -184,6 +185,8 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1, num_pro
                         f"{config.dataset}.")
     for field in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
         need(config[field] > 0, f"{field} must be positive, got {config[field]}.")
+    need(config.diagnostics_every_steps >= 0, f"diagnostics_every_steps must be >= 0 (0: off), got "
+                                              f"{config.diagnostics_every_steps}.")
 
     if not errors and facts is not None:  # the optimiser's own checks, on what will run
         errors += optim.problems(config, total_steps=total_steps(config), steps_per_epoch=steps_per_epoch(config))

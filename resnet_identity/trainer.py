@@ -32,6 +32,7 @@ import numpy as np
 from resnet_identity import checkpointing, config as config_lib, models, optim, parallel, preemption, xla_config
 from resnet_identity import config_migration
 from resnet_identity.data import DatasetError, get_dataset
+from resnet_identity.diagnostics import Diagnostics
 from resnet_identity.files import WriteError, append_text, as_path, write_atomically, write_problem
 from resnet_identity.init_from import initialise_from
 from resnet_identity.metric_logging import MetricLogger
@@ -270,6 +271,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                       out_shardings=replicated, compiler_options=step_options)
     crops = tuple(config.eval_crops) if config.eval_crops else (None,)
     batch_sharding = parallel.batch_sharded(mesh)
+    diagnostics = Diagnostics(config, model, dataset, logger, sharding=batch_sharding, replicated=replicated)
 
     watcher = preemption.PreemptionWatcher(last_step=total, console=preemption.write_line if is_main else None)
 
@@ -348,6 +350,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                     step += 1
                     if step % config.log_every_steps == 0 or step == total:
                         log_window(step)
+                    diagnostics.maybe_log(step, state)  # every config.diagnostics_every_steps steps
                     # Once a step, on every process (a multi-host sync), and before any evaluation:
                     # a preempted run saves at once, not after an evaluation that may outlast its grace.
                     if watcher.should_stop(step):
