@@ -291,10 +291,12 @@ def plot_curves(
     experiment: Experiment,
     rows: tuple[Row, ...],
     results: Mapping[str, list[RunResult]],
+    configs: Mapping[str, Any],
     title: str,
     path: epath.PathLike,
 ) -> None:
-    """curves.png, one panel per `experiment.panels` entry holding a row that ran (mean over seeds).
+    """curves.png, one panel per `experiment.panels` entry holding a row that ran (mean over seeds);
+    a curve's label names the depth it trained at where that is not the row's own.
 
     "error" (v1 Fig. 6): training error thin and dashed, test error bold, in %.
     "loss" (v2 Fig. 6): training loss dashed on the left axis, test error solid on the right.
@@ -310,6 +312,8 @@ def plot_curves(
         for color, key in zip(COLORS, [k for k in panel.rows if k in ran]):
             runs = results[key]
             label = ran[key].label if experiment.curves == "error" else f"{ran[key].label} ({ran[key].cells[-1]})"
+            depth = configs[key].model_overrides.get("depth")
+            label += f", at depth {depth}" if depth else ""
             train_tag = "train/error" if experiment.curves == "error" else "train/loss"
             steps, train = _mean_series(runs, train_tag)
             steps_test, test = _mean_series(runs, "test/error")
@@ -333,7 +337,8 @@ def plot_curves(
         )
         ax.set_xlabel("iterations")
         ax.set_ylabel("error (%)" if experiment.curves == "error" else "training loss")
-        right.set_ylabel("test error (%)")
+        if right is not ax:
+            right.set_ylabel("test error (%)")
         ax.set_title(panel.title, fontsize=10)
         ax.grid(alpha=0.3)
         handles = ax.get_legend_handles_labels()
@@ -361,14 +366,12 @@ def write(
     report = markdown(experiment, rows, results, configs, fail_above)
     (workdir / "table.md").write_text(report)
     (workdir / "summary.json").write_text(json.dumps(summary(experiment, rows, results, configs, fail_above), indent=2))
-    described = sorted({_describe(c) for c in configs.values()})
-    title = (
-        experiment.title.split(":")[0]
-        + ", ours: "
-        + ("; ".join(described) if len(described) == 1 else f"{len(described)} configs")
+    budgets = sorted(
+        {f"{c.dataset}, {config_lib.total_steps(c)} steps of batch {c.batch_size}" for c in configs.values()}
     )
+    title = f"{experiment.title.split(':')[0]}, ours: {budgets[0] if len(budgets) == 1 else 'several budgets'}"
     if experiment.panels:
-        plot_curves(experiment, rows, results, title, workdir / "curves.png")
+        plot_curves(experiment, rows, results, configs, title, workdir / "curves.png")
     else:
         plot_table(experiment, rows, results, fail_above, title, workdir / "table.png")
     return report
