@@ -10,6 +10,8 @@ The same as `reproduce v2-table1` / `reproduce v2-table2`, with Table 2's rows o
 
 from __future__ import annotations
 
+import sys
+
 from absl import flags
 from ml_collections import config_flags
 
@@ -52,4 +54,5 @@ if __name__ == "__main__":
     from resnet_identity import xla_config
 
     xla_config.use_huge_pages()
+    sys.argv = reproduce.with_default_config(sys.argv)
     cli.run(main)

@@ -29,6 +29,7 @@ resume); 1 on an error, printed with what to do.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -44,7 +45,7 @@ DEFAULT_CONFIG = epath.Path(__file__).parent / "analysis" / "paper_recipe.py"
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
     "config",
-    str(DEFAULT_CONFIG),
+    None,
     "A training config file (configs/*.py[:preset]) whose recipe, budget and "
     "dataset every row uses instead of its paper recipe. Unset: each row's paper recipe.",
     lock_config=True,
@@ -67,6 +68,15 @@ flags.DEFINE_bool(
 )
 
 
+def with_default_config(argv: list[str]) -> list[str]:
+    """`argv` with `--config=DEFAULT_CONFIG` (the config schema, standing for "each row's
+    paper recipe") where it names no config, so that `--config.FIELD=VALUE` overrides are
+    parsed, and their mistakes reported, as `train.py`'s are."""
+    if any(a in ("--config", "-config") or a.startswith(("--config=", "-config=")) for a in argv):
+        return argv
+    return [argv[0], f"--config={DEFAULT_CONFIG}", *argv[1:]]
+
+
 def run(name: str, rows: list[str] | None, overrides: Mapping[str, Any]) -> int:
     """The command with the flags' values: prints table.md; returns the exit status."""
     cli.require(workdir=FLAGS.workdir)
@@ -75,7 +85,7 @@ def run(name: str, rows: list[str] | None, overrides: Mapping[str, Any]) -> int:
         table = runs.run_experiment(
             experiments.EXPERIMENTS[name],
             FLAGS.workdir,
-            base=FLAGS.config if FLAGS["config"].present else None,
+            base=None if config_flags.get_config_filename(FLAGS["config"]) == str(DEFAULT_CONFIG) else FLAGS.config,
             overrides=overrides,
             preset=FLAGS.preset,
             steps=FLAGS.steps,
@@ -103,4 +113,5 @@ if __name__ == "__main__":
     from resnet_identity import xla_config
 
     xla_config.use_huge_pages()  # as train.py: re-executes once, for XLA:CPU's per-step buffers
+    sys.argv = with_default_config(sys.argv)
     cli.run(main)

@@ -165,13 +165,19 @@ def test_a_diverged_run_is_a_fail_row_with_its_reason(tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text())["rows"][0]["runs"][0]["failure"] == cells[4]
 
 
-def test_the_command_line_names_the_experiments(tmp_path):
-    done = subprocess.run(
-        [sys.executable, "-m", "resnet_identity.reproduce", "v3-table9", f"--workdir={tmp_path}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+def test_the_command_line_names_the_experiments_and_the_fields(tmp_path):
+    def reproduce(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "resnet_identity.reproduce", *args, f"--workdir={tmp_path}"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    done = reproduce("v3-table9")
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "name one experiment ('v3-table9' is not one): v1-table6, v1-fig6" in done.stderr
+    done = reproduce("v1-table6", "--config.batch_sise=8")  # an override without --config: each row's recipe
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "no config field 'batch_sise'. Did you mean 'batch_size'?" in done.stderr
