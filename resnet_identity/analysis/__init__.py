@@ -1,6 +1,7 @@
 """The papers' analyses as tools.
 
 - `signal`: per-unit forward and backward norms through depth (v2 Sec. 3-4, Eq. 4-5, 8-9).
+- `layer_response`: the std of each layer's response of a trained net (v1 Fig. 7).
 - `experiments`: every table and curves figure of both papers as rows to train
   (`python -m resnet_identity.reproduce`); `runs` trains them, `report` sets them beside the
   paper's figures.
