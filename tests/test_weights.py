@@ -76,6 +76,17 @@ def test_run_weights_are_the_checkpoints_in_the_runs_model_and_preprocessing(tmp
     state = result["state"]
     unrolled = models.stacked_to_unrolled({"params": state.params, "batch_stats": state.batch_stats})
     jax.tree.map(np.testing.assert_array_equal, loaded.variables, unrolled)
+    # predict --workdir's path: any image through the run's preprocessing and network
+    from resnet_identity import predict
+    from resnet_identity.data import get_dataset
+
+    np.testing.assert_allclose(loaded.preprocessing.mean, get_dataset(config).normalization.mean / 255.0, rtol=1e-6)
+    image = (np.random.default_rng(0).random((40, 50, 3)) * 255).astype(np.uint8)
+    inputs = predict.preprocess(image, loaded.preprocessing)[None]
+    probabilities, _ = predict.forward(loaded, inputs)
+    model = models.create_model("cifar_preact20", num_classes=10, depth=8, bn_group_size=2)
+    logits = model.apply({"params": state.params, "batch_stats": state.batch_stats}, inputs, train=False)
+    np.testing.assert_allclose(probabilities, jax.nn.softmax(logits), rtol=1e-5, atol=1e-6)
     with pytest.raises(weights_lib.WeightsError, match=r"no checkpoint at step 5; it has steps \[2\]"):
         weights_lib.load_run_weights(tmp_path / "run", step=5)
     with pytest.raises(weights_lib.WeightsError, match="has no config.json"):
