@@ -29,7 +29,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from resnet_identity import checkpointing, config as config_lib, models, optim, parallel, preemption, xla_config
+from resnet_identity import (checkpointing, config as config_lib, lease, models, optim, parallel, preemption,
+                             xla_config)
 from resnet_identity import config_migration
 from resnet_identity.data import DatasetError, get_dataset
 from resnet_identity.diagnostics import Diagnostics
@@ -46,7 +47,7 @@ class DivergenceError(FloatingPointError):
 # Errors whose message already says what to do: the command-line entry points print the
 # message alone, without a traceback, and exit 1.
 USER_ERRORS = (config_lib.ConfigError, DatasetError, WriteError,
-               checkpointing.CheckpointRestoreError, DivergenceError)
+               checkpointing.CheckpointRestoreError, DivergenceError, lease.WorkdirInUseError)
 # An evaluation running longer than this says how far it has got (ImageNet's takes minutes).
 EVAL_PROGRESS_SECONDS = 30.0
 # Exit status of a run stopped by SIGTERM/SIGINT or a preemption notice after saving
@@ -205,8 +206,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     """Trains per `config`, resuming from `workdir`; returns the final metrics.
 
     With `return_state`, the result also holds the final `TrainState` under "state"
-    (for notebooks and tests).
+    (for notebooks and tests). The run holds the workdir's lease throughout: a second run
+    on it raises `lease.WorkdirInUseError` before writing anything.
     """
+    with lease.hold(workdir):
+        return _train_and_evaluate(config, workdir, allow_config_change=allow_config_change,
+                                   return_state=return_state)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                        allow_config_change: bool, return_state: bool) -> dict[str, Any]:
     mesh = parallel.create_mesh()
     config_lib.validate(config, num_devices=mesh.devices.size, num_processes=jax.process_count())
     is_main = jax.process_index() == 0

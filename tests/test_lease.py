@@ -1,0 +1,153 @@
+"""One writer per workdir (issue 18): real processes compete for a workdir's lease, on a
+local disk and on a Cloud Storage emulator (tests/gcs_emulator.py)."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from resnet_identity import lease
+from tests.gcs_emulator import gcs_bucket, gcs_emulator, list_objects, read_object  # noqa: F401 (fixtures)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _env(tmp_path, **extra):
+    # Compiled programs shared between the runs: each later run skips most of its compile.
+    return {**os.environ, "PYTHONPATH": ROOT, "PYTHONUNBUFFERED": "1",
+            "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax_cache"), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0", **extra}
+
+
+def _train_cmd(workdir, *overrides):
+    return [sys.executable, os.path.join(ROOT, "train.py"), f"--config={os.path.join(ROOT, 'configs', 'quickstart.py')}",
+            f"--workdir={workdir}", "--config.model_overrides.depth=8", "--config.batch_size=16",
+            "--config.num_train_steps=100000", "--config.log_every_steps=5", "--config.eval_every_steps=100000",
+            "--config.checkpoint_every_steps=100000", *overrides]
+
+
+def _start(cmd, env):
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _read_until(proc, text, lines):
+    for line in proc.stdout:
+        lines.append(line)
+        if text in line:
+            return
+    raise AssertionError(f"no line with {text!r}:\n{''.join(lines)[-3000:]}")
+
+
+def _refused(cmd, env, holder_pid):
+    """Runs `cmd` to its end; asserts that it was refused at once, with one clear message."""
+    started = time.perf_counter()
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    output = second.stdout + second.stderr
+    assert second.returncode == 1, output[-3000:]
+    assert f"host {socket.gethostname()}, pid {holder_pid}, started " in output, output[-3000:]
+    assert "choose another --workdir" in output and "Traceback" not in output
+    assert "compiled" not in output and time.perf_counter() - started < 60
+    return output
+
+
+def _files(directory):
+    return sorted(os.path.relpath(os.path.join(d, f), directory) for d, _, fs in os.walk(directory) for f in fs)
+
+
+@pytest.mark.slow
+def test_a_second_run_on_a_local_workdir_exits_at_once_and_a_killed_holder_blocks_nothing(tmp_path):
+    workdir, env = tmp_path / "run", _env(tmp_path)
+    first, lines = _start(_train_cmd(workdir), env), []
+    try:
+        _read_until(first, "step 5/", lines)
+        before = (_files(workdir), (workdir / "config.json").read_text())
+        # The same workdir with another learning rate: the mix-up the issue saw in config.json.
+        _refused(_train_cmd(workdir, "--config.schedule.learning_rate=0.05"), env, first.pid)
+        assert (_files(workdir), (workdir / "config.json").read_text()) == before  # wrote nothing
+        refused_at = len(lines)
+        _read_until(first, "/100000: loss", lines)  # the first run goes on
+        first.send_signal(signal.SIGTERM)
+        rest, _ = first.communicate(timeout=120)
+        assert first.returncode == 75, "".join(lines) + rest
+        assert "Traceback" not in "".join(lines[refused_at:]) + rest
+    finally:
+        first.kill()
+    assert (workdir / lease.LEASE_FILE).read_text() == ""  # given back
+
+    # A holder killed with SIGKILL leaves the file, but its lock died with it.
+    killed, lines = _start(_train_cmd(workdir), env), []
+    _read_until(killed, "resuming at step", lines)
+    killed.kill()
+    killed.wait()
+    assert json.loads((workdir / lease.LEASE_FILE).read_text())["pid"] == killed.pid
+    rerun, lines = _start(_train_cmd(workdir), env), []
+    try:
+        _read_until(rerun, "resuming at step", lines)
+        assert "in use" not in "".join(lines)
+    finally:
+        rerun.kill()
+        rerun.wait()
+
+
+_HOLDER = textwrap.dedent("""
+    import sys, time
+    from resnet_identity import lease
+    with lease.hold(sys.argv[1]):
+        print("held", flush=True)
+        time.sleep(600)
+""")
+
+
+def _holder(workdir, env):
+    proc, lines = _start([sys.executable, "-c", _HOLDER, workdir], env), []
+    _read_until(proc, "held", lines)
+    return proc
+
+
+def _lease_object(workdir):
+    return json.loads(read_object(f"{workdir}/{lease.LEASE_FILE}"))
+
+
+@pytest.mark.slow
+def test_a_cloud_storage_lease_refuses_a_second_run_and_is_taken_over_once_its_holder_is_gone(gcs_bucket, tmp_path):
+    workdir = f"{gcs_bucket}/run"
+    env = _env(tmp_path, RESNET_IDENTITY_LEASE_HEARTBEAT_S="1")  # stale after 3 s
+    holder = _holder(workdir, env)
+    try:
+        time.sleep(2.5)  # renewed at least once
+        assert _lease_object(workdir)["pid"] == holder.pid and _lease_object(workdir)["renewed"]
+        output = _refused(_train_cmd(workdir), env, holder.pid)
+        assert "lease expires in" in output
+        assert list_objects(workdir) == [f"run/{lease.LEASE_FILE}"]  # the refused run wrote nothing
+
+        # A holder frozen (like a host cut off from the network) stops renewing: once its lease
+        # is stale, the next run takes it over; woken up, the old holder finds it lost.
+        holder.send_signal(signal.SIGSTOP)
+        time.sleep(3 * 1 + 1)
+        taker = _holder(workdir, env)
+        assert _lease_object(workdir)["pid"] == taker.pid
+        holder.send_signal(signal.SIGCONT)
+        time.sleep(2)
+        assert _lease_object(workdir)["pid"] == taker.pid  # the old holder's renewal was refused
+    finally:
+        holder.kill()
+        holder.wait()
+    holder_output = holder.stdout.read()
+    assert "taken over by another run" in holder_output, holder_output
+
+    # A holder killed with SIGKILL on this machine is taken over at once, long before it is stale.
+    taker.kill()
+    taker.wait()
+    assert _lease_object(workdir)["pid"] == taker.pid
+    rerun = _holder(workdir, _env(tmp_path, RESNET_IDENTITY_LEASE_HEARTBEAT_S="600"))
+    try:
+        assert _lease_object(workdir)["pid"] == rerun.pid
+    finally:
+        rerun.send_signal(signal.SIGTERM)
+        rerun.wait()
