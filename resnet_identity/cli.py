@@ -85,8 +85,9 @@ def run(main: Callable[[list[str]], int | None], *, help_epilog: Callable[[], st
 
 
 def require(**values: object) -> None:
-    """Fails, naming each flag in `values` that is unset (None)."""
-    missing = [name for name, value in values.items() if value is None]
+    """Fails, naming each flag in `values` that is unset (None) or empty (`--workdir=` would
+    otherwise mean the current directory)."""
+    missing = [name for name, value in values.items() if value is None or value == ""]
     if missing:
         fail(" and ".join(f"--{name}" for name in missing) + (" is" if len(missing) == 1 else " are")
              + " required; `--help` says what each does.")

@@ -74,6 +74,7 @@ def test_unknown_preset_lists_the_presets():
 
 @pytest.mark.parametrize("args,message", [
     (("--config=configs/quickstart.py",), "--workdir is required"),
+    (("--config=configs/quickstart.py", "--workdir="), "--workdir is required"),
     (("configs/quickstart.py",), "Did you mean --config=configs/quickstart.py?"),
     (("--config=configs/quickstart.py", "--workdir=unused", "--config.batch_size=sixty"), "--config.batch_size=sixty"),
     (("--config=configs/quickstart.py", "--workdir=unused", "--wokdir=x"), "Unknown command line flag 'wokdir'"),
