@@ -8,7 +8,7 @@ prints ONE JSON line: init seconds (jitted `create_train_state`, as `trainer.py`
 compile seconds (lowering + XLA compile of `train_step`), the median steady step over N
 timed steps, images/s, XLA's temporary-buffer bytes (`memory_analysis()`), and MFU where
 the device's peak is known, with training FLOPs = 6 x forward multiply-adds
-(PAPERS.md "Compute"). The step is the real `train_state.train_step` with `optim.sgd`
+(docs/papers.md "Compute"). The step is the real `train_state.train_step` with `optim.sgd`
 (momentum 0.9, weight decay 1e-4) on in-process synthetic data (no TensorFlow/TFDS).
 The 1- and 5-minute load averages are printed too: on a shared machine they say how
 much the figures can be trusted, as do the fastest step and the CPU seconds per step.
