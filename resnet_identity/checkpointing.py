@@ -4,7 +4,8 @@
 decide when to save and what to keep: `FixedIntervalPolicy(every_steps)` to save (asked
 through `should_save`; `preemption.PreemptionWatcher` handles preemption), `LatestN(keep)` to
 keep. Each step directory
-holds two items: `state` (the `TrainState`, `StandardSave`) and `meta` (a small JSON).
+holds three items: `state` (the `TrainState`, `StandardSave`), `meta` (a small JSON) and
+`digests` (a JSON of the digest of every array shard, `integrity.py`).
 
 Why a checkpoint is never half-taken, as Orbax 0.12.8 does it on local and NFS disks:
 - a save writes into `<dir>/<step>.orbax-checkpoint-tmp`, writes `commit_success.txt`
@@ -19,7 +20,8 @@ An unwritable, read-only or full workdir raises `CheckpointWriteError` saying wh
 What Orbax does not do is notice a finalised checkpoint whose files were later damaged (a
 truncated or deleted file); it then fails inside `restore`. `Checkpointer.restore` tries the
 steps newest first, logs a warning naming each unreadable step and the error, and returns
-the newest one that restores. Unreadable steps are moved, not deleted, to
+the newest one that restores. A state whose arrays differ from their saved digests (bit
+rot, which TensorStore's chunks do not detect) counts as unreadable. Unreadable steps are moved, not deleted, to
 `<dir>/corrupt/<step>`: left in place, a bad step `N` would stay `latest_step()`, and Orbax
 would refuse to save any step up to `N` again, leaving the resumed run unprotected.
 
@@ -47,10 +49,12 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
+from resnet_identity import integrity
 from resnet_identity.files import WriteError, as_path, explain_write_errors, is_local, move_directory
 
 STATE_ITEM = "state"
 META_ITEM = "meta"
+DIGEST_ITEM = "digests"
 CORRUPT_SUBDIR = "corrupt"
 COMMIT_SUCCESS_FILE = "commit_success.txt"  # Orbax's marker of a finalised step on Cloud Storage
 
@@ -134,7 +138,8 @@ class Checkpointer:
                 self.directory, options=options,
                 # Handlers named up front, so that a new manager can read a step's metadata
                 # (`item_metadata`) before it has saved or restored anything.
-                item_handlers={STATE_ITEM: ocp.StandardCheckpointHandler(), META_ITEM: ocp.JsonCheckpointHandler()})
+                item_handlers={STATE_ITEM: ocp.StandardCheckpointHandler(), META_ITEM: ocp.JsonCheckpointHandler(),
+                               DIGEST_ITEM: ocp.JsonCheckpointHandler()})
             self._check_writable()
 
     def latest_step(self) -> int | None:
@@ -161,6 +166,9 @@ class Checkpointer:
         args = ocp.args.Composite(**{
             STATE_ITEM: ocp.args.StandardSave(state),
             META_ITEM: ocp.args.JsonSave({"step": int(step), **(metadata or {})}),
+            # On the device, before the step's donated buffers are reused; Orbax writes the
+            # JSON from process 0, whose shards cover the trainer's replicated state.
+            DIGEST_ITEM: ocp.args.JsonSave(integrity.digests(state)),
         })
         self.wait()  # Orbax would wait too; here a failure of that save names its own step
         with self._writing(step):
@@ -256,7 +264,9 @@ class Checkpointer:
         model differs, so `restore` must not fall back to an older step and move this one."""
         def restore(target: Any) -> Any:
             args = ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardRestore(target)})
-            return self._manager.restore(step, args=args)[STATE_ITEM]
+            state = self._manager.restore(step, args=args)[STATE_ITEM]
+            integrity.verify(state, self._digests(step))  # before a relayout changes the arrays
+            return state
 
         if relayout is None:
             return restore(abstract)
@@ -280,6 +290,13 @@ class Checkpointer:
             log.warning("Checkpoint at step %d in %s was saved in another parameter layout (model_overrides.scan or "
                         ".remat differed); converted it to this model's.", step, self.directory)
         return state
+
+    def _digests(self, step: int) -> dict[str, str]:
+        """The digests saved with `step`; {} for a step saved before digests were."""
+        if not (as_path(self.directory) / str(step) / DIGEST_ITEM).exists():
+            return {}
+        return dict(self._manager.restore(step, args=ocp.args.Composite(
+            **{DIGEST_ITEM: ocp.args.JsonRestore()}))[DIGEST_ITEM])
 
     def metadata(self, step: int) -> dict[str, Any]:
         """The JSON stored with `step` by `maybe_save`; {} with a warning if it is missing or
