@@ -7,8 +7,9 @@ workdir holds the config, metrics, events and checkpoints alike.
 One Cloud Storage client, `gcsfs`, serves real GCS and an emulator alike. With TensorFlow
 installed, epath would otherwise route gs:// through TF's own client, which cannot be
 pointed at an emulator (its endpoint is compiled in). `as_path` therefore makes
-`EPATH_USE_TF=false` the default, before epath first resolves a gs:// path; a value the
-user set is kept. On real GCS the credentials are the usual ones (application default
+`EPATH_USE_TF=false` the default; a value the user set is kept. etils reads it once, at a
+process's first epath operation, local or not: code that handles run files gets its paths
+from `as_path`, so that the choice is made before then. On real GCS the credentials are the usual ones (application default
 credentials, or the VM's service account). For an emulator, `STORAGE_EMULATOR_HOST` is
 the only setting a user makes: gcsfs reads it, and TensorStore (which writes Orbax's
 arrays) is pointed at the same server (`TENSORSTORE_GCS_HTTP_URL`), with a placeholder

@@ -58,7 +58,8 @@ class MetricLogger:
             self._events.add_scalar("resumed_from_step", resumed_from, resumed_from)
 
     def write(self, step: int, prefix: str, scalars: Mapping[str, float]) -> None:
-        """Records `scalars` as `prefix/name` at `step`, durable on return (see the module doc)."""
+        """Records `scalars` as `prefix/name` at `step`, in both files when it returns: a
+        SIGKILL after it loses none of it (see the module doc)."""
         if not self.is_main:
             return
         line = json.dumps({"step": step, **{f"{prefix}/{k}": float(v) for k, v in scalars.items()}}) + "\n"
