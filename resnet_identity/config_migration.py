@@ -96,9 +96,11 @@ def as_config(saved: dict):
     def put(node, values: dict, prefix: str) -> None:
         for key, value in values.items():
             if key not in node:
-                raise ConfigError(f"The saved config has a field {prefix}{key} that this version does not know. "
-                                  "Use the version that wrote it, or add its new name to "
-                                  "resnet_identity/config_migration.py RENAMED.")
+                raise ConfigError(
+                    f"The saved config has a field {prefix}{key} that this version does not know. "
+                    "Use the version that wrote it, or add its new name to "
+                    "resnet_identity/config_migration.py RENAMED."
+                )
             if isinstance(value, dict) and hasattr(node[key], "items"):
                 put(node[key], value, f"{prefix}{key}.")
             else:

@@ -23,21 +23,23 @@ import functools
 import json
 
 from absl import flags
-from ml_collections import config_flags
 from etils import epath
+from ml_collections import config_flags
 
 from resnet_identity import cli
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config whose dataset is evaluated (configs/*.py[:preset]).",
-                                lock_config=True)
+config_flags.DEFINE_config_file(
+    "config", None, "Config whose dataset is evaluated (configs/*.py[:preset]).", lock_config=True
+)
 flags.DEFINE_string("workdir", None, "A run's workdir: evaluate its checkpoint.")
 flags.DEFINE_integer("step", None, "The checkpoint step to evaluate (default: the newest).")
 flags.DEFINE_string("weights", None, "A weights directory from `python -m resnet_identity.convert`.")
 flags.DEFINE_string("model", None, "With --weights: the model they are for (a `create_model` name).")
 flags.DEFINE_list("crops", None, "Evaluation crops, e.g. 224,320,10crop (default: the config's eval_crops).")
-flags.DEFINE_string("output_dir", None, "Where the eval_*.json files go (default: the workdir, or the weights "
-                                        "directory).")
+flags.DEFINE_string(
+    "output_dir", None, "Where the eval_*.json files go (default: the workdir, or the weights directory)."
+)
 
 
 def parse_crops(values: list[str] | None, default: tuple | None) -> tuple:
@@ -50,7 +52,9 @@ def parse_crops(values: list[str] | None, default: tuple | None) -> tuple:
 def _network(config):
     """(label, model name, model, variables, weights or None) of the run or the weights named
     by the flags."""
-    from resnet_identity import config as config_lib, init_from, models, weights as weights_lib
+    from resnet_identity import config as config_lib
+    from resnet_identity import init_from, models
+    from resnet_identity import weights as weights_lib
 
     if (FLAGS.workdir is None) == (FLAGS.weights is None):
         raise cli.UserError("give either --workdir=RUN (with an optional --step) or --weights=DIR --model=NAME.")
@@ -58,8 +62,9 @@ def _network(config):
         cli.require(model=FLAGS.model)
         weights = weights_lib.load_weights(FLAGS.weights)
         if FLAGS.model != weights.model:
-            raise cli.UserError(f"{FLAGS.weights} holds weights of {weights.model}, not {FLAGS.model}; "
-                                f"pass --model={weights.model}.")
+            raise cli.UserError(
+                f"{FLAGS.weights} holds weights of {weights.model}, not {FLAGS.model}; pass --model={weights.model}."
+            )
         model, variables = weights.create_model()
         return "weights", weights.model, model, variables, weights
     run_config, variables, step = init_from.read_run(FLAGS.workdir, FLAGS.step)
@@ -73,7 +78,8 @@ def evaluate(config) -> list[dict]:
     import jax
     import numpy as np
 
-    from resnet_identity import config as config_lib, parallel, trainer
+    from resnet_identity import config as config_lib
+    from resnet_identity import parallel, trainer
     from resnet_identity.data import get_dataset, normalization, registry
     from resnet_identity.train_state import TrainState, eval_step
 
@@ -82,8 +88,11 @@ def evaluate(config) -> list[dict]:
     crops = parse_crops(FLAGS.crops, config.eval_crops)
     bad = [c for c in crops if c is not None and c not in facts.eval_crops]
     if bad:
-        choices = f"choose from {', '.join(map(str, facts.eval_crops))}" if facts.eval_crops else (
-            f"{config.dataset} is evaluated on whole images: leave --crops out")
+        choices = (
+            f"choose from {', '.join(map(str, facts.eval_crops))}"
+            if facts.eval_crops
+            else (f"{config.dataset} is evaluated on whole images: leave --crops out")
+        )
         raise cli.UserError(f"--crops {bad} not offered by {config.dataset}; {choices}.")
     label, model_name, model, variables, weights = _network(config)
     dataset = get_dataset(config)
@@ -95,32 +104,49 @@ def evaluate(config) -> list[dict]:
         dataset = dataclasses.replace(dataset, **changes)
     classes = int(np.shape(variables["params"]["fc"]["bias"])[0])
     if classes != dataset.num_classes:
-        raise cli.UserError(f"the network has {classes} classes and {config.dataset} has {dataset.num_classes}: "
-                            "evaluate it on the dataset it was trained or converted for.")
+        raise cli.UserError(
+            f"the network has {classes} classes and {config.dataset} has {dataset.num_classes}: "
+            "evaluate it on the dataset it was trained or converted for."
+        )
 
     mesh = parallel.create_mesh()
     replicated = parallel.replicated(mesh)
-    state = TrainState(step=np.zeros((), np.int32), params=variables["params"],
-                       batch_stats=variables.get("batch_stats", {}), opt_state=(),
-                       nonfinite_step=np.full((), -1, np.int32))
+    state = TrainState(
+        step=np.zeros((), np.int32),
+        params=variables["params"],
+        batch_stats=variables.get("batch_stats", {}),
+        opt_state=(),
+        nonfinite_step=np.full((), -1, np.int32),
+    )
     state = jax.device_put(state, replicated)
-    eval_fn = jax.jit(functools.partial(eval_step, model=model, transform=dataset.eval_transform),
-                      out_shardings=replicated)
+    eval_fn = jax.jit(
+        functools.partial(eval_step, model=model, transform=dataset.eval_transform), out_shardings=replicated
+    )
     output_dir = epath.Path(FLAGS.output_dir or FLAGS.workdir or FLAGS.weights)
     results = []
     for crop in crops:
-        metrics = trainer.evaluate(state, dataset, eval_fn, batch_size=config.eval_batch_size,
-                                   sharding=parallel.batch_sharded(mesh), crop=crop)
+        metrics = trainer.evaluate(
+            state, dataset, eval_fn, batch_size=config.eval_batch_size, sharding=parallel.batch_sharded(mesh), crop=crop
+        )
         name = str(crop if crop is not None else facts.image_size)
-        result = {"source": FLAGS.workdir or FLAGS.weights, "checkpoint": label, "model": model_name,
-                  "dataset": config.dataset, "crop": name,
-                  "top1_error": metrics["error"], "top5_error": metrics["top5_error"], "loss": metrics["loss"],
-                  "examples": int(metrics["examples"])}
+        result = {
+            "source": FLAGS.workdir or FLAGS.weights,
+            "checkpoint": label,
+            "model": model_name,
+            "dataset": config.dataset,
+            "crop": name,
+            "top1_error": metrics["error"],
+            "top5_error": metrics["top5_error"],
+            "loss": metrics["loss"],
+            "examples": int(metrics["examples"]),
+        }
         if jax.process_index() == 0:
             (output_dir / f"eval_{label}_{name}.json").write_text(json.dumps(result, indent=1) + "\n")
-            print(f"{config.dataset} {name}: top-1 error {100 * result['top1_error']:.2f}%, top-5 error "
-                  f"{100 * result['top5_error']:.2f}%, loss {result['loss']:.4f} ({result['examples']} examples)",
-                  flush=True)
+            print(
+                f"{config.dataset} {name}: top-1 error {100 * result['top1_error']:.2f}%, top-5 error "
+                f"{100 * result['top5_error']:.2f}%, loss {result['loss']:.4f} ({result['examples']} examples)",
+                flush=True,
+            )
         results.append(result)
     return results
 
@@ -128,7 +154,8 @@ def evaluate(config) -> list[dict]:
 def main(argv):
     cli.no_arguments(argv)
     cli.require(config=FLAGS.config)
-    from resnet_identity import trainer, weights as weights_lib
+    from resnet_identity import trainer
+    from resnet_identity import weights as weights_lib
     from resnet_identity.data import DatasetError
 
     try:

@@ -27,7 +27,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from resnet_identity import config_migration, models, weights as weights_lib
+from resnet_identity import config_migration, models
+from resnet_identity import weights as weights_lib
 from resnet_identity.checkpointing import META_ITEM, STATE_ITEM
 from resnet_identity.config import ConfigError, model_kwargs
 
@@ -47,18 +48,24 @@ def read_run(workdir: str, step: int | None = None) -> tuple[ml_collections.Conf
     layout, the step) from the checkpoint `step` (None: the newest) of `workdir`, read-only."""
     root = epath.Path(workdir)
     if not (root / "config.json").exists() or not (root / "checkpoints").is_dir():
-        raise InitFromError(f"{workdir} is not a run's workdir (no config.json and checkpoints/ in it), nor a "
-                            "weights directory (no weights.json). Name a workdir that has saved a checkpoint, or "
-                            "convert weights with `python -m resnet_identity.convert`.")
+        raise InitFromError(
+            f"{workdir} is not a run's workdir (no config.json and checkpoints/ in it), nor a "
+            "weights directory (no weights.json). Name a workdir that has saved a checkpoint, or "
+            "convert weights with `python -m resnet_identity.convert`."
+        )
     config = config_migration.as_config(json.loads((root / "config.json").read_text()))
     manager = ocp.CheckpointManager(
-        root / "checkpoints", options=ocp.CheckpointManagerOptions(read_only=True),
-        item_handlers={STATE_ITEM: ocp.StandardCheckpointHandler(), META_ITEM: ocp.JsonCheckpointHandler()})
+        root / "checkpoints",
+        options=ocp.CheckpointManagerOptions(read_only=True),
+        item_handlers={STATE_ITEM: ocp.StandardCheckpointHandler(), META_ITEM: ocp.JsonCheckpointHandler()},
+    )
     try:
         steps = sorted(manager.all_steps())
         if not steps or (step is not None and step not in steps):
-            raise InitFromError(f"{workdir}/checkpoints has no step {step if step is not None else ''}; "
-                                f"its steps are {steps or 'none'}.")
+            raise InitFromError(
+                f"{workdir}/checkpoints has no step {step if step is not None else ''}; "
+                f"its steps are {steps or 'none'}."
+            )
         step = steps[-1] if step is None else step
         saved = manager.item_metadata(step)[STATE_ITEM]
         device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
@@ -85,14 +92,17 @@ def _source(config: ml_collections.ConfigDict) -> tuple[str, str, dict, dict]:
 def _check_architecture(config: ml_collections.ConfigDict, described: str, model: str, overrides: dict) -> None:
     ours = model_kwargs(config)
     if model != config.model:
-        raise InitFromError(f"init_from holds {described}, a {model}; this run's model is {config.model}. Set "
-                            f"--config.model={model}, or choose weights of {config.model}.")
+        raise InitFromError(
+            f"init_from holds {described}, a {model}; this run's model is {config.model}. Set "
+            f"--config.model={model}, or choose weights of {config.model}."
+        )
     for name in ARCHITECTURE_OVERRIDES:
         if overrides.get(name) != ours.get(name):
             raise InitFromError(
                 f"init_from holds {described} with model_overrides.{name}={overrides.get(name)!r}; this run has "
                 f"{ours.get(name)!r}: another network with the same tensors. Set "
-                f"--config.model_overrides.{name}={overrides.get(name)}.")
+                f"--config.model_overrides.{name}={overrides.get(name)}."
+            )
 
 
 def merge(source: dict, target: dict) -> tuple[dict, list[str], list[str]]:
@@ -113,12 +123,15 @@ def merge(source: dict, target: dict) -> tuple[dict, list[str], list[str]]:
             merged[name] = value
             fresh.append(f"{name} {value.shape} (source {theirs[name].shape})")
         else:
-            raise InitFromError(f"init_from does not fit this model: tensor {name} has shape {theirs[name].shape} "
-                                f"there and {value.shape} here.")
+            raise InitFromError(
+                f"init_from does not fit this model: tensor {name} has shape {theirs[name].shape} "
+                f"there and {value.shape} here."
+            )
     extra = [name for name in theirs if name not in ours]
     if extra:
-        raise InitFromError(f"init_from does not fit this model: unexpected tensor {extra[0]} "
-                            f"{theirs[extra[0]].shape}.")
+        raise InitFromError(
+            f"init_from does not fit this model: unexpected tensor {extra[0]} {theirs[extra[0]].shape}."
+        )
     tree = weights_lib.unflatten(merged)
     return models.convert_layout({name: tree.get(name, {}) for name in target}, target), loaded, fresh
 
@@ -135,9 +148,15 @@ def initialise_from(state: Any, config: ml_collections.ConfigDict) -> Any:
     merged, loaded, fresh = merge(variables, target)
     placed = jax.tree.map(lambda new, old: jax.device_put(new, old.sharding), merged, target)
     if jax.process_index() == 0:
-        values = sum(int(np.prod(np.shape(v))) for k, v in weights_lib.flatten(
-            models.stacked_to_unrolled(merged)).items() if k in loaded)
-        print(f"init_from: loaded {len(loaded)} tensors ({values:,} values) from {described}"
-              + (f"; initialised afresh: {', '.join(fresh)}" if fresh else "; nothing initialised afresh")
-              + ".", flush=True)
+        values = sum(
+            int(np.prod(np.shape(v)))
+            for k, v in weights_lib.flatten(models.stacked_to_unrolled(merged)).items()
+            if k in loaded
+        )
+        print(
+            f"init_from: loaded {len(loaded)} tensors ({values:,} values) from {described}"
+            + (f"; initialised afresh: {', '.join(fresh)}" if fresh else "; nothing initialised afresh")
+            + ".",
+            flush=True,
+        )
     return state.replace(params=placed["params"], batch_stats=placed["batch_stats"])

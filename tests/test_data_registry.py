@@ -8,7 +8,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from resnet_identity import config as config_lib, config_migration, trainer
+from resnet_identity import config as config_lib
+from resnet_identity import config_migration, trainer
 from resnet_identity.data import InMemoryDataset, get_dataset, registry
 from resnet_identity.data.base import DatasetSpec, Facts, Option
 from resnet_identity.data.normalization import resolve
@@ -23,7 +24,10 @@ def test_the_facts_are_those_of_the_loaded_datasets():
         config = ml_collections.ConfigDict({"dataset": name})
         facts, dataset = registry.facts(config), get_dataset(config)
         assert (facts.num_classes, facts.image_size, facts.num_train) == (
-            dataset.num_classes, dataset.image_size, dataset.num_train)
+            dataset.num_classes,
+            dataset.image_size,
+            dataset.num_train,
+        )
     assert registry.facts(ml_collections.ConfigDict({"dataset": "digits"})).class_names[3] == "3"
     imagenet = registry.facts(ml_collections.ConfigDict({"dataset": "imagenet2012"}))
     assert (imagenet.num_classes, imagenet.num_train, imagenet.eval_crops) == (1000, 1_281_167, (224, 320, "10crop"))
@@ -55,15 +59,28 @@ def test_each_datasets_options_are_nested_under_its_name():
 @pytest.fixture
 def tiny_dataset():
     """A dataset of 24 random 8x8 images in 3 classes, with one option, `shift`."""
+
     def load(options, settings):
         rng = np.random.default_rng(0)
         images = rng.integers(0, 256, (32, 8, 8, 3), np.uint8) + np.uint8(options["shift"])
         labels = rng.integers(0, 3, 32).astype(np.int32)
-        return InMemoryDataset("tiny", 3, images[:24], labels[:24], images[24:], labels[24:],
-                               resolve(settings.normalization, "tiny", images[:24]), crop_padding=0)
+        return InMemoryDataset(
+            "tiny",
+            3,
+            images[:24],
+            labels[:24],
+            images[24:],
+            labels[24:],
+            resolve(settings.normalization, "tiny", images[:24]),
+            crop_padding=0,
+        )
 
-    yield DatasetSpec("tiny", facts=lambda options: Facts(num_classes=3, image_size=8, num_train=24), load=load,
-                      options={"shift": Option(0, int)})
+    yield DatasetSpec(
+        "tiny",
+        facts=lambda options: Facts(num_classes=3, image_size=8, num_train=24),
+        load=load,
+        options={"shift": Option(0, int)},
+    )
     registry.SPECS.pop("tiny", None)
 
 
@@ -72,11 +89,22 @@ def test_a_dataset_registered_in_one_line_trains(tiny_dataset, tmp_path):
 
     # Built from a config.json-style dict, so that the schedule's fields are named as in
     # any version (config_migration.RENAMED).
-    config = config_migration.as_config({
-        "dataset": "tiny", "tiny": {"shift": 1}, "model": "cifar_resnet20", "batch_size": 8,
-        "eval_batch_size": 8, "num_train_steps": -1, "num_epochs": 1.0,  # 24 / 8 = 3 steps, from the facts
-        "lr_boundaries": [2], "warmup_steps": 0, "log_every_steps": 3, "eval_every_steps": 3,
-        "checkpoint_every_steps": 3})
+    config = config_migration.as_config(
+        {
+            "dataset": "tiny",
+            "tiny": {"shift": 1},
+            "model": "cifar_resnet20",
+            "batch_size": 8,
+            "eval_batch_size": 8,
+            "num_train_steps": -1,
+            "num_epochs": 1.0,  # 24 / 8 = 3 steps, from the facts
+            "lr_boundaries": [2],
+            "warmup_steps": 0,
+            "log_every_steps": 3,
+            "eval_every_steps": 3,
+            "checkpoint_every_steps": 3,
+        }
+    )
     result = trainer.train_and_evaluate(config, str(tmp_path))
     assert result["step"] == 3 and result["test_examples"] == 8
     saved = json.loads((tmp_path / "config.json").read_text())

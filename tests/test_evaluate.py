@@ -9,9 +9,10 @@ import sys
 import jax
 import numpy as np
 import pytest
-
 from folder_images import write_folder
-from resnet_identity import models, weights as weights_lib
+
+from resnet_identity import models
+from resnet_identity import weights as weights_lib
 from resnet_identity.data import get_dataset
 
 pytest.importorskip("tensorflow")
@@ -26,30 +27,45 @@ def setup(tmp_path_factory):
     write_folder(root / "images", per_class=(1, 2), classes=CLASSES)
     model = models.create_model("cifar_resnet20", num_classes=len(CLASSES))
     variables = model.init(jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32), train=False)
-    variables = {"params": variables["params"], "batch_stats": jax.tree.map(
-        lambda v: v + 0.1 * jax.random.uniform(jax.random.key(1), v.shape), variables["batch_stats"])}
-    weights_lib.save_weights(root / "weights", model="cifar_resnet20", model_overrides={}, variables=variables,
-                             preprocessing=weights_lib.Preprocessing(resize=37, crop=32, mean=MEAN, std=STD,
-                                                                     interpolation="bicubic"),
-                             class_names=list(CLASSES), source="test: random")
+    variables = {
+        "params": variables["params"],
+        "batch_stats": jax.tree.map(
+            lambda v: v + 0.1 * jax.random.uniform(jax.random.key(1), v.shape), variables["batch_stats"]
+        ),
+    }
+    weights_lib.save_weights(
+        root / "weights",
+        model="cifar_resnet20",
+        model_overrides={},
+        variables=variables,
+        preprocessing=weights_lib.Preprocessing(resize=37, crop=32, mean=MEAN, std=STD, interpolation="bicubic"),
+        class_names=list(CLASSES),
+        source="test: random",
+    )
     config = root / "config.py"
     config.write_text(
         "from resnet_identity.config import default_config\n\n\ndef get_config():\n"
         "    c = default_config()\n    c.dataset = 'folder'\n"
         f"    c.folder.path = {str(root / 'images')!r}\n    c.folder.image_size = 32\n"
-        "    c.model = 'cifar_resnet20'\n    c.batch_size = 4\n    c.eval_batch_size = 4\n    return c\n")
+        "    c.model = 'cifar_resnet20'\n    c.batch_size = 4\n    c.eval_batch_size = 4\n    return c\n"
+    )
     return root, model, variables
 
 
 def _evaluate(*args):
-    return subprocess.run([sys.executable, "-m", "resnet_identity.evaluate", *args], capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "resnet_identity.evaluate", *args], capture_output=True, text=True, timeout=600
+    )
 
 
 def test_each_crop_mode_matches_a_direct_forward_pass(setup):
     root, model, variables = setup
-    result = _evaluate(f"--weights={root / 'weights'}", "--model=cifar_resnet20", f"--config={root / 'config.py'}",
-                       "--crops=32,46,10crop")
+    result = _evaluate(
+        f"--weights={root / 'weights'}",
+        "--model=cifar_resnet20",
+        f"--config={root / 'config.py'}",
+        "--crops=32,46,10crop",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "top-1 error" in result.stdout and "top-5 error" in result.stdout
 
@@ -75,9 +91,11 @@ def test_each_crop_mode_matches_a_direct_forward_pass(setup):
 
 def test_a_bad_crop_is_one_line_and_exit_1(setup):
     root, _, _ = setup
-    result = _evaluate(f"--weights={root / 'weights'}", "--model=cifar_resnet20", f"--config={root / 'config.py'}",
-                       "--crops=99")
+    result = _evaluate(
+        f"--weights={root / 'weights'}", "--model=cifar_resnet20", f"--config={root / 'config.py'}", "--crops=99"
+    )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        "error: --crops [99] not offered by folder; choose from 32, 46, 10crop."]
+        "error: --crops [99] not offered by folder; choose from 32, 46, 10crop."
+    ]
     assert "Traceback" not in result.stderr

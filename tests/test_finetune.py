@@ -12,30 +12,49 @@ import sys
 import jax
 import numpy as np
 import pytest
-
 from folder_images import write_folder
-from resnet_identity import config_migration, init_from, trainer, weights as weights_lib
+
+from resnet_identity import config_migration, init_from, trainer
+from resnet_identity import weights as weights_lib
 
 pytest.importorskip("tensorflow")
 
 
 def _config(**fields):
-    return config_migration.as_config({  # old-style schedule names: valid in any version (RENAMED)
-        "model": "cifar_resnet20", "batch_size": 4, "eval_batch_size": 4, "num_train_steps": 2,
-        "lr_boundaries": [1], "warmup_steps": 0, "log_every_steps": 2, "eval_every_steps": 2,
-        "checkpoint_every_steps": 2, **fields})
+    return config_migration.as_config(
+        {  # old-style schedule names: valid in any version (RENAMED)
+            "model": "cifar_resnet20",
+            "batch_size": 4,
+            "eval_batch_size": 4,
+            "num_train_steps": 2,
+            "lr_boundaries": [1],
+            "warmup_steps": 0,
+            "log_every_steps": 2,
+            "eval_every_steps": 2,
+            "checkpoint_every_steps": 2,
+            **fields,
+        }
+    )
 
 
 def test_fine_tune_a_runs_checkpoint_on_a_folder_of_other_classes(tmp_path, capsys):
     write_folder(tmp_path / "images")
-    trainer.train_and_evaluate(_config(dataset="synthetic", synthetic={"image_size": 8, "num_classes": 10}),
-                               str(tmp_path / "source"))
-    config = _config(dataset="folder", folder={"path": str(tmp_path / "images"), "image_size": 32},
-                     init_from=str(tmp_path / "source"))
+    trainer.train_and_evaluate(
+        _config(dataset="synthetic", synthetic={"image_size": 8, "num_classes": 10}, eval_batch_size=256),
+        str(tmp_path / "source"),
+    )
+    config = _config(
+        dataset="folder",
+        folder={"path": str(tmp_path / "images"), "image_size": 32},
+        init_from=str(tmp_path / "source"),
+    )
     trainer.train_and_evaluate(config, str(tmp_path / "tuned"))
     out = capsys.readouterr().out
     assert "init_from: loaded 95 tensors" in out  # all 97 but the classifier's two
     assert "initialised afresh: params/fc/bias (3,) (source (10,)), params/fc/kernel (64, 3) (source (64, 10))" in out
+    trainer.train_and_evaluate(config, str(tmp_path / "tuned"))  # a resumed run ignores init_from
+    out = capsys.readouterr().out
+    assert "resuming at step 2" in out and "init_from" not in out
 
     # What was loaded equals the source; the classifier is the fresh state's.
     _, source, _ = init_from.read_run(str(tmp_path / "source"))
@@ -52,9 +71,20 @@ def test_fine_tune_a_runs_checkpoint_on_a_folder_of_other_classes(tmp_path, caps
     # evaluate --workdir reads the run read-only and agrees with its own final evaluation.
     (tmp_path / "config.py").write_text(
         "from resnet_identity import config_migration\nimport json\n\n\ndef get_config():\n"
-        f"    return config_migration.as_config(json.loads(open({str(tmp_path / 'tuned' / 'config.json')!r}).read()))\n")
-    result = subprocess.run([sys.executable, "-m", "resnet_identity.evaluate", f"--workdir={tmp_path / 'tuned'}",
-                             f"--config={tmp_path / 'config.py'}"], capture_output=True, text=True, timeout=600)
+        f"    return config_migration.as_config(json.loads(open({str(tmp_path / 'tuned' / 'config.json')!r}).read()))\n"
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "resnet_identity.evaluate",
+            f"--workdir={tmp_path / 'tuned'}",
+            f"--config={tmp_path / 'config.py'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     final = json.loads((tmp_path / "tuned" / "final_metrics.json").read_text())
     saved = json.loads((tmp_path / "tuned" / "eval_step2_32.json").read_text())
@@ -70,20 +100,26 @@ def _fresh_state(config):
 
     model = models.create_model(config.model, num_classes=3)
     tx, _ = trainer.build_optimizer(config)
-    init = jax.jit(functools.partial(create_train_state, model, tx, 32), out_shardings=parallel.replicated(
-        parallel.create_mesh()))
+    init = jax.jit(
+        functools.partial(create_train_state, model, tx, 32), out_shardings=parallel.replicated(parallel.create_mesh())
+    )
     return init(jax.random.key(5))
 
 
 def test_a_mismatched_model_names_the_first_tensor():
-    source = {"params": {"stem": {"conv": {"kernel": np.zeros((3, 3, 3, 16))}}, "fc": {"bias": np.zeros(10)}},
-              "batch_stats": {}}
-    target = {"params": {"stem": {"conv": {"kernel": np.zeros((3, 3, 3, 32))}}, "fc": {"bias": np.zeros(3)}},
-              "batch_stats": {}}
+    source = {
+        "params": {"stem": {"conv": {"kernel": np.zeros((3, 3, 3, 16))}}, "fc": {"bias": np.zeros(10)}},
+        "batch_stats": {},
+    }
+    target = {
+        "params": {"stem": {"conv": {"kernel": np.zeros((3, 3, 3, 32))}}, "fc": {"bias": np.zeros(3)}},
+        "batch_stats": {},
+    }
     with pytest.raises(init_from.InitFromError, match=r"tensor params/stem/conv/kernel has shape \(3, 3, 3, 16\)"):
         init_from.merge(source, target)
-    merged, loaded, fresh = init_from.merge({**source, "params": {**source["params"], "stem": target["params"]["stem"]}},
-                                            target)
+    merged, loaded, fresh = init_from.merge(
+        {**source, "params": {**source["params"], "stem": target["params"]["stem"]}}, target
+    )
     assert loaded == ["params/stem/conv/kernel"] and fresh == ["params/fc/bias (3,) (source (10,))"]
 
 
@@ -94,16 +130,25 @@ def test_fine_tune_converted_torchvision_weights(tmp_path, capsys):
     torchvision = import_torchvision()
     state_dict = torchvision.models.resnet18().state_dict()
     weights = interop.import_state_dict("torchvision", "resnet18", state_dict)
-    weights_lib.save_weights(tmp_path / "weights", model=weights.model, model_overrides=weights.model_overrides,
-                             variables=weights.variables, preprocessing=weights.preprocessing,
-                             class_names=None, source="torchvision:resnet18 (random)")
+    weights_lib.save_weights(
+        tmp_path / "weights",
+        model=weights.model,
+        model_overrides=weights.model_overrides,
+        variables=weights.variables,
+        preprocessing=weights.preprocessing,
+        class_names=None,
+        source="torchvision:resnet18 (random)",
+    )
     write_folder(tmp_path / "images")
-    config = _config(dataset="folder", folder={"path": str(tmp_path / "images"), "image_size": 32},
-                     model="resnet18", init_from=str(tmp_path / "weights"))
+    config = _config(
+        dataset="folder",
+        folder={"path": str(tmp_path / "images"), "image_size": 32},
+        model="resnet18",
+        init_from=str(tmp_path / "weights"),
+    )
     trainer.train_and_evaluate(config, str(tmp_path / "tuned"))
     out = capsys.readouterr().out
     assert "from weights" in out and "params/fc/kernel (512, 3) (source (512, 1000))" in out
     loaded = init_from.initialise_from(_fresh_state(config), config)
     conv = np.asarray(jax.device_get(loaded.params["stem"]["conv"]["kernel"]))
     np.testing.assert_array_equal(conv, weights.variables["params"]["stem"]["conv"]["kernel"])
-

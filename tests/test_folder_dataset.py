@@ -6,8 +6,8 @@ import itertools
 import ml_collections
 import numpy as np
 import pytest
+from folder_images import write_folder
 
-from folder_images import CLASSES, write_folder
 from resnet_identity import config as config_lib
 from resnet_identity.data import DatasetError, get_dataset, registry
 
@@ -31,8 +31,9 @@ def test_classes_are_the_sorted_sub_folders_and_the_stream_is_imagenets(tmp_path
     np.testing.assert_array_equal(resumed["image"], epoch[2]["image"])
     # Class k's images are brightened by 60 k (folder_images), so the crops say which class they are.
     for batch in epoch:
-        assert (np.argsort(batch["image"].mean(axis=(1, 2, 3))) == np.argsort(batch["label"], kind="stable")).all() \
-            or len(set(batch["label"])) < len(batch["label"])
+        assert (
+            np.argsort(batch["image"].mean(axis=(1, 2, 3))) == np.argsort(batch["label"], kind="stable")
+        ).all() or len(set(batch["label"])) < len(batch["label"])
     for crop, shape in ((None, (32, 32, 3)), (46, (46, 46, 3)), ("10crop", (10, 32, 32, 3))):
         batches = list(ds.eval_batches(global_batch_size=4, crop=crop))
         assert [b["mask"].sum() for b in batches] == [4, 2]
@@ -42,14 +43,23 @@ def test_classes_are_the_sorted_sub_folders_and_the_stream_is_imagenets(tmp_path
     np.testing.assert_array_equal(ten[:, 5:], ten[:, :5, :, ::-1])  # the last five are the first five mirrored
 
 
-@pytest.mark.parametrize("damage,message", [
-    (lambda root: __import__("shutil").rmtree(root / "val"), r"has no val/ split"),
-    (lambda root: [p.unlink() for p in (root / "train" / "dog").iterdir()], r"classes without images: train/dog/"),
-    (lambda root: __import__("shutil").rmtree(root / "val" / "eel"), r"only in train/: eel"),
-    (lambda root: (root / "train" / "cat" / "notes.txt").write_text("x"), r"without an image extension.*notes\.txt"),
-    (lambda root: (root / "train" / "cat" / "blank.jpg").write_bytes(b""), r"empty \(0-byte\) files: train/cat/blank"),
-    (lambda root: (root / "train" / "stray.jpg").write_bytes(b"x"), r"files outside class folders: stray\.jpg"),
-])
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        (lambda root: __import__("shutil").rmtree(root / "val"), r"has no val/ split"),
+        (lambda root: [p.unlink() for p in (root / "train" / "dog").iterdir()], r"classes without images: train/dog/"),
+        (lambda root: __import__("shutil").rmtree(root / "val" / "eel"), r"only in train/: eel"),
+        (
+            lambda root: (root / "train" / "cat" / "notes.txt").write_text("x"),
+            r"without an image extension.*notes\.txt",
+        ),
+        (
+            lambda root: (root / "train" / "cat" / "blank.jpg").write_bytes(b""),
+            r"empty \(0-byte\) files: train/cat/blank",
+        ),
+        (lambda root: (root / "train" / "stray.jpg").write_bytes(b"x"), r"files outside class folders: stray\.jpg"),
+    ],
+)
 def test_a_bad_folder_is_refused_by_validation_with_what_is_wrong(tmp_path, damage, message):
     write_folder(tmp_path)
     damage(tmp_path)

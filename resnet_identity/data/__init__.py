@@ -27,8 +27,14 @@ from resnet_identity.data.normalization import CHOICES as NORMALIZATIONS
 from resnet_identity.data.tfds_access import DatasetNotPreparedError
 
 __all__ = [
-    "Batch", "Dataset", "DatasetError", "DatasetNotPreparedError", "Facts",
-    "InMemoryDataset", "NORMALIZATIONS", "get_dataset",
+    "Batch",
+    "Dataset",
+    "DatasetError",
+    "DatasetNotPreparedError",
+    "Facts",
+    "InMemoryDataset",
+    "NORMALIZATIONS",
+    "get_dataset",
 ]
 
 
@@ -50,8 +56,9 @@ def get_dataset(config: Any) -> Dataset:
     settings = registry.settings(config)
     if settings.normalization is not None and settings.normalization not in NORMALIZATIONS:
         # Checked here so a typo fails before a TFDS dataset is read.
-        raise ValueError(f"Unknown normalization {settings.normalization!r}; valid "
-                         f"choices: {', '.join(NORMALIZATIONS)}.")
+        raise ValueError(
+            f"Unknown normalization {settings.normalization!r}; valid choices: {', '.join(NORMALIZATIONS)}."
+        )
     options = registry.options(config)
     errors = spec.check(options)
     if errors:

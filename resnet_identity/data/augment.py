@@ -18,8 +18,7 @@ import jax.numpy as jnp
 
 def crop_offsets(rng: jax.Array, num_images: int, pad: int) -> jax.Array:
     """int32 [N, 2] (row, column) offsets into the padded image, in [0, 2*pad]."""
-    return jax.random.randint(rng, (num_images, 2), 0, 2 * pad + 1,
-                              dtype=jnp.int32)
+    return jax.random.randint(rng, (num_images, 2), 0, 2 * pad + 1, dtype=jnp.int32)
 
 
 def crop_padded(images: jax.Array, offsets: jax.Array, pad: int) -> jax.Array:
@@ -32,8 +31,7 @@ def crop_padded(images: jax.Array, offsets: jax.Array, pad: int) -> jax.Array:
     padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
 
     def crop_one(image, offset):
-        return jax.lax.dynamic_slice(image, (offset[0], offset[1], 0),
-                                     (height, width, channels))
+        return jax.lax.dynamic_slice(image, (offset[0], offset[1], 0), (height, width, channels))
 
     return jax.vmap(crop_one)(padded, offsets)
 
@@ -53,8 +51,7 @@ def random_flip(images: jax.Array, rng: jax.Array) -> jax.Array:
     return flip_horizontally(images, flip_mask(rng, images.shape[0]))
 
 
-def pad_crop_flip(images: jax.Array, rng: jax.Array, *, pad: int,
-                  flip: bool) -> jax.Array:
+def pad_crop_flip(images: jax.Array, rng: jax.Array, *, pad: int, flip: bool) -> jax.Array:
     """Random pad-and-crop (skipped when ``pad`` is 0), then optional flip.
 
     Args:
@@ -65,8 +62,7 @@ def pad_crop_flip(images: jax.Array, rng: jax.Array, *, pad: int,
     """
     crop_rng, flip_rng = jax.random.split(rng)
     if pad:
-        images = crop_padded(images, crop_offsets(crop_rng, images.shape[0], pad),
-                             pad)
+        images = crop_padded(images, crop_offsets(crop_rng, images.shape[0], pad), pad)
     if flip:
         images = random_flip(images, flip_rng)
     return images

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Iterator, Mapping, Protocol
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Protocol
 
 import jax
 import numpy as np
@@ -44,9 +45,9 @@ class Dataset(Protocol):
     num_train: int
     num_test: int
 
-    def train_batches(self, *, global_batch_size: int, start_step: int,
-                      seed: int, process_index: int = 0,
-                      process_count: int = 1) -> Iterator[Batch]:
+    def train_batches(
+        self, *, global_batch_size: int, start_step: int, seed: int, process_index: int = 0, process_count: int = 1
+    ) -> Iterator[Batch]:
         """Infinite iterator over this process's slice of each global batch.
 
         Yields ``{'image': uint8 [b, H, W, 3], 'label': int32 [b]}`` with
@@ -55,9 +56,9 @@ class Dataset(Protocol):
         """
         ...
 
-    def eval_batches(self, *, global_batch_size: int, process_index: int = 0,
-                     process_count: int = 1,
-                     crop: int | None = None) -> Iterator[Batch]:
+    def eval_batches(
+        self, *, global_batch_size: int, process_index: int = 0, process_count: int = 1, crop: int | None = None
+    ) -> Iterator[Batch]:
         """One pass over the whole evaluation split, each example exactly once.
 
         Yields ``{'image', 'label', 'mask'}``; ``mask`` (bool [b]) is False on the
@@ -75,8 +76,7 @@ class Dataset(Protocol):
         ...
 
 
-def local_batch_size(global_batch_size: int, process_index: int,
-                     process_count: int) -> int:
+def local_batch_size(global_batch_size: int, process_index: int, process_count: int) -> int:
     """Rows of each global batch that one process yields.
 
     Raises:
@@ -87,15 +87,11 @@ def local_batch_size(global_batch_size: int, process_index: int,
     if process_count < 1:
         raise ValueError(f"process_count must be >= 1, got {process_count}.")
     if not 0 <= process_index < process_count:
-        raise ValueError(f"process_index must be in [0, {process_count}), "
-                         f"got {process_index}.")
+        raise ValueError(f"process_index must be in [0, {process_count}), got {process_index}.")
     if global_batch_size < 1:
-        raise ValueError(
-            f"global_batch_size must be >= 1, got {global_batch_size}.")
+        raise ValueError(f"global_batch_size must be >= 1, got {global_batch_size}.")
     if global_batch_size % process_count:
-        raise ValueError(
-            f"global_batch_size {global_batch_size} is not divisible by "
-            f"process_count {process_count}.")
+        raise ValueError(f"global_batch_size {global_batch_size} is not divisible by process_count {process_count}.")
     return global_batch_size // process_count
 
 

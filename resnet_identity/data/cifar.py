@@ -10,9 +10,8 @@ TensorFlow is imported only when ``load`` runs (``tfds_access.import_tfds``).
 
 import numpy as np
 
-from resnet_identity.data import in_memory
+from resnet_identity.data import in_memory, tfds_access
 from resnet_identity.data import normalization as normalization_lib
-from resnet_identity.data import tfds_access
 from resnet_identity.data.base import DatasetSpec, Facts
 
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
@@ -29,18 +28,17 @@ def _read_split(builder, split: str) -> tuple[np.ndarray, np.ndarray]:
     _, tfds = tfds_access.import_tfds()
     # shuffle_files=False: the stored order, identical on every host, so the
     # permutations of order.py select the same examples everywhere.
-    dataset = builder.as_dataset(split=split, as_supervised=True,
-                                 shuffle_files=False).batch(_READ_CHUNK)
+    dataset = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False).batch(_READ_CHUNK)
     images, labels = [], []
     for image_chunk, label_chunk in tfds.as_numpy(dataset):
         images.append(image_chunk)
         labels.append(label_chunk)
-    return (np.concatenate(images).astype(np.uint8, copy=False),
-            np.concatenate(labels).astype(np.int32))
+    return (np.concatenate(images).astype(np.uint8, copy=False), np.concatenate(labels).astype(np.int32))
 
 
-def load(name: str, data_dir: str | None = None, download: bool = True,
-         normalization: str | None = None) -> in_memory.InMemoryDataset:
+def load(
+    name: str, data_dir: str | None = None, download: bool = True, normalization: str | None = None
+) -> in_memory.InMemoryDataset:
     """Reads CIFAR-10 or CIFAR-100 from TFDS into memory.
 
     Args:
@@ -65,8 +63,7 @@ def load(name: str, data_dir: str | None = None, download: bool = True,
         train_labels=train_labels,
         test_images=test_images,
         test_labels=test_labels,
-        normalization=normalization_lib.resolve(normalization, name,
-                                                train_images),
+        normalization=normalization_lib.resolve(normalization, name, train_images),
         crop_padding=4,
         random_flip=True,
     )
@@ -75,10 +72,12 @@ def load(name: str, data_dir: str | None = None, download: bool = True,
 def _spec(name: str, class_names: tuple[str, ...] | None) -> DatasetSpec:
     return DatasetSpec(
         name=name,
-        facts=lambda options: Facts(num_classes=NUM_CLASSES[name], image_size=IMAGE_SIZE, num_train=NUM_TRAIN,
-                                    class_names=class_names),
-        load=lambda options, settings: load(name, data_dir=settings.data_dir, download=settings.download,
-                                            normalization=settings.normalization),
+        facts=lambda options: Facts(
+            num_classes=NUM_CLASSES[name], image_size=IMAGE_SIZE, num_train=NUM_TRAIN, class_names=class_names
+        ),
+        load=lambda options, settings: load(
+            name, data_dir=settings.data_dir, download=settings.download, normalization=settings.normalization
+        ),
     )
 
 

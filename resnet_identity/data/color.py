@@ -23,9 +23,9 @@ import numpy as np
 
 # fb.resnet.torch datasets/imagenet.lua, "pca".
 PCA_EIGVAL = np.asarray([0.2175, 0.0188, 0.0045], np.float32)
-PCA_EIGVEC = np.asarray([[-0.5675, 0.7192, 0.4009],
-                         [-0.5808, -0.0045, -0.8140],
-                         [-0.5836, -0.6948, 0.4203]], np.float32)
+PCA_EIGVEC = np.asarray(
+    [[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [-0.5836, -0.6948, 0.4203]], np.float32
+)
 
 _GREY_WEIGHTS = np.asarray([0.299, 0.587, 0.114], np.float32)
 
@@ -49,8 +49,7 @@ def _saturation(image, alpha):
 _JITTER_OPS = (_brightness, _contrast, _saturation)
 
 
-def color_jitter(images: jax.Array, rng: jax.Array,
-                 strength: float) -> jax.Array:
+def color_jitter(images: jax.Array, rng: jax.Array, strength: float) -> jax.Array:
     """Brightness, contrast and saturation jitter in a random order per image.
 
     Args:
@@ -61,10 +60,8 @@ def color_jitter(images: jax.Array, rng: jax.Array,
     """
     num_images = images.shape[0]
     order_rng, alpha_rng = jax.random.split(rng)
-    orders = jax.vmap(lambda key: jax.random.permutation(key, 3))(
-        jax.random.split(order_rng, num_images))
-    alphas = 1.0 + jax.random.uniform(
-        alpha_rng, (num_images, 3), minval=-strength, maxval=strength)
+    orders = jax.vmap(lambda key: jax.random.permutation(key, 3))(jax.random.split(order_rng, num_images))
+    alphas = 1.0 + jax.random.uniform(alpha_rng, (num_images, 3), minval=-strength, maxval=strength)
 
     def jitter_one(image, order, alpha):
         for position in range(3):

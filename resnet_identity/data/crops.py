@@ -20,7 +20,8 @@ At s = 224 these are ImageNet's 224, 320 and 10crop.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from resnet_identity.data.base import Option
 
@@ -49,8 +50,9 @@ def eval_crops(image_size: int) -> tuple[int | str, ...]:
 def eval_resize(crop: int | str, image_size: int) -> tuple[int, int]:
     """(shorter side, crop side) of evaluation crop `crop` (one of `eval_crops(image_size)`)."""
     if crop not in eval_crops(image_size):
-        raise ValueError(f"Evaluation crop {crop!r} is not one of {eval_crops(image_size)} "
-                         f"(a network trained at {image_size}).")
+        raise ValueError(
+            f"Evaluation crop {crop!r} is not one of {eval_crops(image_size)} (a network trained at {image_size})."
+        )
     if crop == image_size or crop == TEN_CROP:
         return round(image_size * 256 / 224), image_size
     return crop, crop
@@ -60,8 +62,10 @@ def check_stream_options(options: Mapping[str, Any]) -> list[str]:
     """Messages for the invalid values among `STREAM_OPTIONS`."""
     errors = []
     if options["train_crop"] not in TRAIN_CROPS:
-        errors.append(f"train_crop={options['train_crop']!r} must be 'scale' (v1: shorter side in [256, 480], "
-                      "random 224 crop) or 'scale_aspect' (fb.resnet.torch's random-sized crop).")
+        errors.append(
+            f"train_crop={options['train_crop']!r} must be 'scale' (v1: shorter side in [256, 480], "
+            "random 224 crop) or 'scale_aspect' (fb.resnet.torch's random-sized crop)."
+        )
     for name in ("color_jitter", "pca_lighting"):
         if not options[name] >= 0:
             errors.append(f"{name}={options[name]!r} must be >= 0 (0 turns it off).")

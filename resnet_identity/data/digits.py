@@ -75,8 +75,7 @@ def load(normalization: str | None = None) -> in_memory.InMemoryDataset:
         train_labels=labels[~is_test],
         test_images=images[is_test],
         test_labels=labels[is_test],
-        normalization=normalization_lib.resolve(normalization, NAME,
-                                                train_images),
+        normalization=normalization_lib.resolve(normalization, NAME, train_images),
         crop_padding=4,
         random_flip=False,
     )
@@ -84,7 +83,11 @@ def load(normalization: str | None = None) -> in_memory.InMemoryDataset:
 
 SPEC = DatasetSpec(
     name=NAME,
-    facts=lambda options: Facts(num_classes=NUM_CLASSES, image_size=IMAGE_SIZE, num_train=NUM_TRAIN,
-                                class_names=tuple(str(digit) for digit in range(NUM_CLASSES))),
+    facts=lambda options: Facts(
+        num_classes=NUM_CLASSES,
+        image_size=IMAGE_SIZE,
+        num_train=NUM_TRAIN,
+        class_names=tuple(str(digit) for digit in range(NUM_CLASSES)),
+    ),
     load=lambda options, settings: load(settings.normalization),
 )

@@ -28,12 +28,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 from etils import epath
 
-from resnet_identity.data import crops, normalization as normalization_lib
+from resnet_identity.data import crops
+from resnet_identity.data import normalization as normalization_lib
 from resnet_identity.data.base import DatasetError, DatasetSpec, Facts, Option, Settings
 
 NAME = "folder"
@@ -108,11 +110,14 @@ def _scan(path: str) -> Listing:
                     images.append(os.fspath(root / split / name / file))
             files[split][name] = images
         if nested:
-            problems.append(f"nested folders are not read: {_some(nested)}; move their images up into the class "
-                            "folder, or remove them.")
+            problems.append(
+                f"nested folders are not read: {_some(nested)}; move their images up into the class "
+                "folder, or remove them."
+            )
         if bad_type:
-            problems.append(f"files without an image extension {IMAGE_EXTENSIONS}: {_some(bad_type)}; convert "
-                            "or remove them.")
+            problems.append(
+                f"files without an image extension {IMAGE_EXTENSIONS}: {_some(bad_type)}; convert or remove them."
+            )
         if empty:
             problems.append(f"empty (0-byte) files: {_some(empty)}.")
         if not files[split]:
@@ -121,10 +126,12 @@ def _scan(path: str) -> Listing:
     only_train = sorted(set(files["train"]) - set(files["val"]))
     only_val = sorted(set(files["val"]) - set(files["train"]))
     if only_train or only_val:
-        problems.append("train/ and val/ must hold the same classes:"
-                        + (f" only in train/: {_some(only_train)};" if only_train else "")
-                        + (f" only in val/: {_some(only_val)};" if only_val else "")
-                        + " add or remove class folders so that they match.")
+        problems.append(
+            "train/ and val/ must hold the same classes:"
+            + (f" only in train/: {_some(only_train)};" if only_train else "")
+            + (f" only in val/: {_some(only_val)};" if only_val else "")
+            + " add or remove class folders so that they match."
+        )
     empty_classes = [f"{split}/{name}/" for split in SPLITS for name, images in files[split].items() if not images]
     if empty_classes:
         problems.append(f"classes without images: {_some(empty_classes)}.")
@@ -146,9 +153,14 @@ def scan(options: Mapping[str, Any]) -> Listing:
 
 def facts(options: Mapping[str, Any]) -> Facts:
     listing = scan(options)
-    return Facts(num_classes=len(listing.classes), image_size=options["image_size"], num_train=len(listing.train.files),
-                 eval_crops=crops.eval_crops(options["image_size"]), drops_remainder=True,
-                 class_names=listing.classes)
+    return Facts(
+        num_classes=len(listing.classes),
+        image_size=options["image_size"],
+        num_train=len(listing.train.files),
+        eval_crops=crops.eval_crops(options["image_size"]),
+        drops_remainder=True,
+        class_names=listing.classes,
+    )
 
 
 class FolderSource:
@@ -169,14 +181,18 @@ class FolderSource:
         return len(self.listing.val.files)
 
     def _files(self, split: Split, process_index: int, process_count: int):
-        return self._tf.data.Dataset.from_tensor_slices({
-            "file": list(split.files[process_index::process_count]),
-            "label": np.asarray(split.labels[process_index::process_count], np.int32)})
+        return self._tf.data.Dataset.from_tensor_slices(
+            {
+                "file": list(split.files[process_index::process_count]),
+                "label": np.asarray(split.labels[process_index::process_count], np.int32),
+            }
+        )
 
     def train_files(self, shuffle_seed: int, process_index: int, process_count: int):
         files = self._files(self.listing.train, process_index, process_count)
-        return files.shuffle(len(self.listing.train.files) // process_count + 1, seed=shuffle_seed,
-                             reshuffle_each_iteration=False)
+        return files.shuffle(
+            len(self.listing.train.files) // process_count + 1, seed=shuffle_seed, reshuffle_each_iteration=False
+        )
 
     def eval_files(self, process_index: int, process_count: int):
         return self._files(self.listing.val, process_index, process_count)
@@ -207,8 +223,10 @@ def check_sample(listing: Listing, size: int = SAMPLE_SIZE) -> None:
             except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as error:
                 failures.append(f"{split.files[index]} ({error.message.strip()})")
     if failures:
-        raise DatasetError(f"Images that do not decode, among a sample of {size} per split: {_some(failures)}. "
-                           "Replace or delete them; the whole folder may hold more.")
+        raise DatasetError(
+            f"Images that do not decode, among a sample of {size} per split: {_some(failures)}. "
+            "Replace or delete them; the whole folder may hold more."
+        )
 
 
 def load(options: Mapping[str, Any], settings: Settings):
@@ -222,11 +240,16 @@ def load(options: Mapping[str, Any], settings: Settings):
     tfds_access.import_tfds()
     check_sample(listing)
     return streamed.StreamedDataset(
-        name=NAME, source=FolderSource(listing), num_classes=len(listing.classes),
+        name=NAME,
+        source=FolderSource(listing),
+        num_classes=len(listing.classes),
         image_size=int(options["image_size"]),
         normalization=normalization_lib.resolve(settings.normalization, "imagenet2012", None),
-        train_crop=options["train_crop"], color_jitter=float(options["color_jitter"]),
-        pca_lighting=float(options["pca_lighting"]), shuffle_buffer=int(options["shuffle_buffer"]))
+        train_crop=options["train_crop"],
+        color_jitter=float(options["color_jitter"]),
+        pca_lighting=float(options["pca_lighting"]),
+        shuffle_buffer=int(options["shuffle_buffer"]),
+    )
 
 
 def _check(options: Mapping[str, Any]) -> list[str]:

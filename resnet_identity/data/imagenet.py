@@ -10,7 +10,8 @@ TensorFlow is imported only when `load` runs; the facts below need none.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from resnet_identity.data import crops, tfds_access
 from resnet_identity.data import normalization as normalization_lib
@@ -47,9 +48,11 @@ class TfdsSource:
             split=tfds.split_for_jax_process(split, process_index=process_index, process_count=process_count),
             shuffle_files=shuffle_seed is not None,
             decoders={"image": tfds.decode.SkipDecoding()},
-            read_config=tfds.ReadConfig(shuffle_seed=shuffle_seed, options=read_options()))
-        return dataset.map(lambda example: {"file": example["image"],
-                                            "label": self._tf.cast(example["label"], self._tf.int32)})
+            read_config=tfds.ReadConfig(shuffle_seed=shuffle_seed, options=read_options()),
+        )
+        return dataset.map(
+            lambda example: {"file": example["image"], "label": self._tf.cast(example["label"], self._tf.int32)}
+        )
 
     def train_files(self, shuffle_seed: int, process_index: int, process_count: int):
         return self._files(TRAIN_SPLIT, shuffle_seed, process_index, process_count)
@@ -58,8 +61,7 @@ class TfdsSource:
         return self._files(EVAL_SPLIT, None, process_index, process_count)
 
     def eval_count(self, process_index: int, process_count: int) -> int:
-        split = self._tfds.split_for_jax_process(EVAL_SPLIT, process_index=process_index,
-                                                 process_count=process_count)
+        split = self._tfds.split_for_jax_process(EVAL_SPLIT, process_index=process_index, process_count=process_count)
         return self.builder.info.splits[split].num_examples
 
     def read(self, file):
@@ -84,16 +86,27 @@ def load(options: Mapping[str, Any], settings: Settings):
     from resnet_identity.data import streamed
 
     return streamed.StreamedDataset(
-        name=NAME, source=TfdsSource(builder), num_classes=NUM_CLASSES, image_size=IMAGE_SIZE,
-        normalization=normalizer, train_crop=options["train_crop"],
-        color_jitter=float(options["color_jitter"]), pca_lighting=float(options["pca_lighting"]),
-        shuffle_buffer=int(options["shuffle_buffer"]))
+        name=NAME,
+        source=TfdsSource(builder),
+        num_classes=NUM_CLASSES,
+        image_size=IMAGE_SIZE,
+        normalization=normalizer,
+        train_crop=options["train_crop"],
+        color_jitter=float(options["color_jitter"]),
+        pca_lighting=float(options["pca_lighting"]),
+        shuffle_buffer=int(options["shuffle_buffer"]),
+    )
 
 
 SPEC = DatasetSpec(
     name=NAME,
-    facts=lambda options: Facts(num_classes=NUM_CLASSES, image_size=IMAGE_SIZE, num_train=NUM_TRAIN,
-                                eval_crops=crops.eval_crops(IMAGE_SIZE), drops_remainder=True),
+    facts=lambda options: Facts(
+        num_classes=NUM_CLASSES,
+        image_size=IMAGE_SIZE,
+        num_train=NUM_TRAIN,
+        eval_crops=crops.eval_crops(IMAGE_SIZE),
+        drops_remainder=True,
+    ),
     load=load,
     options=crops.STREAM_OPTIONS,
     check=crops.check_stream_options,

@@ -5,7 +5,7 @@ own image size, the sizes below scaled by ``size / 224``. JPEGs decode only the 
 window; other formats (PNG, GIF, BMP) are decoded whole (twice in training: once for the
 shape the window is drawn from, once for the pixels).
 
-Training crops (``TRAIN_CROPS``, chosen by ``<dataset>.train_crop``; PAPERS.md,
+Training crops (``TRAIN_CROPS``, chosen by ``<dataset>.train_crop``; docs/papers.md,
 "ImageNet (v2)"):
 
   * ``'scale'``, v1's scale augmentation, which v2 keeps (the "scale" rows of
@@ -49,10 +49,9 @@ from resnet_identity.data import crops
 AREA_RANGE = (0.08, 1.0)
 ASPECT_RATIO_RANGE = (3 / 4, 4 / 3)
 MAX_ATTEMPTS = 10
-# v1 Sec. 3.4 (PAPERS.md, "ImageNet (v2)"): the shorter side before the crop,
+# v1 Sec. 3.4 (docs/papers.md, "ImageNet (v2)"): the shorter side before the crop,
 # both ends included.
 SHORTER_SIDE_RANGE = (256, 480)
-
 
 
 def _to_uint8(image: tf.Tensor) -> tf.Tensor:
@@ -68,9 +67,11 @@ def decode(image_bytes: tf.Tensor) -> tf.Tensor:
 
 def _shape(image_bytes: tf.Tensor) -> tf.Tensor:
     """int32 [3] (height, width, channels), read from a JPEG's header alone."""
-    return tf.cond(tf.io.is_jpeg(image_bytes),
-                   lambda: tf.image.extract_jpeg_shape(image_bytes),
-                   lambda: tf.shape(decode(image_bytes)))
+    return tf.cond(
+        tf.io.is_jpeg(image_bytes),
+        lambda: tf.image.extract_jpeg_shape(image_bytes),
+        lambda: tf.shape(decode(image_bytes)),
+    )
 
 
 def _resize_shorter(image: tf.Tensor, shorter: int, crop: int, method: str = "bicubic") -> tf.Tensor:
@@ -84,14 +85,13 @@ def _resize_shorter(image: tf.Tensor, shorter: int, crop: int, method: str = "bi
     return _to_uint8(tf.image.resize(image, [new_height, new_width], method=method))
 
 
-def resize_shorter_center_crop(image: tf.Tensor, shorter: int,
-                               crop: int, method: str = "bicubic") -> tf.Tensor:
+def resize_shorter_center_crop(image: tf.Tensor, shorter: int, crop: int, method: str = "bicubic") -> tf.Tensor:
     """Resizes the shorter side of a decoded image to ``shorter``, then centre-crops."""
     resized = _resize_shorter(image, shorter, crop, method)
     shape = tf.shape(resized)
     top = (shape[0] - crop) // 2
     left = (shape[1] - crop) // 2
-    return tf.ensure_shape(resized[top:top + crop, left:left + crop, :], [crop, crop, 3])
+    return tf.ensure_shape(resized[top : top + crop, left : left + crop, :], [crop, crop, 3])
 
 
 def ten_crop(image: tf.Tensor, shorter: int, crop: int, method: str = "bicubic") -> tf.Tensor:
@@ -101,27 +101,29 @@ def ten_crop(image: tf.Tensor, shorter: int, crop: int, method: str = "bicubic")
     shape = tf.shape(resized)
     bottom, right = shape[0] - crop, shape[1] - crop
     corners = [(bottom // 2, right // 2), (0, 0), (0, right), (bottom, 0), (bottom, right)]
-    five = tf.stack([resized[top:top + crop, left:left + crop, :] for top, left in corners])
+    five = tf.stack([resized[top : top + crop, left : left + crop, :] for top, left in corners])
     return tf.ensure_shape(tf.concat([five, tf.reverse(five, axis=[2])], 0), [10, crop, crop, 3])
 
 
-def _decode_window(image_bytes: tf.Tensor, window: tf.Tensor,
-                   size: int) -> tf.Tensor:
+def _decode_window(image_bytes: tf.Tensor, window: tf.Tensor, size: int) -> tf.Tensor:
     """Decodes ``window`` [top, left, height, width] (only that window of a JPEG);
     resizes it to size."""
+
     def whole_then_window():
         image = decode(image_bytes)
-        return image[window[0]:window[0] + window[2], window[1]:window[1] + window[3], :]
+        return image[window[0] : window[0] + window[2], window[1] : window[1] + window[3], :]
 
-    image = tf.cond(tf.io.is_jpeg(image_bytes),
-                    lambda: tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3),
-                    whole_then_window)
+    image = tf.cond(
+        tf.io.is_jpeg(image_bytes),
+        lambda: tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3),
+        whole_then_window,
+    )
     return _to_uint8(tf.image.resize(image, [size, size], method="bicubic"))
 
 
-def scale_crop_window(shape: tf.Tensor, seed: tf.Tensor, size: int = 224,
-                      shorter_range: tuple[int, int] = SHORTER_SIDE_RANGE
-                      ) -> tuple[tf.Tensor, tf.Tensor]:
+def scale_crop_window(
+    shape: tf.Tensor, seed: tf.Tensor, size: int = 224, shorter_range: tuple[int, int] = SHORTER_SIDE_RANGE
+) -> tuple[tf.Tensor, tf.Tensor]:
     """Draws v1's scale augmentation for an image of ``shape`` (module docstring).
 
     Args:
@@ -137,22 +139,17 @@ def scale_crop_window(shape: tf.Tensor, seed: tf.Tensor, size: int = 224,
     """
     shorter_seed, top_seed, left_seed = tf.unstack(tf.random.split(seed, 3))
     low, high = shorter_range
-    shorter = tf.random.stateless_uniform([], shorter_seed, low, high + 1,
-                                          tf.int32)
+    shorter = tf.random.stateless_uniform([], shorter_seed, low, high + 1, tf.int32)
     height, width = shape[0], shape[1]
     short_side = tf.minimum(height, width)
-    side = tf.cast(tf.round(size * tf.cast(short_side, tf.float32)
-                            / tf.cast(shorter, tf.float32)), tf.int32)
+    side = tf.cast(tf.round(size * tf.cast(short_side, tf.float32) / tf.cast(shorter, tf.float32)), tf.int32)
     side = tf.clip_by_value(side, 1, short_side)
-    top = tf.random.stateless_uniform([], top_seed, 0, height - side + 1,
-                                      tf.int32)
-    left = tf.random.stateless_uniform([], left_seed, 0, width - side + 1,
-                                       tf.int32)
+    top = tf.random.stateless_uniform([], top_seed, 0, height - side + 1, tf.int32)
+    left = tf.random.stateless_uniform([], left_seed, 0, width - side + 1, tf.int32)
     return shorter, tf.stack([top, left, side, side])
 
 
-def scale_crop(image_bytes: tf.Tensor, seed: tf.Tensor,
-               size: int = 224) -> tf.Tensor:
+def scale_crop(image_bytes: tf.Tensor, seed: tf.Tensor, size: int = 224) -> tf.Tensor:
     """v1's scale augmentation of one image (see the module docstring), the
     shorter-side range scaled by ``size / 224``.
 
@@ -163,13 +160,11 @@ def scale_crop(image_bytes: tf.Tensor, seed: tf.Tensor,
     """
     shape = _shape(image_bytes)
     low, high = SHORTER_SIDE_RANGE
-    _, window = scale_crop_window(shape, seed, size,
-                                  (round(low * size / 224), round(high * size / 224)))
+    _, window = scale_crop_window(shape, seed, size, (round(low * size / 224), round(high * size / 224)))
     return _decode_window(image_bytes, window, size)
 
 
-def random_sized_crop(image_bytes: tf.Tensor, seed: tf.Tensor,
-                      size: int = 224) -> tf.Tensor:
+def random_sized_crop(image_bytes: tf.Tensor, seed: tf.Tensor, size: int = 224) -> tf.Tensor:
     """fb.resnet.torch ``RandomSizedCrop`` of one image (see the module docstring).
 
     Args:
@@ -180,9 +175,15 @@ def random_sized_crop(image_bytes: tf.Tensor, seed: tf.Tensor,
     shape = _shape(image_bytes)
     whole_image = tf.constant([0.0, 0.0, 1.0, 1.0], tf.float32, [1, 1, 4])
     begin, window_size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        shape, whole_image, seed=seed, min_object_covered=0.0,
-        aspect_ratio_range=ASPECT_RATIO_RANGE, area_range=AREA_RANGE,
-        max_attempts=MAX_ATTEMPTS, use_image_if_no_bounding_boxes=True)
+        shape,
+        whole_image,
+        seed=seed,
+        min_object_covered=0.0,
+        aspect_ratio_range=ASPECT_RATIO_RANGE,
+        area_range=AREA_RANGE,
+        max_attempts=MAX_ATTEMPTS,
+        use_image_if_no_bounding_boxes=True,
+    )
     sampling_failed = tf.reduce_all(tf.equal(window_size[:2], shape[:2]))
 
     def crop_and_resize():
@@ -199,8 +200,7 @@ def random_sized_crop(image_bytes: tf.Tensor, seed: tf.Tensor,
 TRAIN_CROPS = {crops.SCALE: scale_crop, crops.SCALE_ASPECT: random_sized_crop}
 
 
-def eval_crop(image_bytes: tf.Tensor, crop: int | str, image_size: int = 224,
-              method: str = "bicubic") -> tf.Tensor:
+def eval_crop(image_bytes: tf.Tensor, crop: int | str, image_size: int = 224, method: str = "bicubic") -> tf.Tensor:
     """The test protocol ``crop`` (one of ``crops.eval_crops(image_size)``): uint8
     [crop, crop, 3], or [10, image_size, image_size, 3] for ``crops.TEN_CROP``. ``method``
     resizes (bicubic as fb.resnet.torch; torchvision's weights expect bilinear)."""

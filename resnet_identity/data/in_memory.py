@@ -7,15 +7,13 @@ training stream is therefore a pure function of (seed, step), and
 """
 
 import dataclasses
-from typing import Iterator
+from collections.abc import Iterator
 
 import jax
 import numpy as np
 
-from resnet_identity.data import augment
-from resnet_identity.data import base
+from resnet_identity.data import augment, base, order
 from resnet_identity.data import normalization as normalization_lib
-from resnet_identity.data import order
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -49,15 +47,13 @@ class InMemoryDataset:
             images = getattr(self, f"{split}_images")
             labels = getattr(self, f"{split}_labels")
             if images.dtype != np.uint8 or images.ndim != 4:
-                raise ValueError(f"{split}_images must be uint8 [N, H, W, C], got "
-                                 f"{images.dtype} {images.shape}.")
+                raise ValueError(f"{split}_images must be uint8 [N, H, W, C], got {images.dtype} {images.shape}.")
             if labels.dtype != np.int32 or labels.shape != images.shape[:1]:
-                raise ValueError(f"{split}_labels must be int32 [{len(images)}], got "
-                                 f"{labels.dtype} {labels.shape}.")
+                raise ValueError(f"{split}_labels must be int32 [{len(images)}], got {labels.dtype} {labels.shape}.")
         if self.train_images.shape[1:] != self.test_images.shape[1:]:
-            raise ValueError("train and test images differ in shape: "
-                             f"{self.train_images.shape[1:]} vs "
-                             f"{self.test_images.shape[1:]}.")
+            raise ValueError(
+                f"train and test images differ in shape: {self.train_images.shape[1:]} vs {self.test_images.shape[1:]}."
+            )
 
     @property
     def image_size(self) -> int:
@@ -71,46 +67,40 @@ class InMemoryDataset:
     def num_test(self) -> int:
         return len(self.test_labels)
 
-    def train_batches(self, *, global_batch_size: int, start_step: int,
-                      seed: int, process_index: int = 0,
-                      process_count: int = 1) -> Iterator[base.Batch]:
+    def train_batches(
+        self, *, global_batch_size: int, start_step: int, seed: int, process_index: int = 0, process_count: int = 1
+    ) -> Iterator[base.Batch]:
         """See ``base.Dataset.train_batches``; the order is ``order.py``'s."""
-        local_batch = base.local_batch_size(global_batch_size, process_index,
-                                            process_count)
+        local_batch = base.local_batch_size(global_batch_size, process_index, process_count)
         base.check_stream_start(start_step, seed)
-        return self._train_stream(global_batch_size, start_step, seed,
-                                  process_index, local_batch)
+        return self._train_stream(global_batch_size, start_step, seed, process_index, local_batch)
 
-    def _train_stream(self, global_batch_size, start_step, seed, process_index,
-                      local_batch):
+    def _train_stream(self, global_batch_size, start_step, seed, process_index, local_batch):
         epochs = order.EpochOrder(seed, self.num_train)
         step = start_step
         while True:
-            start = order.train_slice_start(step, global_batch_size, process_index,
-                                            local_batch)
+            start = order.train_slice_start(step, global_batch_size, process_index, local_batch)
             indices = epochs.indices(start, local_batch)
-            yield {"image": self.train_images[indices],
-                   "label": self.train_labels[indices]}
+            yield {"image": self.train_images[indices], "label": self.train_labels[indices]}
             step += 1
 
-    def eval_batches(self, *, global_batch_size: int, process_index: int = 0,
-                     process_count: int = 1,
-                     crop: int | None = None) -> Iterator[base.Batch]:
+    def eval_batches(
+        self, *, global_batch_size: int, process_index: int = 0, process_count: int = 1, crop: int | None = None
+    ) -> Iterator[base.Batch]:
         """See ``base.Dataset.eval_batches``.
 
         ``crop`` exists for ImageNet's two test protocols; here the only valid
         values are None and ``image_size`` (the images are used whole).
         """
-        local_batch = base.local_batch_size(global_batch_size, process_index,
-                                            process_count)
+        local_batch = base.local_batch_size(global_batch_size, process_index, process_count)
         if crop not in (None, self.image_size):
-            raise ValueError(f"{self.name} evaluates whole {self.image_size}x"
-                             f"{self.image_size} images; crop={crop} is invalid.")
+            raise ValueError(
+                f"{self.name} evaluates whole {self.image_size}x{self.image_size} images; crop={crop} is invalid."
+            )
         return self._eval_stream(global_batch_size, process_index, local_batch)
 
     def _eval_stream(self, global_batch_size, process_index, local_batch):
-        for indices, mask in order.eval_index_batches(
-            self.num_test, global_batch_size, process_index, local_batch):
+        for indices, mask in order.eval_index_batches(self.num_test, global_batch_size, process_index, local_batch):
             # Zero the padding rows so they are recognisable, not copies of row 0.
             images = self.test_images[indices]
             images[~mask] = 0
@@ -120,8 +110,7 @@ class InMemoryDataset:
     def train_transform(self, images: jax.Array, rng: jax.Array) -> jax.Array:
         """Normalise, then pad-crop and flip as configured (``augment.py``)."""
         images = self.normalization(images)
-        return augment.pad_crop_flip(images, rng, pad=self.crop_padding,
-                                     flip=self.random_flip)
+        return augment.pad_crop_flip(images, rng, pad=self.crop_padding, flip=self.random_flip)
 
     def eval_transform(self, images: jax.Array) -> jax.Array:
         """Normalisation only."""

@@ -28,20 +28,19 @@ OUTPUT = pathlib.Path(__file__).with_name("digits.npz")
 
 def main() -> None:
     # Imported here: scikit-learn is a maintainer-only dependency.
-    from sklearn import datasets
-    from sklearn import model_selection
+    from sklearn import datasets, model_selection
 
     digits = datasets.load_digits()
     levels = digits.images  # float64 in 0..16
     images = np.round(levels * (255.0 / 16.0)).astype(np.uint8)
     labels = digits.target.astype(np.uint8)
     _, test_indices = model_selection.train_test_split(
-        np.arange(len(labels)), test_size=0.2, stratify=labels, random_state=0)
+        np.arange(len(labels)), test_size=0.2, stratify=labels, random_state=0
+    )
     is_test = np.zeros(len(labels), dtype=bool)
     is_test[test_indices] = True
     np.savez_compressed(OUTPUT, images=images, labels=labels, is_test=is_test)
-    print(f"wrote {OUTPUT}: {len(labels)} images, "
-          f"{int((~is_test).sum())} train / {int(is_test.sum())} test")
+    print(f"wrote {OUTPUT}: {len(labels)} images, {int((~is_test).sum())} train / {int(is_test.sum())} test")
 
 
 if __name__ == "__main__":

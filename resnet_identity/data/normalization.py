@@ -35,8 +35,7 @@ CHOICES = ("per_channel", "per_pixel_mean")
 _FIXED_PER_CHANNEL = {
     "cifar10": ((125.3, 123.0, 113.9), (63.0, 62.1, 66.7)),
     "cifar100": ((129.3, 124.1, 112.4), (68.2, 65.4, 70.4)),
-    "imagenet2012": (tuple(255.0 * m for m in (0.485, 0.456, 0.406)),
-                     tuple(255.0 * s for s in (0.229, 0.224, 0.225))),
+    "imagenet2012": (tuple(255.0 * m for m in (0.485, 0.456, 0.406)), tuple(255.0 * s for s in (0.229, 0.224, 0.225))),
 }
 
 # Images per chunk when computing statistics, so a float64 copy of a whole
@@ -67,33 +66,29 @@ def _per_channel_stats(images: np.ndarray) -> Normalization:
     total = np.zeros(images.shape[-1])
     total_sq = np.zeros(images.shape[-1])
     for start in range(0, len(images), _CHUNK):
-        chunk = images[start:start + _CHUNK].astype(np.float64)
+        chunk = images[start : start + _CHUNK].astype(np.float64)
         total += chunk.sum(axis=(0, 1, 2))
         total_sq += np.square(chunk).sum(axis=(0, 1, 2))
     count = images.shape[0] * images.shape[1] * images.shape[2]
     mean = total / count
     std = np.sqrt(total_sq / count - np.square(mean))
-    return Normalization(mean.astype(np.float32), std.astype(np.float32),
-                         "per_channel")
+    return Normalization(mean.astype(np.float32), std.astype(np.float32), "per_channel")
 
 
 def _per_pixel_mean_stats(images: np.ndarray) -> Normalization:
     total = np.zeros(images.shape[1:])
     total_sq = np.zeros(images.shape[1:])
     for start in range(0, len(images), _CHUNK):
-        chunk = images[start:start + _CHUNK].astype(np.float64)
+        chunk = images[start : start + _CHUNK].astype(np.float64)
         total += chunk.sum(axis=0)
         total_sq += np.square(chunk).sum(axis=0)
     mean = total / len(images)
     # Variance of x - mean[pixel] over all pixels and images.
     variance = (total_sq / len(images) - np.square(mean)).mean()
-    return Normalization(mean.astype(np.float32),
-                         np.asarray(np.sqrt(variance), np.float32),
-                         "per_pixel_mean")
+    return Normalization(mean.astype(np.float32), np.asarray(np.sqrt(variance), np.float32), "per_pixel_mean")
 
 
-def resolve(choice: str | None, dataset: str,
-            train_images: np.ndarray | None) -> Normalization:
+def resolve(choice: str | None, dataset: str, train_images: np.ndarray | None) -> Normalization:
     """Builds the normalisation for ``dataset`` (see the module docstring).
 
     Args:
@@ -108,15 +103,14 @@ def resolve(choice: str | None, dataset: str,
     """
     choice = choice or "per_channel"
     if choice not in CHOICES:
-        raise ValueError(f"Unknown normalization {choice!r}; valid choices: "
-                         f"{', '.join(CHOICES)}.")
+        raise ValueError(f"Unknown normalization {choice!r}; valid choices: {', '.join(CHOICES)}.")
     if choice == "per_channel" and dataset in _FIXED_PER_CHANNEL:
         mean, std = _FIXED_PER_CHANNEL[dataset]
-        return Normalization(np.asarray(mean, np.float32),
-                             np.asarray(std, np.float32), "per_channel")
+        return Normalization(np.asarray(mean, np.float32), np.asarray(std, np.float32), "per_channel")
     if train_images is None:
-        raise ValueError(f"normalization {choice!r} needs the training split of "
-                         f"{dataset!r} in memory; use 'per_channel'.")
+        raise ValueError(
+            f"normalization {choice!r} needs the training split of {dataset!r} in memory; use 'per_channel'."
+        )
     if choice == "per_channel":
         return _per_channel_stats(train_images)
     return _per_pixel_mean_stats(train_images)

@@ -14,7 +14,7 @@ to a whole number of global batches; process p again takes its row slice of
 each global batch.
 """
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -50,21 +50,19 @@ class EpochOrder:
         while position < end:
             epoch, offset = divmod(position, self.num_examples)
             take = min(end - position, self.num_examples - offset)
-            pieces.append(self.permutation(epoch)[offset:offset + take])
+            pieces.append(self.permutation(epoch)[offset : offset + take])
             position += take
         return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
 
 
-def train_slice_start(step: int, global_batch_size: int, process_index: int,
-                      local_batch: int) -> int:
+def train_slice_start(step: int, global_batch_size: int, process_index: int, local_batch: int) -> int:
     """Stream position of the first row this process yields at ``step``."""
     return step * global_batch_size + process_index * local_batch
 
 
-def eval_index_batches(num_examples: int, global_batch_size: int,
-                       process_index: int,
-                       local_batch: int) -> Iterator[tuple[np.ndarray,
-                                                           np.ndarray]]:
+def eval_index_batches(
+    num_examples: int, global_batch_size: int, process_index: int, local_batch: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yields ``(indices, mask)`` for each of this process's evaluation batches.
 
     Padding rows get index 0 (any valid row would do; the mask hides it) and
@@ -74,7 +72,6 @@ def eval_index_batches(num_examples: int, global_batch_size: int,
     num_batches = -(-num_examples // global_batch_size)
     rows = np.arange(local_batch)
     for batch in range(num_batches):
-        positions = (batch * global_batch_size + process_index * local_batch +
-                     rows)
+        positions = batch * global_batch_size + process_index * local_batch + rows
         mask = positions < num_examples
         yield np.where(mask, positions, 0), mask

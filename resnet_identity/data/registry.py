@@ -18,7 +18,6 @@ from typing import Any
 
 from resnet_identity.data.base import DatasetSpec, Facts, Settings
 
-
 # One line per dataset: the module that defines its `SPEC`.
 DATASETS = (
     "resnet_identity.data.digits",
@@ -77,5 +76,8 @@ def settings(config: Any) -> Settings:
         value = config.get(name, None)
         return default if value is None else value
 
-    return Settings(data_dir=get("data_dir", None), download=bool(get("tfds_download", True)),
-                    normalization=get("normalization", None))
+    return Settings(
+        data_dir=get("data_dir", None),
+        download=bool(get("tfds_download", True)),
+        normalization=get("normalization", None),
+    )

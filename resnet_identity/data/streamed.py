@@ -3,7 +3,7 @@
 A `Source` says where the encoded images are (a TFDS builder, a folder of files); this
 module does the rest, the same for every source.
 
-Train (PAPERS.md "ImageNet (v2)"):
+Train (docs/papers.md "ImageNet (v2)"):
   * each process reads its own slice of the training split, the images still encoded, so
     the crop decodes only its window (`imagenet_preprocess.py`); the host yields uint8
     image_size x image_size crops. `train_crop` picks the crop: "scale", v1's shorter side
@@ -39,7 +39,8 @@ Importing this module needs TensorFlow; the dataset modules import it lazily.
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator, Protocol
+from collections.abc import Iterator
+from typing import Protocol
 
 import jax
 import jax.numpy as jnp
@@ -73,16 +74,14 @@ class Source(Protocol):
         """Examples in `eval_files(process_index, process_count)`."""
         ...
 
-    def read(self, file: tf.Tensor) -> tf.Tensor:
-        ...
+    def read(self, file: tf.Tensor) -> tf.Tensor: ...
 
     def describe(self, file: bytes) -> str:
         """How an error message names one "file"."""
         ...
 
 
-def _epoch_seeds(seed: int, epoch: int,
-                 process_index: int) -> tuple[int, int, int]:
+def _epoch_seeds(seed: int, epoch: int, process_index: int) -> tuple[int, int, int]:
     """(file shuffle, shuffle buffer, crop) seeds of one epoch of one process."""
     rng = np.random.default_rng([seed, epoch, process_index])
     return tuple(int(s) for s in rng.integers(0, 2**31 - 1, size=3))
@@ -133,26 +132,32 @@ class StreamedDataset:
     def num_test(self) -> int:
         return self.source.num_test
 
-    def train_batches(self, *, global_batch_size: int, start_step: int,
-                      seed: int, process_index: int = 0,
-                      process_count: int = 1) -> Iterator[base.Batch]:
+    def train_batches(
+        self, *, global_batch_size: int, start_step: int, seed: int, process_index: int = 0, process_count: int = 1
+    ) -> Iterator[base.Batch]:
         """See `base.Dataset.train_batches` and the module docstring."""
         local_batch = base.local_batch_size(global_batch_size, process_index, process_count)
         base.check_stream_start(start_step, seed)
         steps = base.steps_per_epoch(self.num_train, global_batch_size, drops_remainder=True)
         if steps < 1:
-            raise ValueError(f"A per-process batch of {local_batch} is larger than the "
-                             f"{self.num_train // process_count} training examples of a process.")
+            raise ValueError(
+                f"A per-process batch of {local_batch} is larger than the "
+                f"{self.num_train // process_count} training examples of a process."
+            )
         return self._train_stream(start_step, seed, process_index, process_count, local_batch, steps)
 
     def _train_stream(self, start_step, seed, process_index, process_count, local_batch, steps):
         epoch, skip_steps = divmod(start_step, steps)
         while True:
-            files = self._epoch_files(epoch, skip_steps * local_batch, steps * local_batch, seed,
-                                      process_index, process_count)
+            files = self._epoch_files(
+                epoch, skip_steps * local_batch, steps * local_batch, seed, process_index, process_count
+            )
             crop_seed = _epoch_seeds(seed, epoch, process_index)[2]
-            yield from self._named_failures(self._crops(files, crop_seed).batch(local_batch, drop_remainder=True),
-                                            files.map(lambda index, example: example), local_batch)
+            yield from self._named_failures(
+                self._crops(files, crop_seed).batch(local_batch, drop_remainder=True),
+                files.map(lambda index, example: example),
+                local_batch,
+            )
             epoch += 1
             skip_steps = 0
 
@@ -171,13 +176,16 @@ class StreamedDataset:
 
         def prepare(index, example):
             crop_key = tf.stack([tf.constant(crop_seed, tf.int64), index])
-            return {"image": crop(self.source.read(example["file"]), crop_key, self.image_size),
-                    "label": example["label"]}
+            return {
+                "image": crop(self.source.read(example["file"]), crop_key, self.image_size),
+                "label": example["label"],
+            }
 
         return files.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
-    def _named_failures(self, batches: tf.data.Dataset, files: tf.data.Dataset,
-                        local_batch: int) -> Iterator[base.Batch]:
+    def _named_failures(
+        self, batches: tf.data.Dataset, files: tf.data.Dataset, local_batch: int
+    ) -> Iterator[base.Batch]:
         """`batches` as numpy; an image that fails to decode raises `DatasetError` naming
         its file, found among the failing batch's `files`."""
         done = 0
@@ -193,12 +201,13 @@ class StreamedDataset:
                 except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as cause:
                     raise base.DatasetError(
                         f"Cannot decode {self.source.describe(example['file'])} ({cause.message.strip()}). "
-                        "Replace or delete the file, then rerun the same command to resume.") from error
+                        "Replace or delete the file, then rerun the same command to resume."
+                    ) from error
             raise
 
-    def eval_batches(self, *, global_batch_size: int, process_index: int = 0,
-                     process_count: int = 1,
-                     crop: int | str | None = None) -> Iterator[base.Batch]:
+    def eval_batches(
+        self, *, global_batch_size: int, process_index: int = 0, process_count: int = 1, crop: int | str | None = None
+    ) -> Iterator[base.Batch]:
         """See `base.Dataset.eval_batches`; `crop` is one of `crops.eval_crops(image_size)`
         (None: image_size); "10crop" yields images [b, 10, image_size, image_size, 3]."""
         local_batch = base.local_batch_size(global_batch_size, process_index, process_count)
@@ -212,18 +221,27 @@ class StreamedDataset:
         files = self.source.eval_files(process_index, process_count)
 
         def prepare(example):
-            return {"image": imagenet_preprocess.eval_crop(self.source.read(example["file"]), crop,
-                                                           self.image_size, self.eval_interpolation),
-                    "label": example["label"], "mask": tf.constant(True)}
+            return {
+                "image": imagenet_preprocess.eval_crop(
+                    self.source.read(example["file"]), crop, self.image_size, self.eval_interpolation
+                ),
+                "label": example["label"],
+                "mask": tf.constant(True),
+            }
 
         shape = [10, side, side, 3] if crop == crops.TEN_CROP else [side, side, 3]
-        padding = tf.data.Dataset.from_tensors({
-            "image": tf.zeros(shape, tf.uint8),
-            "label": tf.constant(0, tf.int32),
-            "mask": tf.constant(False),
-        }).repeat(padded - count)
-        batches = (files.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-                   .concatenate(padding).batch(local_batch))
+        padding = tf.data.Dataset.from_tensors(
+            {
+                "image": tf.zeros(shape, tf.uint8),
+                "label": tf.constant(0, tf.int32),
+                "mask": tf.constant(False),
+            }
+        ).repeat(padded - count)
+        batches = (
+            files.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            .concatenate(padding)
+            .batch(local_batch)
+        )
         return self._named_failures(batches, files, local_batch)
 
     def train_transform(self, images: jax.Array, rng: jax.Array) -> jax.Array:

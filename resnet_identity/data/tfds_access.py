@@ -37,7 +37,8 @@ def import_tfds():
     except ImportError as error:
         raise ImportError(
             "TFDS datasets (cifar10, cifar100, imagenet2012) need TensorFlow and "
-            f"TensorFlow Datasets; install them with: {INSTALL_HINT}") from error
+            f"TensorFlow Datasets; install them with: {INSTALL_HINT}"
+        ) from error
     try:
         tf.config.set_visible_devices([], "GPU")
     except RuntimeError:
@@ -53,17 +54,17 @@ def resolve_data_dir(data_dir: str | None) -> str:
     if data_dir:
         # Through as_path: TFDS's epath then reads a gs:// data_dir with the client it chose.
         return os.fspath(as_path(os.path.expanduser(data_dir)))
-    return os.environ.get("TFDS_DATA_DIR",
-                          os.path.join(os.path.expanduser("~"),
-                                       "tensorflow_datasets"))
+    return os.environ.get("TFDS_DATA_DIR", os.path.join(os.path.expanduser("~"), "tensorflow_datasets"))
 
 
 def _prepare_commands(name: str, data_dir: str) -> str:
-    return (f"  tfds build {name} --data_dir={data_dir}\n"
-            "or, from Python:\n"
-            '  python -c "import tensorflow_datasets as tfds; '
-            f"tfds.builder('{name}', data_dir='{data_dir}')"
-            '.download_and_prepare()"')
+    return (
+        f"  tfds build {name} --data_dir={data_dir}\n"
+        "or, from Python:\n"
+        '  python -c "import tensorflow_datasets as tfds; '
+        f"tfds.builder('{name}', data_dir='{data_dir}')"
+        '.download_and_prepare()"'
+    )
 
 
 def not_prepared_message(name: str, data_dir: str, cause: str) -> str:
@@ -80,7 +81,8 @@ def not_prepared_message(name: str, data_dir: str, cause: str) -> str:
             "3. Build the TFDS dataset (hours; needs ~300 GB free):\n"
             f"{_prepare_commands(name, data_dir)}\n"
             f"TensorFlow and TFDS come with: {INSTALL_HINT}\n"
-            f"(cause: {cause})")
+            f"(cause: {cause})"
+        )
     return (
         f"TFDS dataset '{name}' is not prepared in data_dir '{data_dir}' and "
         f"could not be downloaded.\n"
@@ -89,7 +91,8 @@ def not_prepared_message(name: str, data_dir: str, cause: str) -> str:
         f"a prepared '{name}' directory into '{data_dir}':\n"
         f"{_prepare_commands(name, data_dir)}\n"
         f"TensorFlow and TFDS come with: {INSTALL_HINT}\n"
-        f"(cause: {cause})")
+        f"(cause: {cause})"
+    )
 
 
 def prepared_builder(name: str, data_dir: str | None, download: bool):
@@ -111,8 +114,11 @@ def prepared_builder(name: str, data_dir: str | None, download: bool):
     if builder.is_prepared():
         return builder
     if name == "imagenet2012" or not download:
-        cause = ("downloads are disabled (config.tfds_download=False)"
-                 if name != "imagenet2012" else "no prepared dataset found")
+        cause = (
+            "downloads are disabled (config.tfds_download=False)"
+            if name != "imagenet2012"
+            else "no prepared dataset found"
+        )
         raise DatasetNotPreparedError(not_prepared_message(name, data_dir, cause))
     # Process 0 downloads first while the others wait: on a data_dir every host shares, the
     # others then find it prepared, instead of all writing it at once. On a host-local
@@ -128,7 +134,8 @@ def prepared_builder(name: str, data_dir: str | None, download: bool):
             failure = None if builder.is_prepared() else _download(builder)
     if failure is not None:
         raise DatasetNotPreparedError(
-            not_prepared_message(name, data_dir, f"{type(failure).__name__}: {failure}")) from failure
+            not_prepared_message(name, data_dir, f"{type(failure).__name__}: {failure}")
+        ) from failure
     return builder
 
 
