@@ -209,15 +209,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     (for notebooks and tests). The run holds the workdir's lease throughout: a second run
     on it raises `lease.WorkdirInUseError` before writing anything.
     """
+    mesh = parallel.create_mesh()
+    # Before the lease, which creates the workdir: a bad value leaves nothing behind.
+    config_lib.validate(config, num_devices=mesh.devices.size, num_processes=jax.process_count())
     with lease.hold(workdir):
-        return _train_and_evaluate(config, workdir, allow_config_change=allow_config_change,
+        return _train_and_evaluate(config, workdir, mesh, allow_config_change=allow_config_change,
                                    return_state=return_state)
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh, *,
                         allow_config_change: bool, return_state: bool) -> dict[str, Any]:
-    mesh = parallel.create_mesh()
-    config_lib.validate(config, num_devices=mesh.devices.size, num_processes=jax.process_count())
     is_main = jax.process_index() == 0
     check_workdir(workdir)
     checkpoint_dir = as_path(workdir) / "checkpoints"

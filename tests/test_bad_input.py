@@ -87,7 +87,7 @@ def test_conflicting_saved_config_is_refused_unless_allowed(tmp_path):
 def test_unwritable_workdir_is_reported_with_what_to_do(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    with pytest.raises(OSError, match="Cannot write to workdir.*writable --workdir"):
+    with pytest.raises(OSError, match="Cannot write to workdir.*is a file, not a directory. Choose another workdir"):
         trainer.train_and_evaluate(tiny_config(steps=2), str(blocker / "run"))
 
 
