@@ -7,8 +7,9 @@ The dataset and its options come from --config (its `dataset`, `eval_batch_size`
 network from the run (its config.json and checkpoint, the newest or --step) or from the
 weights directory. --crops defaults to the config's `eval_crops` (None: the dataset's first);
 `10crop` is fb.resnet.torch's ten-crop test (data/crops.py). Imported weights are evaluated
-with their source's preprocessing: their normalisation and resize interpolation
-(weights.json), with our crop geometry (224 from 256, as torchvision's).
+with their source's preprocessing (weights.json): its normalisation, and on a streamed
+dataset its resize interpolation and the shorter side before the centre crop (256 for
+torchvision's 224, 235 for timm's); the 320 crop keeps v2's geometry.
 
 Each crop's result is printed and written as `eval_<step N | weights>_<crop>.json` in
 --output_dir: by default the run's workdir, or the weights directory for --weights. Nothing
@@ -99,8 +100,15 @@ def evaluate(config) -> list[dict]:
     if weights is not None:  # the source's preprocessing, not the dataset's
         mean, std = (255.0 * np.asarray(v, np.float32) for v in (weights.preprocessing.mean, weights.preprocessing.std))
         changes = {"normalization": normalization.Normalization(mean, std, "weights")}
-        if hasattr(dataset, "eval_interpolation"):
+        if hasattr(dataset, "eval_interpolation"):  # a streamed dataset: also the source's resize
+            if weights.preprocessing.crop != dataset.image_size:
+                raise cli.UserError(
+                    f"the weights were made for {weights.preprocessing.crop}x{weights.preprocessing.crop} inputs and "
+                    f"{config.dataset} crops {dataset.image_size}: set --config.{config.dataset}.image_size="
+                    f"{weights.preprocessing.crop}."
+                )
             changes["eval_interpolation"] = weights.preprocessing.interpolation
+            changes["eval_shorter"] = weights.preprocessing.resize
         dataset = dataclasses.replace(dataset, **changes)
     classes = int(np.shape(variables["params"]["fc"]["bias"])[0])
     if classes != dataset.num_classes:

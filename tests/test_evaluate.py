@@ -2,6 +2,7 @@
 crop mode's top-1 and top-5 error and loss, checked against a direct forward pass over the same
 crops; the eval_*.json files; a bad --crops as one line and exit status 1."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -38,7 +39,7 @@ def setup(tmp_path_factory):
         model="cifar_resnet20",
         model_overrides={},
         variables=variables,
-        preprocessing=weights_lib.Preprocessing(resize=37, crop=32, mean=MEAN, std=STD, interpolation="bicubic"),
+        preprocessing=weights_lib.Preprocessing(resize=40, crop=32, mean=MEAN, std=STD, interpolation="bilinear"),
         class_names=list(CLASSES),
         source="test: random",
     )
@@ -70,6 +71,8 @@ def test_each_crop_mode_matches_a_direct_forward_pass(setup):
     assert "top-1 error" in result.stdout and "top-5 error" in result.stdout
 
     dataset = get_dataset({"dataset": "folder", "folder": {"path": str(root / "images"), "image_size": 32}})
+    # The weights' preprocessing: 32 from a shorter side of 40 (not 37), bilinear.
+    dataset = dataclasses.replace(dataset, eval_shorter=40, eval_interpolation="bilinear")
     for crop in (32, 46, "10crop"):
         saved = json.loads((root / "weights" / f"eval_weights_{crop}.json").read_text())
         batches = list(dataset.eval_batches(global_batch_size=14, crop=crop))

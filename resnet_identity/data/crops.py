@@ -47,14 +47,15 @@ def eval_crops(image_size: int) -> tuple[int | str, ...]:
     return (image_size, round(image_size * 320 / 224), TEN_CROP)
 
 
-def eval_resize(crop: int | str, image_size: int) -> tuple[int, int]:
-    """(shorter side, crop side) of evaluation crop `crop` (one of `eval_crops(image_size)`)."""
+def eval_resize(crop: int | str, image_size: int, shorter: int | None = None) -> tuple[int, int]:
+    """(shorter side, crop side) of evaluation crop `crop` (one of `eval_crops(image_size)`);
+    `shorter` replaces round(image_size * 256 / 224) (imported weights' own, e.g. timm's 235)."""
     if crop not in eval_crops(image_size):
         raise ValueError(
             f"Evaluation crop {crop!r} is not one of {eval_crops(image_size)} (a network trained at {image_size})."
         )
     if crop == image_size or crop == TEN_CROP:
-        return round(image_size * 256 / 224), image_size
+        return shorter or round(image_size * 256 / 224), image_size
     return crop, crop
 
 

@@ -200,11 +200,14 @@ def random_sized_crop(image_bytes: tf.Tensor, seed: tf.Tensor, size: int = 224) 
 TRAIN_CROPS = {crops.SCALE: scale_crop, crops.SCALE_ASPECT: random_sized_crop}
 
 
-def eval_crop(image_bytes: tf.Tensor, crop: int | str, image_size: int = 224, method: str = "bicubic") -> tf.Tensor:
+def eval_crop(
+    image_bytes: tf.Tensor, crop: int | str, image_size: int = 224, method: str = "bicubic", shorter: int | None = None
+) -> tf.Tensor:
     """The test protocol ``crop`` (one of ``crops.eval_crops(image_size)``): uint8
     [crop, crop, 3], or [10, image_size, image_size, 3] for ``crops.TEN_CROP``. ``method``
-    resizes (bicubic as fb.resnet.torch; torchvision's weights expect bilinear)."""
-    shorter, side = crops.eval_resize(crop, image_size)
+    resizes (bicubic as fb.resnet.torch; torchvision's weights expect bilinear); ``shorter``
+    replaces the shorter side of the ``image_size`` and ten-crop protocols."""
+    shorter, side = crops.eval_resize(crop, image_size, shorter)
     if crop == crops.TEN_CROP:
         return ten_crop(decode(image_bytes), shorter, side, method)
     return resize_shorter_center_crop(decode(image_bytes), shorter, side, method)

@@ -111,6 +111,8 @@ class StreamedDataset:
       shuffle_buffer: examples (still-encoded images) in the shuffle buffer.
       eval_interpolation: how evaluation resizes ("bicubic", or "bilinear" for weights
         trained that way, e.g. torchvision's).
+      eval_shorter: the shorter side before the image_size and ten-crop evaluation crops
+        (None: round(image_size * 256 / 224); imported weights may set their own).
     """
 
     name: str
@@ -123,6 +125,7 @@ class StreamedDataset:
     pca_lighting: float = 0.0
     shuffle_buffer: int = 10_000
     eval_interpolation: str = "bicubic"
+    eval_shorter: int | None = None
 
     @property
     def num_train(self) -> int:
@@ -223,7 +226,7 @@ class StreamedDataset:
         def prepare(example):
             return {
                 "image": imagenet_preprocess.eval_crop(
-                    self.source.read(example["file"]), crop, self.image_size, self.eval_interpolation
+                    self.source.read(example["file"]), crop, self.image_size, self.eval_interpolation, self.eval_shorter
                 ),
                 "label": example["label"],
                 "mask": tf.constant(True),
