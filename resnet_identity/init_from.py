@@ -18,7 +18,10 @@ lease), so `evaluate` uses it while that run may still be training.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -43,6 +46,22 @@ class InitFromError(ConfigError):
     """`init_from` names something that cannot initialise this model; the message says why."""
 
 
+@contextlib.contextmanager
+def _without_orbax_notes() -> Iterator[None]:
+    """Drops Orbax's log records for the duration: a read-only read makes it note that it will
+    not save, and name the items (`meta`, `digests`) that are not read; none concerns the user."""
+    logger = logging.getLogger("absl")
+
+    def keep(record: logging.LogRecord) -> bool:
+        return "orbax" not in record.pathname
+
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
+
+
 def read_run(workdir: str, step: int | None = None) -> tuple[ml_collections.ConfigDict, dict, int]:
     """(the run's config, its `params` and `batch_stats` as numpy arrays in the run's own
     layout, the step) from the checkpoint `step` (None: the newest) of `workdir`, read-only."""
@@ -54,8 +73,13 @@ def read_run(workdir: str, step: int | None = None) -> tuple[ml_collections.Conf
             "convert weights with `python -m resnet_identity.convert`."
         )
     config = config_migration.as_config(json.loads((root / "config.json").read_text()))
+    with _without_orbax_notes():
+        return (config, *_restore_variables(root / "checkpoints", workdir, step))
+
+
+def _restore_variables(directory: epath.Path, workdir: str, step: int | None) -> tuple[dict, int]:
     manager = ocp.CheckpointManager(
-        root / "checkpoints",
+        directory,
         options=ocp.CheckpointManagerOptions(read_only=True),
         item_handlers={STATE_ITEM: ocp.StandardCheckpointHandler(), META_ITEM: ocp.JsonCheckpointHandler()},
     )
@@ -74,7 +98,7 @@ def read_run(workdir: str, step: int | None = None) -> tuple[ml_collections.Conf
     finally:
         manager.close()
     variables = {name: jax.tree.map(np.asarray, dict(state[STATE_ITEM][name])) for name in weights_lib.COLLECTIONS}
-    return config, variables, step
+    return variables, step
 
 
 def _source(config: ml_collections.ConfigDict) -> tuple[str, str, dict, dict]:
