@@ -3,8 +3,9 @@
     python -m benchmarks.imagenet_pipeline [--train_crop=scale|scale_aspect] [--batch=256]
         [--batches=10] [--rounds=3] [--images=512] [--shuffle_buffer=10000]
 
-prints ONE JSON line: the steady rate at which `ImageNetDataset.train_batches` (the
-training path of `resnet_identity/data/imagenet.py`, unchanged: shuffle buffer of encoded
+prints ONE JSON line: the steady rate at which `StreamedDataset.train_batches` (the
+training path of `resnet_identity/data/streamed.py` over `imagenet.py`'s TFDS source,
+unchanged: shuffle buffer of encoded
 JPEGs, the recipe's crop decoding only its window, 224x224 uint8 batches) yields
 images on this host, the CPU time it spends per image, and from that the number of such
 cores that would keep up with the ResNet-50 step measured on one H200 (8,046 images/s,
@@ -57,7 +58,7 @@ def synthetic_jpegs(count: int, seed: int = 0, noise: float = 28.0) -> list[byte
 
 
 class SyntheticImageNetBuilder:
-    """The part of a TFDS `imagenet2012` builder that `ImageNetDataset` uses: `info.splits`
+    """The part of a TFDS `imagenet2012` builder that `imagenet.TfdsSource` uses: `info.splits`
     and `as_dataset`, serving `jpegs` (still encoded) in a loop with random labels."""
 
     def __init__(self, jpegs: list[bytes], num_train: int = NUM_TRAIN, seed: int = 0):
@@ -90,15 +91,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     import tensorflow as tf
 
-    from resnet_identity.data import imagenet
+    from resnet_identity.data import crops, imagenet, streamed
     from resnet_identity.data import normalization as normalization_lib
 
     args = parse_args(argv)
     jpegs = synthetic_jpegs(args.images)
-    dataset = imagenet.ImageNetDataset(
-        builder=SyntheticImageNetBuilder(jpegs),
+    dataset = streamed.StreamedDataset(
+        name=imagenet.NAME, source=imagenet.TfdsSource(SyntheticImageNetBuilder(jpegs)),
+        num_classes=imagenet.NUM_CLASSES, image_size=imagenet.IMAGE_SIZE,
         normalization=normalization_lib.resolve(None, imagenet.NAME, None),
-        shuffle_buffer=args.shuffle_buffer or imagenet.DEFAULT_SHUFFLE_BUFFER,
+        shuffle_buffer=args.shuffle_buffer or crops.STREAM_OPTIONS["shuffle_buffer"].default,
         train_crop=args.train_crop)
     stream = dataset.train_batches(global_batch_size=args.batch, start_step=0, seed=0)
 
