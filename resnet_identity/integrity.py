@@ -6,22 +6,31 @@ beside each step the digests of the state's arrays (`digests`), and a restored s
 digests differ (`verify`) is treated as a corrupt checkpoint: moved aside, and the previous
 step restored instead.
 
-A digest is computed on the device that holds the array, per addressable shard, keyed by
-the array's path and the shard's index: a save copies nothing more to the host than two
-32-bit words per shard, and a pod slice never gathers the state. Per shard, with its bits
-read as 32-bit words w_0..w_{n-1} (narrower types widened, wider ones split):
+Digests are taken per addressable shard, keyed by the array's path and the shard's index,
+so a pod slice never gathers the state; replicas (shards at one index) are recorded once,
+and a shard whose index was not recorded (a state restored onto another sharding) is not
+checked. The algorithm is recorded with them:
 
-    (sum_i w_i,  sum_i (2i + 1) w_i)   mod 2^32.
+- "crc32" (zlib's CRC-32 of the shard's bytes) where the arrays live in host memory (the
+  CPU backend): no copy, and about six times faster than XLA:CPU's sums.
+- "sums32" on an accelerator, computed where the shard lives, so that a save copies two
+  32-bit words per shard to the host, not the state. With the shard's bits read as 32-bit
+  words w_0..w_{n-1} (narrower types widened, wider ones split):
 
-A flipped bit changes one word by +-2^b, b < 32, and so each sum by 2^b times an odd
-number, which is never 0 mod 2^32: every single-bit flip is caught. It is a checksum
-against bit rot, not a cryptographic hash. Shards at the same index (replicas) are
-recorded once; a shard whose index was not recorded (the state restored onto another
-sharding) is not checked.
+      (sum_i w_i,  sum_i (2i + 1) w_i)   mod 2^32.
+
+  A flipped bit changes one word by +-2^b, b < 32, and so each sum by 2^b times an odd
+  number, which is never 0 mod 2^32.
+
+Either catches every single-bit flip. They are checksums against bit rot, not
+cryptographic hashes.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import os
+import zlib
 from typing import Any
 
 import jax
@@ -73,26 +82,51 @@ def _shards(tree: Any) -> dict[str, jax.Array]:
     return shards
 
 
-def digests(tree: Any) -> dict[str, str]:
-    """The digest of each of this process's shards of `tree`'s arrays, as hex strings."""
-    shards = _shards(tree)
-    if not shards:
-        return {}
+def _crc32(shards: dict[str, jax.Array]) -> dict[str, str]:
+    def one(data: jax.Array) -> str:
+        return f"{zlib.crc32(np.ascontiguousarray(np.asarray(data)).view(np.uint8)):08x}"
+
+    with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:  # zlib releases the GIL
+        return dict(zip(shards, pool.map(one, shards.values())))
+
+
+def _sums(shards: dict[str, jax.Array]) -> dict[str, str]:
     by_device: dict[Any, list[str]] = {}
     for key, data in shards.items():  # one program per device: jit wants its inputs on one
         by_device.setdefault(next(iter(data.devices())), []).append(key)
     result = {}
     for keys in by_device.values():
-        sums = jax.device_get(_checksums([shards[k] for k in keys]))
-        result.update({k: f"{int(a):08x}{int(b):08x}" for k, (a, b) in zip(keys, np.asarray(sums).tolist())})
+        sums = np.asarray(jax.device_get(_checksums([shards[k] for k in keys])))
+        result.update({k: f"{int(a):08x}{int(b):08x}" for k, (a, b) in zip(keys, sums.tolist())})
     return result
 
 
-def verify(tree: Any, recorded: dict[str, str]) -> None:
+ALGORITHMS = {"crc32": _crc32, "sums32": _sums}
+
+
+def _algorithm(tree: Any) -> str:
+    """CRC-32 where the arrays are in host memory already (6x faster than XLA:CPU's sums);
+    the sums on an accelerator, which then copies nothing to the host."""
+    leaves = jax.tree.leaves(tree)
+    on_cpu = all(d.platform == "cpu" for leaf in leaves if isinstance(leaf, jax.Array) for d in leaf.devices())
+    return "crc32" if on_cpu else "sums32"
+
+
+def digests(tree: Any, algorithm: str | None = None) -> dict[str, Any]:
+    """The digest of each of this process's shards of `tree`'s arrays, and the algorithm
+    (one of `ALGORITHMS`; by default the one for where the arrays are)."""
+    algorithm = algorithm or _algorithm(tree)
+    return {"algorithm": algorithm, "shards": ALGORITHMS[algorithm](_shards(tree))}
+
+
+def verify(tree: Any, recorded: dict[str, Any]) -> None:
     """Raises `DigestMismatchError` naming the first of `tree`'s shards whose digest differs
-    from `recorded`; shards not recorded are skipped."""
-    actual = digests(tree)
-    for key, digest in actual.items():
-        if key in recorded and recorded[key] != digest:
+    from `recorded` (by the algorithm recorded); shards not recorded are skipped."""
+    if not recorded:
+        return
+    expected = recorded["shards"]
+    shards = {k: v for k, v in _shards(tree).items() if k in expected}
+    for key, digest in ALGORITHMS[recorded["algorithm"]](shards).items():
+        if expected[key] != digest:
             raise DigestMismatchError(f"array {key} does not match the digest saved with it "
-                                      f"({digest} instead of {recorded[key]}): its data is damaged")
+                                      f"({digest} instead of {expected[key]}): its data is damaged")

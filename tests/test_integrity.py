@@ -32,10 +32,12 @@ def _flip_a_bit_in_the_array_data(step_dir):
     open(data_file, "wb").write(bytes(data))
 
 
-def test_every_single_bit_flip_changes_the_digest():
+@pytest.mark.parametrize("algorithm", sorted(integrity.ALGORITHMS))
+def test_every_single_bit_flip_changes_the_digest(algorithm):
     state = _state(0)
-    clean = integrity.digests(state)
-    assert set(clean) == {"['kernel'][0:64,0:64]", "['half'][0:300]", "['count'][0:7]", "['flag'][]"}
+    clean = integrity.digests(state, algorithm)
+    assert clean["algorithm"] == algorithm
+    assert set(clean["shards"]) == {"['kernel'][0:64,0:64]", "['half'][0:300]", "['count'][0:7]", "['flag'][]"}
     words = np.asarray(state["kernel"]).view(np.uint32).copy()
     for index, bit in [(0, 0), (17, 31), (4095, 13), (2000, 22)]:
         flipped = words.copy()
