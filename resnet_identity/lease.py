@@ -121,7 +121,8 @@ class CloudLease:
         self._precondition_failed = exceptions.PreconditionFailed
         bucket, _, prefix = workdir.removeprefix("gs://").partition("/")
         name = f"{prefix.rstrip('/')}/{LEASE_FILE}" if prefix.strip("/") else LEASE_FILE
-        self._blob = storage.Client().bucket(bucket).blob(name)
+        # Default credentials (or none for STORAGE_EMULATOR_HOST); objects need no project.
+        self._blob = storage.Client(project=None).bucket(bucket).blob(name)
         self._heartbeat_s, self._holder = heartbeat_s, _holder()
         self._generation = self._take(workdir)
         self._stop = threading.Event()
