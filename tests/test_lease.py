@@ -26,7 +26,8 @@ def _env(tmp_path, **extra):
 
 
 def _train_cmd(workdir, *overrides):
-    return [sys.executable, os.path.join(ROOT, "train.py"), f"--config={os.path.join(ROOT, 'configs', 'quickstart.py')}",
+    return [sys.executable, os.path.join(ROOT, "train.py"),
+            f"--config={os.path.join(ROOT, 'configs', 'quickstart.py')}",
             f"--workdir={workdir}", "--config.model_overrides.depth=8", "--config.batch_size=16",
             "--config.num_train_steps=100000", "--config.log_every_steps=5", "--config.eval_every_steps=100000",
             "--config.checkpoint_every_steps=100000", *overrides]
