@@ -34,6 +34,7 @@ from resnet_identity import config_migration, models
 from resnet_identity import weights as weights_lib
 from resnet_identity.checkpointing import META_ITEM, STATE_ITEM
 from resnet_identity.config import ConfigError, model_kwargs
+from resnet_identity.files import as_path
 
 # The classifier's tensors, which may differ in their number of classes.
 CLASSIFIER = ("params/fc/kernel", "params/fc/bias")
@@ -65,7 +66,7 @@ def _without_orbax_notes() -> Iterator[None]:
 def read_run(workdir: str, step: int | None = None) -> tuple[ml_collections.ConfigDict, dict, int]:
     """(the run's config, its `params` and `batch_stats` as numpy arrays in the run's own
     layout, the step) from the checkpoint `step` (None: the newest) of `workdir`, read-only."""
-    root = epath.Path(workdir)
+    root = as_path(workdir)
     if not (root / "config.json").exists() or not (root / "checkpoints").is_dir():
         raise InitFromError(
             f"{workdir} is not a run's workdir (no config.json and checkpoints/ in it), nor a "
@@ -103,7 +104,7 @@ def _restore_variables(directory: epath.Path, workdir: str, step: int | None) ->
 
 def _source(config: ml_collections.ConfigDict) -> tuple[str, str, dict, dict]:
     """(description, model name, architecture overrides, variables) of `config.init_from`."""
-    path = epath.Path(config.init_from)
+    path = as_path(config.init_from)
     if (path / weights_lib.METADATA_FILE).exists():
         if config.init_from_step is not None:
             raise InitFromError(f"init_from_step is for a run's workdir; {path} is a weights directory.")

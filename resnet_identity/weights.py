@@ -40,6 +40,7 @@ from resnet_identity import checkpointing, config_migration, models
 from resnet_identity import config as config_lib
 from resnet_identity.data import crops, registry
 from resnet_identity.data import normalization as normalization_lib
+from resnet_identity.files import as_path
 
 FORMAT = "resnet_identity.weights"
 VERSION = 1
@@ -189,7 +190,7 @@ def save_weights(directory: str | epath.PathLike, *, model: str, model_overrides
     if class_names is not None and len(class_names) != weights.num_classes:
         raise WeightsError(f"{len(class_names)} class names for a model with {weights.num_classes} outputs.")
 
-    path = epath.Path(directory)
+    path = as_path(directory)
     path.mkdir(parents=True, exist_ok=True)
     (path / METADATA_FILE).unlink(missing_ok=True)  # the directory is unfinished until it is rewritten
     buffer = io.BytesIO()
@@ -204,7 +205,7 @@ def save_weights(directory: str | epath.PathLike, *, model: str, model_overrides
 
 def load_weights(directory: str | epath.PathLike) -> Weights:
     """Reads a weights directory; raises `WeightsError` saying what is wrong with it."""
-    path = epath.Path(directory)
+    path = as_path(directory)
     if not (path / METADATA_FILE).exists():
         hint = ("it has no weights.json: not a weights directory, or a write that did not finish"
                 if path.is_dir() else "no such directory")
@@ -234,7 +235,7 @@ def load_run_weights(workdir: str | epath.PathLike, step: int | None = None) -> 
     newest), with the run's model, evaluation preprocessing and class names (its
     `config.json`). Reads only: nothing in the workdir is written, moved or cleaned up, so a
     run still training is safe. Raises `WeightsError` saying what is missing."""
-    workdir = epath.Path(workdir)
+    workdir = as_path(workdir)
     if not (workdir / "config.json").exists():
         raise WeightsError(f"{workdir} is not a training run's workdir: it has no config.json.")
     try:

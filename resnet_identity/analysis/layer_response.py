@@ -30,6 +30,7 @@ from etils import epath
 
 from resnet_identity import config_migration, weights
 from resnet_identity.analysis import signal
+from resnet_identity.files import as_path
 from resnet_identity.models import ResNet
 from resnet_identity.models.layers import GhostBatchNorm
 
@@ -75,7 +76,7 @@ def layer_responses(model: ResNet, variables: Any, images: jax.Array) -> Respons
 def run_responses(workdir: epath.PathLike, num_images: int = 500) -> tuple[Responses, ResNet]:
     """`layer_responses` of a training run's newest checkpoint, on the first `num_images`
     test images of its dataset; also the network (for its stage sizes)."""
-    workdir = epath.Path(workdir)
+    workdir = as_path(workdir)
     run = weights.load_run_weights(workdir)
     config = config_migration.as_config(json.loads((workdir / "config.json").read_text()))
     images, _ = signal.test_batch(config, num_images)

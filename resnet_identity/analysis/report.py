@@ -20,6 +20,7 @@ from etils import epath
 from resnet_identity import config as config_lib
 from resnet_identity.analysis.experiments import Experiment, Measure, Row
 from resnet_identity.analysis.paper import NO_FIGURE
+from resnet_identity.files import as_path
 from resnet_identity.metric_logging import METRICS_FILE
 
 if TYPE_CHECKING:
@@ -176,7 +177,7 @@ def _pyplot():
 def _save(fig, path: epath.PathLike) -> None:
     from resnet_identity.analysis.plots import png_bytes  # imports matplotlib
 
-    epath.Path(path).write_bytes(png_bytes(fig, dpi=110))
+    as_path(path).write_bytes(png_bytes(fig, dpi=110))
     _pyplot().close(fig)
 
 
@@ -265,7 +266,7 @@ def plot_table(
 def read_curves(workdir: epath.PathLike) -> dict[str, dict[int, float]]:
     """{tag: {step: value}} from a run's metrics.jsonl ("train/error", "test/error", ...)."""
     series: dict[str, dict[int, float]] = {}
-    path = epath.Path(workdir) / METRICS_FILE
+    path = as_path(workdir) / METRICS_FILE
     if not path.exists():
         return series
     for line in path.read_text().splitlines():
@@ -362,7 +363,7 @@ def write(
     workdir: epath.PathLike,
 ) -> str:
     """Writes table.md, summary.json and table.png (curves.png for a figure); returns table.md."""
-    workdir = epath.Path(workdir)
+    workdir = as_path(workdir)
     report = markdown(experiment, rows, results, configs, fail_above)
     (workdir / "table.md").write_text(report)
     (workdir / "summary.json").write_text(json.dumps(summary(experiment, rows, results, configs, fail_above), indent=2))

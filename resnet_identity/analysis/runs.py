@@ -29,6 +29,7 @@ from resnet_identity import config as config_lib
 from resnet_identity import trainer
 from resnet_identity.analysis import report
 from resnet_identity.analysis.experiments import Experiment, Row, row_config
+from resnet_identity.files import as_path
 
 FINAL_METRICS = "final_metrics.json"
 FAILURE = "failure.json"
@@ -45,12 +46,12 @@ class RunResult:
 
 
 def run_dir(workdir: epath.PathLike, row: Row, seed: int) -> epath.Path:
-    return epath.Path(workdir) / row.key / f"seed{seed}"
+    return as_path(workdir) / row.key / f"seed{seed}"
 
 
 def run_once(config: ml_collections.ConfigDict, workdir: epath.PathLike) -> RunResult | None:
     """Trains (or resumes, or reads back) one run in `workdir`; None if it was preempted."""
-    workdir = epath.Path(workdir)
+    workdir = as_path(workdir)
     final, failure = workdir / FINAL_METRICS, workdir / FAILURE
     if final.exists() or failure.exists():
         trainer.check_saved_config(str(workdir), config, allow_change=False)

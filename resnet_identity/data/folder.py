@@ -37,6 +37,7 @@ from etils import epath
 from resnet_identity.data import crops
 from resnet_identity.data import normalization as normalization_lib
 from resnet_identity.data.base import DatasetError, DatasetSpec, Facts, Option, Settings
+from resnet_identity.files import as_path
 
 NAME = "folder"
 SPLITS = ("train", "val")
@@ -79,7 +80,7 @@ def _some(items: list[str]) -> str:
 def _scan(path: str) -> Listing:
     """Lists and checks the folder (module docstring); raises one `DatasetError` naming
     every kind of problem found."""
-    root = epath.Path(path)
+    root = as_path(path)
     if not root.is_dir():
         raise DatasetError(f"folder.path {path!r} is not a folder. Expected {LAYOUT}.")
     missing = [split for split in SPLITS if not (root / split).is_dir()]

@@ -19,6 +19,7 @@ from etils import epath
 
 from resnet_identity import models
 from resnet_identity import weights as weights_lib
+from resnet_identity.files import as_path
 from resnet_identity.interop import mapping
 from resnet_identity.interop import timm as timm_converter
 from resnet_identity.interop import torchvision as torchvision_converter
@@ -75,7 +76,7 @@ def export_state_dict(weights: weights_lib.Weights, source: str) -> tuple[str, d
 def read_state_dict(path: str | epath.PathLike) -> dict[str, Any]:
     """A `state_dict` from a `.pth` file (`torch.save`d, read with `weights_only=True`) or a
     `.safetensors` file (read with NumPy, torch not needed)."""
-    path = epath.Path(path)
+    path = as_path(path)
     if not path.exists():
         raise weights_lib.WeightsError(f"No such weights file: {path}.")
     data = path.read_bytes()
@@ -101,7 +102,7 @@ def read_state_dict(path: str | epath.PathLike) -> dict[str, Any]:
 
 def write_state_dict(state_dict: dict[str, np.ndarray], path: str | epath.PathLike) -> None:
     """Saves a `state_dict` of torch tensors with `torch.save` (`.pth`) or as `.safetensors`."""
-    path = epath.Path(path)
+    path = as_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".safetensors":
         from safetensors.numpy import save
