@@ -44,6 +44,9 @@ _WRITE_PROBLEMS = (
      "workdir on a larger disk; the last complete checkpoint is intact and a rerun resumes from it."),
     ({errno.ENOTDIR, errno.EEXIST}, "Not a directory",
      "part of that path is a file, not a directory. Choose another workdir."),
+    ({errno.ENOENT}, "No such file or directory",
+     "a folder on that path cannot be created (a virtual file system such as /proc, or a mount that went "
+     "away). Choose another workdir."),
 )
 
 

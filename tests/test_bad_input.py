@@ -151,6 +151,11 @@ def test_workdir_that_is_a_file_is_one_line(tmp_path):
     assert blocker.read_text() == "a file, not a folder"
 
 
+def test_workdir_that_cannot_be_created_is_one_line(tmp_path):
+    _assert_user_error(_train_py("/proc/resnet_identity_test/run", tmp_path=tmp_path),
+                       "Cannot write to workdir /proc/resnet_identity_test/run")
+
+
 def test_damaged_config_json_is_refused_then_kept_aside_with_allow_config_change(trained_workdir, tmp_path):
     workdir = tmp_path / "run"
     shutil.copytree(trained_workdir, workdir)
