@@ -14,7 +14,9 @@ time). The lease is `<workdir>/lease.json`, which also says who holds it:
   `STALE_HEARTBEATS` periods is stale: its holder died without giving it back, and the
   next run takes it over, again conditional on that generation, so that of two runs
   racing for it one wins. A lease written on this very machine (same host and boot) by
-  a process that no longer exists is taken over at once. Given back, it is deleted.
+  a process that no longer exists is taken over at once; one that has missed a renewal
+  (its holder's VM was most likely preempted) is waited for until it is stale, so the
+  rerun of a preempted pod slice is not refused. Given back, it is deleted.
 
 The hosts of a multi-host job share the job's lease: process 0 takes it, and every process
 learns the outcome before any of them writes.
@@ -30,6 +32,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -147,8 +150,21 @@ class CloudLease:
             current, holder = None, None
         if current is None:
             return self._write(0)
-        stale_after = STALE_HEARTBEATS * float((holder or {}).get("heartbeat_s", self._heartbeat_s))
+        heartbeat = float((holder or {}).get("heartbeat_s", self._heartbeat_s))
+        stale_after = STALE_HEARTBEATS * heartbeat
         age = (_now() - current.updated).total_seconds()
+        if age < stale_after and not _died_here(holder) and age > 1.5 * heartbeat:
+            # A missed renewal: most likely a holder on a preempted VM. Rather than refuse the
+            # rerun that a retry loop makes, wait the rest of the stale period, once.
+            log.warning("The lease on %s was last renewed %.0f s ago by %s; waiting %.0f s for it to expire.",
+                        workdir, age, holder, stale_after - age)
+            time.sleep(stale_after - age)
+            latest = self._blob.bucket.get_blob(self._blob.name)
+            if latest is None:
+                return self._write(0)
+            if latest.generation != current.generation:  # renewed after all: its holder lives
+                raise _in_use(workdir, holder, expires_in=stale_after)
+            age = (_now() - latest.updated).total_seconds()
         if age < stale_after and not _died_here(holder):
             raise _in_use(workdir, holder, expires_in=stale_after - age)
         log.warning("Taking over the lease on %s: its holder (%s) %s.", workdir, holder,

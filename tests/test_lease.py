@@ -127,10 +127,12 @@ def test_a_cloud_storage_lease_refuses_a_second_run_and_is_taken_over_once_its_h
         assert "lease expires in" in output
         assert list_objects(workdir) == [f"run/{lease.LEASE_FILE}"]  # the refused run wrote nothing
 
-        # A holder frozen (like a host cut off from the network) stops renewing: once its lease
-        # is stale, the next run takes it over; woken up, the old holder finds it lost.
+        # A holder frozen (like a host cut off from the network, or a preempted VM) stops
+        # renewing: a run started once a renewal is missed, before the lease is stale, waits
+        # for it to go stale rather than being refused, then takes it over; woken up, the
+        # old holder finds it lost.
         holder.send_signal(signal.SIGSTOP)
-        time.sleep(3 * 1 + 1)
+        time.sleep(2)
         taker = _holder(workdir, env)
         assert _lease_object(workdir)["pid"] == taker.pid
         holder.send_signal(signal.SIGCONT)
