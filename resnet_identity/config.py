@@ -28,6 +28,10 @@ MODEL_OVERRIDE_TYPES = {name: override.config_type for name, override in models.
 # computes: a run resumes under other values without --allow_config_change, its checkpoint
 # converted to the new layout (`train_state.convert_layout`).
 LAYOUT_FIELDS = ("model_overrides.scan", "model_overrides.remat", "model_overrides.unroll")
+# Fields that decide what a run records and how often, never what it trains: a run resumes
+# under other values without --allow_config_change (the replaced config is still kept).
+RECORD_FIELDS = ("log_every_steps", "eval_every_steps", "eval_batch_size", "checkpoint_every_steps",
+                 "keep_checkpoints", "diagnostics_every_steps")
 
 
 def default_config() -> ml_collections.ConfigDict:

@@ -82,8 +82,9 @@ def check_saved_config(workdir: str, config: ml_collections.ConfigDict, allow_ch
     """Refuses to resume a workdir whose saved config differs, unless `allow_change`.
 
     The layout overrides (`config.LAYOUT_FIELDS`: scan, remat, unroll) may change freely:
-    the checkpoint is converted on restore. Only a checkpoint (or a result) binds a workdir
-    to its config: `train_and_evaluate`
+    the checkpoint is converted on restore; so may the fields that only decide what is
+    recorded (`config.RECORD_FIELDS`: log, eval, checkpoint and diagnostics intervals).
+    Only a checkpoint (or a result) binds a workdir to its config: `train_and_evaluate`
     passes `has_checkpoint=False` when there is none yet, so a run that failed before its
     first save (a bad value, an out-of-memory compile) can be rerun with corrected values.
     """
@@ -99,7 +100,8 @@ def check_saved_config(workdir: str, config: ml_collections.ConfigDict, allow_ch
             f"checkpoints. If --config is that config, rerun with --allow_config_change: the damaged file is kept "
             f"beside it as config.json.damaged-<time> and a new config.json is written. Otherwise use a new --workdir.")
     saved = config_migration.migrate(saved)  # an older version's field names read as today's
-    diffs = config_lib.differing_fields(saved, json.loads(config.to_json()), ignore=config_lib.LAYOUT_FIELDS)
+    diffs = config_lib.differing_fields(saved, json.loads(config.to_json()),
+                                        ignore=config_lib.LAYOUT_FIELDS + config_lib.RECORD_FIELDS)
     if diffs and not allow_change:
         raise config_lib.ConfigError(
             f"{path} was written by a run with a different config:\n  - " + "\n  - ".join(diffs)

@@ -84,6 +84,16 @@ def test_conflicting_saved_config_is_refused_unless_allowed(tmp_path):
     trainer.train_and_evaluate(changed, str(tmp_path), allow_config_change=True)
 
 
+def test_fields_that_only_decide_what_is_recorded_change_without_the_flag(tmp_path):
+    trainer.train_and_evaluate(tiny_config(steps=2), str(tmp_path))
+    changed = tiny_config(steps=2)
+    changed.log_every_steps, changed.diagnostics_every_steps, changed.keep_checkpoints = 2, 2, 1
+    assert trainer.train_and_evaluate(changed, str(tmp_path))["step"] == 2
+    changed.seed = 1  # what is trained still binds
+    with pytest.raises(config_lib.ConfigError, match=r"seed: 0 -> 1"):
+        trainer.train_and_evaluate(changed, str(tmp_path))
+
+
 def test_unwritable_workdir_is_reported_with_what_to_do(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
