@@ -15,6 +15,9 @@ Sections (each prints JSON lines, then a one-line summary of its ratio):
           child process per round, contiguous and channels-last; the faster counts).
 - bf16:   loss curves of `--curve_steps` steps on digits, bfloat16 vs float32 (printed),
           and their gap against the float32 seed-to-seed gap.
+- trees:  ready time, temporary memory and steady step of each `--tree_models` entry built
+          from each of two source trees (`--trees=BEFORE,AFTER`: git revisions or folders
+          holding `resnet_identity/`), for a before/after of a code change in one process.
 
 Timed configurations of one section are stepped in alternating rounds (A, B, A, B, ...),
 so a load change on a shared machine hits both sides alike; the medians are compared.
@@ -23,11 +26,16 @@ so a load change on a shared machine hits both sides alike; the medians are comp
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import pathlib
 import statistics
 import subprocess
 import sys
+import tarfile
+import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 from benchmarks import step_time
@@ -164,12 +172,66 @@ def bf16(args: argparse.Namespace) -> list[dict[str, Any]]:
                    gap("float32_seed1", "float32"), "<= 1 (within seed noise)")]
 
 
-SECTIONS = {"ready": ready, "scan": scan, "remat": remat, "torch": torch, "bf16": bf16}
+REPOSITORY = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _source_root(tree: str) -> pathlib.Path:
+    """A folder holding `resnet_identity/`: `tree` itself if it is one, else that package as of
+    the git revision `tree`, extracted into a temporary folder."""
+    if (pathlib.Path(tree) / "resnet_identity").is_dir():
+        return pathlib.Path(tree).resolve()
+    archive = subprocess.run(["git", "archive", tree, "resnet_identity"], cwd=REPOSITORY, check=True,
+                             capture_output=True).stdout
+    root = pathlib.Path(tempfile.mkdtemp(prefix="compare_tree_"))
+    tarfile.open(fileobj=io.BytesIO(archive)).extractall(root, filter="data")
+    return root
+
+
+def _drop_package() -> dict[str, Any]:
+    return {name: sys.modules.pop(name) for name in list(sys.modules)
+            if name == "resnet_identity" or name.startswith("resnet_identity.")}
+
+
+@contextlib.contextmanager
+def _package_from(root: pathlib.Path) -> Iterator[None]:
+    """Within the block, `import resnet_identity` reads `root`'s; what was built there keeps
+    its own modules afterwards (a compiled step holds no reference to the package)."""
+    saved = _drop_package()
+    sys.path.insert(0, str(root))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(root))
+        _drop_package()
+        sys.modules.update(saved)
+
+
+def trees(args: argparse.Namespace) -> list[dict[str, Any]]:
+    roots = [_source_root(tree) for tree in args.trees]
+    rows = []
+    for index, entry in enumerate(args.tree_models):
+        name, _, batch = entry.partition(":")
+        order = [0, 1] if index % 2 == 0 else [1, 0]  # who builds first alternates: no side always warms the other
+        benches: list[Any] = [None, None]
+        for side in order:
+            with _package_from(roots[side]):
+                benches[side] = step_time.build(name, int(batch or args.batch))
+            benches[side].label["tree"] = args.trees[side]
+        before, after = alternate(benches, args.rounds, args.steps)
+        label = f"{name} {args.trees[1]} / {args.trees[0]}"
+        rows.append(_ratio(f"step {label}", after["step_ms"], before["step_ms"], "<= 1 (within noise)"))
+        rows.append(_ratio(f"ready {label}", after["ready_s"], before["ready_s"], "<= 1 (within noise)"))
+        rows.append(_ratio(f"temp memory {label}", after["temp_bytes"], before["temp_bytes"], "<= 1"))
+    return rows
+
+
+SECTIONS = {"ready": ready, "scan": scan, "remat": remat, "torch": torch, "bf16": bf16, "trees": trees}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated subset of ready,scan,remat,torch,bf16")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help="comma-separated subset of " + ",".join(SECTIONS))
     parser.add_argument("--model", default="cifar_preact1001", help="model of the scan and remat timings")
     parser.add_argument("--depth", type=int, default=None, help="depth override for --model")
     parser.add_argument("--batch", type=int, default=8, help="batch of the scan and remat timings")
@@ -185,6 +247,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--curve_depth", type=int, default=29, help="depth of the bf16 curve model")
     parser.add_argument("--curve_batch", type=int, default=32)
     parser.add_argument("--curve_steps", type=int, default=50)
+    parser.add_argument("--trees", default="HEAD,.", help="the two source trees of the trees section, "
+                        "BEFORE,AFTER: git revisions or folders holding resnet_identity/ ('.': this checkout)")
+    parser.add_argument("--tree_models", default="cifar_preact164:32,cifar_preact1001:8,resnet50:8",
+                        help="MODEL:BATCH entries of the trees section, comma-separated")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per configuration per round")
     parser.add_argument("--quick", action="store_true",
@@ -195,6 +261,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.model, args.depth, args.batch, args.rounds, args.steps = "cifar_preact164", 47, 4, 1, 2
         args.memory_batch, args.ready_batch, args.torch_batch, args.curve_steps = 16, 8, 8, 10
     args.ready_models = args.ready_models.split(",")
+    args.trees, args.tree_models = args.trees.split(","), args.tree_models.split(",")
+    if len(args.trees) != 2:
+        parser.error(f"--trees={','.join(args.trees)}: give two trees, BEFORE,AFTER")
     args.sections = args.sections.split(",")
     unknown = set(args.sections) - set(SECTIONS)
     if unknown:

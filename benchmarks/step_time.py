@@ -209,21 +209,21 @@ def build(model_name: str, batch: int, *, compile_only: bool = False, fast_init:
     skips init and data; `fast_init` compiles the init as `trainer.py` does
     (`xla_config.init_compiler_options`: -O0 on CPU); False compiles it at XLA's default.
     `products` True (False) makes 1x1 convolutions matrix products on this backend (library
-    convolutions, the CPU excepted: `canonical_conv.pointwise_products`); None keeps
-    `canonical_conv.PRODUCT_PLATFORMS`. `compiler_options` (XLA debug options, such as
+    convolutions, the CPU excepted: `kernels.pointwise_products`); None keeps
+    `kernels.product_platforms()`. `compiler_options` (XLA debug options, such as
     `{"xla_gpu_enable_dynamic_slice_fusion": True}`) are added to the step's own.
 
     `compile_only` compiles against `jax.eval_shape` of the state, which is all that
     `memory_analysis()` needs: ResNet-1001 at batch 128 is sized without running it.
     """
-    from resnet_identity.models import canonical_conv
-
     if products is None:
         return _build(model_name, batch, compile_only, fast_init, num_classes, seed, compiler_options, overrides)
+    from resnet_identity.models import kernels
+
     platform = lowering_platform()
-    platforms = set(canonical_conv.PRODUCT_PLATFORMS) | {platform} if products else \
-        set(canonical_conv.PRODUCT_PLATFORMS) - {platform}
-    with canonical_conv.pointwise_products(sorted(platforms)):
+    platforms = set(kernels.product_platforms()) | {platform} if products else \
+        set(kernels.product_platforms()) - {platform}
+    with kernels.pointwise_products(sorted(platforms)):
         bench = _build(model_name, batch, compile_only, fast_init, num_classes, seed, compiler_options, overrides)
     bench.label["products"] = products
     return bench
@@ -327,7 +327,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="compile the init as trainer.py does (-O0 on CPU); --no-fast_init: XLA's default")
     parser.add_argument("--products", action=argparse.BooleanOptionalAction, default=None,
                         help="1x1 convolutions as matrix products on this backend (--no-products: library "
-                             "convolutions, except on CPU); default: canonical_conv.PRODUCT_PLATFORMS")
+                             "convolutions, except on CPU); default: kernels.product_platforms()")
     parser.add_argument("--compiler_option", action="append", default=[], metavar="NAME=VALUE",
                         help="an XLA option for the step's compile, added to xla_config's (repeatable)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps (the median is reported)")

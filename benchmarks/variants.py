@@ -4,7 +4,7 @@
     python -m benchmarks.variants --plan=smoke          # tiny, for CPU and the tests
 
 A variant is a `step_time.build` configuration: model, batch, model overrides, whether 1x1
-convolutions are matrix products (`canonical_conv.pointwise_products`) and XLA options. A
+convolutions are matrix products (`kernels.pointwise_products`) and XLA options. A
 variant may instead name earlier variants (`best_of`): it then takes the fastest of those
 that ran, plus its own options, so a plan can try compiler options on whichever form won.
 `improvements_of` adds the options of the named option variants that beat the form they were
@@ -69,7 +69,7 @@ PLANS: dict[str, list[dict[str, Any]]] = {
         {"name": "1001_fp32_combined", "best_of": _1001_FORMS + ["1001_elementwise3_products"], "dtype": "float32",
          "improvements_of": _1001_OPTIONS},
     ],
-    # The defaults as they are (`canonical_conv.PRODUCT_PLATFORMS`, `xla_config.step_compiler_options`).
+    # The defaults as they are (`kernels.product_platforms()`, `xla_config.step_compiler_options`).
     "gpu_defaults": [
         {"check": "cifar_preact164", "depth": 20, "batch": 16, "precision": "highest"},
         {"name": "1001_bf16", **_1001},
@@ -99,7 +99,7 @@ def check_products(model_name: str, depth: int, batch: int, precision: str | Non
     import numpy as np
 
     from resnet_identity import models
-    from resnet_identity.models import canonical_conv
+    from resnet_identity.models import kernels
     from resnet_identity.train_state import cross_entropy
 
     platform = step_time.lowering_platform()
@@ -107,7 +107,7 @@ def check_products(model_name: str, depth: int, batch: int, precision: str | Non
     labels = jax.random.randint(jax.random.key(2), (batch,), 0, 10)
     results = []
     for platforms in ((platform,), ()):
-        with canonical_conv.pointwise_products(platforms), jax.default_matmul_precision(precision):
+        with kernels.pointwise_products(platforms), jax.default_matmul_precision(precision):
             model = models.create_model(model_name, num_classes=10, depth=depth, remat="none")
             variables = model.init(jax.random.key(0), images[:1], train=False)
 

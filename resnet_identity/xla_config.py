@@ -38,9 +38,8 @@ of the scan's bookkeeping or of the elementwise work beside a convolution:
 - `xla_gpu_copy_insertion_use_region_analysis`: no copies of the loop carry;
 - `xla_gpu_experimental_enable_conv_fusion`: cuDNN fusions take elementwise work around the
   3x3 convolutions.
-ResNet-1001, bf16, batch 128, on an H200 (with 1x1 convolutions as matrix products,
-`canonical_conv.PRODUCT_PLATFORMS`): 85.9 ms per step without them, 83.5 with the first
-three, 79.1 with the fourth alone, 69.7 with all four (benchmarks/RESULTS.md, "7. GPU").
+Each made a bf16 ResNet-1001 step faster on a GPU (with 1x1 convolutions as matrix products,
+`models.kernels.PRODUCTS`), all four together most (benchmarks/results/2026-12-03_models.md).
 An option named in `XLA_FLAGS` is left to it (`--xla_gpu_experimental_enable_conv_fusion=false`
 turns that one off).
 """

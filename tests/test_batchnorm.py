@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from resnet_identity import models
+from resnet_identity.models import kernels, layers
 from resnet_identity.models.layers import GhostBatchNorm
 
 
@@ -29,10 +30,12 @@ def test_ghost_bn_with_whole_batch_equals_flax_batchnorm():
     np.testing.assert_allclose(sg["batch_stats"]["var"], 0.9 + 0.1 * flax_batch_var * n / (n - 1), rtol=1e-5)
 
 
-def test_ghost_bn_gradient_equals_autodiff_of_the_plain_formula():
-    """The closed-form BN gradient (layers._batch_norm_bwd) matches autodiff, statistics included."""
+@pytest.mark.parametrize("normalise", [layers.normalise, kernels.closed_form_normalise])
+def test_ghost_bn_gradient_equals_autodiff_of_the_plain_formula(normalise):
+    """JAX's autodiff BN and the closed-form gradient (`kernels.closed_form_normalise`) match
+    autodiff of the textbook formula, statistics included."""
     x = jax.random.normal(jax.random.key(4), (8, 3, 3, 5)) * 2 + 30.0
-    bn = GhostBatchNorm(group_size=4)
+    bn = GhostBatchNorm(group_size=4, normalise=normalise)
     variables = bn.init(jax.random.key(0), x)
     weights = jax.random.normal(jax.random.key(5), x.shape)
 
@@ -57,10 +60,12 @@ def test_ghost_bn_gradient_equals_autodiff_of_the_plain_formula():
 
 
 def test_bf16_ghost_bn_keeps_its_input_in_bf16_and_computes_in_f32():
-    """Under mixed precision BN keeps x (not a float32 copy) for the backward pass, and its
-    results are float32 BN on the same bf16 values, rounded once to bf16."""
+    """Under mixed precision BN with the closed-form gradient keeps x (not a float32 copy) for
+    the backward pass, and its results are float32 BN on the same bf16 values, rounded once."""
     x = (jax.random.normal(jax.random.key(6), (8, 4, 4, 16)) * 3 + 1).astype(jnp.bfloat16)
-    bn16, bn32 = GhostBatchNorm(group_size=4, dtype=jnp.bfloat16), GhostBatchNorm(group_size=4)
+    closed_form = kernels.closed_form_normalise
+    bn16 = GhostBatchNorm(group_size=4, dtype=jnp.bfloat16, normalise=closed_form)
+    bn32 = GhostBatchNorm(group_size=4, normalise=closed_form)
     variables = bn32.init(jax.random.key(0), x.astype(jnp.float32))
     weights = jax.random.normal(jax.random.key(7), x.shape)
 

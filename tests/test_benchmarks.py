@@ -3,6 +3,7 @@
 import gzip
 import json
 
+import jax
 import pytest
 
 from benchmarks import hlo_census, input_pipeline, step_time, trace_breakdown, variants
@@ -124,3 +125,34 @@ def test_imagenet_pipeline_bench_runs_the_real_train_path_on_synthetic_jpegs(cap
     assert result["train_crop"] == crop
     assert result["images_per_s"] > 0 and result["cpu_ms_per_image"] > 0 and result["mean_jpeg_kb"] > 10
     assert result["cores_to_feed_h200_resnet50"] == pytest.approx(8.046 * result["cpu_ms_per_image"], abs=0.1)
+
+
+def test_step_time_prints_one_json_line(capsys):
+    from benchmarks import step_time
+
+    step_time.main(["--model=cifar_preact20", "--depth=14", "--batch=2", "--steps=2", "--warmup=0", "--remat"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1
+    result = json.loads(lines[0])
+    assert result["model"] == "cifar_preact20" and result["batch"] == 2 and result["remat"] == "nested"
+    assert result["init_s"] > 0 and result["compile_s"] > 0 and result["step_ms"] > 0
+    assert result["temp_bytes"] > 0 and result["images_per_s"] > 0 and result["timed_steps"] == 2
+    assert result["train_gflop_per_step"] > 0 and result["mfu"] is None  # no known CPU peak
+    assert result["jax"] == jax.__version__ and result["device"].startswith("cpu")
+
+
+def test_compare_runs_a_section_in_one_process(capsys):
+    from benchmarks import compare
+
+    summary = compare.main(["--sections=scan", "--model=cifar_preact20", "--depth=14", "--batch=2",
+                            "--rounds=1", "--steps=1"])
+    assert summary[0]["comparison"] == "step scan / unrolled" and summary[0]["ratio"] > 0
+    assert "summary:" in capsys.readouterr().out
+
+
+def test_mfu_uses_the_known_peaks():
+    from benchmarks import step_time
+
+    assert step_time.peak_flops("NVIDIA H200", "bfloat16") == 989e12
+    assert step_time.peak_flops("NVIDIA H100 80GB HBM3", "bfloat16") == 989e12
+    assert step_time.peak_flops("cpu", "float32") is None

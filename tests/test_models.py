@@ -328,9 +328,9 @@ def test_cli_lists_models_and_prints_a_table(capsys):
 
 @pytest.mark.parametrize("unit", ["exclusive_gating"])
 def test_every_convolution_of_a_variant_keeps_canonical_gradients_on_cpu(unit):
-    """Layers a variant adds (here the gate's 1x1 convolution) go through
-    `conv_with_canonical_grads` as the unit's own convolutions do: in a scan, a
-    non-canonical gradient convolution runs as a naive loop on XLA:CPU (canonical_conv.py)."""
+    """Layers a variant adds (here the gate's 1x1 convolution) take the injected CPU kernel
+    (`kernels.CPU`) as the unit's own convolutions do: in a scan, a non-canonical gradient
+    convolution runs as a naive loop on XLA:CPU (kernels.py)."""
     import re
 
     model = models.create_model("cifar_resnet20", num_classes=10, depth=20, unit=unit)

@@ -1,4 +1,4 @@
-"""Scan, remat and the CPU-friendly convolution of `stack.py`, and the benchmark harness.
+"""Scan and remat of `stack.py`.
 
 The equivalence tests run `UnitStack` directly on small bottleneck units (8 channels on
 4x4 maps), so runs long enough for two-level remat (12 units, blocks of 2 or 3; 11 units,
@@ -6,26 +6,26 @@ blocks and a tail) still compile in seconds.
 """
 
 import functools
-import json
 import re
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax import lax
 
 from resnet_identity import models
-from resnet_identity.models import canonical_conv, stack
-from resnet_identity.models.layers import make_norm
+from resnet_identity.models import kernels, stack
+from resnet_identity.models.layers import make_conv, make_norm
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
 
 def _unit():
-    norm = make_norm(train=True, group_size=None, dtype=jnp.float32)
-    return functools.partial(models.PreActivation, 8, 1, bottleneck=True, preact="residual", norm=norm, train=True)
+    """A unit with the CPU's kernels, as the network injects them on this backend."""
+    norm = make_norm(train=True, group_size=None, dtype=jnp.float32, normalise=kernels.CPU.normalise)
+    conv = make_conv(dtype=jnp.float32, conv_general_dilated=kernels.CPU.conv)
+    return functools.partial(models.PreActivation, 8, 1, bottleneck=True, preact="residual", conv=conv, norm=norm,
+                             train=True)
 
 
 X = jax.random.normal(jax.random.key(0), (2, 4, 4, 8))
@@ -224,187 +224,3 @@ def test_elementwise_remat_recomputes_no_convolution_and_keeps_under_half():
     temp = {name: c.memory_analysis().temp_size_in_bytes for name, c in
             (("none", none), ("elementwise", elementwise), ("unit", unit))}
     assert temp["unit"] < temp["elementwise"] < temp["none"] / 2, temp
-
-
-@pytest.mark.parametrize("shape,kernel,stride,pad", [
-    ((2, 8, 8, 4), (3, 3, 4, 6), 1, 1), ((2, 8, 8, 4), (1, 1, 4, 6), 2, 0), ((2, 9, 9, 4), (3, 3, 4, 6), 2, 1),
-    ((2, 8, 8, 6), (1, 1, 6, 4), 1, 0), ((2, 16, 16, 3), (7, 7, 3, 4), 2, 3), ((2, 9, 7, 4), (1, 1, 4, 6), 2, 0),
-    ((2, 10, 10, 4), (1, 1, 4, 3), 3, 0),
-])
-def test_conv_with_canonical_grads_equals_lax(shape, kernel, stride, pad):
-    x = jax.random.normal(jax.random.key(0), shape)
-    w = jax.random.normal(jax.random.key(1), kernel)
-    padding = ((pad, pad), (pad, pad))
-
-    def loss(conv, x, w):
-        return jnp.sum(jnp.sin(conv(x, w, (stride, stride), padding, dimension_numbers=NHWC)))
-
-    ours = jax.jit(jax.value_and_grad(functools.partial(loss, canonical_conv.conv_with_canonical_grads), (0, 1)))(x, w)
-    reference = jax.jit(jax.value_and_grad(functools.partial(loss, lax.conv_general_dilated), (0, 1)))(x, w)
-    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(reference)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
-
-
-def test_conv_with_canonical_grads_keeps_loop_body_convolutions_canonical():
-    """The cause of the slow scanned gradient: non-NHWC/HWIO convs inside a while body."""
-    conv = nn.Conv(8, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
-                   conv_general_dilated=canonical_conv.conv_with_canonical_grads)
-    plain = nn.Conv(8, (3, 3), padding=((1, 1), (1, 1)), use_bias=False)
-    w = jax.random.normal(jax.random.key(2), (5, 3, 3, 8, 8)) * 0.1
-
-    def run(module, w, x):
-        return jnp.sum(lax.scan(lambda h, k: (module.apply({"params": {"kernel": k}}, h), None), x, w)[0])
-
-    x = jax.random.normal(jax.random.key(3), (2, 6, 6, 8))
-    grad = jax.jit(jax.grad(functools.partial(run, conv), argnums=(0, 1)))
-    labels = set(re.findall(r"dim_labels=([\w>-]+)", grad.lower(w, x).compile().as_text()))
-    assert labels == {"b01f_01io->b01f"}
-    reference = jax.grad(functools.partial(run, plain), argnums=(0, 1))(w, x)
-    for a, b in zip(grad(w, x), reference):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
-
-
-def test_step_time_prints_one_json_line(capsys):
-    from benchmarks import step_time
-
-    step_time.main(["--model=cifar_preact20", "--depth=14", "--batch=2", "--steps=2", "--warmup=0", "--remat"])
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 1
-    result = json.loads(lines[0])
-    assert result["model"] == "cifar_preact20" and result["batch"] == 2 and result["remat"] == "nested"
-    assert result["init_s"] > 0 and result["compile_s"] > 0 and result["step_ms"] > 0
-    assert result["temp_bytes"] > 0 and result["images_per_s"] > 0 and result["timed_steps"] == 2
-    assert result["train_gflop_per_step"] > 0 and result["mfu"] is None  # no known CPU peak
-    assert result["jax"] == jax.__version__ and result["device"].startswith("cpu")
-
-
-def test_compare_runs_a_section_in_one_process(capsys):
-    from benchmarks import compare
-
-    summary = compare.main(["--sections=scan", "--model=cifar_preact20", "--depth=14", "--batch=2",
-                            "--rounds=1", "--steps=1"])
-    assert summary[0]["comparison"] == "step scan / unrolled" and summary[0]["ratio"] > 0
-    assert "summary:" in capsys.readouterr().out
-
-
-def test_mfu_uses_the_known_peaks():
-    from benchmarks import step_time
-
-    assert step_time.peak_flops("NVIDIA H200", "bfloat16") == 989e12
-    assert step_time.peak_flops("NVIDIA H100 80GB HBM3", "bfloat16") == 989e12
-    assert step_time.peak_flops("cpu", "float32") is None
-
-
-@pytest.mark.parametrize("c_in,c_out,stride", [(16, 32, 1), (32, 16, 1), (16, 32, 2)])
-def test_1x1_kernel_gradient_is_one_matrix_product_with_no_activation_transposed(c_in, c_out, stride):
-    """x^T g over the flattened (n, h, w) rows: XLA:CPU's dot reads the transposed operand in
-    place; contracting three axes of the 4-D arrays made it copy one into a transposed layout.
-    The narrower of x and g is the product's left operand (the faster order on XLA:CPU). The
-    forward pass and the input gradient of a 1x1 convolution, strided or not, are products
-    too: no convolution is left."""
-    x = jax.random.normal(jax.random.key(0), (4, 6, 6, c_in))
-    w = jax.random.normal(jax.random.key(1), (1, 1, c_in, c_out))
-
-    def loss(w, x):
-        return jnp.sum(jnp.sin(canonical_conv.conv_with_canonical_grads(x, w, (stride, stride), ((0, 0), (0, 0)),
-                                                                         dimension_numbers=NHWC)))
-
-    text = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(w, x).compile().as_text()
-    moved = re.findall(r"= f32\[([\d,]+)\]\S* (?:transpose|copy)\(", text)
-    activation_sizes = {4 * 6 * 6 * c_in, 4 * 6 * 6 * c_out // stride**2}
-    assert not [s for s in moved if np.prod([int(d) for d in s.split(",")]) in activation_sizes], moved
-    narrow, wide = sorted((c_in, c_out))
-    assert re.search(rf"= f32\[{narrow},{wide}\]\S* dot\(", text)
-    assert "convolution(" not in text
-
-
-@pytest.mark.parametrize("c_in,c_out,stride", [(6, 4, 1), (4, 6, 2), (4, 3, 3)])
-def test_accelerator_1x1_products_give_the_convolution_and_its_gradients(c_in, c_out, stride):
-    """The product form that CUDA GPUs take (`PRODUCT_PLATFORMS`), run here on CPU: forward
-    pass and both gradients of a strided or unstrided 1x1 convolution, against `lax`'s."""
-    x = jax.random.normal(jax.random.key(0), (2, 9, 7, c_in))
-    w = jax.random.normal(jax.random.key(1), (1, 1, c_in, c_out))
-    y, vjp = jax.vjp(lambda x, w: lax.conv_general_dilated(x, w, (stride, stride), ((0, 0), (0, 0)),
-                                                          dimension_numbers=NHWC), x, w)
-    g = jax.random.normal(jax.random.key(2), y.shape)
-    np.testing.assert_allclose(canonical_conv._pointwise(x, w, (stride, stride)), y, rtol=1e-5, atol=1e-5)
-    for ours, reference in zip(canonical_conv._pointwise_grads((stride, stride), x, w, g), vjp(g)):
-        np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-5)
-
-
-def test_cuda_lowering_makes_1x1_convolutions_products_unless_told_otherwise():
-    """Lowered for CUDA (no GPU needed): a 1x1 convolution and both its gradients are
-    `dot_general`s, a 3x3 stays a convolution; with CUDA taken out of the product platforms,
-    the 1x1 is a convolution again."""
-    x = jnp.ones((2, 8, 8, 16))
-
-    def lowered(kernel: int) -> str:
-        def loss(w, x):
-            pad = (kernel - 1) // 2
-            return jnp.sum(jnp.sin(canonical_conv.conv_with_canonical_grads(
-                x, w, (1, 1), ((pad, pad), (pad, pad)), dimension_numbers=NHWC)))
-
-        w = jnp.ones((kernel, kernel, 16, 32))
-        return jax.jit(jax.grad(loss, (0, 1))).trace(w, x).lower(lowering_platforms=("cuda",)).as_text()
-
-    assert "cuda" in canonical_conv.PRODUCT_PLATFORMS
-    text = lowered(1)
-    assert text.count("stablehlo.dot_general") == 3 and "stablehlo.convolution" not in text
-    assert lowered(3).count("stablehlo.convolution") == 3
-    with canonical_conv.pointwise_products(()):
-        text = lowered(1)
-    assert text.count("stablehlo.convolution") == 3 and "stablehlo.dot_general" not in text
-    with pytest.raises(ValueError, match="unknown platforms"):
-        with canonical_conv.pointwise_products(("gpu",)):
-            pass
-
-
-def test_step_options_drop_the_loop_carry_copies_of_a_scanned_stack():
-    """With `xla_config.step_compiler_options` XLA:CPU no longer copies the carried
-    activation at the top of every scan iteration (forward and backward), and the
-    gradient is bitwise the same."""
-    from resnet_identity import xla_config
-
-    module = stack.UnitStack(_unit(), 6)
-    variables = module.init(jax.random.key(1), X)
-    x = jax.random.normal(jax.random.key(2), (16, 8, 8, 8))
-
-    def loss(params, x):
-        y, _ = module.apply({**variables, "params": params}, x, mutable=["batch_stats"])
-        return jnp.sum(jnp.square(y))
-
-    def activation_copies_in_loops(compiled):
-        text = compiled.as_text()
-        bodies = set(re.findall(r"while\(.*?body=%([\w.\-]+)", text))
-        computations = re.findall(r"^(?:ENTRY )?%([\w.\-]+) .*?\{\n(.*?)\n\}", text, re.S | re.M)
-        return [line for name, body in computations if name in bodies
-                for line in re.findall(r"= f32\[16,8,8,8\]\S* copy\(", body)]
-
-    plain = jax.jit(jax.grad(loss)).lower(variables["params"], x).compile()
-    options = xla_config.step_compiler_options("cpu")
-    tuned = jax.jit(jax.grad(loss), compiler_options=options).lower(variables["params"], x).compile()
-    assert len(activation_copies_in_loops(plain)) == 2 and not activation_copies_in_loops(tuned)
-    for a, b in zip(jax.tree.leaves(plain(variables["params"], x)), jax.tree.leaves(tuned(variables["params"], x))):
-        np.testing.assert_array_equal(a, b)
-    assert xla_config.step_compiler_options("tpu") is None
-
-
-def test_gpu_step_options_leave_an_option_named_in_xla_flags_to_it(monkeypatch):
-    from resnet_identity import xla_config
-
-    monkeypatch.delenv("XLA_FLAGS", raising=False)
-    assert xla_config.step_compiler_options("gpu") == xla_config.GPU_STEP_OPTIONS
-    monkeypatch.setenv("XLA_FLAGS", "--xla_gpu_experimental_enable_conv_fusion=false")
-    options = xla_config.step_compiler_options("gpu")
-    assert "xla_gpu_experimental_enable_conv_fusion" not in options and len(options) == 3
-    # Every option is one this jaxlib knows (compiling for CPU validates the names too).
-    jax.jit(lambda x: x + 1).lower(1.0).compile(compiler_options=xla_config.GPU_STEP_OPTIONS)
-
-
-def test_step_options_respect_an_optimisation_level_set_in_xla_flags(monkeypatch):
-    from resnet_identity import xla_config
-
-    monkeypatch.delenv("XLA_FLAGS", raising=False)
-    assert xla_config.step_compiler_options("cpu")["xla_backend_optimization_level"] == 1
-    monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=0")
-    assert "xla_backend_optimization_level" not in xla_config.step_compiler_options("cpu")

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from resnet_identity.models import ResidualUnit
-from resnet_identity.models.layers import make_norm
+from resnet_identity.models.layers import make_conv, make_norm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,16 +42,13 @@ def _submodule(eqn) -> str:
 
 
 def _nested(eqns):
-    """The equations and, depth first, those of the jaxprs nested in them: single jaxprs
-    (jit, custom_jvp) and tuples of them (the branches of `cond`, through which
-    `lax.platform_dependent` routes the 1x1 convs of `layers.conv`)."""
+    """The equations and, depth first, those of the jaxprs nested in them (jit, custom_jvp)."""
     for eqn in eqns:
         yield eqn
         for param in eqn.params.values():
-            for sub in param if isinstance(param, (tuple, list)) else (param,):
-                inner = getattr(sub, "jaxpr", sub)
-                if hasattr(inner, "eqns"):
-                    yield from _nested(inner.eqns)
+            inner = getattr(param, "jaxpr", param)
+            if hasattr(inner, "eqns"):
+                yield from _nested(inner.eqns)
 
 
 def _is_relu(eqn) -> bool:
@@ -101,10 +98,11 @@ def _unit_level_op(eqn) -> Op | None:
 def unit_ops(unit: ResidualUnit, input_shape: tuple[int, int, int, int]) -> list[Op]:
     """The ops of `unit` on an NHWC input of `input_shape`, in execution order.
 
-    The unit is traced in training mode (batch-statistics BN, active dropout), whatever
-    `norm` it was built with.
+    The unit is traced in training mode (batch-statistics BN, active dropout) with JAX's own
+    convolution and BatchNorm, whatever `conv` and `norm` it was built with.
     """
-    unit = unit.clone(norm=make_norm(train=True, group_size=None, dtype=jnp.float32), train=True)
+    unit = unit.clone(conv=make_conv(dtype=jnp.float32), norm=make_norm(train=True, group_size=None, dtype=jnp.float32),
+                      train=True)
     x = jax.ShapeDtypeStruct(input_shape, jnp.float32)
     key = jax.random.key(0)
     variables = jax.eval_shape(lambda x: unit.init({"params": key, "dropout": key}, x), x)

@@ -1,5 +1,6 @@
 """ResNet v1 and v2 models: `create_model(name, num_classes=..., **overrides)`."""
 
+from resnet_identity.models.kernels import Kernels
 from resnet_identity.models.layers import GhostBatchNorm
 from resnet_identity.models.network import ResNet
 from resnet_identity.models.registry import (
@@ -18,6 +19,7 @@ __all__ = [
     "CifarStem",
     "GhostBatchNorm",
     "ImageNetStem",
+    "Kernels",
     "MODELS",
     "OVERRIDES",
     "STEMS",

@@ -1,7 +1,8 @@
 """The unit variants that v2 ablates, each a small subclass (v2 Tables 1 and 2).
 
 Table 1 keeps v1's unit (f = ReLU) and changes what multiplies the shortcut and F, by
-overriding `PostActivation.combine`. Table 2 moves BN and ReLU around the addition.
+overriding `PostActivation.combine`. Table 2 moves BN and ReLU around the addition: each of
+its units writes its own `__call__`, as its figure draws it.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from typing import ClassVar
 import flax.linen as nn
 import jax
 
-from resnet_identity.models.canonical_conv import conv_with_canonical_grads
-from resnet_identity.models.layers import conv_kernel_init
+from resnet_identity.models import layers
+from resnet_identity.models.layers import ModuleDef
 from resnet_identity.models.units import PostActivation, PreActivation, ResidualUnit
 
 
@@ -37,20 +38,13 @@ class Gate(nn.Module):
     features: int
     strides: int
     bias_init: float
+    conv: ModuleDef = layers.conv
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        logits = nn.Conv(
-            self.features,
-            (1, 1),
-            strides=(self.strides, self.strides),
-            padding=((0, 0), (0, 0)),  # explicit, so that the convolution takes the canonical path
-            kernel_init=conv_kernel_init,
-            bias_init=nn.initializers.constant(self.bias_init),
-            dtype=x.dtype,
-            conv_general_dilated=conv_with_canonical_grads,  # as `layers.conv`: fast gradients in a scan on CPU
-        )(x)
-        return nn.sigmoid(logits)
+        conv = self.conv(self.features, 1, self.strides, use_bias=True,
+                         bias_init=nn.initializers.constant(self.bias_init))
+        return nn.sigmoid(conv(x))
 
 
 class ExclusiveGating(PostActivation):
@@ -59,7 +53,7 @@ class ExclusiveGating(PostActivation):
     gate_bias_init: float = -6.0
 
     def combine(self, x, shortcut, branch):
-        g = Gate(self.features, self.strides, self.gate_bias_init, name="gate")(x)
+        g = Gate(self.features, self.strides, self.gate_bias_init, self.conv, name="gate")(x)
         return (1 - g) * shortcut + g * branch
 
 
@@ -69,7 +63,7 @@ class ShortcutOnlyGating(PostActivation):
     gate_bias_init: float = 0.0
 
     def combine(self, x, shortcut, branch):
-        g = Gate(self.features, self.strides, self.gate_bias_init, name="gate")(x)
+        g = Gate(self.features, self.strides, self.gate_bias_init, self.conv, name="gate")(x)
         return (1 - g) * shortcut + branch
 
 
@@ -91,10 +85,11 @@ class BNAfterAddition(ResidualUnit):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        branch = self.post_activation_branch(x, relu_last=False, norm_last=False)
-        y = self.make_shortcut()(x) + branch
-        last = len(self.branch_specs()) - 1
-        return nn.relu(self.branch_norm(last, last=True)(y))
+        convs, norms = self.branch_layers()
+        branch = convs[0](x)
+        for conv, norm in zip(convs[1:], norms):
+            branch = conv(nn.relu(norm(branch)))
+        return nn.relu(norms[-1](self.make_shortcut()(x) + branch))
 
 
 class ReLUBeforeAddition(ResidualUnit):
@@ -104,7 +99,9 @@ class ReLUBeforeAddition(ResidualUnit):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        branch = self.post_activation_branch(x, relu_last=True)
+        branch = x
+        for conv, norm in zip(*self.branch_layers()):
+            branch = nn.relu(norm(conv(branch)))
         return self.make_shortcut()(x) + branch
 
 
@@ -118,12 +115,14 @@ class ReLUOnlyPreActivation(PreActivation):
     projection_norm: ClassVar[bool] = True
     zero_init_layer: ClassVar[str | None] = "norm"
 
-    def activation(self, index, x, *, last):
-        del index, last
-        return nn.relu(x)
-
-    def after_conv(self, index, x, *, last):
-        return self.branch_norm(index, last=last)(x)
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        convs, norms = self.branch_layers()
+        shortcut, branch = self.split(x, nn.relu)
+        branch = norms[0](convs[0](branch))
+        for conv, norm in zip(convs[1:], norms[1:]):
+            branch = norm(conv(nn.relu(branch)))
+        return self.make_shortcut()(shortcut) + branch
 
 
 __all__ = [

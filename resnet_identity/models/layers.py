@@ -1,4 +1,8 @@
-"""Layers shared by every unit: initialisers, convolutions and ghost BatchNorm.
+"""Layers shared by every unit: initialisers, the convolution and ghost BatchNorm.
+
+Both are injected into the units as partials (flax's `ModuleDef`s), with the platform's
+`kernels.Kernels` bound by the network; built directly they use JAX's own convolution and
+autodiff BatchNorm.
 
 Initialisation follows the released code (`resnet-pre-act.lua`, `preresnet.lua`):
 conv weights ~ N(0, sqrt(2 / (k*k*C_out))) ("He init, fan-out form"), BN gamma=1 and
@@ -8,7 +12,6 @@ beta=0, FC bias 0. The FC weight keeps Torch's default U(-1/sqrt(fan_in), 1/sqrt
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -16,8 +19,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
-
-from resnet_identity.models.canonical_conv import conv_with_canonical_grads
 
 ModuleDef = Any
 Dtype = Any
@@ -35,8 +36,11 @@ dense_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "unifo
 
 
 def conv(features: int, kernel_size: int, strides: int = 1, *, dtype: Dtype = jnp.float32,
-         kernel_init: nn.initializers.Initializer = conv_kernel_init, name: str | None = None) -> nn.Conv:
-    """A bias-free k x k convolution padded like Torch/Caffe: (k-1)//2 on every side.
+         kernel_init: nn.initializers.Initializer = conv_kernel_init, use_bias: bool = False,
+         bias_init: nn.initializers.Initializer = nn.initializers.zeros,
+         conv_general_dilated: Callable = jax.lax.conv_general_dilated, name: str | None = None) -> nn.Conv:
+    """A k x k convolution, bias-free unless asked, padded like Torch/Caffe: (k-1)//2 on every
+    side. `conv_general_dilated` is the platform's kernel (`kernels.Kernels.conv`).
 
     Explicit symmetric padding matters for stride 2: XLA's 'SAME' pads (0, 1) on even
     inputs, which samples a different grid from the papers' code.
@@ -47,13 +51,44 @@ def conv(features: int, kernel_size: int, strides: int = 1, *, dtype: Dtype = jn
         (kernel_size, kernel_size),
         strides=(strides, strides),
         padding=((pad, pad), (pad, pad)),
-        use_bias=False,
+        use_bias=use_bias,
         kernel_init=kernel_init,
+        bias_init=bias_init,
         dtype=dtype,
         param_dtype=jnp.float32,
-        conv_general_dilated=conv_with_canonical_grads,
+        conv_general_dilated=conv_general_dilated,
         name=name,
     )
+
+
+def normalise_terms(x, scale, bias, epsilon):
+    """Per-group statistics over all axes but the group (0) and channel (-1) axes, in float32
+    whatever the dtype of `x`: (y, mean, var, 1/sqrt(var + epsilon)), y float32.
+
+    Both statistics come from one pass over `x`, taken about a shift s, each group's first
+    value per channel: var = E[(x-s)^2] - E[x-s]^2. Unshifted (s = 0) this cancels
+    catastrophically once |mean| >> std: 11% error at mean = 1000 std. With s a value of the
+    group, |E[x-s]| is a few std at most, and the error stays at float32 rounding (Chan,
+    Golub & LeVeque 1983, "Algorithms for computing the sample variance"). One pass rather
+    than the two-pass (x - mean)^2 because it was faster on a GPU (benchmarks/RESULTS.md, "GPU").
+    """
+    x = x.astype(jnp.float32)
+    axes = tuple(range(1, x.ndim - 1))
+    shift = x[(slice(None),) + (slice(0, 1),) * len(axes)]
+    shifted = x - shift
+    shifted_mean = shifted.mean(axes, keepdims=True)
+    var = jnp.maximum(jnp.square(shifted).mean(axes, keepdims=True) - jnp.square(shifted_mean), 0.0)
+    mean = shift + shifted_mean
+    rstd = jax.lax.rsqrt(var + epsilon)
+    mean, rstd = checkpoint_name(mean, BN_STATS), checkpoint_name(rstd, BN_STATS)
+    return (x - mean) * (rstd * scale) + bias, mean, var, rstd
+
+
+def normalise(x, scale, bias, epsilon):
+    """Training-mode BN of grouped `x`: (y, per-group mean, per-group biased variance), all
+    float32; differentiated by JAX (`kernels.closed_form_normalise` is its closed form)."""
+    y, mean, var, _ = normalise_terms(x, scale, bias, epsilon)
+    return y, mean, var
 
 
 class GhostBatchNorm(nn.Module):
@@ -71,6 +106,7 @@ class GhostBatchNorm(nn.Module):
     is what Torch's `BatchNormalization` (the papers' released code) and PyTorch store; the
     normalisation itself divides by the biased one, as they do.
     Parameter and statistic names match `flax.linen.BatchNorm` ('scale', 'bias'; 'mean', 'var').
+    `normalise` computes the training-mode normalisation (`kernels.Kernels.normalise`).
     """
 
     use_running_average: bool = False
@@ -79,6 +115,7 @@ class GhostBatchNorm(nn.Module):
     epsilon: float = 1e-5
     dtype: Dtype = jnp.float32
     scale_init: Callable = nn.initializers.ones
+    normalise: Callable = normalise
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -103,7 +140,7 @@ class GhostBatchNorm(nn.Module):
             )
         x = checkpoint_name(x, BN_INPUT)
         grouped = x.reshape((batch // group, group) + x.shape[1:])
-        y, mean, var = _batch_norm_train(grouped, scale, bias, self.epsilon)
+        y, mean, var = self.normalise(grouped, scale, bias, self.epsilon)
         if not self.is_initializing():
             group_axes = tuple(range(mean.ndim - 1))
             n = x.size // x.shape[-1] // (batch // group)
@@ -114,68 +151,8 @@ class GhostBatchNorm(nn.Module):
         return y.reshape(x.shape).astype(self.dtype)
 
 
-def _normalise(x, scale, bias, epsilon):
-    """Per-group statistics over all axes but the group (0) and channel (-1) axes, in float32
-    whatever the dtype of `x`; the result is float32.
-
-    Both statistics come from one pass over `x` (on an H200 one pass made ResNet-50's bf16 step
-    3-5% faster than the two-pass (x - mean)^2, benchmarks/RESULTS.md, "GPU"), taken about a
-    shift s, each group's first value per channel: var = E[(x-s)^2] - E[x-s]^2. Unshifted
-    (s = 0) this cancels catastrophically once |mean| >> std: 11% error at mean = 1000 std.
-    With s a value of the group, |E[x-s]| is a few std at most, and the error stays at float32
-    rounding (Chan, Golub & LeVeque 1983, "Algorithms for computing the sample variance").
-    """
-    x = x.astype(jnp.float32)
-    axes = tuple(range(1, x.ndim - 1))
-    shift = x[(slice(None),) + (slice(0, 1),) * len(axes)]
-    shifted = x - shift
-    shifted_mean = shifted.mean(axes, keepdims=True)
-    var = jnp.maximum(jnp.square(shifted).mean(axes, keepdims=True) - jnp.square(shifted_mean), 0.0)
-    mean = shift + shifted_mean
-    rstd = jax.lax.rsqrt(var + epsilon)
-    mean, rstd = checkpoint_name(mean, BN_STATS), checkpoint_name(rstd, BN_STATS)
-    return (x - mean) * (rstd * scale) + bias, mean, var, rstd
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _batch_norm_train(x, scale, bias, epsilon):
-    """Training-mode BN with the textbook closed-form gradient.
-
-    Autodiff of `_normalise` keeps several full-size intermediates and emits many small
-    reductions; the closed form keeps only x and per-channel statistics. Same numbers to
-    float rounding, a third less CPU time per ResNet-164 step and ~30% less activation
-    memory (benchmarks/RESULTS.md). `x` stays in its own dtype (bfloat16 under mixed
-    precision) in what is kept for the backward pass; the arithmetic is float32.
-    """
-    y, mean, var, _ = _normalise(x, scale, bias, epsilon)
-    return y, mean, var
-
-
-def _batch_norm_fwd(x, scale, bias, epsilon):
-    y, mean, var, rstd = _normalise(x, scale, bias, epsilon)
-    return (y, mean, var), (x, mean, rstd, scale)
-
-
-def _batch_norm_bwd(epsilon, residuals, cotangents):
-    del epsilon
-    x_in, mean, rstd, scale = residuals
-    x, g = x_in.astype(jnp.float32), cotangents[0].astype(jnp.float32)
-    g_mean, g_var = cotangents[1:]
-    axes = tuple(range(1, x.ndim - 1))
-    n = math.prod(x.shape[a] for a in axes)
-    xhat = (x - mean) * rstd
-    sum_g = g.sum(axes, keepdims=True)
-    sum_gx = (g * xhat).sum(axes, keepdims=True)
-    dx = scale * rstd / n * (n * g - sum_g - xhat * sum_gx) + g_mean / n + g_var * 2.0 * (x - mean) / n
-    return (dx.astype(x_in.dtype), sum_gx.sum((0,) + axes).reshape(scale.shape),
-            sum_g.sum((0,) + axes).reshape(scale.shape))
-
-
-_batch_norm_train.defvjp(_batch_norm_fwd, _batch_norm_bwd)
-
-
 def make_norm(*, train: bool, group_size: int | None, dtype: Dtype, momentum: float = 0.9,
-              epsilon: float = 1e-5) -> ModuleDef:
+              epsilon: float = 1e-5, normalise: Callable = normalise) -> ModuleDef:
     """The norm partial that every unit receives (flax imagenet's `ModuleDef` injection)."""
     return functools.partial(
         GhostBatchNorm,
@@ -184,4 +161,11 @@ def make_norm(*, train: bool, group_size: int | None, dtype: Dtype, momentum: fl
         momentum=momentum,
         epsilon=epsilon,
         dtype=dtype,
+        normalise=normalise,
     )
+
+
+def make_conv(*, dtype: Dtype, conv_general_dilated: Callable = jax.lax.conv_general_dilated) -> ModuleDef:
+    """The conv partial that every unit and stem receives: `conv` with the compute dtype and
+    the platform's kernel bound."""
+    return functools.partial(conv, dtype=dtype, conv_general_dilated=conv_general_dilated)

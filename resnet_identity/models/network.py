@@ -9,19 +9,23 @@ Pre-activation units (v2) change three places, each decided once:
   The stem (`stems.py`, injected as a class) says which through `output_activated`;
 - the first unit of every later stage pre-activates both paths;
 - the last unit is followed by BN-ReLU before pooling (`resnet-pre-act.lua`).
+
+The network is also where the platform's kernels are chosen (`kernels.py`): it binds them
+into the `conv` and `norm` partials that the stem and every unit receive.
 """
 
 from __future__ import annotations
 
 import functools
 import numbers
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from resnet_identity.models.layers import ModuleDef, dense_kernel_init, make_norm
+from resnet_identity.models import kernels as kernels_lib
+from resnet_identity.models.layers import ModuleDef, dense_kernel_init, make_conv, make_norm
 from resnet_identity.models.stack import UnitStack
 from resnet_identity.models.stems import Stem
 from resnet_identity.models.units import ResidualUnit
@@ -52,6 +56,8 @@ class ResNet(nn.Module):
       remat: rematerialisation scheme, see `stack.py`; None is its `DEFAULT_REMAT`, "elementwise",
         when scanned and "none" when unrolled.
       unroll: scan unroll factor (units per loop iteration).
+      kernels: how convolutions and BatchNorm are computed (`kernels.Kernels`); None picks the
+        default backend's (`kernels.for_platform`) when the model is traced.
     """
 
     stage_sizes: Sequence[int]
@@ -72,25 +78,28 @@ class ResNet(nn.Module):
     scan: bool = True
     remat: bool | str | None = None
     unroll: int = 1
+    kernels: kernels_lib.Kernels | None = None
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = True) -> jax.Array:
         self._check(images)
         dtype = DTYPES[self.dtype]
+        kernels = self.kernels or kernels_lib.for_platform(kernels_lib.current_platform())
+        conv = make_conv(dtype=dtype, conv_general_dilated=kernels.conv)
         norm = make_norm(
             train=train, group_size=self.bn_group_size, dtype=dtype,
-            momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+            momentum=self.bn_momentum, epsilon=self.bn_epsilon, normalise=kernels.normalise,
         )
         pre_activation = self.unit.pre_activation
-        x = self.stem(self.stem_features, pre_activation, norm, dtype, name="stem")(images.astype(dtype))
+        x = self.stem(self.stem_features, pre_activation, norm, dtype, conv, name="stem")(images.astype(dtype))
         stem_activated = self.stem.output_activated(pre_activation)
         unit = functools.partial(
             self.unit,
             bottleneck=self.bottleneck,
             stride_on=self.stride_on,
             shortcut=self.shortcut,
+            conv=conv,
             norm=norm,
-            dtype=dtype,
             zero_init_last=self.zero_init_last,
             train=train,
             **(self.unit_options or {}),

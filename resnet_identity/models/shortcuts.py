@@ -15,7 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from resnet_identity.models.layers import ModuleDef, conv
+from resnet_identity.models import layers
+from resnet_identity.models.layers import ModuleDef
 
 SHORTCUT_OPTIONS = ("A", "B", "C")
 
@@ -33,13 +34,14 @@ class Shortcut(nn.Module):
     """h(x) for a unit mapping `x` to `features` channels at `strides`.
 
     `norm=None` gives the v2 bare-conv projection; a norm partial gives v1's conv + BN.
+    `conv` is the unit's convolution partial.
     """
 
     features: int
     strides: int
     option: str
     norm: ModuleDef | None
-    dtype: jnp.dtype = jnp.float32
+    conv: ModuleDef = layers.conv
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -47,7 +49,7 @@ class Shortcut(nn.Module):
             raise ValueError(f"Unknown shortcut option {self.option!r}; choose one of {SHORTCUT_OPTIONS}.")
         reshapes = x.shape[-1] != self.features or self.strides != 1
         if self.option == "C" or (self.option == "B" and reshapes):
-            x = conv(self.features, 1, self.strides, dtype=self.dtype, name="conv")(x)
+            x = self.conv(self.features, 1, self.strides, name="conv")(x)
             return self.norm(name="bn")(x) if self.norm is not None else x
         if reshapes:
             return zero_pad_shortcut(x, self.features, self.strides)

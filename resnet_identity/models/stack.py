@@ -8,38 +8,34 @@ for both paths) followed by n-1 identical units. `UnitStack` applies those n-1 u
   repeated units cost about what ResNet-164's 51 do.
 - `scan=False` unrolls a Python loop, one module per unit (`unit0`, `unit1`, ...).
 - `remat` rematerialises activations in the backward pass (`jax.checkpoint`). Without
-  it a unit keeps ~4.7x its input in activations (ResNet-1001 at batch 128: 20.6 GiB).
+  it a unit keeps ~4.7x its input in activations (`ACTIVATIONS_PER_INPUT`).
   - "elementwise" keeps what the convolutions compute (each BN's input) and BN's
     per-channel statistics, and recomputes only the elementwise BN-ReLU before each
     convolution: no convolution runs twice. A pre-activation bottleneck unit then keeps
     1.5x its input (x, and the two C/4-wide conv outputs) instead of ~4.5x, which halves
     ResNet-164's temporaries and, on CPU, the scan's buffer fills and writes.
-  - "unit" keeps each unit's input and recomputes the unit once: 6.3 GiB, since
-    330 inputs are still kept.
+  - "unit" keeps each unit's input and recomputes the unit once; every unit's input is
+    still kept (330 of them in ResNet-1001).
   - "block" keeps one input per block of L units and recomputes a block's forward pass
     once, keeping all of that one block's activations meanwhile. This is sqrt(n)
     checkpointing (Chen et al. 2016, "Training Deep Nets with Sublinear Memory Cost"):
     n/L inputs plus one block's 4.7 L is least at L ~ sqrt(n / 4.7), so memory is
-    O(sqrt n) at the compute of "unit": 1.65 GiB (12.5x).
+    O(sqrt n) at the compute of "unit".
   - "nested" (what `remat=True` selects) uses blocks of ~sqrt(n) units with per-unit
-    remat inside: 0.96 GiB (21x) for two extra forward passes. Measured, that second
-    pass costs nothing: on an H200, ResNet-1001 at batch 128 steps in 200 ms with
-    "nested" and 202 ms with "block" (151 ms without remat, 1.32x); on 2 CPU cores
-    both are faster than no remat. The second recomputation is free, so `remat=True`
-    selects "nested".
+    remat inside: O(sqrt n) inputs and one block's inputs, for two extra forward passes.
+    Measured, the second recomputation cost no step time against "block", on a GPU and on
+    CPU alike, so `remat=True` selects "nested".
   L need not divide the run length n, which is often prime (17 repeated units a stage in
   ResNet-110 and -164, 199 in ResNet-1202, 23 in stage 2 of pre-act ResNet-200): the
   n mod L units left after n // L blocks run as a tail, a second scan with the blocks'
   per-unit policy (per-unit remat for "nested", none for "block"). The tail keeps less
-  than one block's recomputation does and is recomputed one time fewer. Pre-act
-  ResNet-164 at batch 128 keeps 0.72 GiB of temporaries with "nested", 0.96 with
-  "block", where both had fallen back to per-unit remat's 1.19 GiB before runs had
-  tails. `block_length` and `nested_block_length` say how L is chosen.
+  than one block's recomputation does and is recomputed one time fewer; before runs had
+  tails, a run of prime length fell back to per-unit remat, which keeps more.
+  `block_length` and `nested_block_length` say how L is chosen.
   Unrolled (`scan=False`), "block" and "nested" rematerialise per unit, like "unit". On
   XLA:CPU that saves no memory: `jax.checkpoint` orders the recomputation only by
   optimisation barriers on its inputs, and nothing keeps XLA from running it during the
-  forward pass. ResNet-164 unrolled at batch 32 keeps 1.115 GiB of temporaries with
-  "none", "elementwise", "unit" and "nested" alike (benchmarks/RESULTS.md, "4. Memory").
+  forward pass: unrolled, every scheme keeps the same temporaries as "none".
   Inside a scan the backward loop cannot start before the forward loop ends, so there
   the recomputation waits. An unrolled model therefore defaults to "none"; an explicit
   scheme is still applied.
@@ -54,14 +50,15 @@ The stacked and unrolled (`unit0`, `unit1`, ...) layouts hold the same numbers;
 from any layout to that of a given tree (how a checkpoint resumes under other `scan`/`remat`
 values).
 
-Why the scanned gradient was once 7-10x slower than the unrolled one on CPU, and the fix,
-are in `canonical_conv.py`.
+Why a scanned gradient convolution needs a kernel of its own on CPU is in `kernels.py`.
+The figures behind each statement are in benchmarks/results/2026-12-03_models.md.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -72,14 +69,13 @@ from resnet_identity.models.layers import BN_INPUT, BN_STATS
 ModuleDef = Any
 
 REMAT_SCHEMES = ("none", "elementwise", "unit", "block", "nested")
-# The scheme of a scanned model when none is asked for (None): on CPU 12-16% faster than
-# "none", in half its memory (benchmarks/RESULTS.md, "3. CPU speed"). On an H200 (bf16
-# ResNet-1001, batch 128, 1x1 products) it steps as fast as the fastest other form found,
-# "unit" with unroll 3 (85.9 against 86.3 ms), and gets ready in 12 s instead of 37 s. An unrolled model's is "none" (see the module docstring).
+# The scheme of a scanned model when none is asked for (None): on CPU faster than "none",
+# in about half its memory; on a GPU as fast as the fastest other form found, and quicker
+# to compile. An unrolled model's is "none" (see the module docstring).
 DEFAULT_REMAT = "elementwise"
 REMAT_OPTIONS = (False, True) + REMAT_SCHEMES
 # Activations a pre-act bottleneck unit keeps for its backward pass, in multiples of its
-# input: 29.7 GiB (no remat) / 6.4 GiB (inputs only) for ResNet-1001 at batch 128.
+# input: ResNet-1001's temporaries without remat over those with its inputs alone kept.
 ACTIVATIONS_PER_INPUT = 4.7
 
 

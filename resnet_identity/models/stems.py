@@ -13,7 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from resnet_identity.models.layers import Dtype, ModuleDef, conv
+from resnet_identity.models import layers
+from resnet_identity.models.layers import Dtype, ModuleDef
 
 
 class Stem(nn.Module):
@@ -24,12 +25,14 @@ class Stem(nn.Module):
       pre_activation: whether the network's units pre-activate (v2).
       norm: the BatchNorm partial shared by the network.
       dtype: compute dtype.
+      conv: the convolution partial shared by the network (`layers.make_conv`).
     """
 
     features: int
     pre_activation: bool
     norm: ModuleDef
     dtype: Dtype = jnp.float32
+    conv: ModuleDef = layers.conv
 
     @classmethod
     def output_activated(cls, pre_activation: bool) -> bool:
@@ -47,7 +50,7 @@ class CifarStem(Stem):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = conv(self.features, 3, dtype=self.dtype, name="conv")(x)
+        x = self.conv(self.features, 3, name="conv")(x)
         return nn.relu(self.norm(name="bn")(x)) if self.output_activated(self.pre_activation) else x
 
 
@@ -61,7 +64,7 @@ class ImageNetStem(Stem):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = conv(self.features, 7, 2, dtype=self.dtype, name="conv")(x)
+        x = self.conv(self.features, 7, 2, name="conv")(x)
         x = nn.relu(self.norm(name="bn")(x))
         return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
@@ -78,7 +81,7 @@ class TimmStem(Stem):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = conv(self.features, 7, 2, dtype=self.dtype, name="conv")(x)
+        x = self.conv(self.features, 7, 2, name="conv")(x)
         if self.output_activated(self.pre_activation):
             x = nn.relu(self.norm(name="bn")(x))
         # Max-pool pads with -inf (as torch does), so unactivated negative values survive it.

@@ -1,9 +1,9 @@
 """Parameter and multiply-add counts, computed from shapes alone (no FLOPs are run).
 
 Parameters come from `jax.eval_shape(model.init)`. Multiply-adds are read off the traced
-forward pass: every convolution and matrix product in the jaxpr contributes
-(output elements) x (multiplies per output), a scan body counts `length` times, and a
-`cond` counts its costliest branch.
+forward pass of the model built with JAX's own kernels (`kernels.PLAIN`): every
+convolution and matrix product in the jaxpr contributes (output elements) x (multiplies
+per output), and a scan body counts `length` times.
 Like the papers, this counts conv and FC multiply-adds only (v1 Table 1's "FLOPs").
 """
 
@@ -16,6 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.extend import core as jax_core
+
+from resnet_identity.models import kernels
 
 
 def abstract_variables(model: nn.Module, image_size: int, batch: int = 1) -> Any:
@@ -48,9 +50,6 @@ def _jaxpr_macs(jaxpr: Any) -> int:
     total = 0
     for eqn in jaxpr.eqns:
         total += _eqn_macs(eqn)
-        if eqn.primitive.name == "cond":  # one branch runs, e.g. one platform's form of a conv
-            total += max(_jaxpr_macs(branch.jaxpr) for branch in eqn.params["branches"])
-            continue
         repeat = eqn.params.get("length", 1) if eqn.primitive.name == "scan" else 1
         for param in eqn.params.values():
             subs = param if isinstance(param, (tuple, list)) else (param,)
@@ -64,6 +63,7 @@ def _jaxpr_macs(jaxpr: Any) -> int:
 
 def forward_macs(model: nn.Module, image_size: int, variables: Any | None = None) -> int:
     """Multiply-adds of one forward pass on one `image_size` x `image_size` image."""
+    model = model.clone(kernels=kernels.PLAIN)
     variables = variables if variables is not None else abstract_variables(model, image_size)
     images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
     jaxpr = jax.make_jaxpr(lambda v, x: model.apply(v, x, train=False))(variables, images)

@@ -7,6 +7,10 @@
 Basic units have two 3x3 convs; bottleneck units 1x1 (C/4) -> 3x3 (C/4) -> 1x1 (C). The
 stride of a bottleneck sits on its first 1x1 by default, as in both papers and the released
 code; `stride_on="3x3"` moves it to the 3x3 (fb.resnet.torch's v1, the "v1.5" choice).
+
+Each unit's `__call__` is its figure, read top to bottom. `conv` and `norm` are injected
+partials (`layers.make_conv`, `layers.make_norm`); how a platform computes them is the
+network's choice (`kernels.py`), never a unit's.
 """
 
 from __future__ import annotations
@@ -15,9 +19,9 @@ from typing import ClassVar
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
-from resnet_identity.models.layers import GhostBatchNorm, ModuleDef, conv, conv_kernel_init
+from resnet_identity.models import layers
+from resnet_identity.models.layers import GhostBatchNorm, ModuleDef
 from resnet_identity.models.shortcuts import Shortcut
 
 STRIDE_PLACEMENTS = ("1x1", "3x3")
@@ -25,7 +29,7 @@ PREACT_MODES = ("residual", "both", "none")
 
 
 class ResidualUnit(nn.Module):
-    """Fields and building blocks shared by every unit; subclasses define `__call__`.
+    """Fields shared by every unit, and the layers of its branch F; subclasses define `__call__`.
 
     Attributes:
       features: output channels C of the unit.
@@ -37,6 +41,7 @@ class ResidualUnit(nn.Module):
         units); "both": one BN-ReLU before the split, read by branch and projection (the
         first unit of a stage, `both_preact`); "none": no leading BN-ReLU (stage 1 after
         the ImageNet stem, `no_preact`).
+      conv: convolution partial, `layers.conv`'s signature with the dtype bound.
       norm: BatchNorm partial with the train flag and group size baked in.
       zero_init_last: start every branch at F(x) = 0 by zeroing its last layer (off in the
         papers; see `zero_init_layer`).
@@ -49,8 +54,8 @@ class ResidualUnit(nn.Module):
     stride_on: str = "1x1"
     shortcut: str = "B"
     preact: str = "residual"
+    conv: ModuleDef = layers.conv
     norm: ModuleDef = GhostBatchNorm
-    dtype: jnp.dtype = jnp.float32
     zero_init_last: bool = False
     train: bool = False
 
@@ -83,47 +88,31 @@ class ResidualUnit(nn.Module):
                 f"zero_init_last=True does not apply to {cls.__name__}: its branch ends in a "
                 "ReLU or it has no shortcut, so a zeroed layer would get no gradient. Leave it False.")
 
-    def zero_init(self, layer: str, *, last: bool) -> bool:
-        """Whether `zero_init_last` zeroes this `layer` ("conv" or "norm") of the branch."""
-        if not (last and self.zero_init_last):
-            return False
-        self.check_zero_init()
-        return layer == self.zero_init_layer
-
-    def branch_conv(self, index: int, spec: tuple[int, int, int], *, last: bool) -> nn.Module:
-        kernel, features, strides = spec
-        init = nn.initializers.zeros if self.zero_init("conv", last=last) else conv_kernel_init
-        return conv(features, kernel, strides, dtype=self.dtype, kernel_init=init, name=f"conv{index + 1}")
-
-    def branch_norm(self, index: int, *, last: bool) -> nn.Module:
-        init = nn.initializers.zeros if self.zero_init("norm", last=last) else nn.initializers.ones
-        return self.norm(name=f"bn{index + 1}", scale_init=init)
+    def branch_layers(self) -> tuple[list[nn.Module], list[nn.Module]]:
+        """F's convolutions `conv1`, `conv2`, ... (`branch_specs`) and one BN for each, `bn1`,
+        `bn2`, ..., the BN of conv i being the one the unit applies next to it; with
+        `zero_init_last`, the last of the kind `zero_init_layer` names starts at zero."""
+        if self.zero_init_last:
+            self.check_zero_init()
+        specs = self.branch_specs()
+        zeroed = {"conv": len(specs) - 1 if self.zero_init_last and self.zero_init_layer == "conv" else None,
+                  "norm": len(specs) - 1 if self.zero_init_last and self.zero_init_layer == "norm" else None}
+        convs = [self.conv(features, kernel, strides, name=f"conv{i + 1}",
+                           kernel_init=nn.initializers.zeros if i == zeroed["conv"] else layers.conv_kernel_init)
+                 for i, (kernel, features, strides) in enumerate(specs)]
+        norms = [self.norm(name=f"bn{i + 1}",
+                           scale_init=nn.initializers.zeros if i == zeroed["norm"] else nn.initializers.ones)
+                 for i in range(len(specs))]
+        return convs, norms
 
     def make_shortcut(self) -> Shortcut:
-        return Shortcut(
-            self.features,
-            self.strides,
-            self.shortcut,
-            norm=self.norm if self.projection_norm else None,
-            dtype=self.dtype,
-            name="shortcut",
-        )
-
-    def post_activation_branch(self, x: jax.Array, *, relu_last: bool, norm_last: bool = True) -> jax.Array:
-        """F as weight -> BN -> ReLU -> ... -> weight -> BN (v1 Fig. 5)."""
-        specs = self.branch_specs()
-        for i, spec in enumerate(specs):
-            last = i == len(specs) - 1
-            x = self.branch_conv(i, spec, last=last)(x)
-            if not last or norm_last:
-                x = self.branch_norm(i, last=last)(x)
-            if not last or relu_last:
-                x = nn.relu(x)
-        return x
+        """h(x) (`shortcuts.py`)."""
+        return Shortcut(self.features, self.strides, self.shortcut, norm=self.norm if self.projection_norm else None,
+                        conv=self.conv, name="shortcut")
 
 
 class PostActivation(ResidualUnit):
-    """v1 unit: conv-BN-ReLU-conv-BN, add, ReLU (v2 Fig. 4(a), "original")."""
+    """v1 unit: conv-BN-ReLU-conv-BN, add, ReLU (v1 Fig. 5; v2 Fig. 4(a), "original")."""
 
     def combine(self, x: jax.Array, shortcut: jax.Array, branch: jax.Array) -> jax.Array:
         """y = h(x) + F(x); Table 1 variants replace this."""
@@ -132,7 +121,12 @@ class PostActivation(ResidualUnit):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        branch = self.post_activation_branch(x, relu_last=False)
+        convs, norms = self.branch_layers()
+        branch = x
+        for i, (conv, norm) in enumerate(zip(convs, norms)):
+            branch = norm(conv(branch))
+            if i < len(convs) - 1:
+                branch = nn.relu(branch)
         return nn.relu(self.combine(x, self.make_shortcut()(x), branch))
 
 
@@ -143,36 +137,24 @@ class PreActivation(ResidualUnit):
     projection_norm: ClassVar[bool] = False
     zero_init_layer: ClassVar[str | None] = "conv"
 
-    def activation(self, index: int, x: jax.Array, *, last: bool) -> jax.Array:
-        """What precedes conv `index`: BN-ReLU here (Fig. 4(e))."""
-        return nn.relu(self.branch_norm(index, last=last)(x))
-
-    def after_conv(self, index: int, x: jax.Array, *, last: bool) -> jax.Array:
-        """What follows conv `index`: nothing in full pre-activation."""
-        del index, last
-        return x
-
-    def split(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """The (shortcut input, branch input) pair, per `preact` mode."""
-        if self.preact == "both":
-            x = self.activation(0, x, last=False)
-            return x, x
+    def split(self, x: jax.Array, activation) -> tuple[jax.Array, jax.Array]:
+        """(h's input, F's input): the leading `activation` on F alone ("residual"), before
+        the paths part ("both"), or none ("none")."""
+        if self.preact not in PREACT_MODES:
+            raise ValueError(f"preact={self.preact!r}; choose one of {PREACT_MODES}.")
         if self.preact == "none":
             return x, x
-        if self.preact == "residual":
-            return x, self.activation(0, x, last=False)
-        raise ValueError(f"preact={self.preact!r}; choose one of {PREACT_MODES}.")
+        activated = activation(x)
+        return (activated if self.preact == "both" else x), activated
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        shortcut_in, branch = self.split(x)
-        specs = self.branch_specs()
-        for i, spec in enumerate(specs):
-            last = i == len(specs) - 1
-            if i:
-                branch = self.activation(i, branch, last=last)
-            branch = self.after_conv(i, self.branch_conv(i, spec, last=last)(branch), last=last)
-        return self.make_shortcut()(shortcut_in) + branch
+        convs, norms = self.branch_layers()
+        shortcut, branch = self.split(x, lambda x: nn.relu(norms[0](x)))
+        branch = convs[0](branch)
+        for conv, norm in zip(convs[1:], norms[1:]):
+            branch = conv(nn.relu(norm(branch)))
+        return self.make_shortcut()(shortcut) + branch
 
 
 class Plain(ResidualUnit):
@@ -182,4 +164,6 @@ class Plain(ResidualUnit):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.post_activation_branch(x, relu_last=True)
+        for conv, norm in zip(*self.branch_layers()):
+            x = nn.relu(norm(conv(x)))
+        return x
