@@ -17,11 +17,18 @@ from resnet_identity.models import kernels, layers
 NHWC = ("NHWC", "HWIO", "NHWC")
 
 
-@pytest.mark.parametrize("shape,kernel,stride,pad", [
-    ((2, 8, 8, 4), (3, 3, 4, 6), 1, 1), ((2, 8, 8, 4), (1, 1, 4, 6), 2, 0), ((2, 9, 9, 4), (3, 3, 4, 6), 2, 1),
-    ((2, 8, 8, 6), (1, 1, 6, 4), 1, 0), ((2, 16, 16, 3), (7, 7, 3, 4), 2, 3), ((2, 9, 7, 4), (1, 1, 4, 6), 2, 0),
-    ((2, 10, 10, 4), (1, 1, 4, 3), 3, 0),
-])
+@pytest.mark.parametrize(
+    "shape,kernel,stride,pad",
+    [
+        ((2, 8, 8, 4), (3, 3, 4, 6), 1, 1),
+        ((2, 8, 8, 4), (1, 1, 4, 6), 2, 0),
+        ((2, 9, 9, 4), (3, 3, 4, 6), 2, 1),
+        ((2, 8, 8, 6), (1, 1, 6, 4), 1, 0),
+        ((2, 16, 16, 3), (7, 7, 3, 4), 2, 3),
+        ((2, 9, 7, 4), (1, 1, 4, 6), 2, 0),
+        ((2, 10, 10, 4), (1, 1, 4, 3), 3, 0),
+    ],
+)
 def test_canonical_conv_equals_lax(shape, kernel, stride, pad):
     x = jax.random.normal(jax.random.key(0), shape)
     w = jax.random.normal(jax.random.key(1), kernel)
@@ -38,8 +45,7 @@ def test_canonical_conv_equals_lax(shape, kernel, stride, pad):
 
 def test_canonical_conv_keeps_loop_body_convolutions_canonical():
     """The cause of the slow scanned gradient: non-NHWC/HWIO convs inside a while body."""
-    conv = nn.Conv(8, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
-                   conv_general_dilated=kernels.canonical_conv)
+    conv = nn.Conv(8, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, conv_general_dilated=kernels.canonical_conv)
     plain = nn.Conv(8, (3, 3), padding=((1, 1), (1, 1)), use_bias=False)
     w = jax.random.normal(jax.random.key(2), (5, 3, 3, 8, 8)) * 0.1
 
@@ -66,8 +72,9 @@ def test_1x1_kernel_gradient_is_one_matrix_product_with_no_activation_transposed
     w = jax.random.normal(jax.random.key(1), (1, 1, c_in, c_out))
 
     def loss(w, x):
-        return jnp.sum(jnp.sin(kernels.canonical_conv(x, w, (stride, stride), ((0, 0), (0, 0)),
-                                                                         dimension_numbers=NHWC)))
+        return jnp.sum(
+            jnp.sin(kernels.canonical_conv(x, w, (stride, stride), ((0, 0), (0, 0)), dimension_numbers=NHWC))
+        )
 
     text = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(w, x).compile().as_text()
     moved = re.findall(r"= f32\[([\d,]+)\]\S* (?:transpose|copy)\(", text)
@@ -84,8 +91,9 @@ def test_accelerator_1x1_products_give_the_convolution_and_its_gradients(c_in, c
     pass and both gradients of a strided or unstrided 1x1 convolution, against `lax`'s."""
     x = jax.random.normal(jax.random.key(0), (2, 9, 7, c_in))
     w = jax.random.normal(jax.random.key(1), (1, 1, c_in, c_out))
-    y, vjp = jax.vjp(lambda x, w: lax.conv_general_dilated(x, w, (stride, stride), ((0, 0), (0, 0)),
-                                                          dimension_numbers=NHWC), x, w)
+    y, vjp = jax.vjp(
+        lambda x, w: lax.conv_general_dilated(x, w, (stride, stride), ((0, 0), (0, 0)), dimension_numbers=NHWC), x, w
+    )
     g = jax.random.normal(jax.random.key(2), y.shape)
     np.testing.assert_allclose(kernels._pointwise(x, w, (stride, stride)), y, rtol=1e-5, atol=1e-5)
     for ours, reference in zip(kernels._pointwise_grads((stride, stride), x, w, g), vjp(g)):
@@ -134,15 +142,14 @@ def test_closed_form_normalise_equals_autodiff_of_the_plain_formula(dtype):
 
     def loss(normalise, x, scale, bias):
         y, mean, var = normalise(x, scale, bias, 1e-5)
-        return jnp.sum(jnp.sin(y)) + jnp.sum(mean ** 2) + jnp.sum(jnp.cos(var))
+        return jnp.sum(jnp.sin(y)) + jnp.sum(mean**2) + jnp.sum(jnp.cos(var))
 
     ours = jax.grad(functools.partial(loss, kernels.closed_form_normalise), (0, 1, 2))(x, scale, bias)
     theirs = jax.grad(functools.partial(loss, layers.normalise), (0, 1, 2))(x, scale, bias)
     tolerance = 1e-4 if dtype == jnp.float32 else 2e-2
     for a, b in zip(ours, theirs):
         assert a.dtype == b.dtype
-        np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=tolerance,
-                                   atol=tolerance)
+        np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=tolerance, atol=tolerance)
 
 
 @pytest.mark.parametrize("platform", ["cpu", "cuda"])
@@ -151,7 +158,7 @@ def test_a_network_with_a_platforms_kernels_has_the_gradients_of_the_plain_one(p
     the CPU's or CUDA's kernels against `kernels.PLAIN` (nn.Conv and autodiff BN), same
     parameters and batch, in a scan."""
     model = models.create_model("cifar_preact164", num_classes=10, depth=11, remat="none")
-    images = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
+    images = jax.random.normal(jax.random.key(1), (4, 16, 16, 3))  # 16x16: the same ops, compiled sooner
     variables = model.init(jax.random.key(0), images[:1], train=False)
 
     def loss(model, params):

@@ -39,8 +39,12 @@ def test_step_options_drop_the_loop_carry_copies_of_a_scanned_stack():
         text = compiled.as_text()
         bodies = set(re.findall(r"while\(.*?body=%([\w.\-]+)", text))
         computations = re.findall(r"^(?:ENTRY )?%([\w.\-]+) .*?\{\n(.*?)\n\}", text, re.S | re.M)
-        return [line for name, body in computations if name in bodies
-                for line in re.findall(r"= f32\[16,8,8,8\]\S* copy\(", body)]
+        return [
+            line
+            for name, body in computations
+            if name in bodies
+            for line in re.findall(r"= f32\[16,8,8,8\]\S* copy\(", body)
+        ]
 
     plain = jax.jit(jax.grad(loss)).lower(variables["params"], x).compile()
     options = xla_config.step_compiler_options("cpu")

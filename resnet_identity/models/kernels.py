@@ -75,7 +75,7 @@ def _is_pointwise(w: jax.Array, padding: tuple[tuple[int, int], tuple[int, int]]
 
 def _pointwise(x: jax.Array, w: jax.Array, strides: tuple[int, int] = (1, 1)) -> jax.Array:
     """A 1x1 convolution as one matrix product over the (n, h, w) rows it reads."""
-    x = x[:, ::strides[0], ::strides[1], :]
+    x = x[:, :: strides[0], :: strides[1], :]
     y = lax.dot_general(x.reshape(-1, x.shape[-1]), w.reshape(w.shape[2:]), (((1,), (0,)), ((), ())))
     return y.reshape(x.shape[:-1] + (w.shape[-1],))
 
@@ -100,7 +100,7 @@ def _pointwise_grads(strides, x, w, g, *, narrow_left=False):
     keeps the product as written. Elsewhere the compiler picks the order.
     """
     dx = _spread(_pointwise(g, jnp.swapaxes(w, 2, 3)), strides, x.shape[1:3])
-    read = x[:, ::strides[0], ::strides[1], :]
+    read = x[:, :: strides[0], :: strides[1], :]
     x2, g2 = read.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
     rows = (((0,), (0,)), ((), ()))
     if narrow_left and x2.shape[1] > g2.shape[1]:
@@ -119,8 +119,14 @@ def _canonical_grads(strides, padding, x, w, g):
     dx = lax.conv_general_dilated(g, flipped, (1, 1), dx_padding, lhs_dilation=strides, dimension_numbers=_NHWC)
     # dw[i, j, c, o] = sum_{n, t} x[n, s t + i, c] g[n, t, o]: C acts as the batch, N as the feature.
     dw_padding = [(lo, d - i + k - 1 - lo) for k, (lo, _), i, d in zip(kernel, padding, size_in, dilated_out)]
-    dw = lax.conv_general_dilated(jnp.transpose(x, (3, 1, 2, 0)), jnp.transpose(g, (1, 2, 0, 3)), (1, 1),
-                                  dw_padding, rhs_dilation=strides, dimension_numbers=_NHWC)
+    dw = lax.conv_general_dilated(
+        jnp.transpose(x, (3, 1, 2, 0)),
+        jnp.transpose(g, (1, 2, 0, 3)),
+        (1, 1),
+        dw_padding,
+        rhs_dilation=strides,
+        dimension_numbers=_NHWC,
+    )
     return dx, jnp.transpose(dw, (1, 2, 0, 3))
 
 
@@ -129,8 +135,13 @@ def _library_conv(x, w, strides, padding):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _nhwc_conv(x: jax.Array, w: jax.Array, strides: tuple[int, int],
-               padding: tuple[tuple[int, int], tuple[int, int]], canonical: bool) -> jax.Array:
+def _nhwc_conv(
+    x: jax.Array,
+    w: jax.Array,
+    strides: tuple[int, int],
+    padding: tuple[tuple[int, int], tuple[int, int]],
+    canonical: bool,
+) -> jax.Array:
     """A 1x1 convolution as a product, any other as the library's; `canonical` says whether
     the gradient convolutions are rewritten into canonical form (XLA:CPU) or JAX's own."""
     if _is_pointwise(w, padding):
@@ -154,10 +165,21 @@ def _nhwc_conv_bwd(strides, padding, canonical, residuals, g):
 _nhwc_conv.defvjp(_nhwc_conv_fwd, _nhwc_conv_bwd)
 
 
-def _fast_conv(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], padding: Any,
-               lhs_dilation: Sequence[int] | None = None, rhs_dilation: Sequence[int] | None = None,
-               dimension_numbers: Any = None, feature_group_count: int = 1, batch_group_count: int = 1,
-               precision: Any = None, preferred_element_type: Any = None, *, canonical: bool) -> jax.Array:
+def _fast_conv(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    window_strides: Sequence[int],
+    padding: Any,
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers: Any = None,
+    feature_group_count: int = 1,
+    batch_group_count: int = 1,
+    precision: Any = None,
+    preferred_element_type: Any = None,
+    *,
+    canonical: bool,
+) -> jax.Array:
     """`lax.conv_general_dilated`, with 1x1 products and (if `canonical`) canonical gradient
     convolutions for the undilated, ungrouped 2-D NHWC/HWIO convolutions with explicit padding
     that this codebase builds; anything else is passed to `lax.conv_general_dilated`."""
@@ -173,9 +195,19 @@ def _fast_conv(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], pa
         and not isinstance(padding, str)
     )
     if not supported:
-        return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-                                        dimension_numbers, feature_group_count, batch_group_count,
-                                        precision, preferred_element_type)
+        return lax.conv_general_dilated(
+            lhs,
+            rhs,
+            window_strides,
+            padding,
+            lhs_dilation,
+            rhs_dilation,
+            dimension_numbers,
+            feature_group_count,
+            batch_group_count,
+            precision,
+            preferred_element_type,
+        )
     return _nhwc_conv(lhs, rhs, tuple(window_strides), tuple((int(lo), int(hi)) for lo, hi in padding), canonical)
 
 
@@ -208,8 +240,11 @@ def _normalise_bwd(epsilon, residuals, cotangents):
     sum_g = g.sum(axes, keepdims=True)
     sum_gx = (g * xhat).sum(axes, keepdims=True)
     dx = scale * rstd / n * (n * g - sum_g - xhat * sum_gx) + g_mean / n + g_var * 2.0 * (x - mean) / n
-    return (dx.astype(x_in.dtype), sum_gx.sum((0,) + axes).reshape(scale.shape),
-            sum_g.sum((0,) + axes).reshape(scale.shape))
+    return (
+        dx.astype(x_in.dtype),
+        sum_gx.sum((0,) + axes).reshape(scale.shape),
+        sum_g.sum((0,) + axes).reshape(scale.shape),
+    )
 
 
 closed_form_normalise.defvjp(_normalise_fwd, _normalise_bwd)
@@ -224,7 +259,8 @@ LIBRARY = Kernels("library", lax.conv_general_dilated, closed_form_normalise)
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 # Lowering platforms besides the CPU whose 1x1 convolutions are products (module docstring).
 _PRODUCT_PLATFORMS: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar(
-    "product_platforms", default=("cuda",))
+    "product_platforms", default=("cuda",)
+)
 
 
 def product_platforms() -> tuple[str, ...]:
