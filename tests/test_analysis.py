@@ -134,8 +134,11 @@ def test_unit_ops_name_the_1x1_convs_and_the_projection_shortcut():
     assert "shortcut: conv 1x1, 16->32, stride 2 + BN" in [op.label for op in unit_ops(v1, (2, 8, 8, 16))]
 
 
-def test_paper_tables_cover_the_registry():
-    for table in paper.TABLES.values():
-        for row in table:
-            assert row.unit in models.UNITS
+def test_paper_experiments_cover_the_registry():
+    from resnet_identity.analysis.experiments import EXPERIMENTS
+
+    for experiment in EXPERIMENTS.values():
+        for row in experiment.rows:
+            assert row.model in models.available_models(), row
+            assert row.overrides.get("unit", next(iter(models.UNITS))) in models.UNITS, row
     assert set(paper.PARAMETERS) <= set(models.available_models())

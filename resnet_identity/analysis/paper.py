@@ -18,11 +18,13 @@ import re
 
 from etils import epath
 
+from resnet_identity.files import as_path
+
 # v2 Table 1's footnote: "fail" means test error above 20% on CIFAR-10.
 FAIL_ERROR = 0.20
 
 # Beside the package in a source checkout: the repository's docs.
-PAPERS_MD = epath.Path(__file__).resolve().parents[2] / "docs" / "papers.md"
+PAPERS_MD = as_path(__file__).resolve().parents[2] / "docs" / "papers.md"
 NO_FIGURE = "—"  # how docs/papers.md (and our tables) mark a cell the paper leaves empty
 
 # Exact trainable parameters (docs/papers.md "Exact trainable parameter counts"). CIFAR basic nets
