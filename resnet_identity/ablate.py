@@ -15,19 +15,26 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-from resnet_identity import cli, reproduce  # reproduce defines the flags the two commands share
+from resnet_identity import cli, reproduce  # reproduce.define_flags defines the flags the two commands share
 from resnet_identity.analysis import experiments
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("table", None, ["1", "2"], "v2 Table 1 (shortcut scaling/gating) or Table 2 (activation placement).")
-flags.DEFINE_enum(
-    "model",
-    "cifar_resnet110",
-    ["cifar_resnet110", "cifar_resnet164"],
-    "Network: cifar_resnet110 (Tables 1, 2) or cifar_resnet164 (Table 2).",
-)
-flags.DEFINE_integer("depth", None, "Every row at this depth (6n+2 for ResNet-110's family, 9n+2 for 164's).")
-flags.mark_flag_as_required("table")
+
+
+def define_flags() -> None:
+    """The command's flags, defined when it runs rather than at import, so that code importing
+    several commands (the tests do) defines no flag twice."""
+    flags.DEFINE_enum(
+        "table", None, ["1", "2"], "v2 Table 1 (shortcut scaling/gating) or Table 2 (activation placement)."
+    )
+    flags.DEFINE_enum(
+        "model",
+        "cifar_resnet110",
+        ["cifar_resnet110", "cifar_resnet164"],
+        "Network: cifar_resnet110 (Tables 1, 2) or cifar_resnet164 (Table 2).",
+    )
+    flags.DEFINE_integer("depth", None, "Every row at this depth (6n+2 for ResNet-110's family, 9n+2 for 164's).")
+    flags.mark_flag_as_required("table")
 
 
 def row_keys(table: str, model: str, variants: list[str] | None) -> list[str]:
@@ -55,4 +62,6 @@ if __name__ == "__main__":
 
     xla_config.use_huge_pages()
     sys.argv = reproduce.with_default_config(sys.argv)
+    reproduce.define_flags()
+    define_flags()
     cli.run(main)

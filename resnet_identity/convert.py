@@ -21,14 +21,23 @@ from absl import flags
 from resnet_identity import cli
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("from", None, ["torchvision", "timm"], "Import: the library whose weights file is given.")
-flags.DEFINE_enum("to", None, ["torchvision", "timm"], "Export: the library whose state_dict is written.")
-flags.DEFINE_string("model", None, "With --from: the source's model name (resnet50, resnetv2_50, ...); with "
-                                   "--weights: the weights' model (one of ours, as in their weights.json).")
-flags.DEFINE_string("workdir", None, "Export a run's checkpoint.")
-flags.DEFINE_integer("step", None, "With --workdir: the checkpoint step (default: the newest).")
-flags.DEFINE_string("weights", None, "Export a weights directory.")
-flags.DEFINE_string("out", None, "With --from: the weights directory to write; with --to: the .pth file.")
+
+
+def define_flags() -> None:
+    """The command's flags, defined when it runs rather than at import, so that code importing
+    several commands (the tests do) defines no flag twice."""
+    flags.DEFINE_enum("from", None, ["torchvision", "timm"], "Import: the library whose weights file is given.")
+    flags.DEFINE_enum("to", None, ["torchvision", "timm"], "Export: the library whose state_dict is written.")
+    flags.DEFINE_string(
+        "model",
+        None,
+        "With --from: the source's model name (resnet50, resnetv2_50, ...); with "
+        "--weights: the weights' model (one of ours, as in their weights.json).",
+    )
+    flags.DEFINE_string("workdir", None, "Export a run's checkpoint.")
+    flags.DEFINE_integer("step", None, "With --workdir: the checkpoint step (default: the newest).")
+    flags.DEFINE_string("weights", None, "Export a weights directory.")
+    flags.DEFINE_string("out", None, "With --from: the weights directory to write; with --to: the .pth file.")
 
 
 def convert(argv: list[str]) -> str:
@@ -38,8 +47,10 @@ def convert(argv: list[str]) -> str:
 
     source, target = FLAGS["from"].value, FLAGS.to
     if (source is None) == (target is None):
-        raise cli.UserError("give one of --from=torchvision|timm (import a .pth file) or --to=torchvision|timm "
-                            "(export a run or a weights directory).")
+        raise cli.UserError(
+            "give one of --from=torchvision|timm (import a .pth file) or --to=torchvision|timm "
+            "(export a run or a weights directory)."
+        )
     cli.require(out=FLAGS.out)
     if source is not None:
         cli.require(model=FLAGS.model)
@@ -49,8 +60,9 @@ def convert(argv: list[str]) -> str:
         overrides = ", ".join(f"{k}={v!r}" for k, v in weights.model_overrides.items())
         return f"Wrote {FLAGS.out}: our {weights.model} ({overrides or 'no overrides'}) from {source}'s {FLAGS.model}."
     cli.no_arguments(argv)
-    weights = weights_lib.load_weights_or_run(workdir=FLAGS.workdir, step=FLAGS.step, weights=FLAGS.weights,
-                                              model=FLAGS.model)
+    weights = weights_lib.load_weights_or_run(
+        workdir=FLAGS.workdir, step=FLAGS.step, weights=FLAGS.weights, model=FLAGS.model
+    )
     name = interop.export_file(weights, target, FLAGS.out)
     return f"Wrote {FLAGS.out}: {target}'s {name} state_dict from {weights.source}."
 
@@ -65,4 +77,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    define_flags()
     cli.run(main)

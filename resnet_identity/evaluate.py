@@ -24,23 +24,28 @@ import functools
 import json
 
 from absl import flags
-from etils import epath
 from ml_collections import config_flags
 
 from resnet_identity import cli
+from resnet_identity.files import as_path
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file(
-    "config", None, "Config whose dataset is evaluated (configs/*.py[:preset]).", lock_config=True
-)
-flags.DEFINE_string("workdir", None, "A run's workdir: evaluate its checkpoint.")
-flags.DEFINE_integer("step", None, "The checkpoint step to evaluate (default: the newest).")
-flags.DEFINE_string("weights", None, "A weights directory from `python -m resnet_identity.convert`.")
-flags.DEFINE_string("model", None, "With --weights: the model they are for (a `create_model` name).")
-flags.DEFINE_list("crops", None, "Evaluation crops, e.g. 224,320,10crop (default: the config's eval_crops).")
-flags.DEFINE_string(
-    "output_dir", None, "Where the eval_*.json files go (default: the workdir, or the weights directory)."
-)
+
+
+def define_flags() -> None:
+    """The command's flags, defined when it runs rather than at import, so that code importing
+    several commands (the tests do) defines no flag twice."""
+    config_flags.DEFINE_config_file(
+        "config", None, "Config whose dataset is evaluated (configs/*.py[:preset]).", lock_config=True
+    )
+    flags.DEFINE_string("workdir", None, "A run's workdir: evaluate its checkpoint.")
+    flags.DEFINE_integer("step", None, "The checkpoint step to evaluate (default: the newest).")
+    flags.DEFINE_string("weights", None, "A weights directory from `python -m resnet_identity.convert`.")
+    flags.DEFINE_string("model", None, "With --weights: the model they are for (a `create_model` name).")
+    flags.DEFINE_list("crops", None, "Evaluation crops, e.g. 224,320,10crop (default: the config's eval_crops).")
+    flags.DEFINE_string(
+        "output_dir", None, "Where the eval_*.json files go (default: the workdir, or the weights directory)."
+    )
 
 
 def parse_crops(values: list[str] | None, default: tuple | None) -> tuple:
@@ -130,7 +135,7 @@ def evaluate(config) -> list[dict]:
     eval_fn = jax.jit(
         functools.partial(eval_step, model=model, transform=dataset.eval_transform), out_shardings=replicated
     )
-    output_dir = epath.Path(FLAGS.output_dir or FLAGS.workdir or FLAGS.weights)
+    output_dir = as_path(FLAGS.output_dir or FLAGS.workdir or FLAGS.weights)
     results = []
     for crop in crops:
         metrics = trainer.evaluate(
@@ -173,4 +178,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     cli.run(main)

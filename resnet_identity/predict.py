@@ -24,17 +24,23 @@ import json
 
 import numpy as np
 from absl import flags
-from etils import epath
 
 from resnet_identity import cli
+from resnet_identity.files import as_path
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "A run's workdir: use its checkpoint.")
-flags.DEFINE_integer("step", None, "With --workdir: the checkpoint step (default: the newest).")
-flags.DEFINE_string("weights", None, "A weights directory from `python -m resnet_identity.convert`.")
-flags.DEFINE_string("model", None, "With --weights: the weights' model (one of ours, as in their weights.json).")
-flags.DEFINE_boolean("json", False, "Print one JSON line per image instead of text.")
-flags.DEFINE_string("features", None, "Write the pooled features to this .npz file instead of classifying.")
+
+
+def define_flags() -> None:
+    """The command's flags, defined when it runs rather than at import, so that code importing
+    several commands (the tests do) defines no flag twice."""
+    flags.DEFINE_string("workdir", None, "A run's workdir: use its checkpoint.")
+    flags.DEFINE_integer("step", None, "With --workdir: the checkpoint step (default: the newest).")
+    flags.DEFINE_string("weights", None, "A weights directory from `python -m resnet_identity.convert`.")
+    flags.DEFINE_string("model", None, "With --weights: the weights' model (one of ours, as in their weights.json).")
+    flags.DEFINE_boolean("json", False, "Print one JSON line per image instead of text.")
+    flags.DEFINE_string("features", None, "Write the pooled features to this .npz file instead of classifying.")
+
 
 TOP = 5
 BATCH = 16  # images per forward pass; the last batch is padded, so one compile serves all
@@ -48,7 +54,7 @@ def read_image(path: str) -> np.ndarray:
     """An image file as uint8 RGB [H, W, 3]; raises `ImageError` saying what is wrong."""
     from PIL import Image, UnidentifiedImageError
 
-    file = epath.Path(path)
+    file = as_path(path)
     if not file.exists():
         raise ImageError(f"No such image: {path}.")
     try:
@@ -72,7 +78,7 @@ def preprocess(image: np.ndarray, preprocessing) -> np.ndarray:
     resized = np.asarray(Image.fromarray(image).resize((new_width, new_height), resample), np.float32)
     crop = preprocessing.crop
     top, left = int(round((new_height - crop) / 2.0)), int(round((new_width - crop) / 2.0))  # torchvision's CenterCrop
-    window = resized[top:top + crop, left:left + crop] / 255.0
+    window = resized[top : top + crop, left : left + crop] / 255.0
     return ((window - np.asarray(preprocessing.mean)) / np.asarray(preprocessing.std)).astype(np.float32)
 
 
@@ -98,11 +104,11 @@ def forward(weights, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     run = jax.jit(features_and_logits)
     features, probabilities = [], []
     for start in range(0, len(inputs), BATCH):
-        chunk = inputs[start:start + BATCH]
+        chunk = inputs[start : start + BATCH]
         padded = np.concatenate([chunk, np.zeros((BATCH - len(chunk),) + chunk.shape[1:], chunk.dtype)])
         f, p = run(padded)
-        features.append(np.asarray(f)[:len(chunk)])
-        probabilities.append(np.asarray(p)[:len(chunk)])
+        features.append(np.asarray(f)[: len(chunk)])
+        probabilities.append(np.asarray(p)[: len(chunk)])
     return np.concatenate(probabilities), np.concatenate(features)
 
 
@@ -119,16 +125,19 @@ def predict(images: list[str]) -> list[str]:
     if not images:
         raise cli.UserError("give at least one image file: python -m resnet_identity.predict ... IMAGE...")
     pixels = [read_image(path) for path in images]  # every image is checked before anything compiles
-    weights = weights_lib.load_weights_or_run(workdir=FLAGS.workdir, step=FLAGS.step, weights=FLAGS.weights,
-                                              model=FLAGS.model)
+    weights = weights_lib.load_weights_or_run(
+        workdir=FLAGS.workdir, step=FLAGS.step, weights=FLAGS.weights, model=FLAGS.model
+    )
     inputs = np.stack([preprocess(image, weights.preprocessing) for image in pixels])
     probabilities, features = forward(weights, inputs)
     if FLAGS.features is not None:
         buffer = io.BytesIO()
         np.savez(buffer, features=features, images=np.asarray(images))
-        epath.Path(FLAGS.features).write_bytes(buffer.getvalue())
-        return [f"Wrote {FLAGS.features}: features {features.shape[0]} x {features.shape[1]} ({weights.model}, "
-                "the classifier's input)."]
+        as_path(FLAGS.features).write_bytes(buffer.getvalue())
+        return [
+            f"Wrote {FLAGS.features}: features {features.shape[0]} x {features.shape[1]} ({weights.model}, "
+            "the classifier's input)."
+        ]
     lines = []
     for path, row in zip(images, probabilities):
         top = top_classes(row, weights.class_names)
@@ -151,4 +160,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    define_flags()
     cli.run(main)

@@ -34,38 +34,47 @@ from collections.abc import Mapping
 from typing import Any
 
 from absl import flags
-from etils import epath
 from ml_collections import config_flags
 
 from resnet_identity import cli, parallel, trainer
 from resnet_identity.analysis import experiments, runs
+from resnet_identity.files import as_path
 
-DEFAULT_CONFIG = epath.Path(__file__).parent / "analysis" / "paper_recipe.py"
+DEFAULT_CONFIG = as_path(__file__).parent / "analysis" / "paper_recipe.py"
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file(
-    "config",
-    None,
-    "A training config file (configs/*.py[:preset]) whose recipe, budget and "
-    "dataset every row uses instead of its paper recipe. Unset: each row's paper recipe.",
-    lock_config=True,
-)
-flags.DEFINE_string(
-    "workdir", None, "Directory for the runs, table.md, table.png/curves.png and summary.json (a gs:// path works too)."
-)
-flags.DEFINE_integer("seeds", 1, "Runs per row, with seeds config.seed, config.seed + 1, ...")
-flags.DEFINE_list("rows", None, "Only these rows (keys as in table.md); default: the experiment's rows.")
-flags.DEFINE_enum("preset", None, list(experiments.PRESETS), "quick: one unit per stage, 20 steps on the digits.")
-flags.DEFINE_integer("steps", None, "Training steps per run; the LR boundaries and warm-up scale with it.")
-flags.DEFINE_float(
-    "fail_above",
-    None,
-    "Test error (a fraction) above which a row is 'fail'. Default: the "
-    "experiment's (0.20 for v2 Tables 1-2, as the paper; none elsewhere).",
-)
-flags.DEFINE_bool(
-    "distributed", None, "As train.py: call jax.distributed.initialize() (unset: when the environment is multi-host)."
-)
+
+
+def define_flags() -> None:
+    """The command's flags, defined when it runs rather than at import, so that code importing
+    several commands (the tests do) defines no flag twice."""
+    config_flags.DEFINE_config_file(
+        "config",
+        None,
+        "A training config file (configs/*.py[:preset]) whose recipe, budget and "
+        "dataset every row uses instead of its paper recipe. Unset: each row's paper recipe.",
+        lock_config=True,
+    )
+    flags.DEFINE_string(
+        "workdir",
+        None,
+        "Directory for the runs, table.md, table.png/curves.png and summary.json (a gs:// path works too).",
+    )
+    flags.DEFINE_integer("seeds", 1, "Runs per row, with seeds config.seed, config.seed + 1, ...")
+    flags.DEFINE_list("rows", None, "Only these rows (keys as in table.md); default: the experiment's rows.")
+    flags.DEFINE_enum("preset", None, list(experiments.PRESETS), "quick: one unit per stage, 20 steps on the digits.")
+    flags.DEFINE_integer("steps", None, "Training steps per run; the LR boundaries and warm-up scale with it.")
+    flags.DEFINE_float(
+        "fail_above",
+        None,
+        "Test error (a fraction) above which a row is 'fail'. Default: the "
+        "experiment's (0.20 for v2 Tables 1-2, as the paper; none elsewhere).",
+    )
+    flags.DEFINE_bool(
+        "distributed",
+        None,
+        "As train.py: call jax.distributed.initialize() (unset: when the environment is multi-host).",
+    )
 
 
 def with_default_config(argv: list[str]) -> list[str]:
@@ -114,4 +123,5 @@ if __name__ == "__main__":
 
     xla_config.use_huge_pages()  # as train.py: re-executes once, for XLA:CPU's per-step buffers
     sys.argv = with_default_config(sys.argv)
+    define_flags()
     cli.run(main)
