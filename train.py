@@ -23,8 +23,12 @@ CONFIGS = pathlib.Path(__file__).resolve().parent / "configs"
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py[:preset]).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and metrics (a gs:// path works too).")
-flags.DEFINE_bool("distributed", None, "Call jax.distributed.initialize() (multi-host runs). Unset: "
-                  "only in a multi-host environment (e.g. JAX_COORDINATOR_ADDRESS); --nodistributed: never.")
+flags.DEFINE_bool(
+    "distributed",
+    None,
+    "Call jax.distributed.initialize() (multi-host runs). Unset: "
+    "only in a multi-host environment (e.g. JAX_COORDINATOR_ADDRESS); --nodistributed: never.",
+)
 flags.DEFINE_bool("allow_config_change", False, "Resume a workdir whose config.json differs from --config.")
 flags.DEFINE_bool("list_config", False, "Print each field of --config, overrides applied, and train nothing.")
 
@@ -46,8 +50,10 @@ def config_files() -> list[str]:
     for path in sorted(CONFIGS.glob("*.py")):
         doc = ast.get_docstring(ast.parse(path.read_text())) or ""
         summary = doc.splitlines()[0] if doc else ""
-        presets = next((line.split(":", 1)[1].split(";")[0].strip() for line in doc.splitlines()
-                        if line.startswith("Presets")), "none")
+        presets = next(
+            (line.split(":", 1)[1].split(";")[0].strip() for line in doc.splitlines() if line.startswith("Presets")),
+            "none",
+        )
         lines.append(f"  configs/{path.name}: {summary}\n      presets: {presets}")
     return lines
 
@@ -56,17 +62,19 @@ def help_epilog() -> str:
     from resnet_identity import config as config_lib
 
     fields = [line.split(" = ")[0] for line in config_lines(config_lib.default_config().to_dict())]
-    return "\n".join([
-        "",
-        "configs (a preset goes after a colon: --config=configs/quickstart.py:smoke):",
-        *config_files(),
-        "",
-        "config fields (override any with --config.FIELD=VALUE; "
-        "`python train.py --config=FILE --list_config` prints their values):",
-        *_wrap(", ".join(fields)),
-        "",
-        "Library logging is off; --verbosity=0 turns INFO on.",
-    ])
+    return "\n".join(
+        [
+            "",
+            "configs (a preset goes after a colon: --config=configs/quickstart.py:smoke):",
+            *config_files(),
+            "",
+            "config fields (override any with --config.FIELD=VALUE; "
+            "`python train.py --config=FILE --list_config` prints their values):",
+            *_wrap(", ".join(fields)),
+            "",
+            "Library logging is off; --verbosity=0 turns INFO on.",
+        ]
+    )
 
 
 def _wrap(text: str) -> list[str]:

@@ -62,15 +62,26 @@ def main(argv: list[str] | None = None) -> dict:
                 checkpointer.wait()
                 save_s.append(time.perf_counter() - start)
     save = statistics.median(save_s)
-    result = {"model": args.model, "state_numbers": numbers, "state_mb": round(nbytes / 2**20, 1),
-              "leaves": len(jax.tree.leaves(state)), "device": f"{jax.devices()[0].platform}",
-              "default_algorithm": integrity.digests({"x": jax.numpy.zeros(1)})["algorithm"],
-              "save_s": round(save, 3), "rounds": args.rounds}
+    result = {
+        "model": args.model,
+        "state_numbers": numbers,
+        "state_mb": round(nbytes / 2**20, 1),
+        "leaves": len(jax.tree.leaves(state)),
+        "device": f"{jax.devices()[0].platform}",
+        "default_algorithm": integrity.digests({"x": jax.numpy.zeros(1)})["algorithm"],
+        "save_s": round(save, 3),
+        "rounds": args.rounds,
+    }
     for algorithm, times in digest_s.items():
         digest = statistics.median(times)
-        result.update({f"{algorithm}_first_s": round(first[algorithm], 3), f"{algorithm}_s": round(digest, 3),
-                       f"{algorithm}_gb_per_s": round(nbytes / digest / 1e9, 2),
-                       f"{algorithm}_share_of_save": round(digest / save, 4)})
+        result.update(
+            {
+                f"{algorithm}_first_s": round(first[algorithm], 3),
+                f"{algorithm}_s": round(digest, 3),
+                f"{algorithm}_gb_per_s": round(nbytes / digest / 1e9, 2),
+                f"{algorithm}_share_of_save": round(digest / save, 4),
+            }
+        )
     result["loadavg_1m_5m"] = [round(x, 2) for x in os.getloadavg()[:2]]
     print(json.dumps(result), flush=True)
     return result

@@ -74,9 +74,15 @@ def ready(args: argparse.Namespace) -> list[dict[str, Any]]:
         for name in args.ready_models:
             results.append(step_time.build(name, args.ready_batch, fast_init=fast_init).result())
             _print(results[-1])
-        rows.append(_ratio(f"ready {results[-1]['model']} / {results[0]['model']} (fast_init={fast_init}; "
-                           f"{results[-1]['ready_s']} s)", results[-1]["ready_s"], results[0]["ready_s"],
-                           "<= 1.5, and 1001 <= 15 s"))
+        rows.append(
+            _ratio(
+                f"ready {results[-1]['model']} / {results[0]['model']} (fast_init={fast_init}; "
+                f"{results[-1]['ready_s']} s)",
+                results[-1]["ready_s"],
+                results[0]["ready_s"],
+                "<= 1.5, and 1001 <= 15 s",
+            )
+        )
     return rows
 
 
@@ -93,30 +99,37 @@ def remat(args: argparse.Namespace) -> list[dict[str, Any]]:
         result = bench.result()
         _print(result)
         none_bytes = none_bytes or result["temp_bytes"]
-        target = ("<= 2 GiB; >= 15x below no remat" if scheme == resolve_remat(True)
-                  else "(reference)")
-        rows.append(_ratio(f"temp memory none / {scheme} ({result['temp_gib']} GiB)", none_bytes,
-                           result["temp_bytes"], target))
+        target = "<= 2 GiB; >= 15x below no remat" if scheme == resolve_remat(True) else "(reference)"
+        rows.append(
+            _ratio(f"temp memory none / {scheme} ({result['temp_gib']} GiB)", none_bytes, result["temp_bytes"], target)
+        )
     benches = [step_time.build(args.model, args.batch, remat=r, depth=args.depth) for r in (True, False)]
     with_remat, without = alternate(benches, args.rounds, args.steps)
-    rows.append(_ratio(f"step remat={with_remat['remat']} / none", with_remat["step_ms"], without["step_ms"],
-                       "<= 1.5"))
+    rows.append(_ratio(f"step remat={with_remat['remat']} / none", with_remat["step_ms"], without["step_ms"], "<= 1.5"))
     return rows
 
 
 def _torch_round(args: argparse.Namespace, channels_last: bool) -> dict[str, Any]:
     """One `torch_reference` run in a child process: torch and XLA in one process slow
     each other's thread pools (JAX's CPU seconds per step went from 1.5 to 2.7)."""
-    command = [sys.executable, "-m", "benchmarks.torch_reference", f"--batch={args.torch_batch}",
-               f"--threads={args.threads}", f"--steps={args.steps}"] + (["--channels_last"] if channels_last else [])
-    done = subprocess.run(command, cwd=pathlib.Path(__file__).resolve().parents[1], check=True,
-                          capture_output=True, text=True)
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.torch_reference",
+        f"--batch={args.torch_batch}",
+        f"--threads={args.threads}",
+        f"--steps={args.steps}",
+    ] + (["--channels_last"] if channels_last else [])
+    done = subprocess.run(
+        command, cwd=pathlib.Path(__file__).resolve().parents[1], check=True, capture_output=True, text=True
+    )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def torch(args: argparse.Namespace) -> list[dict[str, Any]]:
-    benches = [step_time.build("cifar_preact164", args.torch_batch, remat=remat)
-               for remat in args.torch_remat.split(",")]
+    benches = [
+        step_time.build("cifar_preact164", args.torch_batch, remat=remat) for remat in args.torch_remat.split(",")
+    ]
     for bench in benches:
         bench.run(1)
         bench.clear()
@@ -134,20 +147,27 @@ def torch(args: argparse.Namespace) -> list[dict[str, Any]]:
         times = [t for row in rows for t in row["step_times_ms"]]
         cpu = [t for row in rows for t in row["cpu_s_per_step_all"]]
         summary = {k: v for k, v in rows[-1].items() if not k.endswith("_all") and k != "step_times_ms"}
-        summary.update(step_ms=round(statistics.median(times), 1), step_ms_min=round(min(times), 1),
-                       cpu_s_per_step=round(statistics.median(cpu), 2), timed_steps=len(times),
-                       images_per_s=round(args.torch_batch / statistics.median(times) * 1000, 1))
+        summary.update(
+            step_ms=round(statistics.median(times), 1),
+            step_ms_min=round(min(times), 1),
+            cpu_s_per_step=round(statistics.median(cpu), 2),
+            timed_steps=len(times),
+            images_per_s=round(args.torch_batch / statistics.median(times) * 1000, 1),
+        )
         _print(summary)
         best = summary["step_ms"] if best is None else min(best, summary["step_ms"])
-    return [_ratio(f"step torch (best layout) / jax (remat={r['remat']})", best, r["step_ms"], ">= 1.0")
-            for r in jax_results]
+    return [
+        _ratio(f"step torch (best layout) / jax (remat={r['remat']})", best, r["step_ms"], ">= 1.0")
+        for r in jax_results
+    ]
 
 
 def _loss_curve(args: argparse.Namespace, dtype: str, seed: int) -> list[float]:
     import jax
 
-    setup = step_time.training_setup(args.curve_model, args.curve_batch, dataset="digits", seed=seed,
-                                     depth=args.curve_depth, dtype=dtype)
+    setup = step_time.training_setup(
+        args.curve_model, args.curve_batch, dataset="digits", seed=seed, depth=args.curve_depth, dtype=dtype
+    )
     state, losses = setup.init(setup.init_key), []
     for _ in range(args.curve_steps):
         state, metrics = setup.step(state, jax.device_put(next(setup.host_batches)))
@@ -158,8 +178,11 @@ def _loss_curve(args: argparse.Namespace, dtype: str, seed: int) -> list[float]:
 def bf16(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Training-loss curves on digits: bfloat16 vs float32 (same seed), measured against the
     gap between two float32 runs with different seeds (init and data order), the noise."""
-    curves = {"float32": _loss_curve(args, "float32", 0), "bfloat16": _loss_curve(args, "bfloat16", 0),
-              "float32_seed1": _loss_curve(args, "float32", 1)}
+    curves = {
+        "float32": _loss_curve(args, "float32", 0),
+        "bfloat16": _loss_curve(args, "bfloat16", 0),
+        "float32_seed1": _loss_curve(args, "float32", 1),
+    }
     for step in range(args.curve_steps):
         _print({"step": step, **{name: round(curve[step], 4) for name, curve in curves.items()}})
     window = slice(-10, None)
@@ -168,8 +191,14 @@ def bf16(args: argparse.Namespace) -> list[dict[str, Any]]:
         return statistics.mean(abs(x - y) for x, y in zip(curves[a], curves[b]))
 
     _print({"final_10_step_mean": {name: round(statistics.mean(c[window]), 4) for name, c in curves.items()}})
-    return [_ratio("loss gap bf16-f32 / f32 seed gap (mean over steps)", gap("bfloat16", "float32"),
-                   gap("float32_seed1", "float32"), "<= 1 (within seed noise)")]
+    return [
+        _ratio(
+            "loss gap bf16-f32 / f32 seed gap (mean over steps)",
+            gap("bfloat16", "float32"),
+            gap("float32_seed1", "float32"),
+            "<= 1 (within seed noise)",
+        )
+    ]
 
 
 REPOSITORY = pathlib.Path(__file__).resolve().parents[1]
@@ -180,16 +209,20 @@ def _source_root(tree: str) -> pathlib.Path:
     the git revision `tree`, extracted into a temporary folder."""
     if (pathlib.Path(tree) / "resnet_identity").is_dir():
         return pathlib.Path(tree).resolve()
-    archive = subprocess.run(["git", "archive", tree, "resnet_identity"], cwd=REPOSITORY, check=True,
-                             capture_output=True).stdout
+    archive = subprocess.run(
+        ["git", "archive", tree, "resnet_identity"], cwd=REPOSITORY, check=True, capture_output=True
+    ).stdout
     root = pathlib.Path(tempfile.mkdtemp(prefix="compare_tree_"))
     tarfile.open(fileobj=io.BytesIO(archive)).extractall(root, filter="data")
     return root
 
 
 def _drop_package() -> dict[str, Any]:
-    return {name: sys.modules.pop(name) for name in list(sys.modules)
-            if name == "resnet_identity" or name.startswith("resnet_identity.")}
+    return {
+        name: sys.modules.pop(name)
+        for name in list(sys.modules)
+        if name == "resnet_identity" or name.startswith("resnet_identity.")
+    }
 
 
 @contextlib.contextmanager
@@ -230,8 +263,9 @@ SECTIONS = {"ready": ready, "scan": scan, "remat": remat, "torch": torch, "bf16"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sections", default=",".join(SECTIONS),
-                        help="comma-separated subset of " + ",".join(SECTIONS))
+    parser.add_argument(
+        "--sections", default=",".join(SECTIONS), help="comma-separated subset of " + ",".join(SECTIONS)
+    )
     parser.add_argument("--model", default="cifar_preact1001", help="model of the scan and remat timings")
     parser.add_argument("--depth", type=int, default=None, help="depth override for --model")
     parser.add_argument("--batch", type=int, default=8, help="batch of the scan and remat timings")
@@ -240,22 +274,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--memory_model", default="cifar_preact1001")
     parser.add_argument("--memory_batch", type=int, default=128)
     parser.add_argument("--torch_batch", type=int, default=32)
-    parser.add_argument("--torch_remat", default="none,elementwise",
-                        help="remat schemes of the JAX steps timed against torch, comma-separated")
+    parser.add_argument(
+        "--torch_remat",
+        default="none,elementwise",
+        help="remat schemes of the JAX steps timed against torch, comma-separated",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch threads (XLA:CPU uses every core)")
     parser.add_argument("--curve_model", default="cifar_preact164")
     parser.add_argument("--curve_depth", type=int, default=29, help="depth of the bf16 curve model")
     parser.add_argument("--curve_batch", type=int, default=32)
     parser.add_argument("--curve_steps", type=int, default=50)
-    parser.add_argument("--trees", default="HEAD,.", help="the two source trees of the trees section, "
-                        "BEFORE,AFTER: git revisions or folders holding resnet_identity/ ('.': this checkout)")
-    parser.add_argument("--tree_models", default="cifar_preact164:32,cifar_preact1001:8,resnet50:8",
-                        help="MODEL:BATCH entries of the trees section, comma-separated")
+    parser.add_argument(
+        "--trees",
+        default="HEAD,.",
+        help="the two source trees of the trees section, "
+        "BEFORE,AFTER: git revisions or folders holding resnet_identity/ ('.': this checkout)",
+    )
+    parser.add_argument(
+        "--tree_models",
+        default="cifar_preact164:32,cifar_preact1001:8,resnet50:8",
+        help="MODEL:BATCH entries of the trees section, comma-separated",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per configuration per round")
-    parser.add_argument("--quick", action="store_true",
-                        help="shrink for a smoke run: 164 at depth 47, batch 4, memory at batch 16, "
-                             "1 round, 10-step curves")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="shrink for a smoke run: 164 at depth 47, batch 4, memory at batch 16, 1 round, 10-step curves",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.model, args.depth, args.batch, args.rounds, args.steps = "cifar_preact164", 47, 4, 1, 2

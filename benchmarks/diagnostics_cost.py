@@ -39,8 +39,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     bench = step_time.build(args.model, args.batch, unit=args.unit)
     model = step_time.training_setup(args.model, args.batch, unit=args.unit).model
     images = bench.batches[0]["image"].astype("float32")
-    probe = jax.jit(lambda params, stats, x: identity_measures(
-        model, {"params": params, "batch_stats": stats}, x, jax.random.key(0)))
+    probe = jax.jit(
+        lambda params, stats, x: identity_measures(
+            model, {"params": params, "batch_stats": stats}, x, jax.random.key(0)
+        )
+    )
     start = time.perf_counter()
     compiled = probe.lower(bench.state.params, bench.state.batch_stats, images).compile()
     probe_compile_s = time.perf_counter() - start
@@ -59,15 +62,27 @@ def main(argv: list[str] | None = None) -> list[dict]:
     calls = 100_000
     off_ns = timeit.timeit(lambda: off.maybe_log(7, None), number=calls) / calls * 1e9
 
-    label = {"model": args.model, "unit": args.unit or "default", "batch": args.batch,
-             "loadavg_1m_5m": step_time.load_average()}
+    label = {
+        "model": args.model,
+        "unit": args.unit or "default",
+        "batch": args.batch,
+        "loadavg_1m_5m": step_time.load_average(),
+    }
     rows = [
         {**label, "figure": "train step", "ms": round(1000 * step_s, 1), "timed": len(bench.timings)},
-        {**label, "figure": "diagnostics pass", "ms": round(1000 * probe_s, 1), "timed": len(probe_times),
-         "compile_s": round(probe_compile_s, 2)},
+        {
+            **label,
+            "figure": "diagnostics pass",
+            "ms": round(1000 * probe_s, 1),
+            "timed": len(probe_times),
+            "compile_s": round(probe_compile_s, 2),
+        },
         {**label, "figure": "off: maybe_log call", "ns": round(off_ns)},
-        {**label, "figure": "on: overhead per step",
-         **{f"every_{n}": f"{100 * probe_s / (n * step_s):.2f}%" for n in (1, 10, 100, 1000)}},
+        {
+            **label,
+            "figure": "on: overhead per step",
+            **{f"every_{n}": f"{100 * probe_s / (n * step_s):.2f}%" for n in (1, 10, 100, 1000)},
+        },
     ]
     for row in rows:
         print(json.dumps(row), flush=True)

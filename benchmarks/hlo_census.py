@@ -21,8 +21,19 @@ import re
 from typing import Any
 
 # Operations that only name, regroup or alias buffers: no kernel runs for them.
-_FREE = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "after-all", "opt-barrier",
-         "add-dependency", "partition-id", "replica-id", "domain"}
+_FREE = {
+    "parameter",
+    "constant",
+    "get-tuple-element",
+    "tuple",
+    "bitcast",
+    "after-all",
+    "opt-barrier",
+    "add-dependency",
+    "partition-id",
+    "replica-id",
+    "domain",
+}
 _HEADER = re.compile(r"^(ENTRY )?%?([\w.\-]+) \(.*\{$")
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?[\w.\-]+ = .*?\s([a-z][a-z0-9\-]*)\((.*)$")
 
@@ -80,8 +91,11 @@ def census(text: str) -> dict[str, Any]:
                 visit(body, times * n)
                 visit(condition, times * (n + 1))
             elif opcode in ("call", "conditional"):
-                called = re.findall(r"(?:to_apply|branch_computations=\{|true_computation|false_computation)"
-                                    r"=?%?([\w.\-]+)", rest)
+                called = re.findall(
+                    r"(?:to_apply|branch_computations=\{|true_computation|false_computation)"
+                    r"=?%?([\w.\-]+)",
+                    rest,
+                )
                 for callee in called[:1]:  # a conditional runs one branch: count the first
                     visit(callee, times)
             else:
@@ -94,5 +108,8 @@ def census(text: str) -> dict[str, Any]:
 def summary(text: str, top: int = 8) -> dict[str, Any]:
     """`census`, with only the `top` most frequent kinds (for one JSON line)."""
     result = census(text)
-    return {"launches": result["launches"], "by_kind": dict(list(result["by_kind"].items())[:top]),
-            "loop_trips": [loop["trips"] for loop in result["loops"]]}
+    return {
+        "launches": result["launches"],
+        "by_kind": dict(list(result["by_kind"].items())[:top]),
+        "loop_trips": [loop["trips"] for loop in result["loops"]],
+    }

@@ -76,15 +76,23 @@ class SyntheticImageNetBuilder:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train_crop", default="scale", choices=("scale", "scale_aspect"),
-                        help="the training crop: v1's scale augmentation (the recipe's) or fb.resnet.torch's")
+    parser.add_argument(
+        "--train_crop",
+        default="scale",
+        choices=("scale", "scale_aspect"),
+        help="the training crop: v1's scale augmentation (the recipe's) or fb.resnet.torch's",
+    )
     parser.add_argument("--batch", type=int, default=256, help="examples per batch (one process)")
     parser.add_argument("--batches", type=int, default=10, help="batches per timed round")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds (the median is reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed batches after the first")
     parser.add_argument("--images", type=int, default=512, help="distinct synthetic JPEGs")
-    parser.add_argument("--shuffle_buffer", type=int, default=None,
-                        help="encoded JPEGs in the shuffle buffer (default: the pipeline's, 10,000)")
+    parser.add_argument(
+        "--shuffle_buffer",
+        type=int,
+        default=None,
+        help="encoded JPEGs in the shuffle buffer (default: the pipeline's, 10,000)",
+    )
     return parser.parse_args(argv)
 
 
@@ -97,11 +105,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     jpegs = synthetic_jpegs(args.images)
     dataset = streamed.StreamedDataset(
-        name=imagenet.NAME, source=imagenet.TfdsSource(SyntheticImageNetBuilder(jpegs)),
-        num_classes=imagenet.NUM_CLASSES, image_size=imagenet.IMAGE_SIZE,
+        name=imagenet.NAME,
+        source=imagenet.TfdsSource(SyntheticImageNetBuilder(jpegs)),
+        num_classes=imagenet.NUM_CLASSES,
+        image_size=imagenet.IMAGE_SIZE,
         normalization=normalization_lib.resolve(None, imagenet.NAME, None),
         shuffle_buffer=args.shuffle_buffer or crops.STREAM_OPTIONS["shuffle_buffer"].default,
-        train_crop=args.train_crop)
+        train_crop=args.train_crop,
+    )
     stream = dataset.train_batches(global_batch_size=args.batch, start_step=0, seed=0)
 
     start = time.perf_counter()
@@ -122,8 +133,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         cpu_per_image.append((cpu_seconds() - cpu) / images)
     rate, cpu_s = statistics.median(rates), statistics.median(cpu_per_image)
     result = {
-        "train_crop": args.train_crop, "batch": args.batch, "batches_per_round": args.batches, "rounds": args.rounds,
-        "distinct_jpegs": len(jpegs), "mean_jpeg_kb": round(float(np.mean([len(j) for j in jpegs])) / 1e3, 1),
+        "train_crop": args.train_crop,
+        "batch": args.batch,
+        "batches_per_round": args.batches,
+        "rounds": args.rounds,
+        "distinct_jpegs": len(jpegs),
+        "mean_jpeg_kb": round(float(np.mean([len(j) for j in jpegs])) / 1e3, 1),
         "shuffle_buffer": dataset.shuffle_buffer,
         "first_batch_s": round(first_batch_s, 2),
         "images_per_s": round(rate, 1),

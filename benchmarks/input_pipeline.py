@@ -39,12 +39,16 @@ def cifar10_shaped(seed: int = 0) -> in_memory.InMemoryDataset:
     num_classes = cifar.NUM_CLASSES["cifar10"]
     train_images = rng.integers(0, 256, (NUM_TRAIN, *IMAGE_SHAPE), dtype=np.uint8)
     return in_memory.InMemoryDataset(
-        name="cifar10", num_classes=num_classes,
-        train_images=train_images, train_labels=rng.integers(0, num_classes, NUM_TRAIN, dtype=np.int32),
+        name="cifar10",
+        num_classes=num_classes,
+        train_images=train_images,
+        train_labels=rng.integers(0, num_classes, NUM_TRAIN, dtype=np.int32),
         test_images=rng.integers(0, 256, (NUM_TEST, *IMAGE_SHAPE), dtype=np.uint8),
         test_labels=rng.integers(0, num_classes, NUM_TEST, dtype=np.int32),
         normalization=normalization_lib.resolve(None, "cifar10", train_images),
-        crop_padding=4, random_flip=True)
+        crop_padding=4,
+        random_flip=True,
+    )
 
 
 def host_images_per_s(dataset: in_memory.InMemoryDataset, batch: int, batches: int, rounds: int) -> float:
@@ -93,7 +97,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     device_rate = device_images_per_s(dataset, args.batch, args.repeats)
     device = jax.devices()[0]
     result = {
-        "batch": args.batch, "batches_per_round": args.batches, "repeats": args.repeats,
+        "batch": args.batch,
+        "batches_per_round": args.batches,
+        "repeats": args.repeats,
         "host_images_per_s": round(host_rate, 1),
         "device_augment_images_per_s": round(device_rate, 1),
         "target_images_per_s": TARGET_IMAGES_PER_S,

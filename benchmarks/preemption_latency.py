@@ -30,10 +30,17 @@ _SAVED = re.compile(r"saved (?:a checkpoint at )?step (\d+)")
 
 
 def one_run(root: str, *, batch: int, log_every: int, delay: float, workdir: str) -> dict:
-    cmd = [sys.executable, os.path.join(root, "train.py"), f"--config={os.path.join(root, 'configs', 'quickstart.py')}",
-           f"--workdir={workdir}", f"--config.batch_size={batch}", f"--config.log_every_steps={log_every}",
-           "--config.num_train_steps=100000", "--config.checkpoint_every_steps=100000",
-           "--config.eval_every_steps=100000"]
+    cmd = [
+        sys.executable,
+        os.path.join(root, "train.py"),
+        f"--config={os.path.join(root, 'configs', 'quickstart.py')}",
+        f"--workdir={workdir}",
+        f"--config.batch_size={batch}",
+        f"--config.log_every_steps={log_every}",
+        "--config.num_train_steps=100000",
+        "--config.checkpoint_every_steps=100000",
+        "--config.eval_every_steps=100000",
+    ]
     env = {**os.environ, "PYTHONPATH": root, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, env=env, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
@@ -52,9 +59,16 @@ def one_run(root: str, *, batch: int, log_every: int, delay: float, workdir: str
     latency = time.perf_counter() - signalled
     saved = _SAVED.findall(rest)
     at_signal = logged_step + (signalled - logged_at) / step_s
-    return {"root": root, "exit": proc.returncode, "latency_s": round(latency, 2), "step_s": round(step_s, 3),
-            "latency_in_steps": round(latency / step_s, 1), "device_step_at_signal": round(at_signal, 1),
-            "saved_step": int(saved[-1]) if saved else None, "loadavg_1m": round(os.getloadavg()[0], 2)}
+    return {
+        "root": root,
+        "exit": proc.returncode,
+        "latency_s": round(latency, 2),
+        "step_s": round(step_s, 3),
+        "latency_in_steps": round(latency / step_s, 1),
+        "device_step_at_signal": round(at_signal, 1),
+        "saved_step": int(saved[-1]) if saved else None,
+        "loadavg_1m": round(os.getloadavg()[0], 2),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -69,8 +83,12 @@ def main(argv: list[str] | None = None) -> None:
     for _ in range(args.trials):
         for root in roots:
             with tempfile.TemporaryDirectory() as workdir:
-                print(json.dumps(one_run(root, batch=args.batch, log_every=args.log_every, delay=args.delay,
-                                         workdir=workdir)), flush=True)
+                print(
+                    json.dumps(
+                        one_run(root, batch=args.batch, log_every=args.log_every, delay=args.delay, workdir=workdir)
+                    ),
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

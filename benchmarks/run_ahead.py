@@ -58,13 +58,21 @@ def main(argv: list[str] | None = None) -> dict:
         for name, ahead in variants.items():
             times[name].append(time_window(bench, host_batches, args.steps, ahead))
     # Ratios round by round (paired), whose median a drifting machine load skews less.
-    result = {"model": args.model, "batch": args.batch, "steps_per_window": args.steps, "rounds": args.rounds,
-              "device": f"{jax.devices()[0].platform}:{jax.devices()[0].device_kind}",
-              **{f"{name}_ms": round(1000 * statistics.median(t), 2) for name, t in times.items()},
-              **{f"{name}_min_ms": round(1000 * min(t), 2) for name, t in times.items()},
-              **{f"{name}_vs_free": round(statistics.median(b / f for b, f in zip(t, times["free"])), 4)
-                 for name, t in times.items() if name != "free"},
-              "loadavg_1m_5m": [round(x, 2) for x in os.getloadavg()[:2]]}
+    result = {
+        "model": args.model,
+        "batch": args.batch,
+        "steps_per_window": args.steps,
+        "rounds": args.rounds,
+        "device": f"{jax.devices()[0].platform}:{jax.devices()[0].device_kind}",
+        **{f"{name}_ms": round(1000 * statistics.median(t), 2) for name, t in times.items()},
+        **{f"{name}_min_ms": round(1000 * min(t), 2) for name, t in times.items()},
+        **{
+            f"{name}_vs_free": round(statistics.median(b / f for b, f in zip(t, times["free"])), 4)
+            for name, t in times.items()
+            if name != "free"
+        },
+        "loadavg_1m_5m": [round(x, 2) for x in os.getloadavg()[:2]],
+    }
     print(json.dumps(result), flush=True)
     return result
 

@@ -26,11 +26,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _command(workdir: str, steps: int) -> list[str]:
-    return [sys.executable, os.path.join(ROOT, "train.py"), "--config=configs/quickstart.py",
-            f"--workdir={workdir}", f"--config.num_train_steps={steps}",
-            f"--config.schedule.boundaries=({steps * 2 // 3},{steps * 5 // 6})",
-            "--config.checkpoint_every_steps=5", "--config.log_every_steps=5",
-            f"--config.eval_every_steps={steps}"]
+    return [
+        sys.executable,
+        os.path.join(ROOT, "train.py"),
+        "--config=configs/quickstart.py",
+        f"--workdir={workdir}",
+        f"--config.num_train_steps={steps}",
+        f"--config.schedule.boundaries=({steps * 2 // 3},{steps * 5 // 6})",
+        "--config.checkpoint_every_steps=5",
+        "--config.log_every_steps=5",
+        f"--config.eval_every_steps={steps}",
+    ]
 
 
 def _final_state(workdir: str, step: int) -> dict[str, np.ndarray]:
@@ -59,8 +65,14 @@ def main() -> None:
     rng = random.Random(args.seed)
     kill_steps = []
     for _ in range(args.kills):
-        proc = subprocess.Popen(_command(soaked, args.steps), cwd=ROOT, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        proc = subprocess.Popen(
+            _command(soaked, args.steps),
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
         # Kill a random time after the first logged step, i.e. mid-training, not mid-compile only.
         for line in proc.stdout:
             if line.startswith("step ") or line.startswith("final"):
@@ -76,13 +88,19 @@ def main() -> None:
     equal = a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     with open(os.path.join(soaked, "metrics.jsonl")) as f:
         logged = [json.loads(line)["step"] for line in f if "train/loss" in line]
-    print(json.dumps({
-        "kills": args.kills, "steps": args.steps,
-        "newest_checkpoint_after_each_kill": kill_steps,
-        "bitwise_equal": equal, "arrays_compared": len(a),
-        "steps_logged_once": logged == sorted(set(logged)),
-        "wall_seconds": round(time.time() - start, 1),
-    }))
+    print(
+        json.dumps(
+            {
+                "kills": args.kills,
+                "steps": args.steps,
+                "newest_checkpoint_after_each_kill": kill_steps,
+                "bitwise_equal": equal,
+                "arrays_compared": len(a),
+                "steps_logged_once": logged == sorted(set(logged)),
+                "wall_seconds": round(time.time() - start, 1),
+            }
+        )
+    )
     sys.exit(0 if equal else 1)
 
 

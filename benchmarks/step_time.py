@@ -26,7 +26,8 @@ import os
 import resource
 import statistics
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from resnet_identity import xla_config
 
@@ -152,8 +153,14 @@ def _block(*trees: Any) -> None:
     jax.block_until_ready(trees)
 
 
-def model_overrides(*, unrolled: bool = False, remat: bool | str | None = None, dtype: str = "float32",
-                    depth: int | None = None, unroll: int | None = None) -> dict[str, Any]:
+def model_overrides(
+    *,
+    unrolled: bool = False,
+    remat: bool | str | None = None,
+    dtype: str = "float32",
+    depth: int | None = None,
+    unroll: int | None = None,
+) -> dict[str, Any]:
     overrides: dict[str, Any] = {"scan": not unrolled, "remat": remat, "dtype": dtype}
     if depth is not None:
         overrides["depth"] = depth
@@ -174,8 +181,9 @@ class Setup:
     host_batches: Iterator[dict[str, Any]]
 
 
-def training_setup(model_name: str, batch: int, *, dataset: str = "synthetic", num_classes: int = 10,
-                   seed: int = 0, **overrides: Any) -> Setup:
+def training_setup(
+    model_name: str, batch: int, *, dataset: str = "synthetic", num_classes: int = 10, seed: int = 0, **overrides: Any
+) -> Setup:
     """The model, `optim.sgd` with the papers' CIFAR schedule, and `train_step` over `dataset`
     ("synthetic" random images at the model's input size, or "digits"); None overrides are dropped."""
     import jax
@@ -188,23 +196,44 @@ def training_setup(model_name: str, batch: int, *, dataset: str = "synthetic", n
     overrides = {k: v for k, v in overrides.items() if v is not None}
     model = models.create_model(model_name, num_classes=num_classes, **overrides)
     size = models.input_size(model_name)
-    data = get_dataset(ml_collections.ConfigDict(
-        {"dataset": dataset, "synthetic": {"image_size": size, "num_classes": num_classes}}))
-    schedule = optim.build_schedule(optim.schedule_config("step", boundaries=(32_000, 48_000)),
-                                    total_steps=64_000, steps_per_epoch=1)
+    data = get_dataset(
+        ml_collections.ConfigDict({"dataset": dataset, "synthetic": {"image_size": size, "num_classes": num_classes}})
+    )
+    schedule = optim.build_schedule(
+        optim.schedule_config("step", boundaries=(32_000, 48_000)), total_steps=64_000, steps_per_epoch=1
+    )
     tx = optim.sgd(learning_rate=schedule, momentum=0.9, weight_decay=1e-4)
     init_key, step_key = jax.random.split(jax.random.key(seed))
     init = jax.jit(functools.partial(create_train_state, model, tx, data.image_size))
-    step = jax.jit(functools.partial(train_step, model=model, tx=tx, schedule=schedule,
-                                     transform=data.train_transform, key=step_key), donate_argnums=0,
-                   compiler_options=xla_config.step_compiler_options(jax.default_backend()))
-    return Setup(model, data.image_size, init, init_key, step,
-                 data.train_batches(global_batch_size=batch, start_step=0, seed=seed))
+    step = jax.jit(
+        functools.partial(
+            train_step, model=model, tx=tx, schedule=schedule, transform=data.train_transform, key=step_key
+        ),
+        donate_argnums=0,
+        compiler_options=xla_config.step_compiler_options(jax.default_backend()),
+    )
+    return Setup(
+        model,
+        data.image_size,
+        init,
+        init_key,
+        step,
+        data.train_batches(global_batch_size=batch, start_step=0, seed=seed),
+    )
 
 
-def build(model_name: str, batch: int, *, compile_only: bool = False, fast_init: bool = True,
-          num_classes: int = 10, seed: int = 0, products: bool | None = None,
-          compiler_options: dict[str, Any] | None = None, **overrides: Any) -> Bench:
+def build(
+    model_name: str,
+    batch: int,
+    *,
+    compile_only: bool = False,
+    fast_init: bool = True,
+    num_classes: int = 10,
+    seed: int = 0,
+    products: bool | None = None,
+    compiler_options: dict[str, Any] | None = None,
+    **overrides: Any,
+) -> Bench:
     """Initialises, lowers and compiles one configuration on synthetic data; `compile_only`
     skips init and data; `fast_init` compiles the init as `trainer.py` does
     (`xla_config.init_compiler_options`: -O0 on CPU); False compiles it at XLA's default.
@@ -221,8 +250,9 @@ def build(model_name: str, batch: int, *, compile_only: bool = False, fast_init:
     from resnet_identity.models import kernels
 
     platform = lowering_platform()
-    platforms = set(kernels.product_platforms()) | {platform} if products else \
-        set(kernels.product_platforms()) - {platform}
+    platforms = (
+        set(kernels.product_platforms()) | {platform} if products else set(kernels.product_platforms()) - {platform}
+    )
     with kernels.pointwise_products(sorted(platforms)):
         bench = _build(model_name, batch, compile_only, fast_init, num_classes, seed, compiler_options, overrides)
     bench.label["products"] = products
@@ -239,8 +269,16 @@ def lowering_platform() -> str:
     return "rocm" if "rocm" in jax.devices()[0].client.platform_version.lower() else "cuda"
 
 
-def _build(model_name: str, batch: int, compile_only: bool, fast_init: bool, num_classes: int, seed: int,
-           compiler_options: dict[str, Any] | None, overrides: dict[str, Any]) -> Bench:
+def _build(
+    model_name: str,
+    batch: int,
+    compile_only: bool,
+    fast_init: bool,
+    num_classes: int,
+    seed: int,
+    compiler_options: dict[str, Any] | None,
+    overrides: dict[str, Any],
+) -> Bench:
     import jax
 
     from resnet_identity.models import summary
@@ -272,22 +310,49 @@ def _build(model_name: str, batch: int, compile_only: bool, fast_init: bool, num
     ready_cpu = cpu_seconds() - ready_cpu
     memory = compiled.memory_analysis()
     flops = 6 * summary.forward_macs(setup.model, setup.image_size) * batch
-    label = {"model": model_name, "batch": batch, "dtype": "float32", "scan": True, "fast_init": fast_init,
-             **overrides, **({"compiler_options": compiler_options} if compiler_options else {})}
+    label = {
+        "model": model_name,
+        "batch": batch,
+        "dtype": "float32",
+        "scan": True,
+        "fast_init": fast_init,
+        **overrides,
+        **({"compiler_options": compiler_options} if compiler_options else {}),
+    }
     label["remat"] = resolve_remat(overrides.get("remat"), scan=overrides.get("scan", True))
-    return Bench(label, state, compiled, batches, init_s, lower_s, compile_s, ready_cpu,
-                 memory.temp_size_in_bytes if memory is not None else None, flops)
+    return Bench(
+        label,
+        state,
+        compiled,
+        batches,
+        init_s,
+        lower_s,
+        compile_s,
+        ready_cpu,
+        memory.temp_size_in_bytes if memory is not None else None,
+        flops,
+    )
 
 
-def measure(model_name: str, batch: int, *, steps: int = 5, warmup: int = 1, windows: int = 0,
-            profile_dir: str | None = None, **overrides: Any) -> dict[str, Any]:
+def measure(
+    model_name: str,
+    batch: int,
+    *,
+    steps: int = 5,
+    warmup: int = 1,
+    windows: int = 0,
+    profile_dir: str | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
     """`build`, then `time_steps`; the result as a dict."""
-    return time_steps(build(model_name, batch, **overrides), steps=steps, warmup=warmup, windows=windows,
-                      profile_dir=profile_dir)
+    return time_steps(
+        build(model_name, batch, **overrides), steps=steps, warmup=warmup, windows=windows, profile_dir=profile_dir
+    )
 
 
-def time_steps(bench: Bench, *, steps: int, warmup: int = 1, windows: int = 0,
-               profile_dir: str | None = None) -> dict[str, Any]:
+def time_steps(
+    bench: Bench, *, steps: int, warmup: int = 1, windows: int = 0, profile_dir: str | None = None
+) -> dict[str, Any]:
     """`warmup` untimed and `steps` timed steps of a built `bench`; the result as a dict.
 
     With `windows` > 0 the timing is pipelined: `windows` windows of `steps` steps each,
@@ -317,26 +382,51 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", default="cifar_preact164")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-    parser.add_argument("--remat", nargs="?", const=True, default=None,
-                        help="a bare --remat is remat=True (nested), or name a scheme (none, elementwise, unit, "
-                             "block, nested); without it, the model's default (elementwise)")
+    parser.add_argument(
+        "--remat",
+        nargs="?",
+        const=True,
+        default=None,
+        help="a bare --remat is remat=True (nested), or name a scheme (none, elementwise, unit, "
+        "block, nested); without it, the model's default (elementwise)",
+    )
     parser.add_argument("--unrolled", action="store_true", help="scan=False: one module per unit")
     parser.add_argument("--depth", type=int, default=None, help="override the depth (tiny models for tests)")
     parser.add_argument("--unroll", type=int, default=None, help="scan unroll factor")
-    parser.add_argument("--fast_init", action=argparse.BooleanOptionalAction, default=True,
-                        help="compile the init as trainer.py does (-O0 on CPU); --no-fast_init: XLA's default")
-    parser.add_argument("--products", action=argparse.BooleanOptionalAction, default=None,
-                        help="1x1 convolutions as matrix products on this backend (--no-products: library "
-                             "convolutions, except on CPU); default: kernels.product_platforms()")
-    parser.add_argument("--compiler_option", action="append", default=[], metavar="NAME=VALUE",
-                        help="an XLA option for the step's compile, added to xla_config's (repeatable)")
+    parser.add_argument(
+        "--fast_init",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="compile the init as trainer.py does (-O0 on CPU); --no-fast_init: XLA's default",
+    )
+    parser.add_argument(
+        "--products",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="1x1 convolutions as matrix products on this backend (--no-products: library "
+        "convolutions, except on CPU); default: kernels.product_platforms()",
+    )
+    parser.add_argument(
+        "--compiler_option",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an XLA option for the step's compile, added to xla_config's (repeatable)",
+    )
     parser.add_argument("--steps", type=int, default=5, help="timed steps (the median is reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps after the first call")
-    parser.add_argument("--profile_dir", default=None,
-                        help="after timing, trace 3 steps into this folder (perfetto_trace.json.gz inside)")
-    parser.add_argument("--windows", type=int, default=0,
-                        help="time pipelined: this many windows of --steps steps, waiting once per window "
-                             "(accelerators); 0 waits on every step")
+    parser.add_argument(
+        "--profile_dir",
+        default=None,
+        help="after timing, trace 3 steps into this folder (perfetto_trace.json.gz inside)",
+    )
+    parser.add_argument(
+        "--windows",
+        type=int,
+        default=0,
+        help="time pipelined: this many windows of --steps steps, waiting once per window "
+        "(accelerators); 0 waits on every step",
+    )
     return parser.parse_args(argv)
 
 
@@ -353,11 +443,20 @@ def _compiler_option(text: str) -> tuple[str, Any]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     options = dict(_compiler_option(o) for o in args.compiler_option) or None
-    result = measure(args.model, args.batch, steps=args.steps, warmup=args.warmup, windows=args.windows,
-                     profile_dir=args.profile_dir, fast_init=args.fast_init, products=args.products,
-                     compiler_options=options,
-                     **model_overrides(unrolled=args.unrolled, remat=args.remat, dtype=args.dtype,
-                                       depth=args.depth, unroll=args.unroll))
+    result = measure(
+        args.model,
+        args.batch,
+        steps=args.steps,
+        warmup=args.warmup,
+        windows=args.windows,
+        profile_dir=args.profile_dir,
+        fast_init=args.fast_init,
+        products=args.products,
+        compiler_options=options,
+        **model_overrides(
+            unrolled=args.unrolled, remat=args.remat, dtype=args.dtype, depth=args.depth, unroll=args.unroll
+        ),
+    )
     print(json.dumps(result), flush=True)
     return result
 

@@ -24,7 +24,7 @@ import json
 import os
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -109,9 +109,15 @@ def build(batch: int = 32, threads: int = 2, channels_last: bool = False) -> Cal
 
 
 def label(batch: int, threads: int, channels_last: bool) -> dict:
-    return {"framework": f"torch {torch.__version__}", "model": "preact164", "parameters": PREACT164_PARAMETERS,
-            "batch": batch, "threads": threads, "memory_format": "channels_last" if channels_last else "contiguous",
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
+    return {
+        "framework": f"torch {torch.__version__}",
+        "model": "preact164",
+        "parameters": PREACT164_PARAMETERS,
+        "batch": batch,
+        "threads": threads,
+        "memory_format": "channels_last" if channels_last else "contiguous",
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -129,11 +135,16 @@ def main(argv: list[str] | None = None) -> dict:
         times.append(step())
         cpu.append(cpu_seconds() - start)
     ms = 1000 * statistics.median(times)
-    result = {**label(args.batch, args.threads, args.channels_last), "step_ms": round(ms, 1),
-              "step_ms_min": round(1000 * min(times), 1), "cpu_s_per_step": round(statistics.median(cpu), 2),
-              "images_per_s": round(args.batch / ms * 1000, 1),
-              "loadavg_1m_5m": load_average(),
-              "step_times_ms": [round(1000 * t, 1) for t in times], "cpu_s_per_step_all": [round(c, 3) for c in cpu]}
+    result = {
+        **label(args.batch, args.threads, args.channels_last),
+        "step_ms": round(ms, 1),
+        "step_ms_min": round(1000 * min(times), 1),
+        "cpu_s_per_step": round(statistics.median(cpu), 2),
+        "images_per_s": round(args.batch / ms * 1000, 1),
+        "loadavg_1m_5m": load_average(),
+        "step_times_ms": [round(1000 * t, 1) for t in times],
+        "cpu_s_per_step_all": [round(c, 3) for c in cpu],
+    }
     print(json.dumps(result))
     return result
 

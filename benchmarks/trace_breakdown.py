@@ -18,8 +18,10 @@ import re
 
 # First match wins; anything else is elementwise (BN apply, ReLU, casts, the optimiser).
 KINDS = (
-    ("convolutions and matrix products", ("xmma", "cutlass", "nvjet", "cudnn", "gemm", "Gemm", "splitK",
-                                          "convolve", "wgrad", "nhwcAddPadding")),
+    (
+        "convolutions and matrix products",
+        ("xmma", "cutlass", "nvjet", "cudnn", "gemm", "Gemm", "splitK", "convolve", "wgrad", "nhwcAddPadding"),
+    ),
     ("reductions (BN statistics and their gradients)", ("reduce",)),
     ("scan: dynamic slices and updates", ("dynamic_update_slice", "dynamic_slice")),
     ("device-to-device copies", ("Memcpy", "memcpy")),
@@ -39,8 +41,11 @@ def gpu_kernels(path: str) -> list[dict]:
     with gzip.open(path) as f:
         trace = json.load(f)
     events = trace["traceEvents"] if isinstance(trace, dict) else trace
-    gpus = {e["pid"] for e in events
-            if e.get("ph") == "M" and e.get("name") == "process_name" and "GPU" in e["args"]["name"]}
+    gpus = {
+        e["pid"]
+        for e in events
+        if e.get("ph") == "M" and e.get("name") == "process_name" and "GPU" in e["args"]["name"]
+    }
     return [e for e in events if e.get("ph") == "X" and e["pid"] in gpus]
 
 

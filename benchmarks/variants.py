@@ -39,8 +39,14 @@ _CONV_FUSION = "xla_gpu_experimental_enable_conv_fusion"
 BOOKKEEPING = {k: v for k, v in xla_config.GPU_STEP_OPTIONS.items() if k != _CONV_FUSION}
 
 _1001 = {"model": "cifar_preact1001", "batch": 128, "dtype": "bfloat16", "steps": 5}
-_1001_FORMS = ["1001_unit3_conv", "1001_unit3_products", "1001_elementwise_conv", "1001_elementwise_products",
-               "1001_elementwise3_products", "1001_none3_products"]
+_1001_FORMS = [
+    "1001_unit3_conv",
+    "1001_unit3_products",
+    "1001_elementwise_conv",
+    "1001_elementwise_products",
+    "1001_elementwise3_products",
+    "1001_none3_products",
+]
 _R50 = {"model": "resnet50", "batch": 256, "dtype": "bfloat16", "steps": 10}
 
 _1001_OPTIONS = ["1001_best_bookkeeping", "1001_best_pdl", "1001_best_conv_fusion", "1001_best_triton_any"]
@@ -57,17 +63,26 @@ PLANS: dict[str, list[dict[str, Any]]] = {
         {"name": "1001_elementwise_conv", **_1001, "remat": "elementwise", "products": False},
         {"name": "1001_best_bookkeeping", "best_of": _1001_FORMS, "options": BOOKKEEPING},
         {"name": "1001_best_pdl", "best_of": _1001_FORMS, "options": {"xla_gpu_enable_pdl": True}},
-        {"name": "1001_best_conv_fusion", "best_of": _1001_FORMS,
-         "options": {_CONV_FUSION: True}},
+        {"name": "1001_best_conv_fusion", "best_of": _1001_FORMS, "options": {_CONV_FUSION: True}},
         {"name": "r50_unrolled_conv", **_R50, "scan": False, "products": False},
         {"name": "r50_unrolled_products", **_R50, "scan": False, "products": True},
         {"name": "1001_best_triton_any", "best_of": _1001_FORMS, "options": {"xla_gpu_triton_gemm_any": True}},
         {"name": "1001_combined", "best_of": _1001_FORMS, "improvements_of": _1001_OPTIONS, "profile": True},
         {"name": "r50_scanned_products", **_R50, "remat": "none", "products": True, "improvements_of": _1001_OPTIONS},
-        {"name": "1001_elementwise3_products", **_1001, "remat": "elementwise", "unroll": 3, "products": True,
-         "improvements_of": _1001_OPTIONS},
-        {"name": "1001_fp32_combined", "best_of": _1001_FORMS + ["1001_elementwise3_products"], "dtype": "float32",
-         "improvements_of": _1001_OPTIONS},
+        {
+            "name": "1001_elementwise3_products",
+            **_1001,
+            "remat": "elementwise",
+            "unroll": 3,
+            "products": True,
+            "improvements_of": _1001_OPTIONS,
+        },
+        {
+            "name": "1001_fp32_combined",
+            "best_of": _1001_FORMS + ["1001_elementwise3_products"],
+            "dtype": "float32",
+            "improvements_of": _1001_OPTIONS,
+        },
     ],
     # The defaults as they are (`kernels.product_platforms()`, `xla_config.step_compiler_options`).
     "gpu_defaults": [
@@ -111,18 +126,24 @@ def check_products(model_name: str, depth: int, batch: int, precision: str | Non
             model = models.create_model(model_name, num_classes=10, depth=depth, remat="none")
             variables = model.init(jax.random.key(0), images[:1], train=False)
 
-            def loss(params):
+            def loss(params, model=model, variables=variables):
                 logits, _ = model.apply({**variables, "params": params}, images, train=True, mutable=["batch_stats"])
                 return cross_entropy(logits, labels).mean()
 
             results.append(jax.jit(jax.value_and_grad(loss))(variables["params"]))
     (loss_a, grads_a), (loss_b, grads_b) = results
-    relative = [float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
-                for a, b in zip(jax.tree.leaves(grads_a), jax.tree.leaves(grads_b))]
-    return {"check": f"products vs convolutions, {model_name} depth {depth} batch {batch} fp32, "
-                     f"precision {precision or 'default'}",
-            "platform": platform, "loss": [float(loss_a), float(loss_b)],
-            "grad_relative_diff_max": max(relative), "grad_relative_diff_median": sorted(relative)[len(relative) // 2]}
+    relative = [
+        float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+        for a, b in zip(jax.tree.leaves(grads_a), jax.tree.leaves(grads_b))
+    ]
+    return {
+        "check": f"products vs convolutions, {model_name} depth {depth} batch {batch} fp32, "
+        f"precision {precision or 'default'}",
+        "platform": platform,
+        "loss": [float(loss_a), float(loss_b)],
+        "grad_relative_diff_max": max(relative),
+        "grad_relative_diff_median": sorted(relative)[len(relative) // 2],
+    }
 
 
 def _improving_options(names: list[str], done: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -148,8 +169,12 @@ def _resolve(variant: dict[str, Any], done: dict[str, dict[str, Any]]) -> dict[s
             return None
         best = min(ran, key=lambda r: r["step_ms"])
         base = {k: best["_variant"][k] for k in (*_BUILD_KEYS, "steps", "scan", "options") if k in best["_variant"]}
-        variant = {**base, **{k: v for k, v in variant.items() if k != "options"}, "from": best["_variant"]["name"],
-                   "options": {**base.get("options", {}), **added}}
+        variant = {
+            **base,
+            **{k: v for k, v in variant.items() if k != "options"},
+            "from": best["_variant"]["name"],
+            "options": {**base.get("options", {}), **added},
+        }
     else:
         variant["options"] = added
     variant["_added_options"] = added
@@ -160,21 +185,31 @@ def run_variant(variant: dict[str, Any], *, windows: int, out: pathlib.Path, sav
     """Builds and times one variant (`step_time.time_steps`); saves its HLO (`save_hlo`) and,
     for a variant marked "profile", a perfetto trace of 3 more steps, into `out`."""
     kwargs = {k: variant[k] for k in _BUILD_KEYS if k in variant}
-    bench = step_time.build(kwargs.pop("model"), kwargs.pop("batch"), scan=variant.get("scan", True),
-                            compiler_options=variant.get("options") or None, **kwargs)
+    bench = step_time.build(
+        kwargs.pop("model"),
+        kwargs.pop("batch"),
+        scan=variant.get("scan", True),
+        compiler_options=variant.get("options") or None,
+        **kwargs,
+    )
     text = bench.step.as_text()
     if save_hlo:
         with gzip.open(out / f"{variant['name']}.hlo.txt.gz", "wt") as f:
             f.write(text)
     with tempfile.TemporaryDirectory() as trace_dir:
-        timing = step_time.time_steps(bench, steps=variant["steps"], windows=windows,
-                                      profile_dir=trace_dir if variant.get("profile") else None)
+        timing = step_time.time_steps(
+            bench, steps=variant["steps"], windows=windows, profile_dir=trace_dir if variant.get("profile") else None
+        )
         for trace in pathlib.Path(trace_dir).rglob("perfetto_trace.json.gz"):
             shutil.move(trace, out / f"{variant['name']}.perfetto.json.gz")
     del bench
     gc.collect()
-    return {"variant": variant["name"], **({"from": variant["from"]} if "from" in variant else {}), **timing,
-            "hlo": hlo_census.summary(text)}
+    return {
+        "variant": variant["name"],
+        **({"from": variant["from"]} if "from" in variant else {}),
+        **timing,
+        "hlo": hlo_census.summary(text),
+    }
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
@@ -221,8 +256,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         emit(result)
     timed = sorted((r for r in rows if r.get("step_ms")), key=lambda r: r["step_ms"])
     for r in timed:
-        print(f"{r['variant']:<36} {r['step_ms']:>8} ms  {r['images_per_s']:>9} img/s  ready {r['ready_s']:>6} s  "
-              f"launches {r['hlo']['launches']:>6}  temp {r['temp_gib']} GiB", flush=True)
+        print(
+            f"{r['variant']:<36} {r['step_ms']:>8} ms  {r['images_per_s']:>9} img/s  ready {r['ready_s']:>6} s  "
+            f"launches {r['hlo']['launches']:>6}  temp {r['temp_gib']} GiB",
+            flush=True,
+        )
     return rows
 
 

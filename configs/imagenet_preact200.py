@@ -6,7 +6,8 @@ aspect, but it also adds colour jitter 0.4, which that row does not describe.
 
 Launch:
   python train.py --config=configs/imagenet_preact200.py --workdir=workdirs/imagenet_preact200
-Presets (after a colon): smoke, fb_resnet_torch (fb.resnet.torch's augmentation); e.g. `--config=configs/imagenet_preact200.py:smoke`.
+Presets (after a colon): smoke, fb_resnet_torch (fb.resnet.torch's augmentation);
+  e.g. `--config=configs/imagenet_preact200.py:smoke`.
 Expected runtime: About 3 weeks on 8 GPUs in the paper. Needs the manual ImageNet download (see README).
 """
 

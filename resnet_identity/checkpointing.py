@@ -106,8 +106,11 @@ def finalized_steps(directory: epath.PathLike) -> list[int]:
     if not directory.is_dir():
         return []
     local = is_local(directory)
-    return sorted(int(step.name) for step in directory.iterdir()
-                  if step.name.isdigit() and (step.is_dir() if local else (step / COMMIT_SUCCESS_FILE).exists()))
+    return sorted(
+        int(step.name)
+        for step in directory.iterdir()
+        if step.name.isdigit() and (step.is_dir() if local else (step / COMMIT_SUCCESS_FILE).exists())
+    )
 
 
 class Checkpointer:
@@ -117,8 +120,7 @@ class Checkpointer:
     `async_save`; call `wait()` (or `close()`) before exiting so the last write completes.
     """
 
-    def __init__(self, directory: str | os.PathLike, *, every_steps: int, keep: int,
-                 async_save: bool = True):
+    def __init__(self, directory: str | os.PathLike, *, every_steps: int, keep: int, async_save: bool = True):
         if every_steps < 1 or keep < 1:
             raise ValueError(f"every_steps={every_steps} and keep={keep} must both be >= 1.")
         directory = os.fspath(directory)
@@ -135,11 +137,16 @@ class Checkpointer:
             if as_path(self.directory).exists() and not as_path(self.directory).is_dir():
                 raise NotADirectoryError(errno.ENOTDIR, "Not a directory", self.directory)
             self._manager = ocp.CheckpointManager(
-                self.directory, options=options,
+                self.directory,
+                options=options,
                 # Handlers named up front, so that a new manager can read a step's metadata
                 # (`item_metadata`) before it has saved or restored anything.
-                item_handlers={STATE_ITEM: ocp.StandardCheckpointHandler(), META_ITEM: ocp.JsonCheckpointHandler(),
-                               DIGEST_ITEM: ocp.JsonCheckpointHandler()})
+                item_handlers={
+                    STATE_ITEM: ocp.StandardCheckpointHandler(),
+                    META_ITEM: ocp.JsonCheckpointHandler(),
+                    DIGEST_ITEM: ocp.JsonCheckpointHandler(),
+                },
+            )
             self._check_writable()
 
     def latest_step(self) -> int | None:
@@ -153,8 +160,9 @@ class Checkpointer:
         """Whether the save policy asks for `step` (and it is not saved yet)."""
         return step not in self._manager.all_steps() and self._manager.should_save(step)
 
-    def maybe_save(self, step: int, state: Any, *, force: bool = False,
-                   metadata: Mapping[str, Any] | None = None) -> bool:
+    def maybe_save(
+        self, step: int, state: Any, *, force: bool = False, metadata: Mapping[str, Any] | None = None
+    ) -> bool:
         """Saves `state` as `step` if the policies say so (or `force`); returns whether it did.
 
         A step that already exists is never rewritten (the trainer may ask twice for the same
@@ -163,13 +171,15 @@ class Checkpointer:
         """
         if step in self._manager.all_steps() or not (force or self._manager.should_save(step)):
             return False
-        args = ocp.args.Composite(**{
-            STATE_ITEM: ocp.args.StandardSave(state),
-            META_ITEM: ocp.args.JsonSave({"step": int(step), **(metadata or {})}),
-            # On the device, before the step's donated buffers are reused; Orbax writes the
-            # JSON from process 0, whose shards cover the trainer's replicated state.
-            DIGEST_ITEM: ocp.args.JsonSave(integrity.digests(state)),
-        })
+        args = ocp.args.Composite(
+            **{
+                STATE_ITEM: ocp.args.StandardSave(state),
+                META_ITEM: ocp.args.JsonSave({"step": int(step), **(metadata or {})}),
+                # On the device, before the step's donated buffers are reused; Orbax writes the
+                # JSON from process 0, whose shards cover the trainer's replicated state.
+                DIGEST_ITEM: ocp.args.JsonSave(integrity.digests(state)),
+            }
+        )
         self.wait()  # Orbax would wait too; here a failure of that save names its own step
         with self._writing(step):
             self._check_writable()
@@ -193,8 +203,11 @@ class Checkpointer:
         needed = sum(getattr(leaf, "nbytes", 0) for leaf in jax.tree.leaves(state))
         free = shutil.disk_usage(self.directory).free
         if free < needed:
-            raise OSError(errno.ENOSPC, f"No space left on device: checkpoint {step} needs "
-                                        f"{needed / 2**20:.1f} MiB, {free / 2**20:.1f} MiB are free")
+            raise OSError(
+                errno.ENOSPC,
+                f"No space left on device: checkpoint {step} needs "
+                f"{needed / 2**20:.1f} MiB, {free / 2**20:.1f} MiB are free",
+            )
 
     @contextlib.contextmanager
     def _writing(self, step: int | None) -> Iterator[None]:
@@ -207,8 +220,9 @@ class Checkpointer:
             self._failed = True
             raise
 
-    def restore(self, target_state: Any, *, relayout: Callable[[Any, Any], Any] | None = None
-                ) -> tuple[Any, int] | None:
+    def restore(
+        self, target_state: Any, *, relayout: Callable[[Any, Any], Any] | None = None
+    ) -> tuple[Any, int] | None:
         """The newest readable checkpoint as `(state, step)`, or None if there is none.
 
         `target_state` fixes structure, dtypes and shardings: a concrete `TrainState` (e.g.
@@ -229,8 +243,10 @@ class Checkpointer:
         abstract = jax.tree.map(ocp.tree.to_shape_dtype_struct, target_state)
         shardings = {getattr(leaf, "sharding", None) for leaf in jax.tree.leaves(abstract)}
         if relayout is not None and (len(shardings) != 1 or None in shardings):
-            raise ValueError("restore(relayout=...) needs a target state with one sharding set on every leaf, "
-                             f"got {sorted(map(str, shardings))}.")
+            raise ValueError(
+                "restore(relayout=...) needs a target state with one sharding set on every leaf, "
+                f"got {sorted(map(str, shardings))}."
+            )
         failures: list[tuple[int, Exception]] = []
         for step in sorted(self._manager.all_steps(), reverse=True):
             try:
@@ -242,8 +258,12 @@ class Checkpointer:
                 restored, error = None, e
             if not _agree_all(error is None):
                 error = error or RuntimeError("another process could not read this checkpoint")
-                log.warning("Checkpoint at step %d in %s is unreadable (%s); trying the previous one.",
-                            step, self.directory, _describe(error))
+                log.warning(
+                    "Checkpoint at step %d in %s is unreadable (%s); trying the previous one.",
+                    step,
+                    self.directory,
+                    _describe(error),
+                )
                 failures.append((step, error))
                 continue
             for bad_step, _ in failures:
@@ -255,13 +275,15 @@ class Checkpointer:
                 f"No checkpoint in {self.directory} could be restored ({reasons}). If every step "
                 "fails the same way, the model or optimiser config probably differs from the run "
                 "that wrote them (only the parameter layout, model_overrides.scan, .remat and "
-                ".unroll, may change on resume); otherwise move the directory aside to start afresh.")
+                ".unroll, may change on resume); otherwise move the directory aside to start afresh."
+            )
         return None
 
     def _restore_step(self, step: int, abstract: Any, relayout: Callable[[Any, Any], Any] | None) -> Any:
         """One step restored into `abstract`, through its saved layout if that differs. A
         failure to convert raises `CheckpointLayoutError`: the step is not unreadable, the
         model differs, so `restore` must not fall back to an older step and move this one."""
+
         def restore(target: Any) -> Any:
             args = ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardRestore(target)})
             state = self._manager.restore(step, args=args)[STATE_ITEM]
@@ -278,35 +300,49 @@ class Checkpointer:
             return restore(abstract)
         sharding = jax.tree.leaves(abstract)[0].sharding
         try:
-            saved_layout = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
-                                        jax.eval_shape(lambda state: relayout(state, saved), abstract))
+            saved_layout = jax.tree.map(
+                lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
+                jax.eval_shape(lambda state: relayout(state, saved), abstract),
+            )
         except Exception as e:
             raise CheckpointLayoutError(
                 f"Checkpoint {step} in {self.directory} holds another model's state, not only another layout "
                 f"({_describe(e)}): beyond model_overrides.scan, .remat and .unroll, the model or optimiser differs "
-                "from the run that wrote it. Resume with that run's config, or use a new workdir.") from e
+                "from the run that wrote it. Resume with that run's config, or use a new workdir."
+            ) from e
         state = jax.jit(lambda s: relayout(s, abstract), out_shardings=sharding)(restore(saved_layout))
         if jax.process_index() == 0:
-            log.warning("Checkpoint at step %d in %s was saved in another parameter layout (model_overrides.scan or "
-                        ".remat differed); converted it to this model's.", step, self.directory)
+            log.warning(
+                "Checkpoint at step %d in %s was saved in another parameter layout (model_overrides.scan or "
+                ".remat differed); converted it to this model's.",
+                step,
+                self.directory,
+            )
         return state
 
     def _digests(self, step: int) -> dict[str, str]:
         """The digests saved with `step`; {} for a step saved before digests were."""
         if not (as_path(self.directory) / str(step) / DIGEST_ITEM).exists():
             return {}
-        return dict(self._manager.restore(step, args=ocp.args.Composite(
-            **{DIGEST_ITEM: ocp.args.JsonRestore()}))[DIGEST_ITEM])
+        return dict(
+            self._manager.restore(step, args=ocp.args.Composite(**{DIGEST_ITEM: ocp.args.JsonRestore()}))[DIGEST_ITEM]
+        )
 
     def metadata(self, step: int) -> dict[str, Any]:
         """The JSON stored with `step` by `maybe_save`; {} with a warning if it is missing or
         unreadable. It only annotates the step, so a damaged one must not cost the state."""
         try:
-            return dict(self._manager.restore(step, args=ocp.args.Composite(
-                **{META_ITEM: ocp.args.JsonRestore()}))[META_ITEM])
+            return dict(
+                self._manager.restore(step, args=ocp.args.Composite(**{META_ITEM: ocp.args.JsonRestore()}))[META_ITEM]
+            )
         except Exception as e:  # Orbax raises FileNotFoundError, JSONDecodeError, ValueError...
-            log.warning("The metadata beside checkpoint %d in %s is unreadable (%s); its state is intact and "
-                        "is used without it.", step, self.directory, _describe(e))
+            log.warning(
+                "The metadata beside checkpoint %d in %s is unreadable (%s); its state is intact and "
+                "is used without it.",
+                step,
+                self.directory,
+                _describe(e),
+            )
             return {}
 
     def _quarantine(self, step: int) -> None:
@@ -318,8 +354,7 @@ class Checkpointer:
             if target.exists():
                 target = target.parent / f"{step}.{time.strftime('%Y%m%d-%H%M%S')}"
             move_directory(source, target)
-            log.warning("Moved unreadable checkpoint step %d to %s for inspection; it is not deleted.",
-                        step, target)
+            log.warning("Moved unreadable checkpoint step %d to %s for inspection; it is not deleted.", step, target)
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices(f"checkpointing_quarantine_{step}")
         self._manager.reload()
@@ -348,14 +383,16 @@ def _shapes_by_path(tree: Any) -> dict[tuple[str, ...], tuple[int, ...]]:
     """The shapes of `tree`'s leaves by their paths, named whatever kind of node holds them,
     so that a `TrainState` and the dicts and lists of a checkpoint's metadata compare equal
     (layouts "block" and "nested" differ in shapes only)."""
+
     def name(key: Any) -> str:
         for attr in ("key", "name", "idx"):
             if hasattr(key, attr):
                 return str(getattr(key, attr))
         return str(key)
 
-    return {tuple(name(k) for k in path): tuple(leaf.shape)
-            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    return {
+        tuple(name(k) for k in path): tuple(leaf.shape) for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+    }
 
 
 def _describe(error: BaseException) -> str:

@@ -49,7 +49,7 @@ def run(main: Callable[[list[str]], int | None], *, help_epilog: Callable[[], st
     """
 
     def parse(argv: list[str]) -> list[str]:
-        options = argv[1:argv.index("--")] if "--" in argv else argv[1:]
+        options = argv[1 : argv.index("--")] if "--" in argv else argv[1:]
         if any(a in HELP_FLAGS or a in HELPFULL_FLAGS for a in options):
             app.usage(shorthelp=not any(a in HELPFULL_FLAGS for a in options), writeto_stdout=True)
             if help_epilog is not None:
@@ -89,16 +89,18 @@ def require(**values: object) -> None:
     otherwise mean the current directory)."""
     missing = [name for name, value in values.items() if value is None or value == ""]
     if missing:
-        fail(" and ".join(f"--{name}" for name in missing) + (" is" if len(missing) == 1 else " are")
-             + " required; `--help` says what each does.")
+        fail(
+            " and ".join(f"--{name}" for name in missing)
+            + (" is" if len(missing) == 1 else " are")
+            + " required; `--help` says what each does."
+        )
 
 
 def no_arguments(argv: Sequence[str]) -> None:
     """Refuses positional arguments, which absl would otherwise pass over silently."""
     if len(argv) > 1:
         hint = f" Did you mean --config={argv[1]}?" if argv[1].endswith(".py") or ".py:" in argv[1] else ""
-        fail(f"unexpected argument(s) {list(argv[1:])}: options are written --name=value.{hint} "
-             f"`--help` lists them.")
+        fail(f"unexpected argument(s) {list(argv[1:])}: options are written --name=value.{hint} `--help` lists them.")
 
 
 def _config_flag_names() -> list[str]:
@@ -127,8 +129,11 @@ def _flag_error_message(error: flags.Error, argv: list[str]) -> str:
     """absl's flag errors, with 'must have a value other than None' said as 'is required'."""
     required = re.findall(r"Flag --(\S+) must have a value other than None", str(error))
     if required:
-        return (" and ".join(f"--{name}" for name in dict.fromkeys(required))
-                + (" is" if len(set(required)) == 1 else " are") + " required; `--help` says what each does.")
+        return (
+            " and ".join(f"--{name}" for name in dict.fromkeys(required))
+            + (" is" if len(set(required)) == 1 else " are")
+            + " required; `--help` says what each does."
+        )
     inner = _innermost(error)
     if inner is not error and "Error whilst parsing config file" in str(error):
         return _config_error_message(inner, argv)
@@ -186,15 +191,20 @@ def _unknown_field_message(key_message: str, argv: list[str]) -> str:
     instead of "batch_sise"?"; this says it once, plainly, with the field's full path."""
     field = re.match(r"'([^']*)'", key_message)
     name = field.group(1) if field else key_message
-    overrides = [a.split("=", 1)[0].lstrip("-").split(".", 1)[1] for a in argv
-                 if a.startswith("--") and "." in a.split("=", 1)[0]]
+    overrides = [
+        a.split("=", 1)[0].lstrip("-").split(".", 1)[1]
+        for a in argv
+        if a.startswith("--") and "." in a.split("=", 1)[0]
+    ]
     path = next((o for o in overrides if o == name or o.endswith("." + name)), name)
     suggestion = re.search(r'Did you mean "([^"]+)"', key_message)
     hint = ""
     if suggestion:
         hint = f" Did you mean {path[: len(path) - len(name)] + suggestion.group(1)!r}?"
-    return (f"no config field {path!r}.{hint} `python train.py --config=FILE --list_config` lists the fields "
-            f"and their values.")
+    return (
+        f"no config field {path!r}.{hint} `python train.py --config=FILE --list_config` lists the fields "
+        f"and their values."
+    )
 
 
 def _nearby_configs(path: str) -> str:

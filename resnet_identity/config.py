@@ -30,8 +30,14 @@ MODEL_OVERRIDE_TYPES = {name: override.config_type for name, override in models.
 LAYOUT_FIELDS = ("model_overrides.scan", "model_overrides.remat", "model_overrides.unroll")
 # Fields that decide what a run records and how often, never what it trains: a run resumes
 # under other values without --allow_config_change (the replaced config is still kept).
-RECORD_FIELDS = ("log_every_steps", "eval_every_steps", "eval_batch_size", "checkpoint_every_steps",
-                 "keep_checkpoints", "diagnostics_every_steps")
+RECORD_FIELDS = (
+    "log_every_steps",
+    "eval_every_steps",
+    "eval_batch_size",
+    "checkpoint_every_steps",
+    "keep_checkpoints",
+    "diagnostics_every_steps",
+)
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -39,7 +45,8 @@ def default_config() -> ml_collections.ConfigDict:
     # Model: a `create_model` name and its overrides (see resnet_identity/models/registry.py).
     c.model = "cifar_preact164"
     c.model_overrides = ml_collections.ConfigDict(
-        {k: ml_collections.FieldReference(None, field_type=t) for k, t in MODEL_OVERRIDE_TYPES.items()})
+        {k: ml_collections.FieldReference(None, field_type=t) for k, t in MODEL_OVERRIDE_TYPES.items()}
+    )
     # Data: the dataset, the fields all datasets share, and each dataset's own options under
     # its name, e.g. `imagenet2012.train_crop` (declared in its module; docs/datasets.md).
     c.dataset = "cifar10"
@@ -50,7 +57,8 @@ def default_config() -> ml_collections.ConfigDict:
     for name, spec in registry.SPECS.items():
         if spec.options:
             c[name] = ml_collections.ConfigDict(
-                {k: ml_collections.FieldReference(o.default, field_type=o.type) for k, o in spec.options.items()})
+                {k: ml_collections.FieldReference(o.default, field_type=o.type) for k, o in spec.options.items()}
+            )
     # Fine-tuning: start a fresh run from a run's checkpoint (its workdir; the newest step, or
     # init_from_step) or from converted weights (`python -m resnet_identity.convert`). A
     # classifier of another number of classes starts afresh (`init_from.py`).
@@ -63,11 +71,12 @@ def default_config() -> ml_collections.ConfigDict:
     c.num_epochs = -1.0
     # Optimiser and learning-rate schedule: the v2 CIFAR recipe (docs/papers.md "Training
     # recipes"); `optim` builds, validates and documents both (docs/schedules.md).
-    c.optimizer = ml_collections.ConfigDict(dict(
-        momentum=0.9, nesterov=False, weight_decay=1e-4,
-        decay_bn_and_bias=False))  # the papers decay the weights; the released code every parameter
+    c.optimizer = ml_collections.ConfigDict(
+        dict(momentum=0.9, nesterov=False, weight_decay=1e-4, decay_bn_and_bias=False)
+    )  # the papers decay the weights; the released code every parameter
     c.schedule = optim.schedule_config(
-        "step", learning_rate=0.1, boundaries=(32_000, 48_000), warmup_steps=400, warmup_learning_rate=0.01)
+        "step", learning_rate=0.1, boundaries=(32_000, 48_000), warmup_steps=400, warmup_learning_rate=0.01
+    )
     c.label_smoothing = 0.0  # the papers use none; applied to the training loss only
     c.seed = 0
     # Logging, evaluation, checkpoints.
@@ -121,28 +130,40 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1, num_pro
         if not ok:
             errors.append(message)
 
-    for field, kind in (("batch_size", int), ("eval_batch_size", int), ("num_train_steps", int),
-                        ("log_every_steps", int), ("eval_every_steps", int),
-                        ("checkpoint_every_steps", int), ("keep_checkpoints", int), ("diagnostics_every_steps", int),
-                        ("seed", int)):
-        need(isinstance(config[field], kind) and not isinstance(config[field], bool),
-             f"{field} must be an int, got {config[field]!r}.")
+    for field, kind in (
+        ("batch_size", int),
+        ("eval_batch_size", int),
+        ("num_train_steps", int),
+        ("log_every_steps", int),
+        ("eval_every_steps", int),
+        ("checkpoint_every_steps", int),
+        ("keep_checkpoints", int),
+        ("diagnostics_every_steps", int),
+        ("seed", int),
+    ):
+        need(
+            isinstance(config[field], kind) and not isinstance(config[field], bool),
+            f"{field} must be an int, got {config[field]!r}.",
+        )
     if errors:
         raise ConfigError("Invalid config:\n  - " + "\n  - ".join(errors))
 
-    need(config.model in models.MODELS,
-         f"model={config.model!r} is not a model.{_suggest(config.model, models.MODELS)} "
-         f"Run `python -m resnet_identity.models` for the list.")
+    need(
+        config.model in models.MODELS,
+        f"model={config.model!r} is not a model.{_suggest(config.model, models.MODELS)} "
+        f"Run `python -m resnet_identity.models` for the list.",
+    )
     if config.model in models.MODELS:
         try:
             models.create_model(config.model, num_classes=10, **model_kwargs(config))
         except ValueError as e:
             errors.append(f"model_overrides: {e}")
     names = tuple(registry.SPECS)
-    need(config.dataset in names,
-         f"dataset={config.dataset!r} is not one of {names}.{_suggest(config.dataset, names)}")
-    need(config.normalization is None or config.normalization in NORMALIZATIONS,
-         f"normalization={config.normalization!r} is not one of {NORMALIZATIONS} (or None for the dataset's default).")
+    need(config.dataset in names, f"dataset={config.dataset!r} is not one of {names}.{_suggest(config.dataset, names)}")
+    need(
+        config.normalization is None or config.normalization in NORMALIZATIONS,
+        f"normalization={config.normalization!r} is not one of {NORMALIZATIONS} (or None for the dataset's default).",
+    )
     facts = None
     if config.dataset in names:
         options = registry.options(config)
@@ -153,44 +174,61 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1, num_pro
         except DatasetError as e:
             errors.append(str(e))
         if facts is not None and isinstance(config.batch_size, int) and config.batch_size > 0:
-            need(facts.steps_per_epoch(config.batch_size) >= 1,
-                 f"batch_size={config.batch_size} is larger than {config.dataset}'s {facts.num_train} training "
-                 "examples; use a smaller batch_size.")
-    need(config.init_from is not None or config.init_from_step is None,
-         "init_from_step is set without init_from; set init_from to the run's workdir.")
+            need(
+                facts.steps_per_epoch(config.batch_size) >= 1,
+                f"batch_size={config.batch_size} is larger than {config.dataset}'s {facts.num_train} training "
+                "examples; use a smaller batch_size.",
+            )
+    need(
+        config.init_from is not None or config.init_from_step is None,
+        "init_from_step is set without init_from; set init_from to the run's workdir.",
+    )
 
     batch = config.batch_size
     need(batch > 0, f"batch_size must be positive, got {batch}.")
     need(config.eval_batch_size > 0, "eval_batch_size must be positive.")
     if batch > 0:
-        need(batch % num_devices == 0,
-             f"batch_size={batch} does not split evenly over {num_devices} devices; use a multiple of {num_devices}.")
-        need(config.eval_batch_size % num_devices == 0,
-             f"eval_batch_size={config.eval_batch_size} does not split evenly over {num_devices} devices.")
+        need(
+            batch % num_devices == 0,
+            f"batch_size={batch} does not split evenly over {num_devices} devices; use a multiple of {num_devices}.",
+        )
+        need(
+            config.eval_batch_size % num_devices == 0,
+            f"eval_batch_size={config.eval_batch_size} does not split evenly over {num_devices} devices.",
+        )
         need(batch % num_processes == 0, f"batch_size={batch} does not split over {num_processes} processes.")
         group = config.model_overrides.get("bn_group_size")
         if group is not None and group > 0:
-            need(batch % group == 0,
-                 f"model_overrides.bn_group_size={group} does not divide batch_size={batch}.")
-            need(batch // num_devices % group == 0 or group % (batch // num_devices) == 0,
-                 f"bn_group_size={group} straddles device shards of {batch // num_devices} examples; "
-                 f"use a divisor or multiple of the per-device batch.")
+            need(batch % group == 0, f"model_overrides.bn_group_size={group} does not divide batch_size={batch}.")
+            need(
+                batch // num_devices % group == 0 or group % (batch // num_devices) == 0,
+                f"bn_group_size={group} straddles device shards of {batch // num_devices} examples; "
+                f"use a divisor or multiple of the per-device batch.",
+            )
 
-    need(config.num_train_steps > 0 or config.num_epochs > 0,
-         "Set num_train_steps > 0, or num_train_steps = -1 with num_epochs > 0.")
+    need(
+        config.num_train_steps > 0 or config.num_epochs > 0,
+        "Set num_train_steps > 0, or num_train_steps = -1 with num_epochs > 0.",
+    )
     need(0 <= config.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {config.label_smoothing}.")
     crops = tuple(config.eval_crops or ())
     if facts is not None and facts.eval_crops:
-        need(set(crops) <= set(facts.eval_crops),
-             f"eval_crops={crops} must be drawn from {facts.eval_crops}, {config.dataset}'s test protocols (v2 "
-             f"Table 5 and fb.resnet.torch's 10crop; docs/datasets.md), or None for {facts.eval_crops[0]}.")
+        need(
+            set(crops) <= set(facts.eval_crops),
+            f"eval_crops={crops} must be drawn from {facts.eval_crops}, {config.dataset}'s test protocols (v2 "
+            f"Table 5 and fb.resnet.torch's 10crop; docs/datasets.md), or None for {facts.eval_crops[0]}.",
+        )
     elif facts is not None:
-        need(not crops, f"eval_crops={crops}: {config.dataset} is evaluated on whole images; set it to None for "
-                        f"{config.dataset}.")
+        need(
+            not crops,
+            f"eval_crops={crops}: {config.dataset} is evaluated on whole images; set it to None for {config.dataset}.",
+        )
     for field in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
         need(config[field] > 0, f"{field} must be positive, got {config[field]}.")
-    need(config.diagnostics_every_steps >= 0, f"diagnostics_every_steps must be >= 0 (0: off), got "
-                                              f"{config.diagnostics_every_steps}.")
+    need(
+        config.diagnostics_every_steps >= 0,
+        f"diagnostics_every_steps must be >= 0 (0: off), got {config.diagnostics_every_steps}.",
+    )
 
     if not errors and facts is not None:  # the optimiser's own checks, on what will run
         errors += optim.problems(config, total_steps=total_steps(config), steps_per_epoch=steps_per_epoch(config))

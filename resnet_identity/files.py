@@ -9,7 +9,8 @@ installed, epath would otherwise route gs:// through TF's own client, which cann
 pointed at an emulator (its endpoint is compiled in). `as_path` therefore makes
 `EPATH_USE_TF=false` the default; a value the user set is kept. etils reads it once, at a
 process's first epath operation, local or not: code that handles run files gets its paths
-from `as_path`, so that the choice is made before then. On real GCS the credentials are the usual ones (application default
+from `as_path`, so that the choice is made before then.
+On real GCS the credentials are the usual ones (application default
 credentials, or the VM's service account). For an emulator, `STORAGE_EMULATOR_HOST` is
 the only setting a user makes: gcsfs reads it, and TensorStore (which writes Orbax's
 arrays) is pointed at the same server (`TENSORSTORE_GCS_HTTP_URL`), with a placeholder
@@ -35,18 +36,29 @@ class WriteError(OSError):
 # (errnos, text TensorStore uses for them, what to tell the user). Python and Orbax report
 # local I/O failures as OSError, but TensorStore's as ValueError carrying only the message.
 _WRITE_PROBLEMS = (
-    ({errno.EACCES, errno.EPERM}, "Permission denied",
-     "it is not writable by this user (uid {uid}). Fix its permissions or choose another workdir."),
-    ({errno.EROFS}, "Read-only file system",
-     "it is on a read-only file system. Choose a workdir on a writable disk."),
-    ({errno.ENOSPC, errno.EDQUOT}, "No space left on device",
-     "the disk is full (or over quota). Free space, lower keep_checkpoints, or choose a "
-     "workdir on a larger disk; the last complete checkpoint is intact and a rerun resumes from it."),
-    ({errno.ENOTDIR, errno.EEXIST}, "Not a directory",
-     "part of that path is a file, not a directory. Choose another workdir."),
-    ({errno.ENOENT}, "No such file or directory",
-     "a folder on that path cannot be created (a virtual file system such as /proc, or a mount that went "
-     "away). Choose another workdir."),
+    (
+        {errno.EACCES, errno.EPERM},
+        "Permission denied",
+        "it is not writable by this user (uid {uid}). Fix its permissions or choose another workdir.",
+    ),
+    ({errno.EROFS}, "Read-only file system", "it is on a read-only file system. Choose a workdir on a writable disk."),
+    (
+        {errno.ENOSPC, errno.EDQUOT},
+        "No space left on device",
+        "the disk is full (or over quota). Free space, lower keep_checkpoints, or choose a "
+        "workdir on a larger disk; the last complete checkpoint is intact and a rerun resumes from it.",
+    ),
+    (
+        {errno.ENOTDIR, errno.EEXIST},
+        "Not a directory",
+        "part of that path is a file, not a directory. Choose another workdir.",
+    ),
+    (
+        {errno.ENOENT},
+        "No such file or directory",
+        "a folder on that path cannot be created (a virtual file system such as /proc, or a mount that went "
+        "away). Choose another workdir.",
+    ),
 )
 
 

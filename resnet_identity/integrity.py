@@ -128,5 +128,7 @@ def verify(tree: Any, recorded: dict[str, Any]) -> None:
     shards = {k: v for k, v in _shards(tree).items() if k in expected}
     for key, digest in ALGORITHMS[recorded["algorithm"]](shards).items():
         if expected[key] != digest:
-            raise DigestMismatchError(f"array {key} does not match the digest saved with it "
-                                      f"({digest} instead of {expected[key]}): its data is damaged")
+            raise DigestMismatchError(
+                f"array {key} does not match the digest saved with it "
+                f"({digest} instead of {expected[key]}): its data is damaged"
+            )

@@ -55,7 +55,7 @@ class WorkdirInUseError(RuntimeError):
 
 
 def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
+    return datetime.datetime.now(datetime.UTC)
 
 
 def _boot_id() -> str:
@@ -66,8 +66,12 @@ def _boot_id() -> str:
 
 
 def _holder() -> dict[str, Any]:
-    return {"host": socket.gethostname(), "pid": os.getpid(), "boot_id": _boot_id(),
-            "started": _now().isoformat(timespec="seconds")}
+    return {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "boot_id": _boot_id(),
+        "started": _now().isoformat(timespec="seconds"),
+    }
 
 
 def _in_use(workdir: str, holder: dict[str, Any] | None, expires_in: float | None = None) -> WorkdirInUseError:
@@ -76,11 +80,15 @@ def _in_use(workdir: str, holder: dict[str, Any] | None, expires_in: float | Non
         stop = f"stop it (kill {holder.get('pid')} on {holder.get('host')})"
     else:
         who, stop = "a run that is starting", "stop it"
-    dead = (f" If that run is no longer running, its lease expires in {expires_in:.0f} s: rerun then."
-            if expires_in is not None else "")
+    dead = (
+        f" If that run is no longer running, its lease expires in {expires_in:.0f} s: rerun then."
+        if expires_in is not None
+        else ""
+    )
     return WorkdirInUseError(
         f"{workdir} is in use by another run ({who}); two runs on one workdir would overwrite each other's "
-        f"checkpoints and metrics. Wait for it to finish, {stop}, or choose another --workdir.{dead}")
+        f"checkpoints and metrics. Wait for it to finish, {stop}, or choose another --workdir.{dead}"
+    )
 
 
 class LocalLease:
@@ -133,8 +141,9 @@ class CloudLease:
         self._thread.start()
 
     def _write(self, generation: int) -> int:
-        body = json.dumps({**self._holder, "renewed": _now().isoformat(timespec="seconds"),
-                           "heartbeat_s": self._heartbeat_s})
+        body = json.dumps(
+            {**self._holder, "renewed": _now().isoformat(timespec="seconds"), "heartbeat_s": self._heartbeat_s}
+        )
         self._blob.upload_from_string(body, content_type="application/json", if_generation_match=generation)
         return int(self._blob.generation)
 
@@ -156,8 +165,13 @@ class CloudLease:
         if age < stale_after and not _died_here(holder) and age > 1.5 * heartbeat:
             # A missed renewal: most likely a holder on a preempted VM. Rather than refuse the
             # rerun that a retry loop makes, wait the rest of the stale period, once.
-            log.warning("The lease on %s was last renewed %.0f s ago by %s; waiting %.0f s for it to expire.",
-                        workdir, age, holder, stale_after - age)
+            log.warning(
+                "The lease on %s was last renewed %.0f s ago by %s; waiting %.0f s for it to expire.",
+                workdir,
+                age,
+                holder,
+                stale_after - age,
+            )
             time.sleep(stale_after - age)
             latest = self._blob.bucket.get_blob(self._blob.name)
             if latest is None:
@@ -167,8 +181,12 @@ class CloudLease:
             age = (_now() - latest.updated).total_seconds()
         if age < stale_after and not _died_here(holder):
             raise _in_use(workdir, holder, expires_in=stale_after - age)
-        log.warning("Taking over the lease on %s: its holder (%s) %s.", workdir, holder,
-                    "no longer runs" if age < stale_after else f"has not renewed it for {age:.0f} s")
+        log.warning(
+            "Taking over the lease on %s: its holder (%s) %s.",
+            workdir,
+            holder,
+            "no longer runs" if age < stale_after else f"has not renewed it for {age:.0f} s",
+        )
         try:
             return self._write(current.generation)
         except self._precondition_failed:  # another run took it first
@@ -179,8 +197,9 @@ class CloudLease:
             try:
                 self._generation = self._write(self._generation)
             except self._precondition_failed:
-                log.error("The lease on this workdir was taken over by another run: both now write to it. "
-                          "Stop one of them.")
+                log.error(
+                    "The lease on this workdir was taken over by another run: both now write to it. Stop one of them."
+                )
                 return
             except Exception as e:  # a network blip: the next heartbeat tries again
                 log.warning("Could not renew the workdir lease (%s); retrying.", e)

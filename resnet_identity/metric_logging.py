@@ -25,7 +25,8 @@ import secrets
 import socket
 import struct
 import time
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 from absl import logging
 from etils import epath
@@ -99,8 +100,9 @@ class EventFile:
 
         self._event_pb2 = event_pb2
         # TensorBoard's naming, with a random tail: two loggers of one process never share a file.
-        self.path = directory / (f"events.out.tfevents.{int(time.time()):010d}."
-                                 f"{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(4)}")
+        self.path = directory / (
+            f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(4)}"
+        )
         version = event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2")
         self._pending = [_record(version.SerializeToString())]
         self._has_values = False
@@ -153,12 +155,21 @@ def _truncate_after(path: epath.Path, step: int) -> list[str]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
-            logging.warning("Dropping line %d of %s, which is not a whole record (a run killed "
-                            "while writing it): %.80r", number, path, line)
+            logging.warning(
+                "Dropping line %d of %s, which is not a whole record (a run killed while writing it): %.80r",
+                number,
+                path,
+                line,
+            )
             continue
         if not isinstance(record, dict) or not isinstance(record.get("step"), int):
-            logging.warning("Moving line %d of %s, which has no step (this trainer did not write it), to %s: %.80r",
-                            number, path, SUPERSEDED_FILE, line)
+            logging.warning(
+                "Moving line %d of %s, which has no step (this trainer did not write it), to %s: %.80r",
+                number,
+                path,
+                SUPERSEDED_FILE,
+                line,
+            )
             superseded.append(line)
             continue
         (kept if record["step"] <= step else superseded).append(line)
@@ -195,9 +206,9 @@ def _tfrecords(data: bytes) -> Iterator[bytes]:
     """The payloads of a TFRecord file's bytes (length, crc, data, crc), less a torn tail."""
     offset = 0
     while offset + 12 <= len(data):
-        (length,) = struct.unpack("<Q", data[offset:offset + 8])
+        (length,) = struct.unpack("<Q", data[offset : offset + 8])
         end = offset + 12 + length
         if end + 4 > len(data):
             return
-        yield data[offset + 12:end]
+        yield data[offset + 12 : end]
         offset = end + 4

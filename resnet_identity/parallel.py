@@ -57,4 +57,6 @@ def global_batch(local: dict[str, np.ndarray], sharding: NamedSharding) -> dict[
 
 def to_host(tree: Any) -> Any:
     """Fetches a (replicated) tree to host numpy, working in multi-process runs too."""
-    return jax.tree.map(lambda a: np.asarray(jax.device_get(a.addressable_data(0)) if isinstance(a, jax.Array) else a), tree)
+    return jax.tree.map(
+        lambda a: np.asarray(jax.device_get(a.addressable_data(0)) if isinstance(a, jax.Array) else a), tree
+    )

@@ -83,8 +83,13 @@ class PreemptionWatcher:
     from C rather than Python cannot be restored and becomes SIG_DFL).
     """
 
-    def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT), *,
-                 last_step: int | None = None, console: Callable[[str], None] | None = write_line):
+    def __init__(
+        self,
+        signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT),
+        *,
+        last_step: int | None = None,
+        console: Callable[[str], None] | None = write_line,
+    ):
         self._signals = signals
         self._previous: dict[int, Any] = {}
         self._use_jax_sync = False

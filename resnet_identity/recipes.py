@@ -115,8 +115,10 @@ def apply_preset(c: ml_collections.ConfigDict, preset: str | None) -> ml_collect
         return c
     if preset == "released_code":
         if c.dataset != "cifar10":
-            raise ValueError("The released_code preset is the released CIFAR recipe; use it with CIFAR configs "
-                             "(for ImageNet, fb_resnet_torch is fb.resnet.torch's setup).")
+            raise ValueError(
+                "The released_code preset is the released CIFAR recipe; use it with CIFAR configs "
+                "(for ImageNet, fb_resnet_torch is fb.resnet.torch's setup)."
+            )
         # KaimingHe/resnet-1k-layers on fb.resnet.torch: batch 64 (its 4.62% ResNet-1001 run),
         # Nesterov, weight decay on every parameter, 200 epochs with cuts at epochs 81 and 122
         # counted from 1 (after 80 and 121 completed epochs), per-channel normalisation: the
@@ -137,8 +139,9 @@ def apply_preset(c: ml_collections.ConfigDict, preset: str | None) -> ml_collect
         return c
     if preset == "fb_resnet_torch":
         if c.dataset != "imagenet2012":
-            raise ValueError("The fb_resnet_torch preset is fb.resnet.torch's ImageNet augmentation; use it with "
-                             "ImageNet configs.")
+            raise ValueError(
+                "The fb_resnet_torch preset is fb.resnet.torch's ImageNet augmentation; use it with ImageNet configs."
+            )
         # fb.resnet.torch's datasets/imagenet.lua: RandomSizedCrop, ColorJitter 0.4, Lighting
         # 0.1 and mean/std normalisation; the recipe's 90 epochs are already its.
         c.imagenet2012.train_crop = "scale_aspect"

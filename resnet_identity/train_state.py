@@ -8,7 +8,8 @@ step in `nonfinite_step`, so the host can stop with the last good state intact.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax
 import flax.linen as nn
@@ -30,8 +31,9 @@ class TrainState:
     nonfinite_step: jax.Array
 
 
-def create_train_state(model: nn.Module, tx: optax.GradientTransformation, image_size: int,
-                       rng: jax.Array) -> TrainState:
+def create_train_state(
+    model: nn.Module, tx: optax.GradientTransformation, image_size: int, rng: jax.Array
+) -> TrainState:
     """Initialises parameters (papers' init), BN statistics and the optimiser state."""
     images = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
     variables = model.init({"params": rng, "dropout": rng}, images, train=False)
@@ -79,10 +81,17 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
     return optax.softmax_cross_entropy(logits, targets)
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module,
-               tx: optax.GradientTransformation, schedule: Callable[[jax.Array], jax.Array],
-               transform: Callable[[jax.Array, jax.Array], jax.Array], key: jax.Array,
-               label_smoothing: float = 0.0) -> tuple[TrainState, dict[str, jax.Array]]:
+def train_step(
+    state: TrainState,
+    batch: dict[str, jax.Array],
+    *,
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    schedule: Callable[[jax.Array], jax.Array],
+    transform: Callable[[jax.Array, jax.Array], jax.Array],
+    key: jax.Array,
+    label_smoothing: float = 0.0,
+) -> tuple[TrainState, dict[str, jax.Array]]:
     """One step. Randomness is `fold_in(key, step)`, so a resumed run draws the same numbers.
     The loss (and its logged value) is smoothed by `label_smoothing`; evaluation's is not."""
     step_key = jax.random.fold_in(key, state.step)
@@ -92,8 +101,11 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
 
     def loss_fn(params):
         logits, updates = model.apply(
-            {"params": params, "batch_stats": state.batch_stats}, images, train=True,
-            mutable=["batch_stats"], rngs={"dropout": dropout_key},
+            {"params": params, "batch_stats": state.batch_stats},
+            images,
+            train=True,
+            mutable=["batch_stats"],
+            rngs={"dropout": dropout_key},
         )
         return cross_entropy(logits, labels, label_smoothing).mean(), (logits, updates["batch_stats"])
 
@@ -122,13 +134,17 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
     return new_state, metrics
 
 
-def eval_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module,
-              transform: Callable[[jax.Array], jax.Array]) -> dict[str, jax.Array]:
+def eval_step(
+    state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module, transform: Callable[[jax.Array], jax.Array]
+) -> dict[str, jax.Array]:
     """Sums of loss and errors over the real (mask=True) examples of one batch."""
     images, labels = batch["image"], batch["label"]  # images [b, views, H, W, 3] for a multi-crop test
     views = images.shape[1] if images.ndim == 5 else 1
-    logits = model.apply({"params": state.params, "batch_stats": state.batch_stats},
-                         transform(images.reshape((-1, *images.shape[-3:]))), train=False)
+    logits = model.apply(
+        {"params": state.params, "batch_stats": state.batch_stats},
+        transform(images.reshape((-1, *images.shape[-3:]))),
+        train=False,
+    )
     # log of the views' mean softmax output (fb.resnet.torch's 10-crop test); one view: log_softmax.
     log_probs = jax.nn.logsumexp(jax.nn.log_softmax(logits).reshape(len(images), views, -1), axis=1) - jnp.log(views)
     label_log_prob = jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]

@@ -22,16 +22,16 @@ import logging
 import os
 import socket
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from resnet_identity import (checkpointing, config as config_lib, lease, models, optim, parallel, preemption,
-                             xla_config)
-from resnet_identity import config_migration
+from resnet_identity import checkpointing, config_migration, lease, models, optim, parallel, preemption, xla_config
+from resnet_identity import config as config_lib
 from resnet_identity.data import DatasetError, get_dataset
 from resnet_identity.diagnostics import Diagnostics
 from resnet_identity.files import WriteError, append_text, as_path, write_atomically, write_problem
@@ -46,8 +46,14 @@ class DivergenceError(FloatingPointError):
 
 # Errors whose message already says what to do: the command-line entry points print the
 # message alone, without a traceback, and exit 1.
-USER_ERRORS = (config_lib.ConfigError, DatasetError, WriteError,
-               checkpointing.CheckpointRestoreError, DivergenceError, lease.WorkdirInUseError)
+USER_ERRORS = (
+    config_lib.ConfigError,
+    DatasetError,
+    WriteError,
+    checkpointing.CheckpointRestoreError,
+    DivergenceError,
+    lease.WorkdirInUseError,
+)
 # An evaluation running longer than this says how far it has got (ImageNet's takes minutes).
 EVAL_PROGRESS_SECONDS = 30.0
 # Exit status of a run stopped by SIGTERM/SIGINT or a preemption notice after saving
@@ -77,8 +83,9 @@ def check_workdir(workdir: str) -> None:
         raise WriteError(f"Cannot write to workdir {workdir}: {advice} ({e})") from e
 
 
-def check_saved_config(workdir: str, config: ml_collections.ConfigDict, allow_change: bool, *,
-                       has_checkpoint: bool = True) -> None:
+def check_saved_config(
+    workdir: str, config: ml_collections.ConfigDict, allow_change: bool, *, has_checkpoint: bool = True
+) -> None:
     """Refuses to resume a workdir whose saved config differs, unless `allow_change`.
 
     The layout overrides (`config.LAYOUT_FIELDS`: scan, remat, unroll) may change freely:
@@ -98,13 +105,16 @@ def check_saved_config(workdir: str, config: ml_collections.ConfigDict, allow_ch
         raise config_lib.ConfigError(
             f"{path} is damaged (not a JSON config), so --config cannot be checked against the config of the "
             f"checkpoints. If --config is that config, rerun with --allow_config_change: the damaged file is kept "
-            f"beside it as config.json.damaged-<time> and a new config.json is written. Otherwise use a new --workdir.")
+            f"beside it as config.json.damaged-<time> and a new config.json is written. Otherwise use a new --workdir."
+        )
     saved = config_migration.migrate(saved)  # an older version's field names read as today's
-    diffs = config_lib.differing_fields(saved, json.loads(config.to_json()),
-                                        ignore=config_lib.LAYOUT_FIELDS + config_lib.RECORD_FIELDS)
+    diffs = config_lib.differing_fields(
+        saved, json.loads(config.to_json()), ignore=config_lib.LAYOUT_FIELDS + config_lib.RECORD_FIELDS
+    )
     if diffs and not allow_change:
         raise config_lib.ConfigError(
-            f"{path} was written by a run with a different config:\n  - " + "\n  - ".join(diffs)
+            f"{path} was written by a run with a different config:\n  - "
+            + "\n  - ".join(diffs)
             + "\nUse a new --workdir, or pass --allow_config_change to resume with the new values."
         )
 
@@ -130,30 +140,40 @@ def record_config(workdir: str, config: ml_collections.ConfigDict) -> None:
         path.rename(aside)
         logging.getLogger(__name__).warning("%s was damaged: kept as %s; a new config.json is written.", path, aside)
     elif saved and config_lib.differing_fields(saved, json.loads(config.to_json())):
-        append_text(path.parent / "config_history.jsonl",
-                    json.dumps({"replaced_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                "config": saved}) + "\n")
+        append_text(
+            path.parent / "config_history.jsonl",
+            json.dumps({"replaced_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "config": saved}) + "\n",
+        )
     # Atomically: the other processes may be reading it in check_saved_config.
     write_atomically(path, config.to_json(indent=2))
 
 
 def build_optimizer(config: ml_collections.ConfigDict):
     """`config.optimizer` and `config.schedule` as (optax transformation, learning rate per step)."""
-    return optim.build(config, total_steps=config_lib.total_steps(config),
-                       steps_per_epoch=config_lib.steps_per_epoch(config))
+    return optim.build(
+        config, total_steps=config_lib.total_steps(config), steps_per_epoch=config_lib.steps_per_epoch(config)
+    )
 
 
-def evaluate(state, dataset, eval_fn, *, batch_size: int, sharding, crop: int | None = None,
-             interrupted: Callable[[], bool] = lambda: False,
-             progress: Callable[[str], None] | None = None) -> dict[str, float] | None:
+def evaluate(
+    state,
+    dataset,
+    eval_fn,
+    *,
+    batch_size: int,
+    sharding,
+    crop: int | None = None,
+    interrupted: Callable[[], bool] = lambda: False,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, float] | None:
     """Error and loss over the whole test split: each example once (padded, masked), in
     global batches of `batch_size` sharded by `sharding`; None once `interrupted()` (a
     preemption, which must not wait for a long evaluation). `progress` hears how many
     examples are done, every `EVAL_PROGRESS_SECONDS`."""
     totals, done, reported = None, 0, time.time()
-    for batch in dataset.eval_batches(global_batch_size=batch_size,
-                                      process_index=jax.process_index(),
-                                      process_count=jax.process_count(), crop=crop):
+    for batch in dataset.eval_batches(
+        global_batch_size=batch_size, process_index=jax.process_index(), process_count=jax.process_count(), crop=crop
+    ):
         if interrupted():
             return None
         sums = eval_fn(state, parallel.global_batch(batch, sharding))
@@ -166,8 +186,12 @@ def evaluate(state, dataset, eval_fn, *, batch_size: int, sharding, crop: int | 
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = parallel.to_host(totals)
     count = float(totals["count"])
-    return {"error": float(totals["error_sum"]) / count, "top5_error": float(totals["top5_error_sum"]) / count,
-            "loss": float(totals["loss_sum"]) / count, "examples": count}
+    return {
+        "error": float(totals["error_sum"]) / count,
+        "top5_error": float(totals["top5_error_sum"]) / count,
+        "loss": float(totals["loss_sum"]) / count,
+        "examples": count,
+    }
 
 
 def summary_line(state: TrainState) -> str:
@@ -203,8 +227,9 @@ class _Progress:
         return f"{rate * self.batch:,.0f} img/s, ETA {minutes // 60}:{minutes % 60:02d}:{seconds:02d}"
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       allow_config_change: bool = False, return_state: bool = False) -> dict[str, Any]:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool = False, return_state: bool = False
+) -> dict[str, Any]:
     """Trains per `config`, resuming from `workdir`; returns the final metrics.
 
     With `return_state`, the result also holds the final `TrainState` under "state"
@@ -215,17 +240,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     # Before the lease, which creates the workdir: a bad value leaves nothing behind.
     config_lib.validate(config, num_devices=mesh.devices.size, num_processes=jax.process_count())
     with lease.hold(workdir):
-        return _train_and_evaluate(config, workdir, mesh, allow_config_change=allow_config_change,
-                                   return_state=return_state)
+        return _train_and_evaluate(
+            config, workdir, mesh, allow_config_change=allow_config_change, return_state=return_state
+        )
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh, *,
-                        allow_config_change: bool, return_state: bool) -> dict[str, Any]:
+def _train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, mesh, *, allow_config_change: bool, return_state: bool
+) -> dict[str, Any]:
     is_main = jax.process_index() == 0
     check_workdir(workdir)
     checkpoint_dir = as_path(workdir) / "checkpoints"
-    check_saved_config(workdir, config, allow_config_change,
-                       has_checkpoint=bool(checkpointing.finalized_steps(checkpoint_dir)))
+    check_saved_config(
+        workdir, config, allow_config_change, has_checkpoint=bool(checkpointing.finalized_steps(checkpoint_dir))
+    )
     dataset = get_dataset(config)  # a missing dataset fails here, before any compile
     total = config_lib.total_steps(config)
     model = models.create_model(config.model, num_classes=dataset.num_classes, **config_lib.model_kwargs(config))
@@ -237,31 +265,43 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh, *
     # Beside each checkpoint, read on resume.
     save_metadata = {"process_count": jax.process_count(), "device_count": jax.device_count()}
     init = jax.jit(functools.partial(create_train_state, model, tx, dataset.image_size), out_shardings=replicated)
-    checkpointer = checkpointing.Checkpointer(checkpoint_dir, every_steps=config.checkpoint_every_steps,
-                                              keep=config.keep_checkpoints)
+    checkpointer = checkpointing.Checkpointer(
+        checkpoint_dir, every_steps=config.checkpoint_every_steps, keep=config.keep_checkpoints
+    )
     abstract = jax.eval_shape(init, init_key)
-    restored = checkpointer.restore(jax.tree.map(
-        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), abstract), relayout=convert_layout)
+    restored = checkpointer.restore(
+        jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), abstract),
+        relayout=convert_layout,
+    )
     if restored is not None:
         state, start_step = restored
         if int(parallel.to_host(state.step)) != start_step:
             raise checkpointing.CheckpointRestoreError(
                 f"Checkpoint {start_step} in {workdir}/checkpoints holds a state at step "
                 f"{int(parallel.to_host(state.step))}; its directory was renamed or copied. Move it aside to resume "
-                "from the previous one.")
+                "from the previous one."
+            )
         saved_meta = checkpointer.metadata(start_step)
         saved_processes = saved_meta.get("process_count", jax.process_count())
         if saved_processes != jax.process_count():
             logging.getLogger(__name__).warning(
                 "Checkpoint %d was written by %d processes and is resumed on %d: training continues, but "
                 "the order of examples from here on is not the one an uninterrupted run would have seen "
-                "(each process reads its own shard of the data).", start_step, saved_processes, jax.process_count())
+                "(each process reads its own shard of the data).",
+                start_step,
+                saved_processes,
+                jax.process_count(),
+            )
         saved_devices = saved_meta.get("device_count", jax.device_count())
         if saved_devices != jax.device_count():
             logging.getLogger(__name__).warning(
                 "Checkpoint %d was written on %d devices and is resumed on %d: training continues on the same "
                 "examples, but its results are no longer bitwise those of an uninterrupted run (each sum over the "
-                "batch is split across the devices differently).", start_step, saved_devices, jax.device_count())
+                "batch is split across the devices differently).",
+                start_step,
+                saved_devices,
+                jax.device_count(),
+            )
     else:
         options = xla_config.init_compiler_options(jax.default_backend())
         state, start_step = init.lower(init_key).compile(compiler_options=options)(init_key), 0
@@ -271,16 +311,29 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh, *
     logger = MetricLogger(workdir, resumed_from=start_step, is_main=is_main)
     logger.console(
         f"{config.model} on {config.dataset}: {summary_line(state)}, {mesh.devices.size} device(s), "
-        f"global batch {config.batch_size}, {total} steps"
-        + (f"; resuming at step {start_step}" if start_step else ""))
+        f"global batch {config.batch_size}, {total} steps" + (f"; resuming at step {start_step}" if start_step else "")
+    )
 
     step_options = xla_config.step_compiler_options(jax.default_backend())
     step_fn = jax.jit(
-        functools.partial(train_step, model=model, tx=tx, schedule=schedule,
-                          transform=dataset.train_transform, key=step_key, label_smoothing=config.label_smoothing),
-        donate_argnums=0, out_shardings=(replicated, replicated), compiler_options=step_options)
-    eval_fn = jax.jit(functools.partial(eval_step, model=model, transform=dataset.eval_transform),
-                      out_shardings=replicated, compiler_options=step_options)
+        functools.partial(
+            train_step,
+            model=model,
+            tx=tx,
+            schedule=schedule,
+            transform=dataset.train_transform,
+            key=step_key,
+            label_smoothing=config.label_smoothing,
+        ),
+        donate_argnums=0,
+        out_shardings=(replicated, replicated),
+        compiler_options=step_options,
+    )
+    eval_fn = jax.jit(
+        functools.partial(eval_step, model=model, transform=dataset.eval_transform),
+        out_shardings=replicated,
+        compiler_options=step_options,
+    )
     crops = tuple(config.eval_crops) if config.eval_crops else (None,)
     batch_sharding = parallel.batch_sharded(mesh)
     diagnostics = Diagnostics(config, model, dataset, logger, sharding=batch_sharding, replicated=replicated)
@@ -291,16 +344,28 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh, *
         results = {}
         for crop in crops:
             tag = "test" if crop is None else f"test_{crop}"
-            logger.console(f"step {step}: evaluating on {dataset.num_test:,} examples"
-                           + (f" at crop {crop}" if crop else "") + "...")
-            metrics = evaluate(state, dataset, eval_fn, batch_size=config.eval_batch_size, sharding=batch_sharding,
-                               crop=crop, interrupted=lambda: watcher.stop_requested,
-                               progress=lambda line: logger.console(f"step {step}: {line}"))
+            logger.console(
+                f"step {step}: evaluating on {dataset.num_test:,} examples"
+                + (f" at crop {crop}" if crop else "")
+                + "..."
+            )
+            metrics = evaluate(
+                state,
+                dataset,
+                eval_fn,
+                batch_size=config.eval_batch_size,
+                sharding=batch_sharding,
+                crop=crop,
+                interrupted=lambda: watcher.stop_requested,
+                progress=lambda line: logger.console(f"step {step}: {line}"),
+            )
             if metrics is None:
                 break
             logger.write(step, tag, metrics)
-            logger.console(f"step {step}: {tag} error {100 * metrics['error']:.2f}%, loss {metrics['loss']:.4f} "
-                           f"({int(metrics['examples'])} examples)")
+            logger.console(
+                f"step {step}: {tag} error {100 * metrics['error']:.2f}%, loss {metrics['loss']:.4f} "
+                f"({int(metrics['examples'])} examples)"
+            )
             results[tag] = metrics
         return results
 
@@ -308,16 +373,24 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh, *
         bad = int(parallel.to_host(state.nonfinite_step))
         if bad >= 0:
             last = checkpointer.latest_step()
-            kept = (f"the last good checkpoint (step {last}) in {workdir}/checkpoints is kept"
-                    if last is not None else "no checkpoint had been written yet, so a rerun starts at step 0")
+            kept = (
+                f"the last good checkpoint (step {last}) in {workdir}/checkpoints is kept"
+                if last is not None
+                else "no checkpoint had been written yet, so a rerun starts at step 0"
+            )
             raise DivergenceError(
                 f"Loss or gradient norm became NaN/Inf at step {bad}. Training stopped; {kept}. An unchanged "
                 f"rerun would diverge again at the same step: lower the learning rate, add warm-up or check "
-                f"the data, then rerun with the changed values and --allow_config_change.")
+                f"the data, then rerun with the changed values and --allow_config_change."
+            )
 
-    batches = dataset.train_batches(global_batch_size=config.batch_size, start_step=start_step,
-                                    seed=config.seed, process_index=jax.process_index(),
-                                    process_count=jax.process_count())
+    batches = dataset.train_batches(
+        global_batch_size=config.batch_size,
+        start_step=start_step,
+        seed=config.seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
     progress = _Progress(start_step, total, config.batch_size)
     pending: list[dict[str, jax.Array]] = []
     step = start_step
@@ -330,8 +403,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh, *
         means = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
         pending.clear()
         logger.write(step, "train", means)
-        logger.console(f"step {step}/{total}: loss {means['loss']:.4f}, train error "
-                       f"{100 * means['error']:.2f}%, lr {means['learning_rate']:.4g}, {progress.line(step)}")
+        logger.console(
+            f"step {step}/{total}: loss {means['loss']:.4f}, train error "
+            f"{100 * means['error']:.2f}%, lr {means['learning_rate']:.4g}, {progress.line(step)}"
+        )
         check_finite(step)
 
     def save_and_stop(step: int) -> dict[str, Any]:

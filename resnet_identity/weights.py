@@ -83,18 +83,29 @@ class Preprocessing:
             raise WeightsError(f"Preprocessing crop {self.crop} must be positive and at most resize {self.resize}.")
 
     def to_json(self) -> dict:
-        return {"resize": int(self.resize), "crop": int(self.crop), "mean": np.asarray(self.mean).tolist(),
-                "std": np.asarray(self.std).tolist(), "interpolation": self.interpolation}
+        return {
+            "resize": int(self.resize),
+            "crop": int(self.crop),
+            "mean": np.asarray(self.mean).tolist(),
+            "std": np.asarray(self.std).tolist(),
+            "interpolation": self.interpolation,
+        }
 
     @classmethod
     def from_json(cls, data: dict) -> Preprocessing:
-        return cls(resize=int(data["resize"]), crop=int(data["crop"]), mean=np.asarray(data["mean"], np.float64),
-                   std=np.asarray(data["std"], np.float64), interpolation=data["interpolation"])
+        return cls(
+            resize=int(data["resize"]),
+            crop=int(data["crop"]),
+            mean=np.asarray(data["mean"], np.float64),
+            std=np.asarray(data["std"], np.float64),
+            interpolation=data["interpolation"],
+        )
 
 
 # torchvision's ImageNet weights (the `IMAGENET1K_V1` transforms: `ImageClassification(crop_size=224)`).
-IMAGENET_PREPROCESSING = Preprocessing(resize=256, crop=224, mean=(0.485, 0.456, 0.406),
-                                       std=(0.229, 0.224, 0.225), interpolation="bilinear")
+IMAGENET_PREPROCESSING = Preprocessing(
+    resize=256, crop=224, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), interpolation="bilinear"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,10 +128,11 @@ class Weights:
         overrides (`scan`, `remat`, `unroll`) and `dtype`."""
         unknown = sorted(set(layout) - set(LAYOUT_OVERRIDES) - {"dtype"})
         if unknown:
-            raise WeightsError(f"create_model takes only layout overrides {LAYOUT_OVERRIDES} and dtype, "
-                               f"not {unknown}: the weights fix the architecture.")
-        model = models.create_model(self.model, num_classes=self.num_classes,
-                                    **{**self.model_overrides, **layout})
+            raise WeightsError(
+                f"create_model takes only layout overrides {LAYOUT_OVERRIDES} and dtype, "
+                f"not {unknown}: the weights fix the architecture."
+            )
+        model = models.create_model(self.model, num_classes=self.num_classes, **{**self.model_overrides, **layout})
         like = abstract_variables(model, self.preprocessing.crop)
         return model, models.convert_layout(self.variables, like)
 
@@ -161,21 +173,35 @@ def check_variables(variables: dict, like: dict, *, model: str) -> None:
     got, expected = flatten(variables), flatten(like)
     for name, want in expected.items():
         if name not in got:
-            raise WeightsMismatchError(f"The weights do not fit {model}: tensor {name} (shape {tuple(want.shape)}) "
-                                       "is missing. Check --model against the file's architecture.")
+            raise WeightsMismatchError(
+                f"The weights do not fit {model}: tensor {name} (shape {tuple(want.shape)}) "
+                "is missing. Check --model against the file's architecture."
+            )
         if tuple(np.shape(got[name])) != tuple(want.shape):
-            raise WeightsMismatchError(f"The weights do not fit {model}: tensor {name} has shape "
-                                       f"{tuple(np.shape(got[name]))}, expected {tuple(want.shape)}. "
-                                       "Check --model against the file's architecture.")
+            raise WeightsMismatchError(
+                f"The weights do not fit {model}: tensor {name} has shape "
+                f"{tuple(np.shape(got[name]))}, expected {tuple(want.shape)}. "
+                "Check --model against the file's architecture."
+            )
     extra = [name for name in got if name not in expected]
     if extra:
-        raise WeightsMismatchError(f"The weights do not fit {model}: unexpected tensor {extra[0]} "
-                                   f"(shape {tuple(np.shape(got[extra[0]]))}). Check --model against the file's "
-                                   "architecture.")
+        raise WeightsMismatchError(
+            f"The weights do not fit {model}: unexpected tensor {extra[0]} "
+            f"(shape {tuple(np.shape(got[extra[0]]))}). Check --model against the file's "
+            "architecture."
+        )
 
 
-def save_weights(directory: str | epath.PathLike, *, model: str, model_overrides: dict, variables: dict,
-                 preprocessing: Preprocessing, class_names: list[str] | None, source: str) -> Weights:
+def save_weights(
+    directory: str | epath.PathLike,
+    *,
+    model: str,
+    model_overrides: dict,
+    variables: dict,
+    preprocessing: Preprocessing,
+    class_names: list[str] | None,
+    source: str,
+) -> Weights:
     """Writes a weights directory (module docstring) and returns what it holds.
 
     `variables` (`params` and `batch_stats`, in any layout) are checked against `model` first,
@@ -196,9 +222,16 @@ def save_weights(directory: str | epath.PathLike, *, model: str, model_overrides
     buffer = io.BytesIO()
     np.savez(buffer, **flatten(unrolled))
     (path / ARRAYS_FILE).write_bytes(buffer.getvalue())
-    metadata = {"format": FORMAT, "version": VERSION, "model": model, "model_overrides": overrides,
-                "num_classes": weights.num_classes, "preprocessing": preprocessing.to_json(),
-                "class_names": weights.class_names, "source": source}
+    metadata = {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": model,
+        "model_overrides": overrides,
+        "num_classes": weights.num_classes,
+        "preprocessing": preprocessing.to_json(),
+        "class_names": weights.class_names,
+        "source": source,
+    }
     (path / METADATA_FILE).write_text(json.dumps(metadata, indent=1) + "\n")
     return weights
 
@@ -207,20 +240,29 @@ def load_weights(directory: str | epath.PathLike) -> Weights:
     """Reads a weights directory; raises `WeightsError` saying what is wrong with it."""
     path = as_path(directory)
     if not (path / METADATA_FILE).exists():
-        hint = ("it has no weights.json: not a weights directory, or a write that did not finish"
-                if path.is_dir() else "no such directory")
-        raise WeightsError(f"Cannot load weights from {path}: {hint}. Make one with "
-                           "`python -m resnet_identity.convert --from=torchvision ...`.")
+        hint = (
+            "it has no weights.json: not a weights directory, or a write that did not finish"
+            if path.is_dir()
+            else "no such directory"
+        )
+        raise WeightsError(
+            f"Cannot load weights from {path}: {hint}. Make one with "
+            "`python -m resnet_identity.convert --from=torchvision ...`."
+        )
     try:
         metadata = json.loads((path / METADATA_FILE).read_text())
         if metadata.get("format") != FORMAT or metadata.get("version") != VERSION:
             raise WeightsError(f"{path / METADATA_FILE} is not a {FORMAT} version {VERSION} file.")
         with np.load(io.BytesIO((path / ARRAYS_FILE).read_bytes())) as arrays:
             variables = unflatten({name: arrays[name] for name in arrays.files})
-        weights = Weights(metadata["model"], dict(metadata["model_overrides"]),
-                          {name: variables.get(name, {}) for name in COLLECTIONS},
-                          Preprocessing.from_json(metadata["preprocessing"]), metadata["class_names"],
-                          metadata["source"])
+        weights = Weights(
+            metadata["model"],
+            dict(metadata["model_overrides"]),
+            {name: variables.get(name, {}) for name in COLLECTIONS},
+            Preprocessing.from_json(metadata["preprocessing"]),
+            metadata["class_names"],
+            metadata["source"],
+        )
     except WeightsError:
         raise
     except (OSError, ValueError, KeyError, TypeError) as e:
@@ -243,8 +285,11 @@ def load_run_weights(workdir: str | epath.PathLike, step: int | None = None) -> 
     except ValueError as e:
         raise WeightsError(f"Cannot read {workdir / 'config.json'}: {e}") from e
     directory = workdir / "checkpoints"
-    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False),
-                                    item_handlers={checkpointing.STATE_ITEM: ocp.StandardCheckpointHandler()})
+    manager = ocp.CheckpointManager(
+        directory,
+        options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+        item_handlers={checkpointing.STATE_ITEM: ocp.StandardCheckpointHandler()},
+    )
     steps = sorted(manager.all_steps()) if directory.exists() else []
     if not steps:
         raise WeightsError(f"{workdir} has no checkpoint yet (none in {directory}).")
@@ -254,13 +299,20 @@ def load_run_weights(workdir: str | epath.PathLike, step: int | None = None) -> 
     device = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
     saved = manager.item_metadata(step)[checkpointing.STATE_ITEM]
     target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), saved.tree)
-    state = manager.restore(step, args=ocp.args.Composite(
-        **{checkpointing.STATE_ITEM: ocp.args.StandardRestore(target)}))[checkpointing.STATE_ITEM]
+    state = manager.restore(
+        step, args=ocp.args.Composite(**{checkpointing.STATE_ITEM: ocp.args.StandardRestore(target)})
+    )[checkpointing.STATE_ITEM]
     variables = {name: jax.tree.map(np.asarray, models.stacked_to_unrolled(state[name])) for name in COLLECTIONS}
     overrides = {k: v for k, v in config_lib.model_kwargs(config).items() if k not in LAYOUT_OVERRIDES}
     facts = registry.facts(config)
-    return Weights(config.model, overrides, variables, run_preprocessing(config),
-                   list(facts.class_names) if facts.class_names else None, f"run:{workdir}@{step}")
+    return Weights(
+        config.model,
+        overrides,
+        variables,
+        run_preprocessing(config),
+        list(facts.class_names) if facts.class_names else None,
+        f"run:{workdir}@{step}",
+    )
 
 
 def run_preprocessing(config: Any) -> Preprocessing:
@@ -277,13 +329,18 @@ def run_preprocessing(config: Any) -> Preprocessing:
         from resnet_identity.data import get_dataset
 
         normalization = get_dataset(config).normalization
-    return Preprocessing(resize=resize, crop=crop, mean=np.asarray(normalization.mean, np.float64) / 255.0,
-                         std=np.asarray(normalization.std, np.float64) / 255.0,
-                         interpolation="bicubic" if facts.eval_crops else "bilinear")
+    return Preprocessing(
+        resize=resize,
+        crop=crop,
+        mean=np.asarray(normalization.mean, np.float64) / 255.0,
+        std=np.asarray(normalization.std, np.float64) / 255.0,
+        interpolation="bicubic" if facts.eval_crops else "bilinear",
+    )
 
 
-def load_weights_or_run(*, workdir: str | None = None, step: int | None = None, weights: str | None = None,
-                        model: str | None = None) -> Weights:
+def load_weights_or_run(
+    *, workdir: str | None = None, step: int | None = None, weights: str | None = None, model: str | None = None
+) -> Weights:
     """What a command's `--workdir=RUN [--step=N]` or `--weights=DIR --model=NAME` name, with
     `model` checked against the weights' own (a `WeightsError` says what to pass)."""
     if (workdir is None) == (weights is None):
@@ -292,6 +349,8 @@ def load_weights_or_run(*, workdir: str | None = None, step: int | None = None, 
         return load_run_weights(workdir, step)
     loaded = load_weights(weights)
     if model != loaded.model:
-        raise WeightsError(f"{weights} holds weights of our {loaded.model} (from {loaded.source}); pass "
-                           f"--model={loaded.model}" + ("." if model is None else f", not --model={model}."))
+        raise WeightsError(
+            f"{weights} holds weights of our {loaded.model} (from {loaded.source}); pass "
+            f"--model={loaded.model}" + ("." if model is None else f", not --model={model}.")
+        )
     return loaded

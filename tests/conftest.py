@@ -14,3 +14,6 @@ _FAST_COMPILE = "--xla_backend_optimization_level=0"
 
 if _FAST_COMPILE not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FAST_COMPILE}".strip()
+
+# The Cloud Storage emulator's fixtures (gcs_emulator, gcs_bucket), for every module.
+from tests.gcs_emulator import gcs_bucket, gcs_emulator  # noqa: E402, F401

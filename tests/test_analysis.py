@@ -16,8 +16,18 @@ UNITS = 4
 def one_stage(unit, **options) -> ResNet:
     """Four 16-channel units behind the ImageNet stem, which BN-ReLUs its output, so even the
     first unit's shortcut is the identity (`no_preact`)."""
-    return ResNet(stage_sizes=(UNITS,), stage_features=(16,), unit=unit, unit_options=options or None,
-                  bottleneck=False, stem=ImageNetStem, stem_features=16, num_classes=10, shortcut="A", scan=False)
+    return ResNet(
+        stage_sizes=(UNITS,),
+        stage_features=(16,),
+        unit=unit,
+        unit_options=options or None,
+        bottleneck=False,
+        stem=ImageNetStem,
+        stem_features=16,
+        num_classes=10,
+        shortcut="A",
+        scan=False,
+    )
 
 
 def batch():
@@ -27,9 +37,11 @@ def batch():
 
 def zero_branches(variables, leaf_module):
     """Zeroes F in every unit: the kernel of its last conv (v2) or the affine of its last BN (v1)."""
+
     def zero(path, leaf):
         names = [getattr(k, "key", "") for k in path]
         return jnp.zeros_like(leaf) if leaf_module in names and names[0] == "params" else leaf
+
     return jax.tree_util.tree_map_with_path(zero, variables)
 
 
@@ -85,10 +97,11 @@ def test_forward_norm_is_the_rms_of_each_units_input():
     variables = init(model)
     images, labels = batch()
     forward, _ = signal.unit_norms(model, variables, images, labels)
-    _, state = model.apply(variables, images, train=True, capture_intermediates=True,
-                           mutable=["batch_stats", "intermediates"])
+    _, state = model.apply(
+        variables, images, train=True, capture_intermediates=True, mutable=["batch_stats", "intermediates"]
+    )
     stem = state["intermediates"]["stem"]["__call__"][0]
-    assert forward[0] == pytest.approx(float(jnp.sqrt(jnp.mean(stem ** 2))), rel=1e-5)
+    assert forward[0] == pytest.approx(float(jnp.sqrt(jnp.mean(stem**2))), rel=1e-5)
 
 
 def test_scanned_model_gives_the_same_norms_as_its_unrolled_twin():
@@ -112,12 +125,30 @@ def test_scaled_shortcut_unit_shares_the_preactivation_parameters():
 
 
 def test_unit_ops_put_the_activations_where_v2_fig4_draws_them():
-    kinds = lambda name: [(op.kind, op.after_addition) for op in unit_ops(  # noqa: E731
-        models.UNITS[name].cls(16, shortcut="A"), (2, 8, 8, 16))]
-    assert kinds("original") == [("conv", False), ("bn", False), ("relu", False), ("conv", False),
-                                 ("bn", False), ("add", False), ("relu", True)]
-    assert kinds("full_preact") == [("bn", False), ("relu", False), ("conv", False), ("bn", False),
-                                    ("relu", False), ("conv", False), ("add", False)]
+    kinds = lambda name: [
+        (op.kind, op.after_addition)
+        for op in unit_ops(  # noqa: E731
+            models.UNITS[name].cls(16, shortcut="A"), (2, 8, 8, 16)
+        )
+    ]
+    assert kinds("original") == [
+        ("conv", False),
+        ("bn", False),
+        ("relu", False),
+        ("conv", False),
+        ("bn", False),
+        ("add", False),
+        ("relu", True),
+    ]
+    assert kinds("full_preact") == [
+        ("bn", False),
+        ("relu", False),
+        ("conv", False),
+        ("bn", False),
+        ("relu", False),
+        ("conv", False),
+        ("add", False),
+    ]
     assert kinds("bn_after_addition")[-3:] == [("add", False), ("bn", True), ("relu", True)]
 
 

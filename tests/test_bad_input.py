@@ -134,10 +134,16 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 def _train_py(workdir, *flags, tmp_path):
     config = tmp_path / "tiny_config.py"
-    config.write_text("from tests.train_worker import tiny_config\n\n\n"
-                      "def get_config():\n    return tiny_config(steps=2)\n")
-    return subprocess.run([sys.executable, str(ROOT / "train.py"), f"--config={config}", f"--workdir={workdir}",
-                           *flags], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    config.write_text(
+        "from tests.train_worker import tiny_config\n\n\ndef get_config():\n    return tiny_config(steps=2)\n"
+    )
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), f"--config={config}", f"--workdir={workdir}", *flags],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def _assert_user_error(done, message):
@@ -162,8 +168,10 @@ def test_workdir_that_is_a_file_is_one_line(tmp_path):
 
 
 def test_workdir_that_cannot_be_created_is_one_line(tmp_path):
-    _assert_user_error(_train_py("/proc/resnet_identity_test/run", tmp_path=tmp_path),
-                       "Cannot write to workdir /proc/resnet_identity_test/run")
+    _assert_user_error(
+        _train_py("/proc/resnet_identity_test/run", tmp_path=tmp_path),
+        "Cannot write to workdir /proc/resnet_identity_test/run",
+    )
 
 
 def test_damaged_config_json_is_refused_then_kept_aside_with_allow_config_change(trained_workdir, tmp_path):

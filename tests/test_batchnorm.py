@@ -54,8 +54,10 @@ def test_ghost_bn_gradient_equals_autodiff_of_the_plain_formula(normalise):
         return jnp.sum(y * weights) + jnp.sum(stats_mean) + jnp.sum(stats_var)
 
     np.testing.assert_allclose(ours(x, variables["params"]), reference(x, variables["params"]), rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(jax.grad(ours, argnums=(0, 1))(x, variables["params"])),
-                    jax.tree.leaves(jax.grad(reference, argnums=(0, 1))(x, variables["params"]))):
+    for a, b in zip(
+        jax.tree.leaves(jax.grad(ours, argnums=(0, 1))(x, variables["params"])),
+        jax.tree.leaves(jax.grad(reference, argnums=(0, 1))(x, variables["params"])),
+    ):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
@@ -98,8 +100,10 @@ def test_ghost_bn_normalises_each_group_by_its_own_statistics():
 def test_ghost_bn_eval_uses_running_averages():
     bn = GhostBatchNorm(use_running_average=True)
     x = jnp.full((2, 1, 1, 2), 3.0)
-    variables = {"params": {"scale": jnp.array([2.0, 1.0]), "bias": jnp.array([1.0, 0.0])},
-                 "batch_stats": {"mean": jnp.array([1.0, 3.0]), "var": jnp.array([4.0, 1.0])}}
+    variables = {
+        "params": {"scale": jnp.array([2.0, 1.0]), "bias": jnp.array([1.0, 0.0])},
+        "batch_stats": {"mean": jnp.array([1.0, 3.0]), "var": jnp.array([4.0, 1.0])},
+    }
     y = bn.apply(variables, x)
     np.testing.assert_allclose(y[0, 0, 0], [2.0 * 2.0 / np.sqrt(4.0 + 1e-5) + 1.0, 0.0], rtol=1e-5)
 

@@ -10,8 +10,9 @@ from benchmarks import hlo_census, input_pipeline, step_time, trace_breakdown, v
 
 
 def test_pipelined_timing_reports_windows_of_steps(capsys):
-    result = step_time.main(["--model=cifar_preact20", "--depth=8", "--batch=2", "--steps=3", "--windows=2",
-                             "--warmup=0"])
+    result = step_time.main(
+        ["--model=cifar_preact20", "--depth=8", "--batch=2", "--steps=3", "--windows=2", "--warmup=0"]
+    )
     assert json.loads(capsys.readouterr().out) == result
     assert result["timing"] == "pipelined 2x3" and result["timed_steps"] == 6
     assert 0 < result["step_ms_min"] <= result["step_ms"]
@@ -19,8 +20,17 @@ def test_pipelined_timing_reports_windows_of_steps(capsys):
 
 
 def test_step_time_takes_products_and_compiler_options_from_the_command_line(capsys):
-    result = step_time.main(["--model=cifar_preact20", "--depth=8", "--batch=2", "--steps=1", "--warmup=0",
-                             "--no-products", "--compiler_option=xla_cpu_use_fusion_emitters=true"])
+    result = step_time.main(
+        [
+            "--model=cifar_preact20",
+            "--depth=8",
+            "--batch=2",
+            "--steps=1",
+            "--warmup=0",
+            "--no-products",
+            "--compiler_option=xla_cpu_use_fusion_emitters=true",
+        ]
+    )
     assert result["products"] is False and result["compiler_options"] == {"xla_cpu_use_fusion_emitters": True}
     assert step_time._compiler_option("xla_gpu_graph_min_graph_size=-2") == ("xla_gpu_graph_min_graph_size", -2)
     assert step_time._compiler_option("a=WHILE,FUSION") == ("a", "WHILE,FUSION")
@@ -36,9 +46,13 @@ def test_trace_breakdown_sorts_gpu_kernels_by_kind(tmp_path, capsys):
     events = [
         {"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/device:GPU:0"}},
         {"ph": "M", "name": "process_name", "pid": 2, "args": {"name": "/host:CPU"}},
-        _event("sm90_xmma_fprop_implicit_gemm_bf16", 300), _event("nvjet_sm90_tst", 300),
-        _event("input_reduce_fusion.3", 150), _event("loop_dynamic_update_slice_fusion", 60),
-        _event("MemcpyD2D", 30), _event("loop_broadcast_fusion.2", 30), _event("loop_maximum_fusion", 30),
+        _event("sm90_xmma_fprop_implicit_gemm_bf16", 300),
+        _event("nvjet_sm90_tst", 300),
+        _event("input_reduce_fusion.3", 150),
+        _event("loop_dynamic_update_slice_fusion", 60),
+        _event("MemcpyD2D", 30),
+        _event("loop_broadcast_fusion.2", 30),
+        _event("loop_maximum_fusion", 30),
         _event("python3 host work", 10_000, pid=2),  # host events are not GPU time
     ]
     path = tmp_path / "trace.json.gz"
@@ -48,7 +62,8 @@ def test_trace_breakdown_sorts_gpu_kernels_by_kind(tmp_path, capsys):
     assert rows["convolutions and matrix products"] == {"ms_per_step": 0.2, "kernels_per_step": 0}
     assert rows["reductions (BN statistics and their gradients)"]["ms_per_step"] == 0.05
     assert set(rows) == {label for label, _ in trace_breakdown.KINDS[:5]} | {
-        "other elementwise (BN apply, ReLU, casts, optimiser)"}
+        "other elementwise (BN apply, ReLU, casts, optimiser)"
+    }
     assert "0.3 ms of GPU time and 2 kernels per step" in capsys.readouterr().out
 
 
@@ -119,8 +134,17 @@ def test_imagenet_pipeline_bench_runs_the_real_train_path_on_synthetic_jpegs(cap
     jpegs = imagenet_pipeline.synthetic_jpegs(4)
     shapes = [tuple(tf.image.extract_jpeg_shape(j).numpy()) for j in jpegs]
     assert all(max(h, w) == 500 and 333 <= min(h, w) <= 375 and c == 3 for h, w, c in shapes), shapes
-    result = imagenet_pipeline.main(["--batch=4", "--batches=2", "--rounds=2", "--warmup=0", "--images=4",
-                                     "--shuffle_buffer=8", f"--train_crop={crop}"])
+    result = imagenet_pipeline.main(
+        [
+            "--batch=4",
+            "--batches=2",
+            "--rounds=2",
+            "--warmup=0",
+            "--images=4",
+            "--shuffle_buffer=8",
+            f"--train_crop={crop}",
+        ]
+    )
     assert json.loads(capsys.readouterr().out) == result
     assert result["train_crop"] == crop
     assert result["images_per_s"] > 0 and result["cpu_ms_per_image"] > 0 and result["mean_jpeg_kb"] > 10
@@ -144,8 +168,9 @@ def test_step_time_prints_one_json_line(capsys):
 def test_compare_runs_a_section_in_one_process(capsys):
     from benchmarks import compare
 
-    summary = compare.main(["--sections=scan", "--model=cifar_preact20", "--depth=14", "--batch=2",
-                            "--rounds=1", "--steps=1"])
+    summary = compare.main(
+        ["--sections=scan", "--model=cifar_preact20", "--depth=14", "--batch=2", "--rounds=1", "--steps=1"]
+    )
     assert summary[0]["comparison"] == "step scan / unrolled" and summary[0]["ratio"] > 0
     assert "summary:" in capsys.readouterr().out
 

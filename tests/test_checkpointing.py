@@ -52,8 +52,9 @@ def assert_bitwise_equal(a, b):
 
 def biggest_array_file(step_dir):
     """The largest TensorStore data file (OCDBT keeps array bytes under `.../d/`)."""
-    files = [os.path.join(root, f) for root, _, names in os.walk(step_dir) for f in names
-             if os.path.basename(root) == "d"]
+    files = [
+        os.path.join(root, f) for root, _, names in os.walk(step_dir) for f in names if os.path.basename(root) == "d"
+    ]
     return max(files, key=os.path.getsize)
 
 
@@ -67,7 +68,8 @@ def save_steps(directory, abstract, steps, **kwargs):
 
 def test_round_trip_is_bitwise_for_concrete_and_abstract_targets(tmp_path, abstract_state):
     state = random_state(abstract_state, 0).replace(
-        step=jnp.asarray(7, jnp.int32), nonfinite_step=jnp.asarray(-1, jnp.int32))
+        step=jnp.asarray(7, jnp.int32), nonfinite_step=jnp.asarray(-1, jnp.int32)
+    )
     with Checkpointer(tmp_path, every_steps=5, keep=2) as ckpt:
         assert ckpt.maybe_save(7, state, force=True, metadata={"examples_seen": 7 * 128})
     with Checkpointer(tmp_path, every_steps=5, keep=2) as ckpt:
@@ -167,8 +169,10 @@ def test_workdir_on_or_under_a_file_gives_a_clear_error(tmp_path, below):
         Checkpointer(blocker / below, every_steps=1, keep=1)
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,
-                    reason="root ignores directory permissions; the path-under-a-file test covers this")
+@pytest.mark.skipif(
+    hasattr(os, "geteuid") and os.geteuid() == 0,
+    reason="root ignores directory permissions; the path-under-a-file test covers this",
+)
 def test_read_only_workdir_gives_a_clear_error(tmp_path, abstract_state):
     tmp_path.chmod(0o555)
     try:
@@ -182,8 +186,10 @@ def test_read_only_workdir_gives_a_clear_error(tmp_path, abstract_state):
 def test_full_disk_gives_a_clear_error(tmp_path, abstract_state, monkeypatch):
     # TensorStore's own wording for ENOSPC (seen on a full tmpfs): a ValueError, not OSError.
     def full(*args, **kwargs):
-        raise ValueError('RESOURCE_EXHAUSTED: Error writing "params/0": Failed to write 502127 bytes '
-                         "to file 4: No space left on device [os_error_code='28']")
+        raise ValueError(
+            'RESOURCE_EXHAUSTED: Error writing "params/0": Failed to write 502127 bytes '
+            "to file 4: No space left on device [os_error_code='28']"
+        )
 
     with Checkpointer(tmp_path, every_steps=1, keep=1) as ckpt:
         monkeypatch.setattr(ocp.CheckpointManager, "save", full)
@@ -205,8 +211,9 @@ def _layout_state(remat, depth=47, *, seed=None):
     [2, 2] and "block" as [4, 1], the same tree paths with other shapes. Abstract, with a
     device sharding on every leaf, or filled with random values (`seed`)."""
     model = create_model("cifar_preact164", num_classes=10, depth=depth, remat=remat)
-    abstract = jax.eval_shape(functools.partial(create_train_state, model, sgd(learning_rate=0.1), 32),
-                              jax.random.key(0))
+    abstract = jax.eval_shape(
+        functools.partial(create_train_state, model, sgd(learning_rate=0.1), 32), jax.random.key(0)
+    )
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), abstract)
     return abstract if seed is None else random_state(abstract, seed)
@@ -217,7 +224,8 @@ def test_a_step_saved_in_another_layout_is_converted_and_nothing_is_moved(tmp_pa
 
     older, newer = _layout_state("block", seed=1), _layout_state("nested", seed=2)
     assert jax.tree.structure(older) != jax.tree.structure(newer) or any(
-        a.shape != b.shape for a, b in zip(jax.tree.leaves(older), jax.tree.leaves(newer)))
+        a.shape != b.shape for a, b in zip(jax.tree.leaves(older), jax.tree.leaves(newer))
+    )
     with Checkpointer(tmp_path, every_steps=1, keep=3, async_save=False) as checkpointer:
         checkpointer.maybe_save(1, older, force=True)
         checkpointer.maybe_save(2, newer, force=True)

@@ -14,8 +14,9 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def train(*args: str, cwd: pathlib.Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
 
 
 def assert_user_error(done: subprocess.CompletedProcess, message: str) -> None:
@@ -30,8 +31,16 @@ def assert_user_error(done: subprocess.CompletedProcess, message: str) -> None:
 def test_help_exits_0_and_names_the_configs_presets_and_fields():
     done = train("--help")
     assert done.returncode == 0, done.stderr
-    for expected in ("--workdir", "--config", "--list_config", "configs/quickstart.py", "presets: smoke",
-                     "batch_size", "model_overrides.depth", "--verbosity"):
+    for expected in (
+        "--workdir",
+        "--config",
+        "--list_config",
+        "configs/quickstart.py",
+        "presets: smoke",
+        "batch_size",
+        "model_overrides.depth",
+        "--verbosity",
+    ):
         assert expected in done.stdout
 
 
@@ -72,13 +81,19 @@ def test_unknown_preset_lists_the_presets():
     assert "smoke" in done.stderr
 
 
-@pytest.mark.parametrize("args,message", [
-    (("--config=configs/quickstart.py",), "--workdir is required"),
-    (("--config=configs/quickstart.py", "--workdir="), "--workdir is required"),
-    (("configs/quickstart.py",), "Did you mean --config=configs/quickstart.py?"),
-    (("--config=configs/quickstart.py", "--workdir=unused", "--config.batch_size=sixty"), "--config.batch_size=sixty"),
-    (("--config=configs/quickstart.py", "--workdir=unused", "--wokdir=x"), "Unknown command line flag 'wokdir'"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (("--config=configs/quickstart.py",), "--workdir is required"),
+        (("--config=configs/quickstart.py", "--workdir="), "--workdir is required"),
+        (("configs/quickstart.py",), "Did you mean --config=configs/quickstart.py?"),
+        (
+            ("--config=configs/quickstart.py", "--workdir=unused", "--config.batch_size=sixty"),
+            "--config.batch_size=sixty",
+        ),
+        (("--config=configs/quickstart.py", "--workdir=unused", "--wokdir=x"), "Unknown command line flag 'wokdir'"),
+    ],
+)
 def test_flag_mistakes_get_one_line(args, message):
     assert_user_error(train(*args), message)
 
@@ -93,10 +108,20 @@ def test_missing_extra_names_its_install_command(tmp_path):
     """A TFDS dataset without TensorFlow Datasets installed (shadowed here by a module that
     fails to import, as on a machine without the extra)."""
     (tmp_path / "tensorflow_datasets.py").write_text("raise ImportError('No module named tensorflow_datasets')\n")
-    done = subprocess.run([sys.executable, str(ROOT / "train.py"), "--config=configs/quickstart.py",
-                           f"--workdir={tmp_path / 'run'}", "--config.dataset=cifar10"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            "--config=configs/quickstart.py",
+            f"--workdir={tmp_path / 'run'}",
+            "--config.dataset=cifar10",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"},
+    )
     assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stderr, done.stderr
     # TensorFlow itself was importable: its C++ start-up lines may come first.
@@ -124,7 +149,13 @@ def test_a_long_evaluation_says_how_far_it_has_got(monkeypatch):
         return {"count": real, "error_sum": real / 2, "top5_error_sum": 0 * real, "loss_sum": real}
 
     lines = []
-    metrics = trainer.evaluate(None, TenExamples(), eval_fn, batch_size=4,
-                               sharding=parallel.batch_sharded(parallel.create_mesh()), progress=lines.append)
+    metrics = trainer.evaluate(
+        None,
+        TenExamples(),
+        eval_fn,
+        batch_size=4,
+        sharding=parallel.batch_sharded(parallel.create_mesh()),
+        progress=lines.append,
+    )
     assert lines == ["evaluated 4 of 10 examples", "evaluated 8 of 10 examples"]
     assert metrics["examples"] == 10 and metrics["error"] == 0.5

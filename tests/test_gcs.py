@@ -11,15 +11,15 @@ import os
 import random
 import signal
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from resnet_identity import checkpointing, config as config_lib, trainer
+from resnet_identity import checkpointing, trainer
+from resnet_identity import config as config_lib
 from resnet_identity.files import append_text, as_path, write_atomically
 from resnet_identity.metric_logging import MetricLogger, read_metrics
-from tests.gcs_emulator import gcs_bucket, gcs_emulator, list_objects, read_object  # noqa: F401 (fixtures)
+from tests.gcs_emulator import list_objects, read_object
 from tests.test_resilience import _npz, _run_until_killed, _worker_cmd
 from tests.train_worker import tiny_config
 
@@ -75,8 +75,14 @@ def test_a_corrupt_checkpoint_in_the_bucket_falls_back_to_the_previous_one(gcs_b
 
 def _env(cache_dir):
     # Compiled programs shared between the runs: each rerun skips most of its compile.
-    return {**os.environ, "PYTHONPATH": ROOT, "PYTHONUNBUFFERED": "1", "JAX_COMPILATION_CACHE_DIR": str(cache_dir),
-            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+    return {
+        **os.environ,
+        "PYTHONPATH": ROOT,
+        "PYTHONUNBUFFERED": "1",
+        "JAX_COMPILATION_CACHE_DIR": str(cache_dir),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    }
 
 
 @pytest.mark.slow
@@ -86,8 +92,13 @@ def test_a_run_on_gcs_killed_three_times_ends_bitwise_equal_to_a_local_one(gcs_b
         monkeypatch.setenv(key, value)
     steps, every = 10, "checkpoint_every_steps=2"
     run = f"{gcs_bucket}/run"
-    reference = subprocess.run(_worker_cmd(tmp_path / "local", tmp_path / "local.npz", steps, every),
-                               capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    reference = subprocess.run(
+        _worker_cmd(tmp_path / "local", tmp_path / "local.npz", steps, every),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert reference.returncode == 0, reference.stderr[-3000:]
     cmd = _worker_cmd(run, tmp_path / "gcs.npz", steps, every)
     for kill_at in sorted(random.Random(0).sample(range(3, steps), 3)):
@@ -112,8 +123,11 @@ def test_a_run_on_gcs_killed_three_times_ends_bitwise_equal_to_a_local_one(gcs_b
         assert f"run/{record}" in names
     assert any(name.startswith(f"run/checkpoints/corrupt/{newest}/") for name in names)
     assert json.loads(read_object(f"{run}/final_metrics.json"))["step"] == steps
-    logged = [json.loads(line)["step"] for line in read_object(f"{run}/metrics.jsonl").decode().splitlines()
-              if "train/loss" in line]
+    logged = [
+        json.loads(line)["step"]
+        for line in read_object(f"{run}/metrics.jsonl").decode().splitlines()
+        if "train/loss" in line
+    ]
     assert logged == list(range(1, steps + 1))
     # Every killed run's curves reached the bucket up to its last logged step: no step is
     # missing from the events, and no event object is empty.
@@ -140,10 +154,14 @@ def test_a_gs_data_dir_is_read_by_tfds_through_the_same_client(gcs_bucket):
     with pytest.raises(DatasetNotPreparedError, match=f"tfds build cifar10 --data_dir={data_dir}"):
         prepared_builder("cifar10", data_dir, download=False)
     builder = tfds.builder("cifar10", data_dir=data_dir)
-    template = tfds.core.ShardedFileTemplate(data_dir=builder.data_dir, dataset_name="cifar10", split="train",
-                                             filetype_suffix="tfrecord")
-    builder.info.set_splits(tfds.core.SplitDict([tfds.core.SplitInfo(
-        name="train", shard_lengths=[2], num_bytes=0, filename_template=template)]))
+    template = tfds.core.ShardedFileTemplate(
+        data_dir=builder.data_dir, dataset_name="cifar10", split="train", filetype_suffix="tfrecord"
+    )
+    builder.info.set_splits(
+        tfds.core.SplitDict(
+            [tfds.core.SplitInfo(name="train", shard_lengths=[2], num_bytes=0, filename_template=template)]
+        )
+    )
     builder.info.write_to_directory(builder.data_dir)  # what `tfds build` leaves beside the records
     assert f"tensorflow_datasets/cifar10/{builder.version}/dataset_info.json" in "\n".join(list_objects(gcs_bucket))
     prepared = prepared_builder("cifar10", data_dir, download=False)

@@ -16,16 +16,23 @@ from tests.train_worker import tiny_config
 
 def _state(seed):
     rng = np.random.default_rng(seed)
-    return {"kernel": jnp.asarray(rng.standard_normal((64, 64), np.float32)),
-            "half": jnp.asarray(rng.standard_normal(300, np.float32), jnp.bfloat16),
-            "count": jnp.asarray(rng.integers(0, 1000, 7), jnp.int32), "flag": jnp.asarray(True)}
+    return {
+        "kernel": jnp.asarray(rng.standard_normal((64, 64), np.float32)),
+        "half": jnp.asarray(rng.standard_normal(300, np.float32), jnp.bfloat16),
+        "count": jnp.asarray(rng.integers(0, 1000, 7), jnp.int32),
+        "flag": jnp.asarray(True),
+    }
 
 
 def _flip_a_bit_in_the_array_data(step_dir):
     """Flips one bit in the middle of the largest TensorStore data file of the step's state
     (its array chunks, past any header)."""
-    files = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(step_dir, "state")) if os.path.basename(d) == "d"
-             for f in fs]
+    files = [
+        os.path.join(d, f)
+        for d, _, fs in os.walk(os.path.join(step_dir, "state"))
+        if os.path.basename(d) == "d"
+        for f in fs
+    ]
     data_file = max(files, key=os.path.getsize)
     data = bytearray(open(data_file, "rb").read())
     data[len(data) // 2] ^= 0x08

@@ -31,7 +31,10 @@ def test_timm_weights_are_our_preact_net_with_the_timm_stem_and_its_preprocessin
     assert model.stem is models.TimmStem
     cfg = timm.get_pretrained_cfg("resnetv2_50")  # timm's eval transform: shorter side 224 / crop_pct
     assert (weights.preprocessing.crop, weights.preprocessing.resize, weights.preprocessing.interpolation) == (
-        224, int(224 / cfg.crop_pct), cfg.interpolation)
+        224,
+        int(224 / cfg.crop_pct),
+        cfg.interpolation,
+    )
     assert len(weights.class_names) == 1000
 
 
@@ -71,5 +74,6 @@ def test_timm_safetensors_import_and_export(tmp_path):
     loaded.load_state_dict(torch.load(tmp_path / "back.pth", weights_only=True), strict=True)
     images = np.random.default_rng(0).standard_normal((2, 64, 64, 3)).astype(np.float32)
     with torch.no_grad():
-        np.testing.assert_allclose(loaded.eval()(to_torch(images)).numpy(), reference(to_torch(images)).numpy(),
-                                   rtol=0, atol=0)
+        np.testing.assert_allclose(
+            loaded.eval()(to_torch(images)).numpy(), reference(to_torch(images)).numpy(), rtol=0, atol=0
+        )

@@ -40,8 +40,12 @@ def randomise_batch_norms(module: "torch.nn.Module", seed: int = 0) -> "torch.nn
     with torch.no_grad():
         for layer in module.modules():
             if isinstance(layer, torch.nn.BatchNorm2d):
-                for tensor, low, high in ((layer.weight, 0.5, 1.5), (layer.bias, -0.5, 0.5),
-                                          (layer.running_mean, -0.5, 0.5), (layer.running_var, 0.5, 1.5)):
+                for tensor, low, high in (
+                    (layer.weight, 0.5, 1.5),
+                    (layer.bias, -0.5, 0.5),
+                    (layer.running_mean, -0.5, 0.5),
+                    (layer.running_var, 0.5, 1.5),
+                ):
                     tensor.copy_(torch.rand(tensor.shape, generator=generator) * (high - low) + low)
     return module
 
@@ -65,21 +69,29 @@ def check_parity(source: str, name: str, reference: "torch.nn.Module", make_refe
         theirs = reference(to_torch(images))
     logits, updates = model.apply(variables, images, train=True, mutable=["batch_stats"])
     errors["train"] = relative_error(logits, theirs)
-    stepped = weights_lib.Weights(weights.model, weights.model_overrides,
-                                  {"params": variables["params"], "batch_stats": updates["batch_stats"]},
-                                  weights.preprocessing, weights.class_names, weights.source)
+    stepped = weights_lib.Weights(
+        weights.model,
+        weights.model_overrides,
+        {"params": variables["params"], "batch_stats": updates["batch_stats"]},
+        weights.preprocessing,
+        weights.class_names,
+        weights.source,
+    )
     exported_name, exported = interop.export_state_dict(stepped, source)
     assert exported_name == name
     for statistic in ("running_mean", "running_var"):
-        errors[statistic] = max(relative_error(exported[key], value) for key, value in reference.state_dict().items()
-                                if key.endswith(statistic))
+        errors[statistic] = max(
+            relative_error(exported[key], value)
+            for key, value in reference.state_dict().items()
+            if key.endswith(statistic)
+        )
     loaded = make_reference()
     loaded.load_state_dict({key: torch.from_numpy(np.array(value)) for key, value in exported.items()}, strict=True)
     with torch.no_grad():
-        errors["round_trip"] = relative_error(model.apply({"params": variables["params"],
-                                                           "batch_stats": updates["batch_stats"]}, images,
-                                                          train=False),
-                                              loaded.eval()(to_torch(images)))
+        errors["round_trip"] = relative_error(
+            model.apply({"params": variables["params"], "batch_stats": updates["batch_stats"]}, images, train=False),
+            loaded.eval()(to_torch(images)),
+        )
     print(f"{source} {name} at {image_size}x{image_size}: " + ", ".join(f"{k} {v:.1e}" for k, v in errors.items()))
     assert all(error < TOLERANCE for error in errors.values()), errors
     return errors
@@ -100,8 +112,14 @@ def test_scanned_and_unrolled_layouts_import_and_export_alike(tmp_path):
     for layout in ({"scan": False}, {"scan": True, "remat": "nested"}):
         model, variables = weights.create_model(**layout)
         outputs.append(np.asarray(model.apply(variables, images, train=False)))
-        relaid = weights_lib.Weights(weights.model, weights.model_overrides, variables, weights.preprocessing,
-                                     weights.class_names, weights.source)
+        relaid = weights_lib.Weights(
+            weights.model,
+            weights.model_overrides,
+            variables,
+            weights.preprocessing,
+            weights.class_names,
+            weights.source,
+        )
         _, exported = interop.export_state_dict(relaid, "torchvision")
         assert list(exported) == list(expected)
         for key in expected:
@@ -111,13 +129,17 @@ def test_scanned_and_unrolled_layouts_import_and_export_alike(tmp_path):
 
 def test_a_file_of_another_architecture_names_the_first_mismatched_tensor():
     resnet18 = torchvision.models.resnet18().state_dict()
-    with pytest.raises(weights_lib.WeightsMismatchError,
-                       match=r"torchvision's resnet34: tensor layer1\.2\.conv1\.weight \(expected shape "
-                             r"\(64, 64, 3, 3\)\) is missing"):
+    with pytest.raises(
+        weights_lib.WeightsMismatchError,
+        match=r"torchvision's resnet34: tensor layer1\.2\.conv1\.weight \(expected shape "
+        r"\(64, 64, 3, 3\)\) is missing",
+    ):
         interop.import_state_dict("torchvision", "resnet34", resnet18)
-    with pytest.raises(weights_lib.WeightsMismatchError,
-                       match=r"torchvision's resnet50: tensor layer1\.0\.conv1\.weight has shape \(64, 64, 3, 3\), "
-                             r"expected shape \(64, 64, 1, 1\)"):
+    with pytest.raises(
+        weights_lib.WeightsMismatchError,
+        match=r"torchvision's resnet50: tensor layer1\.0\.conv1\.weight has shape \(64, 64, 3, 3\), "
+        r"expected shape \(64, 64, 1, 1\)",
+    ):
         interop.import_state_dict("torchvision", "resnet50", resnet18)
     resnet18["extra.weight"] = torch.zeros(3)
     with pytest.raises(weights_lib.WeightsMismatchError, match=r"unexpected tensor extra\.weight \(shape \(3,\)\)"):
@@ -133,8 +155,9 @@ def test_the_papers_stride_placement_is_not_exported_as_torchvisions():
 
 
 def _convert(*args):
-    return subprocess.run([sys.executable, "-m", "resnet_identity.convert", *map(str, args)],
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "resnet_identity.convert", *map(str, args)], capture_output=True, text=True, timeout=300
+    )
 
 
 def test_convert_command_round_trips_and_refuses_the_wrong_architecture(tmp_path):
@@ -143,8 +166,9 @@ def test_convert_command_round_trips_and_refuses_the_wrong_architecture(tmp_path
     done = _convert("--from=torchvision", "--model=resnet18", tmp_path / "resnet18.pth", f"--out={tmp_path / 'w'}")
     assert done.returncode == 0, done.stderr
     assert weights_lib.load_weights(tmp_path / "w").num_classes == 7
-    done = _convert("--to=torchvision", f"--weights={tmp_path / 'w'}", "--model=resnet18",
-                    f"--out={tmp_path / 'back.pth'}")
+    done = _convert(
+        "--to=torchvision", f"--weights={tmp_path / 'w'}", "--model=resnet18", f"--out={tmp_path / 'back.pth'}"
+    )
     assert done.returncode == 0, done.stderr
     back = torch.load(tmp_path / "back.pth", weights_only=True)
     torchvision.models.resnet18(num_classes=7).load_state_dict(back, strict=True)

@@ -13,24 +13,38 @@ import time
 import pytest
 
 from resnet_identity import lease
-from tests.gcs_emulator import gcs_bucket, gcs_emulator, list_objects, read_object  # noqa: F401 (fixtures)
+from tests.gcs_emulator import list_objects, read_object
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _env(tmp_path, **extra):
     # Compiled programs shared between the runs: each later run skips most of its compile.
-    return {**os.environ, "PYTHONPATH": ROOT, "PYTHONUNBUFFERED": "1",
-            "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax_cache"), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0", **extra}
+    return {
+        **os.environ,
+        "PYTHONPATH": ROOT,
+        "PYTHONUNBUFFERED": "1",
+        "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax_cache"),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+        **extra,
+    }
 
 
 def _train_cmd(workdir, *overrides):
-    return [sys.executable, os.path.join(ROOT, "train.py"),
-            f"--config={os.path.join(ROOT, 'configs', 'quickstart.py')}",
-            f"--workdir={workdir}", "--config.model_overrides.depth=8", "--config.batch_size=16",
-            "--config.num_train_steps=100000", "--config.log_every_steps=5", "--config.eval_every_steps=100000",
-            "--config.checkpoint_every_steps=100000", *overrides]
+    return [
+        sys.executable,
+        os.path.join(ROOT, "train.py"),
+        f"--config={os.path.join(ROOT, 'configs', 'quickstart.py')}",
+        f"--workdir={workdir}",
+        "--config.model_overrides.depth=8",
+        "--config.batch_size=16",
+        "--config.num_train_steps=100000",
+        "--config.log_every_steps=5",
+        "--config.eval_every_steps=100000",
+        "--config.checkpoint_every_steps=100000",
+        *overrides,
+    ]
 
 
 def _start(cmd, env):

@@ -38,8 +38,9 @@ def test_a_sigkilled_run_keeps_its_curves_and_a_resume_on_other_devices_warns(tm
     Resumed here on one device, the run says that it is no longer bitwise reproducible."""
     assert jax.device_count() == 1  # this process's backend starts before the worker's flag is set
     monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2")
-    code, output = _run_until_killed(_worker_cmd(tmp_path, tmp_path / "out.npz", 6, "checkpoint_every_steps=2"),
-                                     5, signal.SIGKILL)
+    code, output = _run_until_killed(
+        _worker_cmd(tmp_path, tmp_path / "out.npz", 6, "checkpoint_every_steps=2"), 5, signal.SIGKILL
+    )
     assert code == -signal.SIGKILL and "2 device(s)" in output, output[-3000:]
     assert sorted(read_metrics(tmp_path)["train/loss"]) == [1, 2, 3, 4, 5]
     assert all(path.stat().st_size > 0 for path in tmp_path.glob(EVENTS_PATTERN))

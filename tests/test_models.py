@@ -85,11 +85,16 @@ def test_every_model_name_of_the_issue_exists():
     names = set(models.available_models())
     required = {
         *(f"cifar_resnet{d}" for d in (20, 32, 44, 56, 110, 1202, 164, 1001)),
-        "cifar_plain20", "cifar_plain56", "cifar_plain110",
-        "cifar_preact110", "cifar_preact164", "cifar_preact1001",
+        "cifar_plain20",
+        "cifar_plain56",
+        "cifar_plain110",
+        "cifar_preact110",
+        "cifar_preact164",
+        "cifar_preact1001",
         *(f"resnet{d}" for d in (18, 34, 50, 101, 152, 200)),
         *(f"preact_resnet{d}" for d in (18, 34, 50, 101, 152, 200)),
-        "plain18", "plain34",
+        "plain18",
+        "plain34",
     }
     assert required <= names
 
@@ -133,12 +138,15 @@ def test_a_bool_is_not_a_class_count_and_a_direct_resnet_checks_its_stem():
         model.init(jax.random.key(0), jnp.ones((2, 8, 8, 3)), train=False)
 
 
-@pytest.mark.parametrize("fields, message", [
-    (dict(stage_sizes=(1, 1)), "one size and one channel count per stage"),
-    (dict(stage_sizes=(1, 0, 1)), "at least one unit"),
-    (dict(unit="preact"), "pass a `ResidualUnit` subclass"),
-    (dict(dtype="float16"), "dtype='float16'"),
-])
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        (dict(stage_sizes=(1, 1)), "one size and one channel count per stage"),
+        (dict(stage_sizes=(1, 0, 1)), "at least one unit"),
+        (dict(unit="preact"), "pass a `ResidualUnit` subclass"),
+        (dict(dtype="float16"), "dtype='float16'"),
+    ],
+)
 def test_a_direct_resnet_names_each_bad_field(fields, message):
     model = models.create_model("cifar_resnet20", num_classes=10, depth=8).clone(**fields)
     with pytest.raises(ValueError, match=message):
@@ -188,8 +196,10 @@ def test_bottleneck_and_imagenet_depth_errors():
 # ----------------------------------------------------------------------------- network
 
 
-@pytest.mark.parametrize("unit,zeroed", [("full_preact", "conv2"), ("original", "bn2"),
-                                         ("relu_only_preact", "bn2"), ("bn_after_addition", "conv2")])
+@pytest.mark.parametrize(
+    "unit,zeroed",
+    [("full_preact", "conv2"), ("original", "bn2"), ("relu_only_preact", "bn2"), ("bn_after_addition", "conv2")],
+)
 def test_zero_init_last_starts_each_branch_at_zero_and_leaves_it_trainable(unit, zeroed):
     """The zeroed layer is the branch's last BN where it ends in BN, else its last conv: a
     zeroed gamma under a ReLU (the pre-act unit's bn2) would never get a gradient. After one
@@ -209,11 +219,15 @@ def test_zero_init_last_starts_each_branch_at_zero_and_leaves_it_trainable(unit,
         def loss(params):
             logits, _ = model.apply({**variables, "params": params}, images, train=True, mutable=["batch_stats"])
             return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
         return jax.grad(loss)(params)
 
     stepped = jax.tree.map(lambda p, g: p - 0.1 * g, params, grads(params))
-    dead = [jax.tree_util.keystr(path) for path, g in jax.tree_util.tree_leaves_with_path(grads(stepped))
-            if not bool(jnp.any(g != 0))]
+    dead = [
+        jax.tree_util.keystr(path)
+        for path, g in jax.tree_util.tree_leaves_with_path(grads(stepped))
+        if not bool(jnp.any(g != 0))
+    ]
     assert not dead, dead
 
 
@@ -297,7 +311,8 @@ def unrolled_reference():
     """Loss and gradients of the unrolled 47-layer bottleneck net (4 repeated units a stage)."""
     unrolled = models.create_model("cifar_preact164", num_classes=10, depth=47, scan=False)
     variables = models.stacked_to_unrolled(
-        models.create_model("cifar_preact164", num_classes=10, depth=47).init(jax.random.key(1), IMAGES, train=False))
+        models.create_model("cifar_preact164", num_classes=10, depth=47).init(jax.random.key(1), IMAGES, train=False)
+    )
     grad_fn = jax.jit(jax.value_and_grad(functools.partial(_loss, unrolled)))
     return variables, grad_fn(variables["params"], variables["batch_stats"])
 
@@ -310,7 +325,8 @@ def test_scanned_and_unrolled_give_same_loss_and_gradients(unrolled_reference, r
     reference_layout = jax.eval_shape(lambda: scanned.init(jax.random.key(1), IMAGES, train=False))
     assert jax.tree.structure(variables) == jax.tree.structure(reference_layout)
     l1, g1 = jax.jit(jax.value_and_grad(functools.partial(_loss, scanned)))(
-        variables["params"], variables["batch_stats"])
+        variables["params"], variables["batch_stats"]
+    )
     np.testing.assert_allclose(l1, l2, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(models.stacked_to_unrolled(g1)), jax.tree.leaves(g2)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
@@ -345,6 +361,7 @@ def test_every_convolution_of_a_variant_keeps_canonical_gradients_on_cpu(unit):
     text = jax.jit(jax.grad(loss)).lower(variables["params"]).compile().as_text()
     bodies = set(re.findall(r"while\(.*?body=%([\w.\-]+)", text))
     computations = re.findall(r"^%([\w.\-]+) .*?\{\n(.*?)\n\}", text, re.S | re.M)
-    labels = {label for name, body in computations if name in bodies
-              for label in re.findall(r"dim_labels=([\w>-]+)", body)}
+    labels = {
+        label for name, body in computations if name in bodies for label in re.findall(r"dim_labels=([\w>-]+)", body)
+    }
     assert labels == {"b01f_01io->b01f"}, labels

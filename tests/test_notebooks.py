@@ -23,8 +23,11 @@ def this_python_kernel(tmp_path_factory):
     path = tmp_path_factory.mktemp("jupyter")
     spec_dir = path / "kernels" / "python3"
     spec_dir.mkdir(parents=True)
-    spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-            "display_name": "Python 3 (under test)", "language": "python"}
+    spec = {
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3 (under test)",
+        "language": "python",
+    }
     (spec_dir / "kernel.json").write_text(json.dumps(spec))
     return str(path)
 
@@ -37,8 +40,9 @@ def test_notebook_runs_with_small_settings(name, this_python_kernel, monkeypatch
     # XLA_FLAGS (the cheapest optimisation level, conftest.py) reaches the kernel from here.
     nb = nbformat.read(os.path.join(NOTEBOOKS, f"{name}.ipynb"), as_version=4)
     assert nb.metadata.kernelspec.name == "python3"
-    client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=600,
-                                     resources={"metadata": {"path": NOTEBOOKS}})
+    client = nbclient.NotebookClient(
+        nb, kernel_name="python3", timeout=600, resources={"metadata": {"path": NOTEBOOKS}}
+    )
     client.execute()
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert "RESNET_IDENTITY_SMALL" in code[0].source

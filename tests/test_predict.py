@@ -24,8 +24,9 @@ import torch  # noqa: E402  (after import_torchvision)
 
 
 def _run(*args):
-    return subprocess.run([sys.executable, "-m", "resnet_identity.predict", *map(str, args)],
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "resnet_identity.predict", *map(str, args)], capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +53,18 @@ def _torch_outputs(reference, paths):
     batch = torch.stack([transform(Image.open(path).convert("RGB")) for path in paths])
     with torch.no_grad():
         logits = reference(batch)
-        features = torch.flatten(reference.avgpool(reference.layer4(reference.layer3(reference.layer2(
-            reference.layer1(reference.maxpool(reference.relu(reference.bn1(reference.conv1(batch))))))))), 1)
+        features = torch.flatten(
+            reference.avgpool(
+                reference.layer4(
+                    reference.layer3(
+                        reference.layer2(
+                            reference.layer1(reference.maxpool(reference.relu(reference.bn1(reference.conv1(batch)))))
+                        )
+                    )
+                )
+            ),
+            1,
+        )
     return torch.softmax(logits, -1).numpy(), features.numpy()
 
 
@@ -91,9 +102,10 @@ def test_bad_input_is_one_message_and_exit_1(converted, tmp_path):
     (tmp_path / "notes.jpg").write_text("not an image")
     weights, missing, notes = f"--weights={root / 'weights'}", tmp_path / "missing.png", tmp_path / "notes.jpg"
     for args, message in (
-            ((weights, "--model=resnet18", missing), f"error: No such image: {missing}."),
-            ((weights, "--model=resnet18", notes), f"error: Cannot read {notes}: not an image format"),
-            ((weights, "--model=resnet50", root / "tall.jpg"), f"error: {root / 'weights'} holds weights of our ")):
+        ((weights, "--model=resnet18", missing), f"error: No such image: {missing}."),
+        ((weights, "--model=resnet18", notes), f"error: Cannot read {notes}: not an image format"),
+        ((weights, "--model=resnet50", root / "tall.jpg"), f"error: {root / 'weights'} holds weights of our "),
+    ):
         done = _run(*args)
         assert done.returncode == 1 and done.stderr.startswith(message), done.stderr
         assert "Traceback" not in done.stderr and done.stdout == ""

@@ -47,10 +47,12 @@ def test_more_signals_during_the_save_say_it_goes_on_and_never_interrupt_it():
         os.kill(os.getpid(), signal.SIGINT)  # used to raise KeyboardInterrupt
         os.kill(os.getpid(), signal.SIGTERM)
         watcher.saved(5)
-    assert said == ["received SIGINT: saving step 5, please wait",
-                    "received SIGINT again: still saving step 5, please wait (kill -9 abandons the save)",
-                    "received SIGTERM again: still saving step 5, please wait (kill -9 abandons the save)",
-                    "saved step 5; rerun the same command to resume"]
+    assert said == [
+        "received SIGINT: saving step 5, please wait",
+        "received SIGINT again: still saving step 5, please wait (kill -9 abandons the save)",
+        "received SIGTERM again: still saving step 5, please wait (kill -9 abandons the save)",
+        "saved step 5; rerun the same command to resume",
+    ]
 
 
 def test_a_signal_after_the_last_check_stops_at_the_last_step():
@@ -101,8 +103,13 @@ def test_distributed_run_stops_at_jax_preemption_sync_point(signame):
         s.bind(("localhost", 0))
         address = f"localhost:{s.getsockname()[1]}"
     env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"}
-    result = subprocess.run([sys.executable, "-c", _DISTRIBUTED_WORKER, address, signame],
-                            capture_output=True, text=True, timeout=120, env=env)
+    result = subprocess.run(
+        [sys.executable, "-c", _DISTRIBUTED_WORKER, address, signame],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     stopped = [line for line in result.stdout.splitlines() if line.startswith("stopped")]
     assert stopped and int(stopped[0].split()[1]) > 3 and stopped[0].endswith(signame)
@@ -142,14 +149,25 @@ class _Run:
     """The slow `train.py` in a child process; each output line with when it was read."""
 
     def __init__(self, workdir):
-        args = [f"--config={os.path.join(ROOT, 'configs', 'quickstart.py')}", f"--workdir={workdir}",
-                "--config.model_overrides.depth=8", "--config.batch_size=16", "--config.num_train_steps=1000",
-                # no log line, save or evaluation before the signal: nothing but the bound waits
-                "--config.log_every_steps=1000", "--config.checkpoint_every_steps=1000",
-                "--config.eval_every_steps=1000"]
+        args = [
+            f"--config={os.path.join(ROOT, 'configs', 'quickstart.py')}",
+            f"--workdir={workdir}",
+            "--config.model_overrides.depth=8",
+            "--config.batch_size=16",
+            "--config.num_train_steps=1000",
+            # no log line, save or evaluation before the signal: nothing but the bound waits
+            "--config.log_every_steps=1000",
+            "--config.checkpoint_every_steps=1000",
+            "--config.eval_every_steps=1000",
+        ]
         env = {**os.environ, "PYTHONPATH": ROOT, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen([sys.executable, "-c", _SLOW_TRAIN, str(PRODUCTS), *args], env=env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _SLOW_TRAIN, str(PRODUCTS), *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         self.lines: list[tuple[float, str]] = []
 
     def __enter__(self) -> "_Run":
@@ -227,6 +245,9 @@ def test_a_signalled_run_saves_within_three_steps_and_resumes_through_repeated_s
     assert resaved > saved
     assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [saved, resaved]
     # each stop logged its partial window, so the record misses no step
-    logged = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
-              if "train/loss" in line]
+    logged = [
+        json.loads(line)["step"]
+        for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+        if "train/loss" in line
+    ]
     assert logged == [saved, resaved]

@@ -52,8 +52,13 @@ def _run_until_killed(cmd, kill_after_step, sig):
 def test_sigkill_three_times_then_resume_is_bitwise_identical(tmp_path):
     steps = 12
     every = ("checkpoint_every_steps=2",)
-    reference = subprocess.run(_worker_cmd(tmp_path / "ref", tmp_path / "ref.npz", steps, *every),
-                               env=_env(), capture_output=True, text=True, timeout=600)
+    reference = subprocess.run(
+        _worker_cmd(tmp_path / "ref", tmp_path / "ref.npz", steps, *every),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert reference.returncode == 0, reference.stderr[-3000:]
     rng = random.Random(0)
     cmd = _worker_cmd(tmp_path / "killed", tmp_path / "killed.npz", steps, *every)
@@ -69,7 +74,9 @@ def test_sigkill_three_times_then_resume_is_bitwise_identical(tmp_path):
     for key in a:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
     # The metrics record has each step exactly once.
-    steps_logged = [json.loads(l)["step"] for l in open(tmp_path / "killed" / "metrics.jsonl") if "train/loss" in l]
+    steps_logged = [
+        json.loads(line)["step"] for line in open(tmp_path / "killed" / "metrics.jsonl") if "train/loss" in line
+    ]
     assert steps_logged == list(range(1, steps + 1))
 
 
@@ -77,9 +84,16 @@ def test_sigkill_three_times_then_resume_is_bitwise_identical(tmp_path):
 def test_sigterm_saves_at_current_step_and_exits_for_a_rerun(tmp_path):
     """`train.py` itself: it saves, says how to resume, and exits 75 (not 0, which a
     scheduler would read as a finished run)."""
-    cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--config=" + os.path.join(ROOT, "configs", "quickstart.py"),
-           f"--workdir={tmp_path / 'run'}", "--config.num_train_steps=400", "--config.log_every_steps=1",
-           "--config.checkpoint_every_steps=1000", "--config.eval_every_steps=1000"]
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "train.py"),
+        "--config=" + os.path.join(ROOT, "configs", "quickstart.py"),
+        f"--workdir={tmp_path / 'run'}",
+        "--config.num_train_steps=400",
+        "--config.log_every_steps=1",
+        "--config.checkpoint_every_steps=1000",
+        "--config.eval_every_steps=1000",
+    ]
     code, output = _run_until_killed(cmd, 3, signal.SIGTERM)
     assert code == trainer.EXIT_PREEMPTED == 75, output[-3000:]
     assert "received SIGTERM: saving step" in output and "rerun the same command to resume" in output
@@ -147,7 +161,7 @@ def test_final_metrics_and_logs_survive_a_resume(tmp_path):
     history = [json.loads(line) for line in open(tmp_path / "config_history.jsonl")]
     assert [h["config"]["num_train_steps"] for h in history] == [3]
     assert json.load(open(tmp_path / "config.json"))["num_train_steps"] == 4
-    logged = [json.loads(l)["step"] for l in open(tmp_path / "metrics.jsonl") if "train/loss" in l]
+    logged = [json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl") if "train/loss" in line]
     assert logged == [1, 2, 3, 4]
 
 
@@ -230,14 +244,21 @@ def test_eta_counts_hours_past_a_day():
 def test_divergence_before_any_checkpoint_says_a_rerun_starts_over(tmp_path, monkeypatch):
     real = trainer.get_dataset
     monkeypatch.setattr(trainer, "get_dataset", lambda config: _PoisonedFromStep(real(config), step=2))
-    with pytest.raises(trainer.DivergenceError, match="at step 2.*no checkpoint had been written yet.*"
-                                                      "rerun with the changed values and --allow_config_change"):
+    with pytest.raises(
+        trainer.DivergenceError,
+        match="at step 2.*no checkpoint had been written yet.*rerun with the changed values and --allow_config_change",
+    ):
         trainer.train_and_evaluate(tiny_config(steps=4), str(tmp_path))
 
 
 def test_train_py_prints_an_error_without_a_traceback_and_exits_1(tmp_path):
-    cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--config=" + os.path.join(ROOT, "configs", "quickstart.py"),
-           f"--workdir={tmp_path}", "--config.model=resnet_1001"]
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "train.py"),
+        "--config=" + os.path.join(ROOT, "configs", "quickstart.py"),
+        f"--workdir={tmp_path}",
+        "--config.model=resnet_1001",
+    ]
     result = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 1, result.stderr[-2000:]
     assert "error: " in result.stderr and "is not a model" in result.stderr

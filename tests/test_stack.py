@@ -24,8 +24,9 @@ def _unit():
     """A unit with the CPU's kernels, as the network injects them on this backend."""
     norm = make_norm(train=True, group_size=None, dtype=jnp.float32, normalise=kernels.CPU.normalise)
     conv = make_conv(dtype=jnp.float32, conv_general_dilated=kernels.CPU.conv)
-    return functools.partial(models.PreActivation, 8, 1, bottleneck=True, preact="residual", conv=conv, norm=norm,
-                             train=True)
+    return functools.partial(
+        models.PreActivation, 8, 1, bottleneck=True, preact="residual", conv=conv, norm=norm, train=True
+    )
 
 
 X = jax.random.normal(jax.random.key(0), (2, 4, 4, 8))
@@ -54,11 +55,20 @@ def unrolled_12():
     return _loss_and_grads(12, scan=False, remat="none")
 
 
-@pytest.mark.parametrize("fields", [
-    {"remat": "none"}, {"remat": "elementwise"}, {"remat": "unit"}, {"remat": "block"}, {"remat": "nested"},
-    {"remat": True}, {"remat": "none", "unroll": 2}, {"remat": "block", "unroll": 3},
-    {"remat": "elementwise", "scan": False},
-])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"remat": "none"},
+        {"remat": "elementwise"},
+        {"remat": "unit"},
+        {"remat": "block"},
+        {"remat": "nested"},
+        {"remat": True},
+        {"remat": "none", "unroll": 2},
+        {"remat": "block", "unroll": 3},
+        {"remat": "elementwise", "scan": False},
+    ],
+)
 def test_scanned_schemes_match_unrolled_loss_gradients_and_statistics(unrolled_12, fields):
     _assert_same_loss_grads_and_statistics(_loss_and_grads(12, **fields), unrolled_12)
 
@@ -76,9 +86,14 @@ def unrolled_11():
     return _loss_and_grads(11, scan=False, remat="none")
 
 
-@pytest.mark.parametrize("fields,layout", [
-    ({"remat": "block"}, (5, 2, 1)), ({"remat": "nested"}, (3, 3, 2)), ({"remat": "block", "unroll": 3}, (5, 2, 1)),
-])
+@pytest.mark.parametrize(
+    "fields,layout",
+    [
+        ({"remat": "block"}, (5, 2, 1)),
+        ({"remat": "nested"}, (3, 3, 2)),
+        ({"remat": "block", "unroll": 3}, (5, 2, 1)),
+    ],
+)
 def test_a_prime_run_with_a_tail_matches_unrolled_loss_gradients_and_statistics(unrolled_11, fields, layout):
     """11 units as (blocks, units per block, tail units)."""
     params = jax.eval_shape(lambda: stack.UnitStack(_unit(), 11, **fields).init(jax.random.key(1), X))["params"]
@@ -160,8 +175,9 @@ def test_a_tail_holds_the_last_units():
     unrolled = stack.UnitStack(_unit(), 11, scan=False).init(jax.random.key(1), X)
     stacked = stack.unrolled_to_stacked(unrolled, remat="nested")["params"]
     units = unrolled["params"]
-    np.testing.assert_array_equal(stacked["blocks"]["units"]["unit"]["conv1"]["kernel"][2, 1],
-                                  units["unit7"]["conv1"]["kernel"])
+    np.testing.assert_array_equal(
+        stacked["blocks"]["units"]["unit"]["conv1"]["kernel"][2, 1], units["unit7"]["conv1"]["kernel"]
+    )
     np.testing.assert_array_equal(stacked["tail"]["unit"]["conv1"]["kernel"][1], units["unit10"]["conv1"]["kernel"])
 
 
@@ -197,6 +213,7 @@ def test_a_stage_of_resnet_164_keeps_less_with_blocks_than_per_unit():
 def test_an_unrolled_stack_defaults_to_no_remat():
     """Unrolled, `jax.checkpoint` saves no memory on XLA:CPU (`stack.py`), so there the
     default traces no rematerialised call; an explicit scheme still traces one per unit."""
+
     def remat_calls(remat):
         module = stack.UnitStack(_unit(), 3, scan=False, remat=remat)
         variables = module.init(jax.random.key(1), X)
@@ -216,11 +233,13 @@ def _matrix_ops(compiled):
 
 
 def test_elementwise_remat_recomputes_no_convolution_and_keeps_under_half():
-    """"elementwise" keeps BN inputs and statistics: a bottleneck unit's 1.5x its input
+    """ "elementwise" keeps BN inputs and statistics: a bottleneck unit's 1.5x its input
     instead of ~4.5x, with no convolution run twice (per-unit remat runs each forward one
     again)."""
     none, elementwise, unit = (_compiled_gradient(12, r) for r in ("none", "elementwise", "unit"))
     assert _matrix_ops(elementwise) == _matrix_ops(none) < _matrix_ops(unit)
-    temp = {name: c.memory_analysis().temp_size_in_bytes for name, c in
-            (("none", none), ("elementwise", elementwise), ("unit", unit))}
+    temp = {
+        name: c.memory_analysis().temp_size_in_bytes
+        for name, c in (("none", none), ("elementwise", elementwise), ("unit", unit))
+    }
     assert temp["unit"] < temp["elementwise"] < temp["none"] / 2, temp

@@ -16,8 +16,15 @@ from tests.train_worker import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "train_worker.py")
-CONFIGS = ["cifar_preact1001", "cifar_preact164", "cifar_resnet110", "cifar_resnet164",
-           "imagenet_preact200", "imagenet_resnet50", "quickstart"]
+CONFIGS = [
+    "cifar_preact1001",
+    "cifar_preact164",
+    "cifar_resnet110",
+    "cifar_resnet164",
+    "imagenet_preact200",
+    "imagenet_resnet50",
+    "quickstart",
+]
 
 
 def _load(name, preset=None):
@@ -31,8 +38,19 @@ def _load(name, preset=None):
 def test_every_config_validates_with_its_presets(name):
     config = _load(name)
     config_lib.validate(config)
-    for field in ("model", "model_overrides", "dataset", "batch_size", "num_train_steps", "schedule", "optimizer",
-                  "seed", "log_every_steps", "eval_every_steps", "checkpoint_every_steps"):
+    for field in (
+        "model",
+        "model_overrides",
+        "dataset",
+        "batch_size",
+        "num_train_steps",
+        "schedule",
+        "optimizer",
+        "seed",
+        "log_every_steps",
+        "eval_every_steps",
+        "checkpoint_every_steps",
+    ):
         assert field in config
     smoke = _load(name, "smoke")
     config_lib.validate(smoke)
@@ -44,9 +62,17 @@ def test_cifar_recipe_is_the_papers():
     c = _load("cifar_preact1001")
     optimizer, schedule = c.optimizer, c.schedule
     assert (c.batch_size, c.model_overrides.bn_group_size, optimizer.momentum, optimizer.weight_decay) == (
-        128, 64, 0.9, 1e-4)
+        128,
+        64,
+        0.9,
+        1e-4,
+    )
     assert (schedule.name, schedule.learning_rate, tuple(schedule.boundaries), schedule.decay_factor) == (
-        "step", 0.1, (32_000, 48_000), 0.1)
+        "step",
+        0.1,
+        (32_000, 48_000),
+        0.1,
+    )
     assert c.num_train_steps == 64_000
     assert (schedule.warmup, schedule.warmup_steps, schedule.warmup_learning_rate) == ("constant", 400, 0.01)
     assert (optimizer.nesterov, optimizer.decay_bn_and_bias, c.label_smoothing) == (False, False, 0.0)
@@ -61,7 +87,11 @@ def test_cifar_recipe_is_the_papers():
     imagenet = _load("imagenet_preact200")
     assert not imagenet.optimizer.decay_bn_and_bias
     assert (tuple(imagenet.schedule.boundaries), imagenet.schedule.boundaries_unit) == ((30, 60), "epochs")
-    assert (imagenet.batch_size, imagenet.model_overrides.bn_group_size, tuple(imagenet.eval_crops)) == (256, 32, (224, 320))
+    assert (imagenet.batch_size, imagenet.model_overrides.bn_group_size, tuple(imagenet.eval_crops)) == (
+        256,
+        32,
+        (224, 320),
+    )
 
 
 def test_cifar100_is_one_override_away():
@@ -135,8 +165,9 @@ def _load_npz(path):
 def test_eight_devices_match_one_device(tmp_path):
     """Same global batch and BN groups of 2: sharding over 8 devices changes nothing but rounding."""
     one = _run_worker(tmp_path / "one", tmp_path / "one.npz")
-    eight = _run_worker(tmp_path / "eight", tmp_path / "eight.npz",
-                        env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+    eight = _run_worker(
+        tmp_path / "eight", tmp_path / "eight.npz", env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    )
     assert one.returncode == 0, one.stderr[-3000:]
     assert eight.returncode == 0, eight.stderr[-3000:]
     assert "8 device(s)" in eight.stdout and "1 device(s)" in one.stdout
@@ -144,7 +175,7 @@ def test_eight_devices_match_one_device(tmp_path):
     assert a.keys() == b.keys()
     for key in a:
         np.testing.assert_allclose(a[key], b[key], rtol=2e-4, atol=2e-5, err_msg=key)
-    loss = lambda out: [json.loads(l)["train/loss"] for l in open(out / "metrics.jsonl") if "train/loss" in l]
+    loss = lambda out: [json.loads(line)["train/loss"] for line in open(out / "metrics.jsonl") if "train/loss" in line]
     np.testing.assert_allclose(loss(tmp_path / "one"), loss(tmp_path / "eight"), rtol=1e-5)
 
 
@@ -170,9 +201,16 @@ def test_processes_sharing_a_workdir_check_it_without_tripping_over_each_other(t
         "    if sys.argv[2] == '0':  # the main process writes, as in train_and_evaluate\n"
         "        write_atomically(sys.argv[1] + '/config.json', config.to_json(indent=2))\n"
     )
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path), str(i)], cwd=ROOT,
-                              env={**os.environ, "PYTHONPATH": ROOT}, stderr=subprocess.PIPE, text=True)
-             for i in range(4)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(tmp_path), str(i)],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": ROOT},
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(4)
+    ]
     errors = [p.communicate(timeout=300)[1] for p in procs]
     assert all(p.returncode == 0 for p in procs), "\n".join(e[-1500:] for e in errors)
     assert sorted(os.listdir(tmp_path)) == ["config.json"]
@@ -184,13 +222,27 @@ def test_two_processes_agree(tmp_path):
     port = str(_free_port())
     procs = []
     for pid in range(2):
-        cmd = [sys.executable, WORKER, str(tmp_path / "multi"), str(tmp_path / f"p{pid}.npz"),
-               "--process_id", str(pid), "--num_processes", "2", "--port", port]
-        procs.append(subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": ROOT},
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        cmd = [
+            sys.executable,
+            WORKER,
+            str(tmp_path / "multi"),
+            str(tmp_path / f"p{pid}.npz"),
+            "--process_id",
+            str(pid),
+            "--num_processes",
+            "2",
+            "--port",
+            port,
+        ]
+        procs.append(
+            subprocess.Popen(
+                cmd, env={**os.environ, "PYTHONPATH": ROOT}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+        )
     outputs = [p.communicate(timeout=600) for p in procs]
     assert all(p.returncode == 0 for p in procs), "\n\n".join(
-        f"process {i} exited {p.returncode}:\n{err[-2500:]}" for i, (p, (_, err)) in enumerate(zip(procs, outputs)))
+        f"process {i} exited {p.returncode}:\n{err[-2500:]}" for i, (p, (_, err)) in enumerate(zip(procs, outputs))
+    )
     assert "2 device(s)" in outputs[0][0]
     single = _run_worker(tmp_path / "single", tmp_path / "single.npz")
     assert single.returncode == 0, single.stderr[-3000:]
@@ -209,8 +261,14 @@ def test_digits_training_needs_no_tensorflow(tmp_path):
         f"trainer.train_and_evaluate(tiny_config(steps=2), {str(tmp_path)!r})\n"
         "assert 'tensorflow' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
     )
-    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT},
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": ROOT},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert os.path.exists(tmp_path / "final_metrics.json")
 
@@ -224,23 +282,31 @@ def test_imagenet_recipe_augments_as_the_paper_and_presets_fb_resnet_torch():
     fb = _load("imagenet_resnet50", "fb_resnet_torch")
     config_lib.validate(fb)
     assert (fb.imagenet2012.train_crop, fb.imagenet2012.color_jitter, fb.imagenet2012.pca_lighting) == (
-        "scale_aspect", 0.4, 0.1)
+        "scale_aspect",
+        0.4,
+        0.1,
+    )
     assert (fb.normalization, fb.num_epochs) == ("per_channel", 90.0)
     with pytest.raises(ValueError, match="use it with ImageNet configs"):
         recipes.cifar("cifar_preact164", "fb_resnet_torch")
     paper.imagenet2012.train_crop = "random_sized"
-    with pytest.raises(config_lib.ConfigError,
-                       match=r"imagenet2012\.train_crop='random_sized' must be 'scale' \(v1: .*\) or 'scale_aspect'"):
+    with pytest.raises(
+        config_lib.ConfigError,
+        match=r"imagenet2012\.train_crop='random_sized' must be 'scale' \(v1: .*\) or 'scale_aspect'",
+    ):
         config_lib.validate(paper)
 
 
-@pytest.mark.parametrize("env,expected", [
-    ({}, False),
-    ({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"}, True),
-    ({"SLURM_NTASKS": "4"}, True),
-    ({"SLURM_NTASKS": "1"}, False),  # a one-task SLURM job is single-process
-    ({"TPU_WORKER_HOSTNAMES": "a,b", "SLURM_NTASKS": "1"}, False),
-])
+@pytest.mark.parametrize(
+    "env,expected",
+    [
+        ({}, False),
+        ({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"}, True),
+        ({"SLURM_NTASKS": "4"}, True),
+        ({"SLURM_NTASKS": "1"}, False),  # a one-task SLURM job is single-process
+        ({"TPU_WORKER_HOSTNAMES": "a,b", "SLURM_NTASKS": "1"}, False),
+    ],
+)
 def test_multi_host_environments_start_jax_distributed(monkeypatch, env, expected):
     import jax
 

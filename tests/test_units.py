@@ -113,15 +113,17 @@ def test_exclusive_gating_starts_near_identity_with_negative_bias():
         lambda p, a: jnp.zeros_like(a) if p[0].key == "gate" and p[-1].key == "kernel" else a,
         variables["params"],
     )
-    unit = ablations.ExclusiveGating(features=16, norm=make_norm(train=False, group_size=None, dtype=jnp.float32),
-                                     gate_bias_init=-6.0)
+    unit = ablations.ExclusiveGating(
+        features=16, norm=make_norm(train=False, group_size=None, dtype=jnp.float32), gate_bias_init=-6.0
+    )
     branch_free = unit.apply({**variables, "params": params}, X)
     g = jax.nn.sigmoid(-6.0)
     full, _ = _unit(models.PostActivation, X, features=16)
     # F of the gating unit equals the original unit's F (same init key); recover it from `full`.
     f_branch = jnp.where(full > 0, full - X, 0.0)
-    np.testing.assert_allclose(jnp.where(full > 0, branch_free, 0.0),
-                               jnp.where(full > 0, nn.relu((1 - g) * X + g * f_branch), 0.0), atol=1e-5)
+    np.testing.assert_allclose(
+        jnp.where(full > 0, branch_free, 0.0), jnp.where(full > 0, nn.relu((1 - g) * X + g * f_branch), 0.0), atol=1e-5
+    )
 
 
 def test_shortcut_only_gating_scales_shortcut_only():
@@ -175,6 +177,7 @@ def test_every_unit_variant_builds_a_network():
     for unit in models.UNITS:
         model = models.create_model("cifar_resnet20", num_classes=10, depth=8, unit=unit)
         variables = model.init({"params": jax.random.key(0), "dropout": jax.random.key(0)}, images, train=False)
-        logits, _ = model.apply(variables, images, train=True, mutable=["batch_stats"],
-                                rngs={"dropout": jax.random.key(1)})
+        logits, _ = model.apply(
+            variables, images, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(1)}
+        )
         assert logits.shape == (2, 10) and bool(jnp.all(jnp.isfinite(logits))), unit

@@ -20,11 +20,23 @@ def _variables(name, **overrides):
 def test_weights_round_trip_from_a_scanned_layout_into_any_layout(tmp_path):
     model, variables = _variables("cifar_preact20", scan=True, remat="nested")
     names = [f"class {i}" for i in range(10)]
-    weights_lib.save_weights(tmp_path / "w", model="cifar_preact20", model_overrides={"scan": True, "remat": "nested"},
-                             variables=variables, preprocessing=PREPROCESSING, class_names=names, source="test")
+    weights_lib.save_weights(
+        tmp_path / "w",
+        model="cifar_preact20",
+        model_overrides={"scan": True, "remat": "nested"},
+        variables=variables,
+        preprocessing=PREPROCESSING,
+        class_names=names,
+        source="test",
+    )
     loaded = weights_lib.load_weights(tmp_path / "w")
     assert (loaded.model, loaded.model_overrides, loaded.class_names, loaded.source, loaded.num_classes) == (
-        "cifar_preact20", {}, names, "test", 10)
+        "cifar_preact20",
+        {},
+        names,
+        "test",
+        10,
+    )
     assert loaded.preprocessing.to_json() == PREPROCESSING.to_json()
     assert "unit0" in loaded.variables["params"]["stage1"]["rest"]  # stored unrolled
     images = np.random.default_rng(0).random((2, 32, 32, 3), np.float32)
@@ -37,16 +49,25 @@ def test_weights_round_trip_from_a_scanned_layout_into_any_layout(tmp_path):
 def test_saving_weights_of_another_architecture_names_the_first_mismatched_tensor(tmp_path):
     _, variables = _variables("cifar_preact20")
     with pytest.raises(weights_lib.WeightsMismatchError, match=r"cifar_preact32: tensor params/stage1/rest/unit2/"):
-        weights_lib.save_weights(tmp_path / "w", model="cifar_preact32", model_overrides={}, variables=variables,
-                                 preprocessing=PREPROCESSING, class_names=None, source="test")
+        weights_lib.save_weights(
+            tmp_path / "w",
+            model="cifar_preact32",
+            model_overrides={},
+            variables=variables,
+            preprocessing=PREPROCESSING,
+            class_names=None,
+            source="test",
+        )
     assert not (tmp_path / "w").exists()
     _, wide = _variables("cifar_resnet20")
-    with pytest.raises(weights_lib.WeightsMismatchError,
-                       match=r"tensor params/fc/bias has shape \(20,\), expected \(10,\)"):
+    with pytest.raises(
+        weights_lib.WeightsMismatchError, match=r"tensor params/fc/bias has shape \(20,\), expected \(10,\)"
+    ):
         weights_lib.check_variables(
             jax.tree.map(lambda a: np.zeros(a.shape[:-1] + (a.shape[-1] * 2,)), wide),
             weights_lib.abstract_variables(models.create_model("cifar_resnet20", num_classes=10)),
-            model="cifar_resnet20")
+            model="cifar_resnet20",
+        )
 
 
 def test_a_directory_that_is_not_weights_says_so(tmp_path):
@@ -70,7 +91,10 @@ def test_run_weights_are_the_checkpoints_in_the_runs_model_and_preprocessing(tmp
     result = trainer.train_and_evaluate(config, str(tmp_path / "run"), return_state=True)
     loaded = weights_lib.load_run_weights(tmp_path / "run")
     assert (loaded.model, loaded.model_overrides, loaded.source) == (
-        "cifar_preact20", {"depth": 8, "bn_group_size": 2}, f"run:{tmp_path / 'run'}@2")
+        "cifar_preact20",
+        {"depth": 8, "bn_group_size": 2},
+        f"run:{tmp_path / 'run'}@2",
+    )
     assert loaded.class_names == [str(i) for i in range(10)]
     assert (loaded.preprocessing.resize, loaded.preprocessing.crop) == (32, 32)
     state = result["state"]

@@ -21,8 +21,9 @@ def small_disk(tmp_path):
     """A 1 MiB file system at tmp_path/disk, unmounted afterwards."""
     mount_point = tmp_path / "disk"
     mount_point.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)],
-                             capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)], capture_output=True, text=True
+    )
     if mounted.returncode != 0:
         pytest.fail(f"These tests mount a small tmpfs and need root (CAP_SYS_ADMIN): {mounted.stderr.strip()}")
     try:
@@ -44,10 +45,17 @@ def _fill(directory):
 def test_a_checkpoint_the_disk_cannot_hold_is_refused_at_its_step_with_one_message(small_disk):
     """train.py on a disk with room for one tiny checkpoint: step 2 is saved, step 4 is
     refused at step 4 (before Orbax starts writing), and the run exits 1 with one line."""
-    cmd = [sys.executable, os.path.join(ROOT, "train.py"),
-           "--config=" + os.path.join(ROOT, "configs", "quickstart.py") + ":smoke",  # 6 steps
-           f"--workdir={small_disk / 'run'}", "--config.model_overrides.depth=8", "--config.checkpoint_every_steps=2",
-           "--config.log_every_steps=1", "--config.eval_every_steps=1000", "--config.keep_checkpoints=5"]
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "train.py"),
+        "--config=" + os.path.join(ROOT, "configs", "quickstart.py") + ":smoke",  # 6 steps
+        f"--workdir={small_disk / 'run'}",
+        "--config.model_overrides.depth=8",
+        "--config.checkpoint_every_steps=2",
+        "--config.log_every_steps=1",
+        "--config.eval_every_steps=1000",
+        "--config.keep_checkpoints=5",
+    ]
     result = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1, result.stderr[-3000:]
     assert result.stderr.strip().splitlines() == [result.stderr.strip()], result.stderr[-3000:]  # one line

@@ -48,8 +48,9 @@ def main() -> None:
 
     if args.process_id is not None:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize(coordinator_address=f"127.0.0.1:{args.port}",
-                                   num_processes=args.num_processes, process_id=args.process_id)
+        jax.distributed.initialize(
+            coordinator_address=f"127.0.0.1:{args.port}", num_processes=args.num_processes, process_id=args.process_id
+        )
     from resnet_identity import trainer
 
     config = tiny_config(args.steps)
@@ -66,9 +67,12 @@ def main() -> None:
         target[leaf] = value
     result = trainer.train_and_evaluate(config, args.workdir, return_state=True)
     state = result["state"]
-    flat = {jax.tree_util.keystr(path): np.asarray(jax.device_get(leaf.addressable_data(0)))
-            for path, leaf in jax.tree_util.tree_flatten_with_path(
-                {"params": state.params, "batch_stats": state.batch_stats})[0]}
+    flat = {
+        jax.tree_util.keystr(path): np.asarray(jax.device_get(leaf.addressable_data(0)))
+        for path, leaf in jax.tree_util.tree_flatten_with_path(
+            {"params": state.params, "batch_stats": state.batch_stats}
+        )[0]
+    }
     np.savez(args.out, **flat)
     print("done", result.get("step"), file=sys.stderr)
 

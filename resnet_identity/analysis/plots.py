@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import io
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from etils import epath
@@ -32,8 +32,13 @@ def error_series(metrics: Mapping[str, Mapping[int, float]], tag: str) -> tuple[
     return steps, 100 * np.array([v for _, v in points], dtype=float)
 
 
-def plot_error_curves(ax, runs: Mapping[str, Mapping[str, Mapping[int, float]]], *,
-                      train_tag: str = "train/error", test_tag: str = "test/error") -> None:
+def plot_error_curves(
+    ax,
+    runs: Mapping[str, Mapping[str, Mapping[int, float]]],
+    *,
+    train_tag: str = "train/error",
+    test_tag: str = "test/error",
+) -> None:
     """Train (thin) and test (bold) error of each run vs iterations, on one axis.
 
     `runs` maps a legend label to `read_metrics(workdir)`.
@@ -42,8 +47,7 @@ def plot_error_curves(ax, runs: Mapping[str, Mapping[str, Mapping[int, float]]],
         steps, train = error_series(metrics, train_tag)
         ax.plot(steps, train, color=color, linewidth=0.8, alpha=0.8)
         steps, test = error_series(metrics, test_tag)
-        ax.plot(steps, test, color=color, linewidth=2.5, marker="o" if len(steps) < 8 else None,
-                label=label)
+        ax.plot(steps, test, color=color, linewidth=2.5, marker="o" if len(steps) < 8 else None, label=label)
     ax.plot([], [], color="k", linewidth=0.8, label="train (thin)")
     ax.plot([], [], color="k", linewidth=2.5, label="test (bold)")
     ax.set_xlabel("iterations")
@@ -52,9 +56,15 @@ def plot_error_curves(ax, runs: Mapping[str, Mapping[str, Mapping[int, float]]],
     ax.legend(fontsize=8)
 
 
-def plot_unit_series(ax, series: Mapping[str, np.ndarray | None], *, ylabel: str,
-                     stage_sizes: Sequence[int] = (), log: bool = True,
-                     reference: Mapping[str, np.ndarray] | None = None) -> None:
+def plot_unit_series(
+    ax,
+    series: Mapping[str, np.ndarray | None],
+    *,
+    ylabel: str,
+    stage_sizes: Sequence[int] = (),
+    log: bool = True,
+    reference: Mapping[str, np.ndarray] | None = None,
+) -> None:
     """One curve per network of a per-unit quantity against the unit index l.
 
     A None series is skipped but keeps its colour, so colours match across panels.
@@ -88,8 +98,14 @@ def plot_unit_series(ax, series: Mapping[str, np.ndarray | None], *, ylabel: str
     ax.grid(alpha=0.3, which="both" if not log else "major")
 
 
-_BOX = {"conv": ("weight", "#b0c4de"), "bn": ("BN", "#f3e79b"), "relu": ("ReLU", "#f4a582"),
-        "dropout": ("dropout", "#d9d9d9"), "gate": ("gate", "#c2a5cf"), "scale": ("scale", "#d9d9d9")}
+_BOX = {
+    "conv": ("weight", "#b0c4de"),
+    "bn": ("BN", "#f3e79b"),
+    "relu": ("ReLU", "#f4a582"),
+    "dropout": ("dropout", "#d9d9d9"),
+    "gate": ("gate", "#c2a5cf"),
+    "scale": ("scale", "#d9d9d9"),
+}
 
 
 def _box_text(op: Op) -> str:
@@ -106,8 +122,15 @@ def _arrow(ax, y_from: float, y_to: float) -> None:
 
 
 def _box(ax, y: float, op: Op) -> None:
-    ax.text(0, y, _box_text(op), ha="center", va="center", fontsize=9,
-            bbox={"boxstyle": "round,pad=0.3", "facecolor": _BOX.get(op.kind, ("", "white"))[1]})
+    ax.text(
+        0,
+        y,
+        _box_text(op),
+        ha="center",
+        va="center",
+        fontsize=9,
+        bbox={"boxstyle": "round,pad=0.3", "facecolor": _BOX.get(op.kind, ("", "white"))[1]},
+    )
 
 
 def _column(ax, ops: Sequence[Op], y: float, arrow_from: float) -> float:
@@ -133,8 +156,9 @@ def draw_unit(ax, ops: Sequence[Op], title: str) -> None:
     shortcut = next((op.label.split(": ", 1)[1] for op in ops if op.kind == "shortcut"), "identity")
     ax.text(0, 0, "$x_l$", ha="center", va="center", fontsize=11)
     y = _column(ax, branch, 0.0, arrow_from=0.7)
-    ax.text(0, y, "+", ha="center", va="center", fontsize=13,
-            bbox={"boxstyle": "circle,pad=0.15", "facecolor": "white"})
+    ax.text(
+        0, y, "+", ha="center", va="center", fontsize=13, bbox={"boxstyle": "circle,pad=0.15", "facecolor": "white"}
+    )
     ax.plot([0.15, 1.1, 1.1], [-0.1, -0.1, y], color="k", linewidth=1)
     ax.annotate("", xy=(0.2, y), xytext=(1.1, y), arrowprops={"arrowstyle": "->"})
     ax.text(1.2, y / 2, shortcut, rotation=90, ha="left", va="center", fontsize=8)

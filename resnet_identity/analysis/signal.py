@@ -48,8 +48,9 @@ class ScaledShortcutPreActivation(PreActivation):
         return lambda x: self.shortcut_scale * shortcut(x)
 
 
-def comparison_models(depth: int, *, bottleneck: bool, num_classes: int = 10,
-                      scales: tuple[float, ...] = (0.5, 1.5)) -> dict[str, ResNet]:
+def comparison_models(
+    depth: int, *, bottleneck: bool, num_classes: int = 10, scales: tuple[float, ...] = (0.5, 1.5)
+) -> dict[str, ResNet]:
     """Plain, v1, v2 and lambda-scaled v2 CIFAR nets of one depth, keyed by a plot label.
 
     Basic units need depth 6n+2 (ResNet-110: n = 18), bottleneck units 9n+2 (ResNet-1001:
@@ -65,7 +66,8 @@ def comparison_models(depth: int, *, bottleneck: bool, num_classes: int = 10,
     }
     for scale in scales:
         nets[f"v2, shortcut x{scale:g}"] = nets[f"v2 ResNet-{depth}"].clone(
-            unit=ScaledShortcutPreActivation, unit_options={"shortcut_scale": scale})
+            unit=ScaledShortcutPreActivation, unit_options={"shortcut_scale": scale}
+        )
     return nets
 
 
@@ -85,8 +87,9 @@ def unrolled(model: ResNet, variables: Any) -> tuple[ResNet, Any]:
     return model.clone(scan=False, remat=False), stacked_to_unrolled(variables)
 
 
-def unit_norms(model: ResNet, variables: Any, images: jax.Array, labels: jax.Array, *,
-               shortcut_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def unit_norms(
+    model: ResNet, variables: Any, images: jax.Array, labels: jax.Array, *, shortcut_only: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """(forward RMS of x_l, ||dE/dx_l||) for every residual unit l, in network order.
 
     `images` is an NHWC batch of at least 2 (BatchNorm statistics), `labels` its classes.
@@ -119,11 +122,14 @@ def unit_norms(model: ResNet, variables: Any, images: jax.Array, labels: jax.Arr
             return next_fun(x, *args[1:], **kwargs)
 
         with nn.intercept_methods(intercept):
-            logits, _ = model.apply(variables, images, train=True, mutable=["batch_stats"],
-                                    rngs={"dropout": jax.random.key(0)})
+            logits, _ = model.apply(
+                variables, images, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)}
+            )
         if shortcut_only and len(detached) != len(inputs):
-            raise ValueError(f"{model.unit.__name__} does not expose its shortcut/branch split "
-                             "(PreActivation.split or PostActivation.combine); shortcut_only needs one.")
+            raise ValueError(
+                f"{model.unit.__name__} does not expose its shortcut/branch split "
+                "(PreActivation.split or PostActivation.combine); shortcut_only needs one."
+            )
         return cross_entropy(logits, labels).mean(), inputs
 
     shapes = jax.eval_shape(lambda: loss_and_inputs(None)[1])
@@ -145,11 +151,21 @@ def train_briefly(model: ResNet, config: ml_collections.ConfigDict) -> Any:
     key = jax.random.key(config.seed)
     init_key, step_key = jax.random.split(key)
     state = create_train_state(model, tx, dataset.image_size, init_key)
-    step = jax.jit(lambda s, b: train_step(s, b, model=model, tx=tx, schedule=schedule,
-                                           transform=dataset.train_transform, key=step_key,
-                                           label_smoothing=config.label_smoothing))
-    batches = dataset.train_batches(global_batch_size=config.batch_size, start_step=0, seed=config.seed,
-                                    process_index=0, process_count=1)
+    step = jax.jit(
+        lambda s, b: train_step(
+            s,
+            b,
+            model=model,
+            tx=tx,
+            schedule=schedule,
+            transform=dataset.train_transform,
+            key=step_key,
+            label_smoothing=config.label_smoothing,
+        )
+    )
+    batches = dataset.train_batches(
+        global_batch_size=config.batch_size, start_step=0, seed=config.seed, process_index=0, process_count=1
+    )
     for _ in range(config.num_train_steps):
         state, _ = step(state, next(batches))
     if int(state.nonfinite_step) >= 0:

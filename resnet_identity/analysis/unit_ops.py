@@ -53,7 +53,8 @@ def _nested(eqns):
 
 def _is_relu(eqn) -> bool:
     return eqn.primitive.name == "custom_jvp_call" and any(
-        e.primitive.name == "max" for e in _nested(eqn.params["call_jaxpr"].jaxpr.eqns))
+        e.primitive.name == "max" for e in _nested(eqn.params["call_jaxpr"].jaxpr.eqns)
+    )
 
 
 def _conv_text(eqn) -> str:
@@ -101,13 +102,15 @@ def unit_ops(unit: ResidualUnit, input_shape: tuple[int, int, int, int]) -> list
     The unit is traced in training mode (batch-statistics BN, active dropout) with JAX's own
     convolution and BatchNorm, whatever `conv` and `norm` it was built with.
     """
-    unit = unit.clone(conv=make_conv(dtype=jnp.float32), norm=make_norm(train=True, group_size=None, dtype=jnp.float32),
-                      train=True)
+    unit = unit.clone(
+        conv=make_conv(dtype=jnp.float32), norm=make_norm(train=True, group_size=None, dtype=jnp.float32), train=True
+    )
     x = jax.ShapeDtypeStruct(input_shape, jnp.float32)
     key = jax.random.key(0)
     variables = jax.eval_shape(lambda x: unit.init({"params": key, "dropout": key}, x), x)
     jaxpr = jax.make_jaxpr(lambda v, x: unit.apply(v, x, mutable=["batch_stats"], rngs={"dropout": key}))(
-        variables, x).jaxpr
+        variables, x
+    ).jaxpr
     ops: list[Op] = []
     added = False
     group_path, group = "", []

@@ -60,8 +60,14 @@ def import_state_dict(source: str, name: str, state_dict: dict[str, Any]) -> wei
     module = models.create_model(model, num_classes=num_classes, scan=False, **overrides)
     like = weights_lib.abstract_variables(module)
     variables = mapping.import_variables(state_dict, convert.layers(name), like, model=f"{source}'s {name}")
-    return weights_lib.Weights(model, overrides, variables, _preprocessing(source, name),
-                               imagenet_class_names() if num_classes == 1000 else None, f"{source}:{name}")
+    return weights_lib.Weights(
+        model,
+        overrides,
+        variables,
+        _preprocessing(source, name),
+        imagenet_class_names() if num_classes == 1000 else None,
+        f"{source}:{name}",
+    )
 
 
 def export_state_dict(weights: weights_lib.Weights, source: str) -> tuple[str, dict[str, np.ndarray]]:
@@ -90,13 +96,16 @@ def read_state_dict(path: str | epath.PathLike) -> dict[str, Any]:
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError... for a bad file
-        raise weights_lib.WeightsError(f"Cannot read {path} as a torch state_dict ({type(e).__name__}: "
-                                       f"{str(e).splitlines()[0] if str(e) else ''}).") from e
+        raise weights_lib.WeightsError(
+            f"Cannot read {path} as a torch state_dict ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''})."
+        ) from e
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):  # a training checkpoint
         state = state["state_dict"]
     if not isinstance(state, dict):
-        raise weights_lib.WeightsError(f"{path} holds a {type(state).__name__}, not a state_dict; save "
-                                       "`model.state_dict()` with torch.save.")
+        raise weights_lib.WeightsError(
+            f"{path} holds a {type(state).__name__}, not a state_dict; save `model.state_dict()` with torch.save."
+        )
     return state
 
 
@@ -120,9 +129,15 @@ def write_state_dict(state_dict: dict[str, np.ndarray], path: str | epath.PathLi
 def import_file(source: str, name: str, path: str | epath.PathLike, out: str | epath.PathLike) -> weights_lib.Weights:
     """Converts `source`'s `name` weights in `path` into the weights directory `out`."""
     weights = import_state_dict(source, name, read_state_dict(path))
-    return weights_lib.save_weights(out, model=weights.model, model_overrides=weights.model_overrides,
-                                    variables=weights.variables, preprocessing=weights.preprocessing,
-                                    class_names=weights.class_names, source=f"{weights.source} ({path})")
+    return weights_lib.save_weights(
+        out,
+        model=weights.model,
+        model_overrides=weights.model_overrides,
+        variables=weights.variables,
+        preprocessing=weights.preprocessing,
+        class_names=weights.class_names,
+        source=f"{weights.source} ({path})",
+    )
 
 
 def export_file(weights: weights_lib.Weights, source: str, path: str | epath.PathLike) -> str:

@@ -21,8 +21,12 @@ from resnet_identity import weights as weights_lib
 
 CONV, NORM, DENSE, CONV_DENSE = "conv", "norm", "dense", "conv_dense"
 # BN: our (collection, name) for each of torch's tensor names.
-_NORM_TENSORS = (("weight", "params", "scale"), ("bias", "params", "bias"),
-                 ("running_mean", "batch_stats", "mean"), ("running_var", "batch_stats", "var"))
+_NORM_TENSORS = (
+    ("weight", "params", "scale"),
+    ("bias", "params", "bias"),
+    ("running_mean", "batch_stats", "mean"),
+    ("running_var", "batch_stats", "var"),
+)
 # PyTorch counts BN's training steps (read only when its momentum is None, a cumulative
 # average, which no ResNet here uses); an exported file holds 0, and an imported one may lack it.
 BATCHES_TRACKED = "num_batches_tracked"
@@ -94,16 +98,19 @@ def check_state_dict(state_dict: dict[str, Any], shapes: dict[str, tuple[int, ..
     for name, shape in shapes.items():
         if name not in state_dict:
             raise weights_lib.WeightsMismatchError(
-                f"The file does not hold {model}: tensor {name} (expected shape {shape}) is missing. {hint}")
+                f"The file does not hold {model}: tensor {name} (expected shape {shape}) is missing. {hint}"
+            )
         got = tuple(np.shape(state_dict[name]))
         if got != tuple(shape):
             raise weights_lib.WeightsMismatchError(
-                f"The file does not hold {model}: tensor {name} has shape {got}, expected shape {tuple(shape)}. {hint}")
+                f"The file does not hold {model}: tensor {name} has shape {got}, expected shape {tuple(shape)}. {hint}"
+            )
     extra = [name for name in state_dict if name not in shapes and not name.endswith(f".{BATCHES_TRACKED}")]
     if extra:
         shape = tuple(np.shape(state_dict[extra[0]]))
         raise weights_lib.WeightsMismatchError(
-            f"The file does not hold {model}: unexpected tensor {extra[0]} (shape {shape}). {hint}")
+            f"The file does not hold {model}: unexpected tensor {extra[0]} (shape {shape}). {hint}"
+        )
 
 
 def import_variables(state_dict: dict[str, Any], layers: list[Layer], like: dict, *, model: str) -> dict:
@@ -123,8 +130,9 @@ def export_state_dict(variables: dict, layers: list[Layer]) -> dict[str, np.ndar
     state = {}
     for layer in layers:
         for theirs, collection, leaf in _tensors(layer):
-            state[theirs] = np.ascontiguousarray(to_torch_layout(layer.kind, leaf,
-                                                                 _get(variables[collection], f"{layer.ours}/{leaf}")))
+            state[theirs] = np.ascontiguousarray(
+                to_torch_layout(layer.kind, leaf, _get(variables[collection], f"{layer.ours}/{leaf}"))
+            )
         if layer.kind == NORM:
             state[f"{layer.theirs}.{BATCHES_TRACKED}"] = np.zeros((), np.int64)
     return state

@@ -27,7 +27,7 @@ ARCHITECTURE = {"stem": "timm", "stride_on": "3x3"}
 
 
 def _depth(name: str) -> int:
-    return int(name[len("resnetv2_"):])
+    return int(name[len("resnetv2_") :])
 
 
 def our_model(name: str) -> tuple[str, dict]:
@@ -35,7 +35,8 @@ def our_model(name: str) -> tuple[str, dict]:
     if name not in MODELS:
         raise weights_lib.WeightsError(
             f"Unsupported timm model {name!r}; choose one of {', '.join(MODELS)} (the other resnetv2 models "
-            "are other networks: see resnet_identity/interop/timm.py).")
+            "are other networks: see resnet_identity/interop/timm.py)."
+        )
     return f"preact_resnet{_depth(name)}", dict(ARCHITECTURE)
 
 
@@ -47,7 +48,8 @@ def torch_name(model: str, model_overrides: dict) -> str:
     if model not in names or architecture != ARCHITECTURE:
         raise weights_lib.WeightsError(
             f"These weights are {model} with overrides {architecture}; timm's {', '.join(MODELS)} are our "
-            f"{', '.join(names)} with overrides {ARCHITECTURE}, so they cannot be exported to timm.")
+            f"{', '.join(names)} with overrides {ARCHITECTURE}, so they cannot be exported to timm."
+        )
     return names[model]
 
 
@@ -58,8 +60,9 @@ def preprocessing(name: str) -> weights_lib.Preprocessing:
 
     cfg = import_timm().get_pretrained_cfg(name)
     crop = cfg.input_size[-1]
-    return weights_lib.Preprocessing(resize=math.floor(crop / cfg.crop_pct), crop=crop, mean=cfg.mean, std=cfg.std,
-                                     interpolation=cfg.interpolation)
+    return weights_lib.Preprocessing(
+        resize=math.floor(crop / cfg.crop_pct), crop=crop, mean=cfg.mean, std=cfg.std, interpolation=cfg.interpolation
+    )
 
 
 def layers(name: str) -> list[Layer]:
@@ -71,6 +74,8 @@ def layers(name: str) -> list[Layer]:
         if unit == 0:
             table.append(Layer(CONV, f"{ours}/shortcut/conv", f"{theirs}.downsample.conv"))
         for i in (1, 2, 3):
-            table += [Layer(NORM, f"{ours}/bn{i}", f"{theirs}.norm{i}"),
-                      Layer(CONV, f"{ours}/conv{i}", f"{theirs}.conv{i}")]
+            table += [
+                Layer(NORM, f"{ours}/bn{i}", f"{theirs}.norm{i}"),
+                Layer(CONV, f"{ours}/conv{i}", f"{theirs}.conv{i}"),
+            ]
     return table + [Layer(NORM, "final_bn", "norm"), Layer(CONV_DENSE, "fc", "head.fc")]

@@ -24,7 +24,7 @@ UNIT = "original"
 
 def overrides(name: str) -> dict:
     """Our `create_model` overrides for torchvision's `name`."""
-    return {"stride_on": "3x3"} if models.registry.IMAGENET_STAGES[int(name[len("resnet"):])][1] else {}
+    return {"stride_on": "3x3"} if models.registry.IMAGENET_STAGES[int(name[len("resnet") :])][1] else {}
 
 
 def our_model(name: str) -> tuple[str, dict]:
@@ -40,26 +40,32 @@ def torch_name(model: str, model_overrides: dict) -> str:
     if model not in MODELS:
         raise weights_lib.WeightsError(
             f"torchvision has no model with the architecture of our {model!r}; it has {', '.join(MODELS)} "
-            "(our models of those names, with stride_on='3x3' for 50 and deeper).")
+            "(our models of those names, with stride_on='3x3' for 50 and deeper)."
+        )
     architecture = {k: v for k, v in model_overrides.items() if k not in ("dtype", "bn_group_size", "bn_momentum")}
     if architecture != overrides(model):
         raise weights_lib.WeightsError(
             f"These weights are {model} with overrides {architecture}; torchvision's {model} is ours with "
             f"{overrides(model) or 'no overrides'} (the stride of its bottlenecks on the 3x3 conv; the papers' "
-            "stride_on='1x1' is a different network), so they cannot be exported to it.")
+            "stride_on='1x1' is a different network), so they cannot be exported to it."
+        )
     return model
 
 
 def layers(name: str) -> list[Layer]:
     """Our layers and torchvision's modules, in torchvision's `state_dict` order."""
-    sizes, bottleneck = models.registry.IMAGENET_STAGES[int(name[len("resnet"):])]
+    sizes, bottleneck = models.registry.IMAGENET_STAGES[int(name[len("resnet") :])]
     table = [Layer(CONV, "stem/conv", "conv1"), Layer(NORM, "stem/bn", "bn1")]
     for stage, unit, ours in mapping.unit_paths(sizes):
         theirs = f"layer{stage + 1}.{unit}"
         for i in range(1, 4 if bottleneck else 3):
-            table += [Layer(CONV, f"{ours}/conv{i}", f"{theirs}.conv{i}"),
-                      Layer(NORM, f"{ours}/bn{i}", f"{theirs}.bn{i}")]
+            table += [
+                Layer(CONV, f"{ours}/conv{i}", f"{theirs}.conv{i}"),
+                Layer(NORM, f"{ours}/bn{i}", f"{theirs}.bn{i}"),
+            ]
         if unit == 0 and (bottleneck or stage > 0):  # option B: a projection where the shape changes
-            table += [Layer(CONV, f"{ours}/shortcut/conv", f"{theirs}.downsample.0"),
-                      Layer(NORM, f"{ours}/shortcut/bn", f"{theirs}.downsample.1")]
+            table += [
+                Layer(CONV, f"{ours}/shortcut/conv", f"{theirs}.downsample.0"),
+                Layer(NORM, f"{ours}/shortcut/bn", f"{theirs}.downsample.1"),
+            ]
     return table + [Layer(DENSE, "fc", "fc")]

@@ -23,10 +23,16 @@ def _parse_override(text: str) -> tuple[str, object]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m resnet_identity.models", description=__doc__)
     parser.add_argument("name", nargs="?", help="model name; omit to list all")
-    parser.add_argument("--num-classes", type=int, default=None,
-                        help="default: 10 for CIFAR models, 1000 for ImageNet models")
-    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
-                        help=f"create_model override, repeatable; keys: {', '.join(registry.OVERRIDES)}")
+    parser.add_argument(
+        "--num-classes", type=int, default=None, help="default: 10 for CIFAR models, 1000 for ImageNet models"
+    )
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"create_model override, repeatable; keys: {', '.join(registry.OVERRIDES)}",
+    )
     args = parser.parse_args(argv)
     if args.name is None:
         for name in registry.available_models():

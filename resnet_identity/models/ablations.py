@@ -42,8 +42,9 @@ class Gate(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        conv = self.conv(self.features, 1, self.strides, use_bias=True,
-                         bias_init=nn.initializers.constant(self.bias_init))
+        conv = self.conv(
+            self.features, 1, self.strides, use_bias=True, bias_init=nn.initializers.constant(self.bias_init)
+        )
         return nn.sigmoid(conv(x))
 
 

@@ -35,10 +35,18 @@ conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 dense_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
-def conv(features: int, kernel_size: int, strides: int = 1, *, dtype: Dtype = jnp.float32,
-         kernel_init: nn.initializers.Initializer = conv_kernel_init, use_bias: bool = False,
-         bias_init: nn.initializers.Initializer = nn.initializers.zeros,
-         conv_general_dilated: Callable = jax.lax.conv_general_dilated, name: str | None = None) -> nn.Conv:
+def conv(
+    features: int,
+    kernel_size: int,
+    strides: int = 1,
+    *,
+    dtype: Dtype = jnp.float32,
+    kernel_init: nn.initializers.Initializer = conv_kernel_init,
+    use_bias: bool = False,
+    bias_init: nn.initializers.Initializer = nn.initializers.zeros,
+    conv_general_dilated: Callable = jax.lax.conv_general_dilated,
+    name: str | None = None,
+) -> nn.Conv:
     """A k x k convolution, bias-free unless asked, padded like Torch/Caffe: (k-1)//2 on every
     side. `conv_general_dilated` is the platform's kernel (`kernels.Kernels.conv`).
 
@@ -151,8 +159,15 @@ class GhostBatchNorm(nn.Module):
         return y.reshape(x.shape).astype(self.dtype)
 
 
-def make_norm(*, train: bool, group_size: int | None, dtype: Dtype, momentum: float = 0.9,
-              epsilon: float = 1e-5, normalise: Callable = normalise) -> ModuleDef:
+def make_norm(
+    *,
+    train: bool,
+    group_size: int | None,
+    dtype: Dtype,
+    momentum: float = 0.9,
+    epsilon: float = 1e-5,
+    normalise: Callable = normalise,
+) -> ModuleDef:
     """The norm partial that every unit receives (flax imagenet's `ModuleDef` injection)."""
     return functools.partial(
         GhostBatchNorm,

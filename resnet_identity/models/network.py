@@ -87,8 +87,12 @@ class ResNet(nn.Module):
         kernels = self.kernels or kernels_lib.for_platform(kernels_lib.current_platform())
         conv = make_conv(dtype=dtype, conv_general_dilated=kernels.conv)
         norm = make_norm(
-            train=train, group_size=self.bn_group_size, dtype=dtype,
-            momentum=self.bn_momentum, epsilon=self.bn_epsilon, normalise=kernels.normalise,
+            train=train,
+            group_size=self.bn_group_size,
+            dtype=dtype,
+            momentum=self.bn_momentum,
+            epsilon=self.bn_epsilon,
+            normalise=kernels.normalise,
         )
         pre_activation = self.unit.pre_activation
         x = self.stem(self.stem_features, pre_activation, norm, dtype, conv, name="stem")(images.astype(dtype))
@@ -107,8 +111,9 @@ class ResNet(nn.Module):
         for i, (size, features) in enumerate(zip(self.stage_sizes, self.stage_features)):
             strides = 1 if i == 0 else 2
             first_preact = "none" if (i == 0 and stem_activated) else "both"
-            x = _Stage(unit, size, features, strides, first_preact, self.scan, self.remat,
-                       self.unroll, name=f"stage{i + 1}")(x)
+            x = _Stage(
+                unit, size, features, strides, first_preact, self.scan, self.remat, self.unroll, name=f"stage{i + 1}"
+            )(x)
         if pre_activation:
             x = nn.relu(norm(name="final_bn")(x))
         x = jnp.mean(x, axis=(1, 2))
@@ -132,15 +137,18 @@ class ResNet(nn.Module):
             problems.append(f"unit={self.unit!r}: pass a `ResidualUnit` subclass, e.g. units.PreActivation")
         sizes, features = tuple(self.stage_sizes), tuple(self.stage_features)
         if not sizes or len(sizes) != len(features):
-            problems.append(f"stage_sizes={sizes} and stage_features={features}: give one size and one "
-                            "channel count per stage")
+            problems.append(
+                f"stage_sizes={sizes} and stage_features={features}: give one size and one channel count per stage"
+            )
         if any(not isinstance(n, numbers.Integral) or isinstance(n, bool) or n < 1 for n in sizes):
             problems.append(f"stage_sizes={sizes}: every stage needs at least one unit")
         if problems:
             raise ValueError("ResNet: " + "; ".join(problems) + ".")
         if images.ndim != 4:
-            raise ValueError(f"ResNet: images must be NHWC (batch, height, width, channels); got shape "
-                             f"{images.shape}. Add a batch axis for one image: images[None].")
+            raise ValueError(
+                f"ResNet: images must be NHWC (batch, height, width, channels); got shape "
+                f"{images.shape}. Add a batch axis for one image: images[None]."
+            )
 
 
 class _Stage(nn.Module):

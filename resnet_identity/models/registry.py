@@ -7,7 +7,8 @@ overrides adjust the rest. A new unit variant is a small module plus one `UNITS`
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from resnet_identity.models import ablations
 from resnet_identity.models.network import DTYPES, ResNet
@@ -33,15 +34,21 @@ UNITS: dict[str, UnitVariant] = {
     "full_preact": UnitVariant(PreActivation, table="v2; Table 2(e)"),
     "plain": UnitVariant(Plain, table="v1 plain baseline (no shortcut)"),
     "constant_scaling": UnitVariant(
-        ablations.ConstantScaling, {"shortcut_scale": 0.5, "branch_scale": 0.5},
-        table="Table 1: 0.5 on shortcut, 0.5 on F"),
+        ablations.ConstantScaling,
+        {"shortcut_scale": 0.5, "branch_scale": 0.5},
+        table="Table 1: 0.5 on shortcut, 0.5 on F",
+    ),
     "constant_scaling_shortcut": UnitVariant(
-        ablations.ConstantScaling, {"shortcut_scale": 0.5, "branch_scale": 1.0},
-        table="Table 1: 0.5 on shortcut, 1 on F"),
+        ablations.ConstantScaling,
+        {"shortcut_scale": 0.5, "branch_scale": 1.0},
+        table="Table 1: 0.5 on shortcut, 1 on F",
+    ),
     "exclusive_gating": UnitVariant(
-        ablations.ExclusiveGating, {"gate_bias_init": -6.0}, table="Table 1: 1-g(x) / g(x)"),
+        ablations.ExclusiveGating, {"gate_bias_init": -6.0}, table="Table 1: 1-g(x) / g(x)"
+    ),
     "shortcut_only_gating": UnitVariant(
-        ablations.ShortcutOnlyGating, {"gate_bias_init": 0.0}, table="Table 1: 1-g(x) / 1"),
+        ablations.ShortcutOnlyGating, {"gate_bias_init": 0.0}, table="Table 1: 1-g(x) / 1"
+    ),
     "conv_shortcut": UnitVariant(PostActivation, shortcut="C", table="Table 1: 1x1 conv on every shortcut"),
     "dropout_shortcut": UnitVariant(ablations.DropoutShortcut, {"rate": 0.5}, table="Table 1: dropout 0.5 on shortcut"),
     "bn_after_addition": UnitVariant(ablations.BNAfterAddition, table="Table 2(b)"),
@@ -96,8 +103,13 @@ class Family:
     stages: Callable[[int, bool], Stages]
 
 
-FAMILIES = {family.name: family for family in (Family("cifar", CifarStem, 16, 32, cifar_stages),
-                                               Family("imagenet", ImageNetStem, 64, 224, imagenet_stages))}
+FAMILIES = {
+    family.name: family
+    for family in (
+        Family("cifar", CifarStem, 16, 32, cifar_stages),
+        Family("imagenet", ImageNetStem, 64, 224, imagenet_stages),
+    )
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,8 +164,11 @@ OVERRIDES = {
     "bn_epsilon": Override(float, "a positive float"),
     "zero_init_last": Override(bool, "a bool; True only for units whose branch ends in a BN or a conv"),
     "scan": Override(bool, "a bool"),
-    "remat": Override(str, "None (= 'elementwise' scanned, 'none' unrolled), False (= 'none'), True (= 'nested'), "
-                           "'none', 'elementwise', 'unit', 'block' or 'nested'"),
+    "remat": Override(
+        str,
+        "None (= 'elementwise' scanned, 'none' unrolled), False (= 'none'), True (= 'nested'), "
+        "'none', 'elementwise', 'unit', 'block' or 'nested'",
+    ),
     "unroll": Override(int, "a positive int"),
 }
 
@@ -220,15 +235,21 @@ def create_model(name: str, *, num_classes: int, **overrides: Any) -> ResNet:
     _check("shortcut", shortcut in SHORTCUT_OPTIONS, shortcut)
     # Overrides that would be silently ignored are refused instead.
     if variant.shortcut and shortcut != variant.shortcut:
-        raise ValueError(f"Unit {unit_name!r} is defined by its shortcut option {variant.shortcut!r}; "
-                         f"shortcut={shortcut!r} contradicts it.")
+        raise ValueError(
+            f"Unit {unit_name!r} is defined by its shortcut option {variant.shortcut!r}; "
+            f"shortcut={shortcut!r} contradicts it."
+        )
     _check("stride_on", overrides.get("stride_on", "1x1") in STRIDE_PLACEMENTS, overrides.get("stride_on"))
     if overrides.get("stride_on", "1x1") != "1x1" and not bottleneck:
-        raise ValueError(f"stride_on={overrides['stride_on']!r} applies to bottleneck units; {name} at depth "
-                         f"{depth} has basic units, whose stride is always on the first 3x3.")
+        raise ValueError(
+            f"stride_on={overrides['stride_on']!r} applies to bottleneck units; {name} at depth "
+            f"{depth} has basic units, whose stride is always on the first 3x3."
+        )
     if overrides.get("unroll", 1) != 1 and overrides.get("scan") is False:
-        raise ValueError("unroll partially unrolls the scan over a stage's units; with scan=False there is "
-                         "no scan to unroll. Drop one of them.")
+        raise ValueError(
+            "unroll partially unrolls the scan over a stage's units; with scan=False there is "
+            "no scan to unroll. Drop one of them."
+        )
     _check("dtype", overrides.get("dtype", "float32") in DTYPES, overrides.get("dtype"))
     stem = overrides.pop("stem", None)
     _check("stem", stem is None or stem in STEMS, stem)

@@ -105,8 +105,9 @@ def _best_block_length(length: int, kept_per_unit: float) -> int:
     had tails (the nearest to sqrt(length) for "nested", the least length / L + 4.7 L
     for "block"), so those layouts and checkpoints are unchanged."""
     target = math.sqrt(length / kept_per_unit)
-    return min(range(1, length + 1),
-               key=lambda d: (-(-length // d) + kept_per_unit * d, length % d != 0, abs(d - target), d))
+    return min(
+        range(1, length + 1), key=lambda d: (-(-length // d) + kept_per_unit * d, length % d != 0, abs(d - target), d)
+    )
 
 
 def nested_block_length(length: int) -> int:
@@ -246,14 +247,14 @@ def _stack_runs(units: list[Any], runs: tuple[tuple[str, tuple[int, ...]], ...])
     """Per-unit variable trees, in unit order, stacked into the scanned runs `runs`: (name,
     loop lengths outermost first) in order, each taking the next prod(lengths) units."""
     if sum(math.prod(shape) for _, shape in runs) != len(units):
-        raise ValueError(f"{len(units)} units cannot fill scanned runs of {[shape for _, shape in runs]}: "
-                         "not the same model.")
+        raise ValueError(
+            f"{len(units)} units cannot fill scanned runs of {[shape for _, shape in runs]}: not the same model."
+        )
     flat = jax.tree.map(lambda *a: jnp.stack(a), *units)
     stacked, start = {}, 0
     for name, shape in runs:
         count = math.prod(shape)
-        run = {"unit": jax.tree.map(lambda a, s=start, c=count, sh=shape: a[s:s + c].reshape(sh + a.shape[1:]),
-                                    flat)}
+        run = {"unit": jax.tree.map(lambda a, s=start, c=count, sh=shape: a[s : s + c].reshape(sh + a.shape[1:]), flat)}
         for depth in range(len(shape) - 1, 0, -1):  # the inner loops, innermost first
             run = {"blocks" if len(shape) - depth > 1 else "units": run}
         stacked[name] = run
@@ -263,9 +264,12 @@ def _stack_runs(units: list[Any], runs: tuple[tuple[str, tuple[int, ...]], ...])
 
 def _unit_list(unrolled: Any) -> list[Any]:
     """The `unit{i}` entries of an unrolled stack's variables, in unit order."""
-    if not (isinstance(unrolled, dict) and unrolled and all(k.startswith("unit") and k[4:].isdigit() for k in unrolled)):
-        raise ValueError("variables hold no unrolled units where the target layout has a scanned stack: "
-                         "not the same model.")
+    if not (
+        isinstance(unrolled, dict) and unrolled and all(k.startswith("unit") and k[4:].isdigit() for k in unrolled)
+    ):
+        raise ValueError(
+            "variables hold no unrolled units where the target layout has a scanned stack: not the same model."
+        )
     return [unrolled[f"unit{i}"] for i in range(len(unrolled))]
 
 
@@ -276,7 +280,9 @@ def unrolled_to_stacked(variables: Any, *, remat: bool | str | None = None) -> A
         return variables
     if variables and all(k.startswith("unit") and k[4:].isdigit() for k in variables):
         units = _unit_list(variables)
-        runs = tuple((name, tuple(iterations for iterations, _ in levels)) for name, levels in _runs(scheme, len(units)))
+        runs = tuple(
+            (name, tuple(iterations for iterations, _ in levels)) for name, levels in _runs(scheme, len(units))
+        )
         return _stack_runs(units, runs)
     return {k: unrolled_to_stacked(v, remat=scheme) for k, v in variables.items()}
 
@@ -306,6 +312,8 @@ def _restack(unrolled: Any, like: Any) -> Any:
         runs = tuple((name, _loop_lengths(like[name])) for name in ("units", "blocks", "tail") if name in like)
         return _stack_runs(_unit_list(unrolled), runs)
     if not isinstance(unrolled, dict) or set(unrolled) != set(like):
-        raise ValueError(f"variables with modules {sorted(unrolled) if isinstance(unrolled, dict) else unrolled!r} "
-                         f"where the target layout has {sorted(like)}: not the same model.")
+        raise ValueError(
+            f"variables with modules {sorted(unrolled) if isinstance(unrolled, dict) else unrolled!r} "
+            f"where the target layout has {sorted(like)}: not the same model."
+        )
     return {k: _restack(unrolled[k], v) for k, v in like.items()}

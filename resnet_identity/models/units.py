@@ -86,7 +86,8 @@ class ResidualUnit(nn.Module):
         if cls.zero_init_layer is None:
             raise ValueError(
                 f"zero_init_last=True does not apply to {cls.__name__}: its branch ends in a "
-                "ReLU or it has no shortcut, so a zeroed layer would get no gradient. Leave it False.")
+                "ReLU or it has no shortcut, so a zeroed layer would get no gradient. Leave it False."
+            )
 
     def branch_layers(self) -> tuple[list[nn.Module], list[nn.Module]]:
         """F's convolutions `conv1`, `conv2`, ... (`branch_specs`) and one BN for each, `bn1`,
@@ -95,20 +96,38 @@ class ResidualUnit(nn.Module):
         if self.zero_init_last:
             self.check_zero_init()
         specs = self.branch_specs()
-        zeroed = {"conv": len(specs) - 1 if self.zero_init_last and self.zero_init_layer == "conv" else None,
-                  "norm": len(specs) - 1 if self.zero_init_last and self.zero_init_layer == "norm" else None}
-        convs = [self.conv(features, kernel, strides, name=f"conv{i + 1}",
-                           kernel_init=nn.initializers.zeros if i == zeroed["conv"] else layers.conv_kernel_init)
-                 for i, (kernel, features, strides) in enumerate(specs)]
-        norms = [self.norm(name=f"bn{i + 1}",
-                           scale_init=nn.initializers.zeros if i == zeroed["norm"] else nn.initializers.ones)
-                 for i in range(len(specs))]
+        zeroed = {
+            "conv": len(specs) - 1 if self.zero_init_last and self.zero_init_layer == "conv" else None,
+            "norm": len(specs) - 1 if self.zero_init_last and self.zero_init_layer == "norm" else None,
+        }
+        convs = [
+            self.conv(
+                features,
+                kernel,
+                strides,
+                name=f"conv{i + 1}",
+                kernel_init=nn.initializers.zeros if i == zeroed["conv"] else layers.conv_kernel_init,
+            )
+            for i, (kernel, features, strides) in enumerate(specs)
+        ]
+        norms = [
+            self.norm(
+                name=f"bn{i + 1}", scale_init=nn.initializers.zeros if i == zeroed["norm"] else nn.initializers.ones
+            )
+            for i in range(len(specs))
+        ]
         return convs, norms
 
     def make_shortcut(self) -> Shortcut:
         """h(x) (`shortcuts.py`)."""
-        return Shortcut(self.features, self.strides, self.shortcut, norm=self.norm if self.projection_norm else None,
-                        conv=self.conv, name="shortcut")
+        return Shortcut(
+            self.features,
+            self.strides,
+            self.shortcut,
+            norm=self.norm if self.projection_norm else None,
+            conv=self.conv,
+            name="shortcut",
+        )
 
 
 class PostActivation(ResidualUnit):
