@@ -41,9 +41,16 @@ def test_weights_round_trip_from_a_scanned_layout_into_any_layout(tmp_path):
     assert "unit0" in loaded.variables["params"]["stage1"]["rest"]  # stored unrolled
     images = np.random.default_rng(0).random((2, 32, 32, 3), np.float32)
     expected = model.apply(variables, images, train=False)
+    # Back in the layout they were saved from, the weights are the same bits.
+    _, same_layout = loaded.create_model(scan=True, remat="nested")
+    jax.tree.map(np.testing.assert_array_equal, same_layout, variables)
+    # Another layout is another program, equal up to float32 rounding (the suite compiles at
+    # XLA's lowest backend level, where scanned and unrolled fusions round differently).
     for layout in ({}, {"scan": False}, {"scan": True, "remat": "block"}):
         rebuilt, rebuilt_variables = loaded.create_model(**layout)
-        np.testing.assert_array_equal(rebuilt.apply(rebuilt_variables, images, train=False), expected)
+        np.testing.assert_allclose(
+            rebuilt.apply(rebuilt_variables, images, train=False), expected, rtol=1e-5, atol=1e-6
+        )
 
 
 def test_saving_weights_of_another_architecture_names_the_first_mismatched_tensor(tmp_path):
