@@ -199,6 +199,84 @@ def summary_line(state: TrainState) -> str:
     return f"{count:,} parameters"
 
 
+def step_functions(config: ml_collections.ConfigDict, model, tx, schedule, dataset, key: jax.Array):
+    """The recipe's train and eval steps as functions of (state, batch), for the caller to jit."""
+    train = functools.partial(
+        train_step,
+        model=model,
+        tx=tx,
+        schedule=schedule,
+        transform=dataset.train_transform,
+        key=key,
+        label_smoothing=config.label_smoothing,
+    )
+    return train, functools.partial(eval_step, model=model, transform=dataset.eval_transform)
+
+
+# What a checkpoint records of the machine that wrote it, and what resuming it on another costs.
+_MACHINE = {
+    "process_count": (
+        "written by %d processes and is resumed on %d: training continues, but the order of examples from here on "
+        "is not the one an uninterrupted run would have seen (each process reads its own shard of the data)."
+    ),
+    "device_count": (
+        "written on %d devices and is resumed on %d: training continues on the same examples, but its results are "
+        "no longer bitwise those of an uninterrupted run (each sum over the batch is split across the devices "
+        "differently)."
+    ),
+}
+
+
+def _machine() -> dict[str, int]:
+    return {"process_count": jax.process_count(), "device_count": jax.device_count()}
+
+
+def restore_or_init(
+    checkpointer: checkpointing.Checkpointer, init, init_key: jax.Array, config, workdir: str, sharding
+) -> tuple[TrainState, int]:
+    """(state, step) from the newest good checkpoint, or a fresh state at step 0 (with
+    `config.init_from`'s weights). A resume on another machine shape is warned about."""
+    abstract = jax.eval_shape(init, init_key)
+    restored = checkpointer.restore(
+        jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), abstract),
+        relayout=convert_layout,
+    )
+    if restored is None:
+        options = xla_config.init_compiler_options(jax.default_backend())
+        state = init.lower(init_key).compile(compiler_options=options)(init_key)
+        return initialise_from(state, config), 0
+    state, step = restored
+    held = int(parallel.to_host(state.step))
+    if held != step:
+        raise checkpointing.CheckpointRestoreError(
+            f"Checkpoint {step} in {workdir}/checkpoints holds a state at step {held}; its directory was renamed "
+            "or copied. Move it aside to resume from the previous one."
+        )
+    saved = checkpointer.metadata(step)
+    for field, now in _machine().items():
+        if saved.get(field, now) != now:
+            logging.getLogger(__name__).warning(f"Checkpoint %d was {_MACHINE[field]}", step, saved[field], now)
+    return state, step
+
+
+def check_finite(state: TrainState, checkpointer: checkpointing.Checkpointer, workdir: str) -> None:
+    """Raises `DivergenceError` naming the first step whose loss or gradient norm was NaN/Inf."""
+    bad = int(parallel.to_host(state.nonfinite_step))
+    if bad < 0:
+        return
+    last = checkpointer.latest_step()
+    kept = (
+        f"the last good checkpoint (step {last}) in {workdir}/checkpoints is kept"
+        if last is not None
+        else "no checkpoint had been written yet, so a rerun starts at step 0"
+    )
+    raise DivergenceError(
+        f"Loss or gradient norm became NaN/Inf at step {bad}. Training stopped; {kept}. An unchanged rerun would "
+        f"diverge again at the same step: lower the learning rate, add warm-up or check the data, then rerun "
+        f"with the changed values and --allow_config_change."
+    )
+
+
 class _Progress:
     """Training images/s and ETA for the console line; time spent compiling, evaluating and
     saving (`exclude`) is left out of the rate."""
@@ -227,6 +305,71 @@ class _Progress:
         return f"{rate * self.batch:,.0f} img/s, ETA {minutes // 60}:{minutes % 60:02d}:{seconds:02d}"
 
 
+class TrainLog:
+    """Logging: each window of `config.log_every_steps` steps becomes one record (the means)
+    and one console line; a window that diverged is on record before the run stops."""
+
+    def __init__(
+        self, logger: MetricLogger, *, start_step: int, total: int, batch_size: int, check: Callable[[TrainState], None]
+    ):
+        self.logger, self.total, self.check = logger, total, check
+        self.progress = _Progress(start_step, total, batch_size)
+        self.window: list[dict[str, jax.Array]] = []
+
+    def add(self, metrics: dict[str, jax.Array]) -> None:
+        self.window.append(metrics)
+
+    def write(self, step: int, state: TrainState) -> None:
+        """The window so far, if any, as step `step`'s record; then `check(state)`."""
+        if not self.window:
+            return
+        host = parallel.to_host(self.window)  # no device op: a stack would compile per length
+        self.window = []
+        means = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+        self.logger.write(step, "train", means)
+        self.logger.console(
+            f"step {step}/{self.total}: loss {means['loss']:.4f}, train error {100 * means['error']:.2f}%, "
+            f"lr {means['learning_rate']:.4g}, {self.progress.line(step)}"
+        )
+        self.check(state)
+
+
+class Evaluation:
+    """Evaluation: every crop of `config.eval_crops` over the test split, logged and printed;
+    it gives way to a preemption (`interrupted`) rather than outlast a grace period."""
+
+    def __init__(self, config, dataset, eval_fn, logger: MetricLogger, *, sharding, interrupted: Callable[[], bool]):
+        self.config, self.dataset, self.eval_fn, self.logger = config, dataset, eval_fn, logger
+        self.sharding, self.interrupted = sharding, interrupted
+        self.crops = tuple(config.eval_crops) if config.eval_crops else (None,)
+
+    def __call__(self, state: TrainState, step: int) -> dict[str, dict[str, float]]:
+        results = {}
+        for crop in self.crops:
+            tag = "test" if crop is None else f"test_{crop}"
+            at_crop = f" at crop {crop}" if crop else ""
+            self.logger.console(f"step {step}: evaluating on {self.dataset.num_test:,} examples{at_crop}...")
+            metrics = evaluate(
+                state,
+                self.dataset,
+                self.eval_fn,
+                batch_size=self.config.eval_batch_size,
+                sharding=self.sharding,
+                crop=crop,
+                interrupted=self.interrupted,
+                progress=lambda line: self.logger.console(f"step {step}: {line}"),
+            )
+            if metrics is None:
+                break
+            self.logger.write(step, tag, metrics)
+            self.logger.console(
+                f"step {step}: {tag} error {100 * metrics['error']:.2f}%, loss {metrics['loss']:.4f} "
+                f"({int(metrics['examples'])} examples)"
+            )
+            results[tag] = metrics
+        return results
+
+
 def train_and_evaluate(
     config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool = False, return_state: bool = False
 ) -> dict[str, Any]:
@@ -248,6 +391,7 @@ def train_and_evaluate(
 def _train_and_evaluate(
     config: ml_collections.ConfigDict, workdir: str, mesh, *, allow_config_change: bool, return_state: bool
 ) -> dict[str, Any]:
+    # Set-up: checks that cost nothing come before anything that compiles or writes.
     is_main = jax.process_index() == 0
     check_workdir(workdir)
     checkpoint_dir = as_path(workdir) / "checkpoints"
@@ -258,54 +402,13 @@ def _train_and_evaluate(
     total = config_lib.total_steps(config)
     model = models.create_model(config.model, num_classes=dataset.num_classes, **config_lib.model_kwargs(config))
     tx, schedule = build_optimizer(config)
-    replicated = parallel.replicated(mesh)
-    key = jax.random.key(config.seed)
-    init_key, step_key = jax.random.split(key)
-
-    # Beside each checkpoint, read on resume.
-    save_metadata = {"process_count": jax.process_count(), "device_count": jax.device_count()}
+    replicated, batch_sharding = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+    init_key, step_key = jax.random.split(jax.random.key(config.seed))
     init = jax.jit(functools.partial(create_train_state, model, tx, dataset.image_size), out_shardings=replicated)
     checkpointer = checkpointing.Checkpointer(
         checkpoint_dir, every_steps=config.checkpoint_every_steps, keep=config.keep_checkpoints
     )
-    abstract = jax.eval_shape(init, init_key)
-    restored = checkpointer.restore(
-        jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), abstract),
-        relayout=convert_layout,
-    )
-    if restored is not None:
-        state, start_step = restored
-        if int(parallel.to_host(state.step)) != start_step:
-            raise checkpointing.CheckpointRestoreError(
-                f"Checkpoint {start_step} in {workdir}/checkpoints holds a state at step "
-                f"{int(parallel.to_host(state.step))}; its directory was renamed or copied. Move it aside to resume "
-                "from the previous one."
-            )
-        saved_meta = checkpointer.metadata(start_step)
-        saved_processes = saved_meta.get("process_count", jax.process_count())
-        if saved_processes != jax.process_count():
-            logging.getLogger(__name__).warning(
-                "Checkpoint %d was written by %d processes and is resumed on %d: training continues, but "
-                "the order of examples from here on is not the one an uninterrupted run would have seen "
-                "(each process reads its own shard of the data).",
-                start_step,
-                saved_processes,
-                jax.process_count(),
-            )
-        saved_devices = saved_meta.get("device_count", jax.device_count())
-        if saved_devices != jax.device_count():
-            logging.getLogger(__name__).warning(
-                "Checkpoint %d was written on %d devices and is resumed on %d: training continues on the same "
-                "examples, but its results are no longer bitwise those of an uninterrupted run (each sum over the "
-                "batch is split across the devices differently).",
-                start_step,
-                saved_devices,
-                jax.device_count(),
-            )
-    else:
-        options = xla_config.init_compiler_options(jax.default_backend())
-        state, start_step = init.lower(init_key).compile(compiler_options=options)(init_key), 0
-        state = initialise_from(state, config)  # config.init_from, on a fresh run only
+    state, start_step = restore_or_init(checkpointer, init, init_key, config, workdir, replicated)
     if is_main:  # only once the checkpoint is known to fit this config: a refused resume changes nothing
         record_config(workdir, config)
     logger = MetricLogger(workdir, resumed_from=start_step, is_main=is_main)
@@ -313,77 +416,10 @@ def _train_and_evaluate(
         f"{config.model} on {config.dataset}: {summary_line(state)}, {mesh.devices.size} device(s), "
         f"global batch {config.batch_size}, {total} steps" + (f"; resuming at step {start_step}" if start_step else "")
     )
-
-    step_options = xla_config.step_compiler_options(jax.default_backend())
-    step_fn = jax.jit(
-        functools.partial(
-            train_step,
-            model=model,
-            tx=tx,
-            schedule=schedule,
-            transform=dataset.train_transform,
-            key=step_key,
-            label_smoothing=config.label_smoothing,
-        ),
-        donate_argnums=0,
-        out_shardings=(replicated, replicated),
-        compiler_options=step_options,
-    )
-    eval_fn = jax.jit(
-        functools.partial(eval_step, model=model, transform=dataset.eval_transform),
-        out_shardings=replicated,
-        compiler_options=step_options,
-    )
-    crops = tuple(config.eval_crops) if config.eval_crops else (None,)
-    batch_sharding = parallel.batch_sharded(mesh)
-    diagnostics = Diagnostics(config, model, dataset, logger, sharding=batch_sharding, replicated=replicated)
-
-    watcher = preemption.PreemptionWatcher(last_step=total, console=preemption.write_line if is_main else None)
-
-    def run_eval(step: int) -> dict[str, float]:
-        results = {}
-        for crop in crops:
-            tag = "test" if crop is None else f"test_{crop}"
-            logger.console(
-                f"step {step}: evaluating on {dataset.num_test:,} examples"
-                + (f" at crop {crop}" if crop else "")
-                + "..."
-            )
-            metrics = evaluate(
-                state,
-                dataset,
-                eval_fn,
-                batch_size=config.eval_batch_size,
-                sharding=batch_sharding,
-                crop=crop,
-                interrupted=lambda: watcher.stop_requested,
-                progress=lambda line: logger.console(f"step {step}: {line}"),
-            )
-            if metrics is None:
-                break
-            logger.write(step, tag, metrics)
-            logger.console(
-                f"step {step}: {tag} error {100 * metrics['error']:.2f}%, loss {metrics['loss']:.4f} "
-                f"({int(metrics['examples'])} examples)"
-            )
-            results[tag] = metrics
-        return results
-
-    def check_finite(step: int) -> None:
-        bad = int(parallel.to_host(state.nonfinite_step))
-        if bad >= 0:
-            last = checkpointer.latest_step()
-            kept = (
-                f"the last good checkpoint (step {last}) in {workdir}/checkpoints is kept"
-                if last is not None
-                else "no checkpoint had been written yet, so a rerun starts at step 0"
-            )
-            raise DivergenceError(
-                f"Loss or gradient norm became NaN/Inf at step {bad}. Training stopped; {kept}. An unchanged "
-                f"rerun would diverge again at the same step: lower the learning rate, add warm-up or check "
-                f"the data, then rerun with the changed values and --allow_config_change."
-            )
-
+    train_fn, eval_fn = step_functions(config, model, tx, schedule, dataset, step_key)
+    options = xla_config.step_compiler_options(jax.default_backend())
+    train_fn = jax.jit(train_fn, donate_argnums=0, out_shardings=(replicated, replicated), compiler_options=options)
+    eval_fn = jax.jit(eval_fn, out_shardings=replicated, compiler_options=options)
     batches = dataset.train_batches(
         global_batch_size=config.batch_size,
         start_step=start_step,
@@ -391,73 +427,69 @@ def _train_and_evaluate(
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
-    progress = _Progress(start_step, total, config.batch_size)
-    pending: list[dict[str, jax.Array]] = []
-    step = start_step
-    eval_results: dict[str, dict[str, float]] = {}
 
-    def log_window(step: int) -> None:
-        """Writes the mean of the steps since the last line, then stops on a NaN/Inf: the
-        window that diverged is on record."""
-        host = parallel.to_host(pending)  # no device op: a stack would compile per length
-        means = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
-        pending.clear()
-        logger.write(step, "train", means)
-        logger.console(
-            f"step {step}/{total}: loss {means['loss']:.4f}, train error "
-            f"{100 * means['error']:.2f}%, lr {means['learning_rate']:.4g}, {progress.line(step)}"
-        )
-        check_finite(step)
+    # Logging, evaluation, saving and preemption: one named place each.
+    watcher = preemption.PreemptionWatcher(last_step=total, console=preemption.write_line if is_main else None)
+    log = TrainLog(
+        logger,
+        start_step=start_step,
+        total=total,
+        batch_size=config.batch_size,
+        check=functools.partial(check_finite, checkpointer=checkpointer, workdir=workdir),
+    )
+    run_eval = Evaluation(
+        config, dataset, eval_fn, logger, sharding=batch_sharding, interrupted=lambda: watcher.stop_requested
+    )
+    diagnostics = Diagnostics(config, model, dataset, logger, sharding=batch_sharding, replicated=replicated)
+    run_ahead = preemption.RunAheadBound()  # so that a stop waits for a few steps, not tens
 
-    def save_and_stop(step: int) -> dict[str, Any]:
+    def save(step: int, state: TrainState) -> None:
+        with log.progress.paused():
+            check_finite(state, checkpointer, workdir)  # a diverged state is never saved
+            checkpointer.maybe_save(step, state, force=True, metadata=_machine())
+
+    def stop_for_preemption(step: int, state: TrainState) -> dict[str, Any]:
         """The preemption's checkpoint, durable before the run says so and returns."""
-        if pending:  # the partial window, so the resumed run's logs miss no step
-            log_window(step)  # (each window ends with check_finite)
-        checkpointer.maybe_save(step, state, force=True, metadata=save_metadata)
+        log.write(step, state)  # the partial window, so that the resumed run's logs miss no step
+        checkpointer.maybe_save(step, state, force=True, metadata=_machine())
         checkpointer.wait()
         watcher.saved(step)
         return {"preempted_at_step": step, "step": step, **({"state": state} if return_state else {})}
 
-    run_ahead = preemption.RunAheadBound()  # so that a stop waits for a few steps, not tens
-    # Whatever ends the loop (finish, preemption, divergence, a crash), a save in flight is
+    # The loop. Whatever ends it (finish, preemption, divergence, a crash), a save in flight is
     # completed while the watcher still holds the signals, so neither a crash nor a second
-    # signal can cost the newest checkpoint.
-    try:
-        with watcher:
-            try:
-                while step < total:
-                    started = time.time()
-                    state, metrics = step_fn(state, parallel.global_batch(next(batches), batch_sharding))
-                    if step == start_step:  # the first call compiles the step before it runs
-                        compile_s = time.time() - started
-                        progress.exclude(compile_s)
-                        logger.console(f"compiled the train step in {compile_s:.1f} s")
-                    pending.append(metrics)
-                    run_ahead.dispatched(metrics)
-                    step += 1
-                    if step % config.log_every_steps == 0 or step == total:
-                        log_window(step)
-                    diagnostics.maybe_log(step, state)  # every config.diagnostics_every_steps steps
-                    # Once a step, on every process (a multi-host sync), and before any evaluation:
-                    # a preempted run saves at once, not after an evaluation that may outlast its grace.
-                    if watcher.should_stop(step):
-                        return save_and_stop(step)
-                    # Save before evaluating: an evaluation that fails cannot cost this step's checkpoint.
-                    if step == total or checkpointer.should_save(step):
-                        with progress.paused():
-                            check_finite(step)
-                            checkpointer.maybe_save(step, state, force=True, metadata=save_metadata)
-                    if step % config.eval_every_steps == 0 and step != total:
-                        with progress.paused():
-                            eval_results = run_eval(step)
-                eval_results = run_eval(step)
-                if watcher.stop_requested:  # during the final evaluation: the rerun only evaluates
-                    return save_and_stop(step)
-            finally:
-                checkpointer.wait()
-    finally:
-        checkpointer.close()
-        logger.close()
+    # signal can cost the newest checkpoint; then the checkpointer and the logger close.
+    eval_results: dict[str, dict[str, float]] = {}
+    step = start_step
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(logger.close)
+        cleanup.callback(checkpointer.close)
+        cleanup.enter_context(watcher)
+        cleanup.callback(checkpointer.wait)
+        for step in range(start_step + 1, total + 1):
+            started = time.time()
+            state, metrics = train_fn(state, parallel.global_batch(next(batches), batch_sharding))
+            if step == start_step + 1:  # the first call compiles the step before it runs
+                log.progress.exclude(compile_s := time.time() - started)
+                logger.console(f"compiled the train step in {compile_s:.1f} s")
+            log.add(metrics)
+            run_ahead.dispatched(metrics)
+            if step % config.log_every_steps == 0 or step == total:
+                log.write(step, state)
+            diagnostics.maybe_log(step, state)  # every config.diagnostics_every_steps steps
+            # Once a step, on every process (a multi-host sync), and before any evaluation:
+            # a preempted run saves at once, not after an evaluation that may outlast its grace.
+            if watcher.should_stop(step):
+                return stop_for_preemption(step, state)
+            # Save before evaluating: an evaluation that fails cannot cost this step's checkpoint.
+            if step == total or checkpointer.should_save(step):
+                save(step, state)
+            if step % config.eval_every_steps == 0 and step != total:
+                with log.progress.paused():
+                    eval_results = run_eval(state, step)
+        eval_results = run_eval(state, step)
+        if watcher.stop_requested:  # during the final evaluation: the rerun only evaluates
+            return stop_for_preemption(step, state)
     final = {"step": step, **{f"{tag}_{k}": v for tag, m in eval_results.items() for k, v in m.items()}}
     if is_main:
         write_atomically(as_path(workdir) / "final_metrics.json", json.dumps(final, indent=2))

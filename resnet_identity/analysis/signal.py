@@ -32,7 +32,7 @@ import numpy as np
 from resnet_identity import models, trainer
 from resnet_identity.data import get_dataset
 from resnet_identity.models import PostActivation, PreActivation, ResidualUnit, ResNet, stacked_to_unrolled
-from resnet_identity.train_state import create_train_state, cross_entropy, train_step
+from resnet_identity.train_state import create_train_state, cross_entropy
 
 
 class ScaledShortcutPreActivation(PreActivation):
@@ -151,18 +151,7 @@ def train_briefly(model: ResNet, config: ml_collections.ConfigDict) -> Any:
     key = jax.random.key(config.seed)
     init_key, step_key = jax.random.split(key)
     state = create_train_state(model, tx, dataset.image_size, init_key)
-    step = jax.jit(
-        lambda s, b: train_step(
-            s,
-            b,
-            model=model,
-            tx=tx,
-            schedule=schedule,
-            transform=dataset.train_transform,
-            key=step_key,
-            label_smoothing=config.label_smoothing,
-        )
-    )
+    step = jax.jit(trainer.step_functions(config, model, tx, schedule, dataset, step_key)[0])
     batches = dataset.train_batches(
         global_batch_size=config.batch_size, start_step=0, seed=config.seed, process_index=0, process_count=1
     )
