@@ -25,6 +25,8 @@ from typing import NoReturn
 from absl import app, flags, logging
 from ml_collections.config_flags import config_flags
 
+from resnet_identity import config_migration
+
 EXIT_USER_ERROR = 1
 EXIT_INTERRUPTED = 130  # the shell's status for a process ended by SIGINT
 
@@ -199,7 +201,9 @@ def _unknown_field_message(key_message: str, argv: list[str]) -> str:
     path = next((o for o in overrides if o == name or o.endswith("." + name)), name)
     suggestion = re.search(r'Did you mean "([^"]+)"', key_message)
     hint = ""
-    if suggestion:
+    if path in config_migration.RENAMED:  # an older version's name, from an old command or notes
+        hint = f" It is now {config_migration.RENAMED[path]!r}."
+    elif suggestion:
         hint = f" Did you mean {path[: len(path) - len(name)] + suggestion.group(1)!r}?"
     return (
         f"no config field {path!r}.{hint} `python train.py --config=FILE --list_config` lists the fields "

@@ -58,6 +58,11 @@ def test_unknown_field_says_did_you_mean():
     assert_user_error(done, "error: no config field 'batch_sise'. Did you mean 'batch_size'?")
 
 
+def test_a_field_of_an_older_version_names_its_new_place():
+    done = train("--config=configs/quickstart.py", "--workdir=unused", "--config.learning_rate=0.05")
+    assert_user_error(done, "error: no config field 'learning_rate'. It is now 'schedule.learning_rate'.")
+
+
 def test_unknown_nested_field_names_its_full_path():
     done = train("--config=configs/quickstart.py", "--workdir=unused", "--config.model_overrides.nonexistent=3")
     assert_user_error(done, "no config field 'model_overrides.nonexistent'")
