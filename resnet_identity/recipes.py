@@ -57,16 +57,10 @@ def imagenet(model: str, preset: str | None = None) -> ml_collections.ConfigDict
     c = default_config()
     c.model = model
     c.model_overrides.bn_group_size = 32
-    # Unrolled: with at most 36 identical units per stage, scanning saves little compile
-    # time, and on an H200 the unrolled step was 1.29x (ResNet-50) and 1.35x (pre-act
-    # ResNet-200) faster than the scanned one (remat "none", before the GPU's 1x1 products
-    # and step options), for a one-off 6-9 s (ResNet-50) and 78 s (pre-act ResNet-200)
-    # more to get ready (benchmarks/RESULTS.md, "GPU").
+    # Unrolled: with at most 36 identical units per stage, scanning saves little compile time,
+    # and the unrolled step was the faster one on a GPU (docs/performance.md, "GPU defaults").
     c.model_overrides.scan = False
-    # No remat, the unrolled default, stated: the configuration measured on the H200
-    # (8,046 images/s for ResNet-50 in bf16 at batch 1024, 2026-11-23, before the GPU's 1x1
-    # products and step options; with those, batch 256 was timed without the options only:
-    # 7,244 against 7,110 images/s).
+    # No remat, the unrolled default, stated: the configuration the GPU figures measured.
     c.model_overrides.remat = "none"
     c.dataset = "imagenet2012"
     c.imagenet2012.train_crop = "scale"

@@ -1,37 +1,34 @@
 """Process set-up for fast training: on CPU huge pages for malloc, a fast-compiling init and
 step options that drop the scan's loop-carry copies; on GPU step options against the scan's
-bookkeeping (last paragraph).
+bookkeeping (last paragraph). The measured effect of each is in docs/performance.md
+("Why the CPU and GPU defaults").
 
-XLA:CPU allocates the temporary buffer of every execution afresh (0.86 GiB for pre-act
-ResNet-164 at batch 32) and frees it after. glibc serves such sizes with `mmap`, so every
-step page-faults all of it back in, 4 KiB at a time: we measured 224k minor faults and
-0.40 s of kernel time per 1.1 s step on 2 cores. With glibc's `hugetlb=1` tunable, malloc
-asks for transparent huge pages (`madvise`), faults drop to ~1k per step and kernel time
-to 0.15 s. glibc reads tunables only at process start, so `use_huge_pages()` re-executes
-the program once with `GLIBC_TUNABLES` extended; call it first thing in a `__main__`.
+XLA:CPU allocates the temporary buffer of every execution afresh and frees it after. glibc
+serves such sizes with `mmap`, so every step page-faults all of it back in, 4 KiB at a time.
+With glibc's `hugetlb=1` tunable, malloc asks for transparent huge pages (`madvise`) and the
+faults almost vanish. glibc reads tunables only at process start, so `use_huge_pages()`
+re-executes the program once with `GLIBC_TUNABLES` extended; call it first thing in a
+`__main__`.
 
-The init (`create_train_state`) runs once but compiles like any program: 3-10 CPU-seconds,
-almost all of it LLVM -O2 on the per-parameter random-number code, whose single run takes
-0.15 s. `init_compiler_options()` compiles it at -O0 on CPU instead, 2.5-3 s sooner for
-ResNet-1001. The parameters differ from -O2's in the last bit only (floating-point
-contraction: 2% of them, <= 2.4e-7 relative), and every run compiles it the same way.
+The init (`create_train_state`) runs once but compiles like any program, almost all of it
+LLVM -O2 on the per-parameter random-number code, which then runs once.
+`init_compiler_options()` compiles it at -O0 on CPU instead. The parameters differ from
+-O2's in the last bit only (floating-point contraction), and every run compiles it the
+same way.
 
 The train and eval steps compile with `step_compiler_options()`: on CPU, copy insertion's
 region analysis. Without it XLA:CPU copies a while loop's carried activation at the top of
-every iteration, forward and backward: one full activation per unit of a scanned model,
-~1 GB of memory traffic per ResNet-164 step at batch 32 (241 copies in the program; 165
-with it). Same numbers, bitwise; 3-6% faster on 2 cores (benchmarks/RESULTS.md, "3. CPU
-speed"). They also compile the steps' generated code (the fused elementwise loops and
-reductions; convolutions and products are library calls) with LLVM -O1 instead of -O2:
-ResNet-164 and -1001 steps compile in 8 s instead of 10 s on a 2-core AMD EPYC, and step
-as fast (interleaved: 1,165 against 1,149 ms, 1,605 against 1,629 ms; -O0 is 2.6x slower).
-A level set in `XLA_FLAGS` is respected for the steps (the init is compiled at -O0
-regardless). No XLA flag is set: none of `--xla_cpu_use_onednn`, the XNNPACK graph-fusion
-modes or `--xla_cpu_use_xnnpack=false` changed the step time measurably.
+every iteration, forward and backward: one full activation per unit of a scanned model.
+Same numbers, bitwise. They also compile the steps' generated code (the fused elementwise
+loops and reductions; convolutions and products are library calls) with LLVM -O1 instead
+of -O2, which compiles sooner and steps as fast. A level set in `XLA_FLAGS` is respected
+for the steps (the init is compiled at -O0 regardless). No XLA flag is set: none of
+`--xla_cpu_use_onednn`, the XNNPACK graph-fusion modes or `--xla_cpu_use_xnnpack=false`
+changed the step time measurably.
 
 On a GPU the steps compile with `GPU_STEP_OPTIONS`. A scanned ResNet-1001 step there is
-bound by kernel launches (about 25,000 per step, 2.8 us each), and each option removes some
-of the scan's bookkeeping or of the elementwise work beside a convolution:
+bound by kernel launches, and each option removes some of the scan's bookkeeping or of the
+elementwise work beside a convolution:
 - `xla_gpu_enable_dynamic_slice_fusion`: library calls read and write loop slices in place;
 - `xla_gpu_enable_dus_accumulator_zero_init_elimination`: the scan's stacked outputs are
   not zero-filled first;
@@ -39,9 +36,8 @@ of the scan's bookkeeping or of the elementwise work beside a convolution:
 - `xla_gpu_experimental_enable_conv_fusion`: cuDNN fusions take elementwise work around the
   3x3 convolutions.
 Each made a bf16 ResNet-1001 step faster on a GPU (with 1x1 convolutions as matrix products,
-`models.kernels.PRODUCTS`), all four together most (benchmarks/results/2026-12-03_models.md).
-An option named in `XLA_FLAGS` is left to it (`--xla_gpu_experimental_enable_conv_fusion=false`
-turns that one off).
+`models.kernels.PRODUCTS`), all four together most. An option named in `XLA_FLAGS` is left
+to it (`--xla_gpu_experimental_enable_conv_fusion=false` turns that one off).
 """
 
 from __future__ import annotations

@@ -19,8 +19,8 @@ Training crops (``TRAIN_CROPS``, chosen by ``<dataset>.train_crop``; docs/papers
     0.3% for ImageNet's 500x375 images) and the window's edge pixels being
     repeated where the whole resized image would blend in their neighbours.
     Decoding the whole JPEG and resizing all of it to S first costs about
-    twice the host CPU (``benchmarks/imagenet_pipeline.py``: 3.8-4.2 vs
-    1.7-2.0 ms per image, the latter as much as ``'scale_aspect'``).
+    twice the host CPU (``benchmarks/imagenet_pipeline.py``; figures in
+    benchmarks/RESULTS.md).
   * ``'scale_aspect'``, fb.resnet.torch's ``RandomSizedCrop(224)`` (the
     "scale + aspect" row of Table 5): a crop covering 8%-100% of the image
     area with aspect ratio in [3/4, 4/3], resized to 224x224 (bicubic, like
