@@ -30,6 +30,14 @@ def _env():
     return {**os.environ, "PYTHONPATH": ROOT, "PYTHONUNBUFFERED": "1"}
 
 
+def _train_py(workdir, *overrides):
+    """`train.py` on the quickstart config with `--config.` overrides (`name=value`)."""
+    config = "--config=" + os.path.join(ROOT, "configs", "quickstart.py")
+    return [sys.executable, os.path.join(ROOT, "train.py"), config, f"--workdir={workdir}"] + [
+        f"--config.{o}" for o in overrides
+    ]
+
+
 def _npz(path):
     with np.load(path) as data:
         return {k: data[k] for k in data.files}
@@ -84,16 +92,13 @@ def test_sigkill_three_times_then_resume_is_bitwise_identical(tmp_path):
 def test_sigterm_saves_at_current_step_and_exits_for_a_rerun(tmp_path):
     """`train.py` itself: it saves, says how to resume, and exits 75 (not 0, which a
     scheduler would read as a finished run)."""
-    cmd = [
-        sys.executable,
-        os.path.join(ROOT, "train.py"),
-        "--config=" + os.path.join(ROOT, "configs", "quickstart.py"),
-        f"--workdir={tmp_path / 'run'}",
-        "--config.num_train_steps=400",
-        "--config.log_every_steps=1",
-        "--config.checkpoint_every_steps=1000",
-        "--config.eval_every_steps=1000",
-    ]
+    cmd = _train_py(
+        tmp_path / "run",
+        "num_train_steps=400",
+        "log_every_steps=1",
+        "checkpoint_every_steps=1000",
+        "eval_every_steps=1000",
+    )
     code, output = _run_until_killed(cmd, 3, signal.SIGTERM)
     assert code == trainer.EXIT_PREEMPTED == 75, output[-3000:]
     assert "received SIGTERM: saving step" in output and "rerun the same command to resume" in output
@@ -252,13 +257,7 @@ def test_divergence_before_any_checkpoint_says_a_rerun_starts_over(tmp_path, mon
 
 
 def test_train_py_prints_an_error_without_a_traceback_and_exits_1(tmp_path):
-    cmd = [
-        sys.executable,
-        os.path.join(ROOT, "train.py"),
-        "--config=" + os.path.join(ROOT, "configs", "quickstart.py"),
-        f"--workdir={tmp_path}",
-        "--config.model=resnet_1001",
-    ]
+    cmd = _train_py(tmp_path, "model=resnet_1001")
     result = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 1, result.stderr[-2000:]
     assert "error: " in result.stderr and "is not a model" in result.stderr
