@@ -1,10 +1,11 @@
 """Suite-wide settings, made before any test module imports JAX.
 
 The suite is compile-bound (tiny models, a few steps each), so it runs at XLA's cheapest
-backend optimisation level: on the 2-core AMD EPYC VM (2026-12-03) the whole suite took
-13:39 min with it against 18:51 without. Workers, notebook kernels and `train.py`
-subprocesses inherit it through the environment, and `xla_config.step_compiler_options`
-defers to a level set there, so train steps compile at it too. Every comparison in the
+backend optimisation level, two tests at a time (`-n 2` in the test command); what each
+saves is in benchmarks/results/history ("Test suite"). Workers, notebook kernels and
+`train.py` subprocesses inherit the level through the environment, and
+`xla_config.step_compiler_options` defers to a level set there, so train steps compile at
+it too. Every comparison in the
 suite is between programs compiled under the same flags.
 """
 
