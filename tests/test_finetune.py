@@ -152,3 +152,25 @@ def test_fine_tune_converted_torchvision_weights(tmp_path, capsys):
     loaded = init_from.initialise_from(_fresh_state(config), config)
     conv = np.asarray(jax.device_get(loaded.params["stem"]["conv"]["kernel"]))
     np.testing.assert_array_equal(conv, weights.variables["params"]["stem"]["conv"]["kernel"])
+
+    # The fine-tuned run goes back out as a torchvision file: `convert --to --workdir`, the
+    # README's last step, loads strictly into torchvision's resnet18 of 3 classes and gives
+    # the run's logits.
+    done = subprocess.run(
+        [sys.executable, "-m", "resnet_identity.convert", "--to=torchvision", f"--workdir={tmp_path / 'tuned'}"]
+        + [f"--out={tmp_path / 'tuned.pth'}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    import torch
+
+    network = torchvision.models.resnet18(num_classes=3)
+    network.load_state_dict(torch.load(tmp_path / "tuned.pth", weights_only=True), strict=True)
+    run = weights_lib.load_run_weights(tmp_path / "tuned")
+    model, variables = run.create_model()
+    images = np.random.default_rng(0).random((2, 32, 32, 3), np.float32)
+    with torch.no_grad():
+        theirs = network.eval()(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
+    np.testing.assert_allclose(theirs, model.apply(variables, images, train=False), rtol=1e-4, atol=1e-5)
