@@ -379,6 +379,66 @@ class Checkpointer:
         self.close()
 
 
+def read_saved(directory: epath.PathLike, step: int | None = None) -> tuple[dict[str, Any], int]:
+    """Checkpoint `step` (None: the newest) of `directory`, read-only, as `(state, step)`: the
+    state as saved (nested dicts of numpy arrays, in the saved layout), checked against the
+    digests saved with it. Nothing is written, moved or awaited, and no lease is taken, so a
+    run that is still training can be read (evaluation, prediction, export, fine-tuning).
+    Raises `CheckpointRestoreError`: no checkpoint, no such step, or damaged data."""
+    directory = as_path(directory)
+    steps = finalized_steps(directory)
+    if not steps:
+        raise CheckpointRestoreError(f"{directory} holds no checkpoint yet.")
+    step = steps[-1] if step is None else step
+    if step not in steps:
+        raise CheckpointRestoreError(f"{directory} has no checkpoint at step {step}; it has steps {steps}.")
+    with _without_orbax_notes():
+        state = _read_verified(directory, step)
+    return jax.tree.map(np.asarray, state), step
+
+
+@contextlib.contextmanager
+def _without_orbax_notes() -> Iterator[None]:
+    """Drops Orbax's log records for the duration: a read-only read makes it note that it will
+    not save, and name the items (`meta`) that are not read; none concerns the user."""
+    logger = logging.getLogger("absl")
+
+    def keep(record: logging.LogRecord) -> bool:
+        return "orbax" not in record.pathname
+
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
+
+
+def _read_verified(directory: epath.Path, step: int) -> Any:
+    manager = ocp.CheckpointManager(
+        directory,
+        options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+        item_handlers={STATE_ITEM: ocp.StandardCheckpointHandler(), DIGEST_ITEM: ocp.JsonCheckpointHandler()},
+    )
+    try:
+        saved = manager.item_metadata(step)[STATE_ITEM]
+        cpu = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
+        target = jax.tree.map(
+            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=cpu), getattr(saved, "tree", saved)
+        )
+        state = manager.restore(step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardRestore(target)}))
+        state = state[STATE_ITEM]
+        recorded = {}
+        if (directory / str(step) / DIGEST_ITEM).exists():
+            args = ocp.args.Composite(**{DIGEST_ITEM: ocp.args.JsonRestore()})
+            recorded = dict(manager.restore(step, args=args)[DIGEST_ITEM])
+        integrity.verify(state, recorded, complete=True)
+    except Exception as e:  # Orbax/TensorStore raise ValueError, OSError or bare Exception.
+        raise CheckpointRestoreError(f"Checkpoint {step} in {directory} is unreadable: {_describe(e)}.") from e
+    finally:
+        manager.close()
+    return state
+
+
 def _shapes_by_path(tree: Any) -> dict[tuple[str, ...], tuple[int, ...]]:
     """The shapes of `tree`'s leaves by their paths, named whatever kind of node holds them,
     so that a `TrainState` and the dicts and lists of a checkpoint's metadata compare equal

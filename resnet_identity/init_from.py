@@ -18,21 +18,15 @@ lease), so `evaluate` uses it while that run may still be training.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
-from collections.abc import Iterator
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
-from etils import epath
 
-from resnet_identity import config_migration, models
+from resnet_identity import checkpointing, config_migration, models
 from resnet_identity import weights as weights_lib
-from resnet_identity.checkpointing import META_ITEM, STATE_ITEM
 from resnet_identity.config import ConfigError, model_kwargs
 from resnet_identity.files import as_path
 
@@ -47,22 +41,6 @@ class InitFromError(ConfigError):
     """`init_from` names something that cannot initialise this model; the message says why."""
 
 
-@contextlib.contextmanager
-def _without_orbax_notes() -> Iterator[None]:
-    """Drops Orbax's log records for the duration: a read-only read makes it note that it will
-    not save, and name the items (`meta`, `digests`) that are not read; none concerns the user."""
-    logger = logging.getLogger("absl")
-
-    def keep(record: logging.LogRecord) -> bool:
-        return "orbax" not in record.pathname
-
-    logger.addFilter(keep)
-    try:
-        yield
-    finally:
-        logger.removeFilter(keep)
-
-
 def read_run(workdir: str, step: int | None = None) -> tuple[ml_collections.ConfigDict, dict, int]:
     """(the run's config, its `params` and `batch_stats` as numpy arrays in the run's own
     layout, the step) from the checkpoint `step` (None: the newest) of `workdir`, read-only."""
@@ -74,32 +52,11 @@ def read_run(workdir: str, step: int | None = None) -> tuple[ml_collections.Conf
             "convert weights with `python -m resnet_identity.convert`."
         )
     config = config_migration.as_config(json.loads((root / "config.json").read_text()))
-    with _without_orbax_notes():
-        return (config, *_restore_variables(root / "checkpoints", workdir, step))
-
-
-def _restore_variables(directory: epath.Path, workdir: str, step: int | None) -> tuple[dict, int]:
-    manager = ocp.CheckpointManager(
-        directory,
-        options=ocp.CheckpointManagerOptions(read_only=True),
-        item_handlers={STATE_ITEM: ocp.StandardCheckpointHandler(), META_ITEM: ocp.JsonCheckpointHandler()},
-    )
     try:
-        steps = sorted(manager.all_steps())
-        if not steps or (step is not None and step not in steps):
-            raise InitFromError(
-                f"{workdir}/checkpoints has no step {step if step is not None else ''}; "
-                f"its steps are {steps or 'none'}."
-            )
-        step = steps[-1] if step is None else step
-        saved = manager.item_metadata(step)[STATE_ITEM]
-        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), saved)
-        state = manager.restore(step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardRestore(abstract)}))
-    finally:
-        manager.close()
-    variables = {name: jax.tree.map(np.asarray, dict(state[STATE_ITEM][name])) for name in weights_lib.COLLECTIONS}
-    return variables, step
+        state, step = checkpointing.read_saved(root / "checkpoints", step)
+    except checkpointing.CheckpointRestoreError as e:
+        raise InitFromError(str(e)) from e
+    return config, {name: state[name] for name in weights_lib.COLLECTIONS}, step
 
 
 def _source(config: ml_collections.ConfigDict) -> tuple[str, str, dict, dict]:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import re
 import zlib
 from typing import Any
 
@@ -119,13 +120,28 @@ def digests(tree: Any, algorithm: str | None = None) -> dict[str, Any]:
     return {"algorithm": algorithm, "shards": ALGORITHMS[algorithm](_shards(tree))}
 
 
-def verify(tree: Any, recorded: dict[str, Any]) -> None:
+def _canonical(key: str) -> str:
+    """One spelling of a shard's path however its containers were restored: a field (a
+    dataclass's `.params`, a NamedTuple's `.trace`) reads as the dict key it becomes when a
+    checkpoint is read without its classes (`['params']`)."""
+    return re.sub(r"\.([A-Za-z_]\w*)", r"['\1']", key)
+
+
+def verify(tree: Any, recorded: dict[str, Any], *, complete: bool = False) -> None:
     """Raises `DigestMismatchError` naming the first of `tree`'s shards whose digest differs
-    from `recorded` (by the algorithm recorded); shards not recorded are skipped."""
+    from `recorded` (by the algorithm recorded). Shards not recorded are skipped; with
+    `complete`, every recorded shard must be in `tree` (a read of the whole state as saved)."""
     if not recorded:
         return
-    expected = recorded["shards"]
-    shards = {k: v for k, v in _shards(tree).items() if k in expected}
+    expected = {_canonical(k): v for k, v in recorded["shards"].items()}
+    shards = {_canonical(k): v for k, v in _shards(tree).items()}
+    missing = [k for k in expected if k not in shards]
+    if complete and missing:
+        raise DigestMismatchError(
+            f"{len(missing)} of the {len(expected)} arrays recorded with it are not in the state read, the first "
+            f"{missing[0]}: its data is damaged or incomplete"
+        )
+    shards = {k: v for k, v in shards.items() if k in expected}
     for key, digest in ALGORITHMS[recorded["algorithm"]](shards).items():
         if expected[key] != digest:
             raise DigestMismatchError(

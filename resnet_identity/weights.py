@@ -33,7 +33,6 @@ from typing import Any
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 from etils import epath
 
 from resnet_identity import checkpointing, config_migration, models
@@ -284,24 +283,10 @@ def load_run_weights(workdir: str | epath.PathLike, step: int | None = None) -> 
         config = config_migration.as_config(json.loads((workdir / "config.json").read_text()))
     except ValueError as e:
         raise WeightsError(f"Cannot read {workdir / 'config.json'}: {e}") from e
-    directory = workdir / "checkpoints"
-    manager = ocp.CheckpointManager(
-        directory,
-        options=ocp.CheckpointManagerOptions(read_only=True, create=False),
-        item_handlers={checkpointing.STATE_ITEM: ocp.StandardCheckpointHandler()},
-    )
-    steps = sorted(manager.all_steps()) if directory.exists() else []
-    if not steps:
-        raise WeightsError(f"{workdir} has no checkpoint yet (none in {directory}).")
-    step = steps[-1] if step is None else step
-    if step not in steps:
-        raise WeightsError(f"{workdir} has no checkpoint at step {step}; it has steps {steps}.")
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
-    saved = manager.item_metadata(step)[checkpointing.STATE_ITEM]
-    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), saved.tree)
-    state = manager.restore(
-        step, args=ocp.args.Composite(**{checkpointing.STATE_ITEM: ocp.args.StandardRestore(target)})
-    )[checkpointing.STATE_ITEM]
+    try:
+        state, step = checkpointing.read_saved(workdir / "checkpoints", step)
+    except checkpointing.CheckpointRestoreError as e:
+        raise WeightsError(str(e)) from e
     variables = {name: jax.tree.map(np.asarray, models.stacked_to_unrolled(state[name])) for name in COLLECTIONS}
     overrides = {k: v for k, v in config_lib.model_kwargs(config).items() if k not in LAYOUT_OVERRIDES}
     facts = registry.facts(config)

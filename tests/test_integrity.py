@@ -94,3 +94,23 @@ def test_a_run_resumes_from_the_step_before_a_damaged_one(tmp_path, monkeypatch,
     assert "Checkpoint at step 2" in caplog.text and "digest" in caplog.text
     assert os.listdir(tmp_path / "checkpoints" / CORRUPT_SUBDIR) == ["2"]
     assert "resuming at step 1" in capsys.readouterr().out
+
+
+def test_read_only_readers_refuse_a_damaged_checkpoint_and_change_nothing(tmp_path):
+    """evaluate, predict, convert --to and init_from read a run's checkpoint without
+    restoring it into a trainer: they check the same digests, and refuse rather than use
+    damaged weights; the damaged step stays where it is (they never write)."""
+    from resnet_identity import checkpointing, init_from
+    from resnet_identity import weights as weights_lib
+
+    trainer.train_and_evaluate(tiny_config(steps=2), str(tmp_path))
+    state, step = checkpointing.read_saved(tmp_path / "checkpoints")
+    assert step == 2 and set(weights_lib.COLLECTIONS) <= set(state)
+    _flip_a_bit_in_the_array_data(tmp_path / "checkpoints" / "2")
+    with pytest.raises(checkpointing.CheckpointRestoreError, match="Checkpoint 2 in .* is unreadable: .*damaged"):
+        checkpointing.read_saved(tmp_path / "checkpoints")
+    with pytest.raises(weights_lib.WeightsError, match="does not match the digest saved with it"):
+        weights_lib.load_run_weights(tmp_path)
+    with pytest.raises(init_from.InitFromError, match="does not match the digest saved with it"):
+        init_from.read_run(str(tmp_path))
+    assert os.listdir(tmp_path / "checkpoints") == ["2"]
