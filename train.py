@@ -16,7 +16,7 @@ import textwrap
 from absl import flags
 from ml_collections import config_flags
 
-from resnet_identity import cli
+from resnet_identity import cli, interrupts
 
 CONFIGS = pathlib.Path(__file__).resolve().parent / "configs"
 
@@ -101,7 +101,11 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from resnet_identity import xla_config
+    interrupts.catch_early()  # before JAX is imported: a Ctrl-C from here on is never lost
+    try:
+        from resnet_identity import xla_config
 
-    xla_config.use_huge_pages()  # re-executes once: XLA's per-step buffers otherwise page-fault heavily
+        xla_config.use_huge_pages()  # re-executes once: XLA's per-step buffers otherwise page-fault heavily
+    except KeyboardInterrupt:
+        cli.exit_interrupted()
     cli.run(main, help_epilog=help_epilog)

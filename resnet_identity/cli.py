@@ -25,7 +25,7 @@ from typing import NoReturn
 from absl import app, flags, logging
 from ml_collections.config_flags import config_flags
 
-from resnet_identity import config_migration
+from resnet_identity import interrupts
 
 EXIT_USER_ERROR = 1
 EXIT_INTERRUPTED = 130  # the shell's status for a process ended by SIGINT
@@ -49,6 +49,7 @@ def run(main: Callable[[list[str]], int | None], *, help_epilog: Callable[[], st
 
     `help_epilog` is called only for `--help`, so it may import what it needs.
     """
+    interrupts.catch_early()
 
     def parse(argv: list[str]) -> list[str]:
         options = argv[1 : argv.index("--")] if "--" in argv else argv[1:]
@@ -60,6 +61,8 @@ def run(main: Callable[[list[str]], int | None], *, help_epilog: Callable[[], st
         try:
             remaining = flags.FLAGS(argv)
             _load_config_files()
+        except KeyboardInterrupt:  # while a config file (and JAX with it) was being imported
+            exit_interrupted()
         except flags.Error as e:
             fail(_flag_error_message(e, argv))
         except Exception as e:  # noqa: BLE001 - whatever a config file raised, reported as one line
@@ -79,11 +82,16 @@ def run(main: Callable[[list[str]], int | None], *, help_epilog: Callable[[], st
                 raise
             fail(str(e))
         except KeyboardInterrupt:
-            print("interrupted.", file=sys.stderr, flush=True)
-            sys.exit(EXIT_INTERRUPTED)
+            exit_interrupted()
 
     app.run(quiet_main, flags_parser=parse)
     raise AssertionError("app.run returned")  # it always exits
+
+
+def exit_interrupted() -> NoReturn:
+    """Says "interrupted." and exits 130, as a shell reports a process ended by Ctrl-C."""
+    print("interrupted.", file=sys.stderr, flush=True)
+    sys.exit(EXIT_INTERRUPTED)
 
 
 def require(**values: object) -> None:
@@ -201,8 +209,10 @@ def _unknown_field_message(key_message: str, argv: list[str]) -> str:
     path = next((o for o in overrides if o == name or o.endswith("." + name)), name)
     suggestion = re.search(r'Did you mean "([^"]+)"', key_message)
     hint = ""
-    if path in config_migration.RENAMED:  # an older version's name, from an old command or notes
-        hint = f" It is now {config_migration.RENAMED[path]!r}."
+    from resnet_identity.config_migration import RENAMED  # here: importing it imports JAX
+
+    if path in RENAMED:  # an older version's name, from an old command or notes
+        hint = f" It is now {RENAMED[path]!r}."
     elif suggestion:
         hint = f" Did you mean {path[: len(path) - len(name)] + suggestion.group(1)!r}?"
     return (

@@ -27,6 +27,8 @@ from typing import Any
 import jax
 from jax.experimental import multihost_utils
 
+from resnet_identity import interrupts
+
 # Two steps queued behind the one running: the device never idles while the host fetches
 # and transfers the next batch, as long as that takes less than two step times (one would
 # leave no slack for a slow batch), and a stop costs at most three step times.
@@ -100,6 +102,7 @@ class PreemptionWatcher:
         self.signal_name: str | None = None
 
     def __enter__(self) -> PreemptionWatcher:
+        interrupts.check()  # a Ctrl-C before now that Python swallowed: stop before training
         self._use_jax_sync = _jax_preemption_service_active()
         for sig in self._signals:
             if sig == signal.SIGTERM and self._use_jax_sync:
