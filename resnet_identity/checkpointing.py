@@ -321,12 +321,7 @@ class Checkpointer:
         return state
 
     def _digests(self, step: int) -> dict[str, str]:
-        """The digests saved with `step`; {} for a step saved before digests were."""
-        if not (as_path(self.directory) / str(step) / DIGEST_ITEM).exists():
-            return {}
-        return dict(
-            self._manager.restore(step, args=ocp.args.Composite(**{DIGEST_ITEM: ocp.args.JsonRestore()}))[DIGEST_ITEM]
-        )
+        return _saved_digests(self._manager, as_path(self.directory), step)
 
     def metadata(self, step: int) -> dict[str, Any]:
         """The JSON stored with `step` by `maybe_save`; {} with a warning if it is missing or
@@ -379,6 +374,13 @@ class Checkpointer:
         self.close()
 
 
+def _saved_digests(manager: ocp.CheckpointManager, directory: epath.Path, step: int) -> dict[str, Any]:
+    """The digests saved with `step`; {} for a step saved before digests were."""
+    if not (directory / str(step) / DIGEST_ITEM).exists():
+        return {}
+    return dict(manager.restore(step, args=ocp.args.Composite(**{DIGEST_ITEM: ocp.args.JsonRestore()}))[DIGEST_ITEM])
+
+
 def read_saved(directory: epath.PathLike, step: int | None = None) -> tuple[dict[str, Any], int]:
     """Checkpoint `step` (None: the newest) of `directory`, read-only, as `(state, step)`: the
     state as saved (nested dicts of numpy arrays, in the saved layout), checked against the
@@ -427,11 +429,7 @@ def _read_verified(directory: epath.Path, step: int) -> Any:
         )
         state = manager.restore(step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardRestore(target)}))
         state = state[STATE_ITEM]
-        recorded = {}
-        if (directory / str(step) / DIGEST_ITEM).exists():
-            args = ocp.args.Composite(**{DIGEST_ITEM: ocp.args.JsonRestore()})
-            recorded = dict(manager.restore(step, args=args)[DIGEST_ITEM])
-        integrity.verify(state, recorded, complete=True)
+        integrity.verify(state, _saved_digests(manager, directory, step), complete=True)
     except Exception as e:  # Orbax/TensorStore raise ValueError, OSError or bare Exception.
         raise CheckpointRestoreError(f"Checkpoint {step} in {directory} is unreadable: {_describe(e)}.") from e
     finally:
