@@ -451,7 +451,7 @@ def _train_and_evaluate(
     def stop_for_preemption(step: int, state: TrainState) -> dict[str, Any]:
         """The preemption's checkpoint, durable before the run says so and returns."""
         log.write(step, state)  # the partial window, so that the resumed run's logs miss no step
-        checkpointer.maybe_save(step, state, force=True, metadata=_machine())
+        save(step, state)
         checkpointer.wait()
         watcher.saved(step)
         return {"preempted_at_step": step, "step": step, **({"state": state} if return_state else {})}
