@@ -89,8 +89,12 @@ def explain_write_errors(what: str, error: type[WriteError] = WriteError) -> Ite
 
 
 def as_path(path: epath.PathLike) -> epath.Path:
-    """`path` (local or gs://) as an `epath.Path`, with the gs:// client chosen first."""
+    """`path` (local or gs://) as an `epath.Path`, with the gs:// client chosen first. A local
+    path is made absolute (and `~` expanded): Orbax and TensorStore refuse a relative one, and
+    the README writes `--workdir=runs/x`."""
     _choose_cloud_storage_client()
+    if is_local(path):
+        return epath.Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
     return epath.Path(path)
 
 
