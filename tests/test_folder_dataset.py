@@ -2,6 +2,9 @@
 errors a bad folder gets before anything compiles (or, for a corrupt image met later, naming it)."""
 
 import itertools
+import pathlib
+import subprocess
+import sys
 
 import ml_collections
 import numpy as np
@@ -58,6 +61,14 @@ def test_classes_are_the_sorted_sub_folders_and_the_stream_is_imagenets(tmp_path
             r"empty \(0-byte\) files: train/cat/blank",
         ),
         (lambda root: (root / "train" / "stray.jpg").write_bytes(b"x"), r"files outside class folders: stray\.jpg"),
+        (
+            lambda root: (root / "train" / "cat" / "moved.jpg").symlink_to(root / "gone.jpg"),
+            r"cannot be opened: train/cat/moved\.jpg -> .*gone\.jpg \(No such file or directory\)",
+        ),
+        (
+            lambda root: (root / "val" / "fox").symlink_to(root / "gone", target_is_directory=True),
+            r"cannot be opened: val/fox -> .*gone \(No such file or directory\)",
+        ),
     ],
 )
 def test_a_bad_folder_is_refused_by_validation_with_what_is_wrong(tmp_path, damage, message):
@@ -98,3 +109,30 @@ def test_a_batch_larger_than_the_folder_is_refused(tmp_path):
     config.dataset, config.folder.path, config.batch_size = "folder", str(tmp_path), 16
     with pytest.raises(config_lib.ConfigError, match="batch_size=16 is larger than folder's 12 training examples"):
         config_lib.validate(config)
+
+
+def test_a_broken_link_among_other_problems_is_one_error_line_from_train_py(tmp_path):
+    """The listing's problems come in one `error:` message, with no traceback, from the real CLI."""
+    images = write_folder(tmp_path / "images")
+    (images / "train" / "dog" / "0.jpg").unlink()
+    (images / "train" / "dog" / "0.jpg").symlink_to(tmp_path / "elsewhere" / "0.jpg")
+    (images / "val" / "eel" / "notes.txt").write_text("x")
+    root = pathlib.Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(root / "train.py"),
+            "--config=configs/quickstart.py",
+            f"--workdir={tmp_path / 'run'}",
+            "--config.dataset=folder",
+            f"--config.folder.path={images}",
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr and done.stderr.startswith("error: "), done.stderr
+    assert "train/dog/0.jpg -> " in done.stderr and "val/eel/notes.txt" in done.stderr, done.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -15,9 +15,10 @@ What is checked, and when (a demanding user's folder may hold a million files; d
 them all up front would take longer than an epoch):
 - before anything compiles (`SPEC.facts`, run by config validation, and `load`): both
   splits exist; each has at least one class, the same classes, and no class without images;
-  every file has an image extension and is not empty; no stray files or nested folders
-  (they would be silently left out). `load` also decodes a sample, `SAMPLE_SIZE` files of
-  each split drawn with a fixed seed, which catches a folder of the wrong format;
+  every file opens (no broken symbolic link), has an image extension and is not empty; no
+  stray files or nested folders (they would be silently left out). `load` also decodes a
+  sample, `SAMPLE_SIZE` files of each split drawn with a fixed seed, which catches a folder
+  of the wrong format;
 - while training or evaluating: an image that does not decode stops the run with an error
   naming the file (`streamed.py`); replace or delete it and rerun to resume.
 The listing is read once per process and path (`_scan`).
@@ -61,14 +62,32 @@ class Listing:
     val: Split
 
 
-def _entries(directory: epath.Path) -> list[tuple[str, bool, int]]:
-    """(name, is a folder, size in bytes) of each non-hidden entry, sorted by name."""
+def _local_size(entry: os.DirEntry) -> int | str:
+    """The entry's size in bytes (0 for a folder), or why it cannot be opened: a symbolic link
+    whose target is gone (or a loop of links) lists fine but fails here."""
+    if entry.is_dir():
+        return 0
+    try:
+        return entry.stat().st_size
+    except OSError as error:
+        return error.strerror or type(error).__name__
+
+
+def _entries(directory: epath.Path) -> list[tuple[str, bool, int | str]]:
+    """(name, is a folder, size in bytes or why it cannot be opened) of each non-hidden entry,
+    sorted by name."""
     if "://" not in os.fspath(directory):  # local: one scandir, sizes without a request per file
         with os.scandir(directory) as scan:
-            found = [(e.name, e.is_dir(), 0 if e.is_dir() else e.stat().st_size) for e in scan]
+            found = [(e.name, e.is_dir(), _local_size(e)) for e in scan]
     else:
         found = [(p.name, p.is_dir(), 0 if p.is_dir() else p.stat().length) for p in directory.iterdir()]
     return sorted(entry for entry in found if not entry[0].startswith("."))
+
+
+def _unopenable(path: epath.Path, relative: str, reason: str) -> str:
+    """`relative`, with the target it points to if it is a symbolic link, and why it cannot be opened."""
+    target = f" -> {os.readlink(path)}" if os.path.islink(path) else ""
+    return f"{relative}{target} ({reason})"
 
 
 def _some(items: list[str]) -> str:
@@ -90,7 +109,12 @@ def _scan(path: str) -> Listing:
     files: dict[str, dict[str, list[str]]] = {}
     for split in SPLITS:
         entries = _entries(root / split)
-        strays = [name for name, is_dir, _ in entries if not is_dir]
+        unopenable = [
+            _unopenable(root / split / name, f"{split}/{name}", size)
+            for name, _, size in entries
+            if isinstance(size, str)
+        ]
+        strays = [name for name, is_dir, size in entries if not is_dir and isinstance(size, int)]
         if strays:
             problems.append(f"{split}/ holds files outside class folders: {_some(strays)}.")
         files[split] = {}
@@ -101,7 +125,9 @@ def _scan(path: str) -> Listing:
             images = []
             for file, file_is_dir, size in _entries(root / split / name):
                 relative = f"{split}/{name}/{file}"
-                if file_is_dir:
+                if isinstance(size, str):
+                    unopenable.append(_unopenable(root / split / name / file, relative, size))
+                elif file_is_dir:
                     nested.append(relative + "/")
                 elif not file.lower().endswith(IMAGE_EXTENSIONS):
                     bad_type.append(relative)
@@ -121,6 +147,11 @@ def _scan(path: str) -> Listing:
             )
         if empty:
             problems.append(f"empty (0-byte) files: {_some(empty)}.")
+        if unopenable:
+            problems.append(
+                f"entries that cannot be opened: {_some(unopenable)}; restore what a broken link points to, "
+                "or remove the link."
+            )
         if not files[split]:
             problems.append(f"{split}/ has no class folders.")
     classes = sorted(files["train"])
