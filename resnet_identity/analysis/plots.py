@@ -1,5 +1,6 @@
-"""Figures in the papers' styles, drawn with matplotlib on axes the caller owns.
+"""Figures in the papers' styles, drawn with matplotlib.
 
+On axes the caller owns (a notebook's):
 - `plot_error_curves`: error vs iterations, thin lines for training error and bold for test
   error, one colour per network (v1 Fig. 1 and 6, v2 Fig. 1 and 6).
 - `plot_unit_series`: a per-unit quantity through depth (v2 Sec. 3-4 signal analysis), with
@@ -8,17 +9,27 @@
   drawn from the ops that `unit_ops.unit_ops` read off the traced code.
 - `png_bytes` / `show`: a figure as a 256-colour PNG (a third of matplotlib's RGBA size,
   the same pixels to the eye), saved and shown from one set of bytes.
+
+Written to a PNG file, for `reproduce`'s report (`report.write`); they draw on a bare
+`matplotlib.figure.Figure`, so no pyplot backend is chosen or changed:
+- `plot_table`: a table's rows, the paper's error beside ours.
+- `plot_curves`: a curves figure's panels (v1 Fig. 6, v2 Fig. 6), mean over seeds.
 """
 
 from __future__ import annotations
 
 import io
 from collections.abc import Mapping, Sequence
+from typing import Any
 
+import matplotlib.figure
 import numpy as np
 from etils import epath
 from matplotlib.ticker import MaxNLocator
 
+from resnet_identity.analysis.experiments import Experiment, Row
+from resnet_identity.analysis.paper import NO_FIGURE
+from resnet_identity.analysis.results import RunResult, our_figure, read_curves
 from resnet_identity.analysis.unit_ops import Op
 from resnet_identity.files import as_path, write_atomically
 
@@ -195,3 +206,140 @@ def show(fig, path: epath.PathLike | None = None, dpi: int = 100) -> None:
         write_atomically(path, data)
     display(Image(data))
     plt.close(fig)
+
+
+def _write_png(fig: matplotlib.figure.Figure, path: epath.PathLike) -> None:
+    as_path(path).write_bytes(png_bytes(fig, dpi=110))
+
+
+def _legend_once(ax, **options) -> None:
+    """A legend with each label once: the first artist that carries it."""
+    first: dict[str, Any] = {}
+    for handle, label in zip(*ax.get_legend_handles_labels()):
+        first.setdefault(label, handle)
+    ax.legend(list(first.values()), list(first), **options)
+
+
+def _bar(ax, y: float, width: float, height: float, color: str, failed: bool, label: str) -> None:
+    """A horizontal bar, hatched and outlined in black when it stands for a failure."""
+    ax.barh(
+        y, width, height, color=color, hatch="//" if failed else None, edgecolor="k" if failed else color, label=label
+    )
+
+
+def plot_table(
+    experiment: Experiment,
+    rows: tuple[Row, ...],
+    results: Mapping[str, list[RunResult]],
+    fail_above: float | None,
+    title: str,
+    path: epath.PathLike,
+) -> None:
+    """table.png: per row and measure, the paper's error (grey) beside our best (blue), with
+    our mean ± std as an error bar; a failed bar is hatched and reaches past the axis' end."""
+    bars = [(row, m) for row in rows for m in row.measures]
+    ours = [our_figure(m, results[row.key], fail_above) for row, m in bars]
+    papers = [(m.paper.value() if m.paper else None, m.paper.failed() if m.paper else False) for _, m in bars]
+    known = [v for v in [f.best for f in ours] + [p for p, _ in papers] if v is not None]
+    fail_width = max(known + [100 * (fail_above or 0.2)]) * 1.15
+    fig = matplotlib.figure.Figure(figsize=(8.5, 0.55 * len(bars) + 1.6))
+    ax = fig.subplots()
+    height = 0.38
+    for i, (figure, (paper_value, paper_failed)) in enumerate(zip(ours, papers)):
+        if paper_value is not None or paper_failed:
+            width = fail_width if paper_failed else paper_value
+            _bar(ax, i - height / 2, width, height, "0.6", paper_failed, "paper")
+            ax.text(width, i - height / 2, " fail" if paper_failed else f" {width:.2f}", va="center", fontsize=8)
+        else:
+            ax.text(0, i - height / 2, f" paper: {NO_FIGURE}", va="center", fontsize=8)
+        width = fail_width if figure.best is None else figure.best
+        _bar(ax, i + height / 2, width, height, "tab:blue", figure.failed, "ours (best seed)")
+        if figure.std is not None:
+            ax.errorbar(
+                figure.mean,
+                i + height / 2,
+                xerr=figure.std,
+                fmt="o",
+                color="k",
+                markersize=3,
+                capsize=3,
+                label="ours, mean ± std",
+            )
+        ax.text(width, i + height / 2, " " + figure.text(), va="center", fontsize=8)
+    if fail_above is not None:
+        ax.axvline(
+            100 * fail_above,
+            color="tab:red",
+            linestyle="--",
+            linewidth=1,
+            label=f"fail threshold ({100 * fail_above:g}%)",
+        )
+    names = [row.label + (f" [{m.column}]" if len(row.measures) > 1 else "") for row, m in bars]
+    ax.set_yticks(range(len(bars)), [n if len(n) < 48 else n[:45] + "..." for n in names], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, fail_width * 1.35)
+    ax.set_xlabel("test error (%)")
+    ax.set_title(title, pad=26, fontsize=10)
+    _legend_once(ax, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout()
+    _write_png(fig, path)
+
+
+def _mean_series(runs: list[RunResult], tag: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, mean over the runs that logged each step) of one tag."""
+    by_step: dict[int, list[float]] = {}
+    for run in runs:
+        for step, value in read_curves(run.workdir).get(tag, {}).items():
+            by_step.setdefault(step, []).append(value)
+    steps = np.array(sorted(by_step), dtype=float)
+    return steps, np.array([np.mean(by_step[s]) for s in sorted(by_step)], dtype=float)
+
+
+def _curves_panel(ax, rows: Sequence[Row], results, configs, curves: str) -> None:
+    """One panel of `plot_curves`: each row's curves, mean over its seeds, one colour per row."""
+    right = ax.twinx() if curves == "loss" else ax
+    for color, row in zip(COLORS, rows):
+        label = row.label if curves == "error" else f"{row.label} ({row.cells[-1]})"
+        depth = configs[row.key].model_overrides.get("depth")
+        label += f", at depth {depth}" if depth else ""
+        steps, train = _mean_series(results[row.key], "train/error" if curves == "error" else "train/loss")
+        steps_test, test = _mean_series(results[row.key], "test/error")
+        ax.plot(steps, (100 if curves == "error" else 1) * train, color=color, linewidth=0.9, linestyle="--")
+        right.plot(
+            steps_test, 100 * test, color=color, linewidth=2.4, label=label, marker="o" if len(steps_test) < 8 else None
+        )
+    ax.plot([], [], color="k", linewidth=0.9, linestyle="--", label=f"train {'error' if curves == 'error' else 'loss'}")
+    ax.set_xlabel("iterations")
+    ax.set_ylabel("error (%)" if curves == "error" else "training loss")
+    ax.grid(alpha=0.3)
+    handles = ax.get_legend_handles_labels()
+    if right is not ax:
+        right.set_ylabel("test error (%)")
+        handles = tuple(a + b for a, b in zip(right.get_legend_handles_labels(), handles))
+    ax.legend(*handles, fontsize=7, loc="upper right")
+
+
+def plot_curves(
+    experiment: Experiment,
+    rows: tuple[Row, ...],
+    results: Mapping[str, list[RunResult]],
+    configs: Mapping[str, Any],
+    title: str,
+    path: epath.PathLike,
+) -> None:
+    """curves.png, one panel per `experiment.panels` entry holding a row that ran (mean over seeds);
+    a curve's label names the depth it trained at where that is not the row's own.
+
+    "error" (v1 Fig. 6): training error thin and dashed, test error bold, in %.
+    "loss" (v2 Fig. 6): training loss dashed on the left axis, test error solid on the right.
+    """
+    ran = {row.key: row for row in rows}
+    panels = [p for p in experiment.panels if any(k in ran for k in p.rows)]
+    fig = matplotlib.figure.Figure(figsize=(5.2 * len(panels), 4.2))
+    for ax, panel in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
+        _curves_panel(ax, [ran[k] for k in panel.rows if k in ran], results, configs, experiment.curves)
+        ax.set_title(panel.title, fontsize=10)
+    training = "error" if experiment.curves == "error" else "loss"
+    fig.suptitle(f"{title}  (bold: test error; dashed: training {training})", fontsize=10)
+    fig.tight_layout()
+    _write_png(fig, path)

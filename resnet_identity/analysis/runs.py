@@ -16,7 +16,6 @@ the decisions above are made from files in the shared DIR, which process 0 alone
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -29,20 +28,11 @@ from resnet_identity import config as config_lib
 from resnet_identity import trainer
 from resnet_identity.analysis import report
 from resnet_identity.analysis.experiments import Experiment, Row, row_config
+from resnet_identity.analysis.results import RunResult
 from resnet_identity.files import as_path
 
 FINAL_METRICS = "final_metrics.json"
 FAILURE = "failure.json"
-
-
-@dataclasses.dataclass(frozen=True)
-class RunResult:
-    """One seed of one row: its final metrics ({} if it failed) and, if it failed, why."""
-
-    seed: int
-    workdir: str
-    metrics: dict[str, Any]
-    failure: str = ""
 
 
 def run_dir(workdir: epath.PathLike, row: Row, seed: int) -> epath.Path:
