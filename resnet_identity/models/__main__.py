@@ -1,7 +1,8 @@
 """`python -m resnet_identity.models [NAME] [--num-classes N] [--override key=value ...]`.
 
 Without a name, lists every model. With one, prints its parameters per stage, the
-total, and forward multiply-adds at the family's input size (32 for CIFAR, 224 for ImageNet).
+total, and forward multiply-adds at the family's input size (32 for CIFAR, 224 for ImageNet),
+with as many classes as the dataset of the family's paper recipe has (its `Facts`).
 """
 
 from __future__ import annotations
@@ -9,7 +10,12 @@ from __future__ import annotations
 import argparse
 import ast
 
+from resnet_identity import recipes
+from resnet_identity.data import registry as datasets
 from resnet_identity.models import registry, summary
+
+# Each family's paper recipe; the dataset it names sets the default number of classes.
+FAMILY_RECIPES = {"cifar": recipes.cifar, "imagenet": recipes.imagenet}
 
 
 def _parse_override(text: str) -> tuple[str, object]:
@@ -24,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m resnet_identity.models", description=__doc__)
     parser.add_argument("name", nargs="?", help="model name; omit to list all")
     parser.add_argument(
-        "--num-classes", type=int, default=None, help="default: 10 for CIFAR models, 1000 for ImageNet models"
+        "--num-classes", type=int, default=None, help="default: the classes of the paper recipe's dataset"
     )
     parser.add_argument(
         "--override",
@@ -41,8 +47,10 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.name not in registry.MODELS:
         parser.error(f"unknown model {args.name!r}; run without a name to list them")
-    family = registry.MODELS[args.name].family
-    num_classes = args.num_classes if args.num_classes is not None else (10 if family == "cifar" else 1000)
+    num_classes = args.num_classes
+    if num_classes is None:
+        paper_recipe = FAMILY_RECIPES[registry.MODELS[args.name].family](args.name)
+        num_classes = datasets.facts(paper_recipe).num_classes
     overrides = dict(_parse_override(o) for o in args.override)
     try:
         model = registry.create_model(args.name, num_classes=num_classes, **overrides)
