@@ -1,4 +1,4 @@
-"""Checkpoints that survive preemption, interrupted writes and corrupt files (issue 5).
+"""Checkpoints that survive preemption, interrupted writes and corrupt files.
 
 `Checkpointer` wraps one Orbax `CheckpointManager` (orbax-checkpoint 0.12.x) whose policies
 decide when to save and what to keep: `FixedIntervalPolicy(every_steps)` to save (asked
@@ -21,7 +21,9 @@ What Orbax does not do is notice a finalised checkpoint whose files were later d
 truncated or deleted file); it then fails inside `restore`. `Checkpointer.restore` tries the
 steps newest first, logs a warning naming each unreadable step and the error, and returns
 the newest one that restores. A state whose arrays differ from their saved digests (bit
-rot, which TensorStore's chunks do not detect) counts as unreadable. Unreadable steps are moved, not deleted, to
+rot, which TensorStore's chunks do not detect) counts as unreadable, and so does one whose
+digest record is missing or damaged (`saved_steps.verify_saved`, shared with the read-only `read_saved`).
+Unreadable steps are moved, not deleted, to
 `<dir>/corrupt/<step>`: left in place, a bad step `N` would stay `latest_step()`, and Orbax
 would refuse to save any step up to `N` again, leaving the resumed run unprotected.
 
@@ -46,17 +48,18 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from etils import epath
 from jax.experimental import multihost_utils
 
-from resnet_identity import integrity
+from resnet_identity import integrity, saved_steps
 from resnet_identity.files import WriteError, as_path, explain_write_errors, is_local, move_directory
 
-STATE_ITEM = "state"
-META_ITEM = "meta"
-DIGEST_ITEM = "digests"
+# Part of this module's interface, kept in `saved_steps` with the read-only reader.
+from resnet_identity.saved_steps import DIGEST_ITEM, META_ITEM, STATE_ITEM, describe, why_unusable
+from resnet_identity.saved_steps import CheckpointRestoreError as CheckpointRestoreError
+from resnet_identity.saved_steps import finalized_steps as finalized_steps
+from resnet_identity.saved_steps import read_saved as read_saved
+
 CORRUPT_SUBDIR = "corrupt"
-COMMIT_SUCCESS_FILE = "commit_success.txt"  # Orbax's marker of a finalised step on Cloud Storage
 
 log = logging.getLogger(__name__)
 policies = ocp.checkpoint_managers
@@ -64,10 +67,6 @@ policies = ocp.checkpoint_managers
 
 class CheckpointWriteError(WriteError):
     """The checkpoint directory cannot be written (permissions, full disk, bad path)."""
-
-
-class CheckpointRestoreError(RuntimeError):
-    """No checkpoint in the directory could be restored; the message says what to do."""
 
 
 class CheckpointLayoutError(CheckpointRestoreError):
@@ -93,24 +92,6 @@ def _agree_all(ok: bool) -> bool:
     if jax.process_count() == 1:
         return ok
     return bool(np.all(multihost_utils.process_allgather(np.asarray(ok, np.int32))))
-
-
-def finalized_steps(directory: epath.PathLike) -> list[int]:
-    """The steps saved in `directory`, local or gs://, without starting a `CheckpointManager`.
-
-    Orbax's default naming: locally a finalised step is a directory named by its number (one
-    still being written has a temporary suffix); on Cloud Storage, where a directory cannot
-    be renamed atomically, a step counts once its `COMMIT_SUCCESS_FILE` exists.
-    """
-    directory = as_path(directory)
-    if not directory.is_dir():
-        return []
-    local = is_local(directory)
-    return sorted(
-        int(step.name)
-        for step in directory.iterdir()
-        if step.name.isdigit() and (step.is_dir() if local else (step / COMMIT_SUCCESS_FILE).exists())
-    )
 
 
 class Checkpointer:
@@ -259,10 +240,10 @@ class Checkpointer:
             if not _agree_all(error is None):
                 error = error or RuntimeError("another process could not read this checkpoint")
                 log.warning(
-                    "Checkpoint at step %d in %s is unreadable (%s); trying the previous one.",
+                    "Checkpoint at step %d in %s %s; trying the previous one.",
                     step,
                     self.directory,
-                    _describe(error),
+                    why_unusable(error),
                 )
                 failures.append((step, error))
                 continue
@@ -270,7 +251,7 @@ class Checkpointer:
                 self._quarantine(bad_step)
             return restored, step
         if failures:
-            reasons = "; ".join(f"step {s}: {_describe(e)}" for s, e in failures)
+            reasons = "; ".join(f"step {s}: {describe(e)}" for s, e in failures)
             raise CheckpointRestoreError(
                 f"No checkpoint in {self.directory} could be restored ({reasons}). If every step "
                 "fails the same way, the model or optimiser config probably differs from the run "
@@ -287,7 +268,7 @@ class Checkpointer:
         def restore(target: Any) -> Any:
             args = ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardRestore(target)})
             state = self._manager.restore(step, args=args)[STATE_ITEM]
-            integrity.verify(state, self._digests(step))  # before a relayout changes the arrays
+            saved_steps.verify_saved(as_path(self.directory), step, state)  # before a relayout changes the arrays
             return state
 
         if relayout is None:
@@ -307,7 +288,7 @@ class Checkpointer:
         except Exception as e:
             raise CheckpointLayoutError(
                 f"Checkpoint {step} in {self.directory} holds another model's state, not only another layout "
-                f"({_describe(e)}): beyond model_overrides.scan, .remat and .unroll, the model or optimiser differs "
+                f"({describe(e)}): beyond model_overrides.scan, .remat and .unroll, the model or optimiser differs "
                 "from the run that wrote it. Resume with that run's config, or use a new workdir."
             ) from e
         state = jax.jit(lambda s: relayout(s, abstract), out_shardings=sharding)(restore(saved_layout))
@@ -319,9 +300,6 @@ class Checkpointer:
                 self.directory,
             )
         return state
-
-    def _digests(self, step: int) -> dict[str, str]:
-        return _saved_digests(self._manager, as_path(self.directory), step)
 
     def metadata(self, step: int) -> dict[str, Any]:
         """The JSON stored with `step` by `maybe_save`; {} with a warning if it is missing or
@@ -336,7 +314,7 @@ class Checkpointer:
                 "is used without it.",
                 step,
                 self.directory,
-                _describe(e),
+                describe(e),
             )
             return {}
 
@@ -349,7 +327,7 @@ class Checkpointer:
             if target.exists():
                 target = target.parent / f"{step}.{time.strftime('%Y%m%d-%H%M%S')}"
             move_directory(source, target)
-            log.warning("Moved unreadable checkpoint step %d to %s for inspection; it is not deleted.", step, target)
+            log.warning("Moved checkpoint step %d to %s for inspection; it is not deleted.", step, target)
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices(f"checkpointing_quarantine_{step}")
         self._manager.reload()
@@ -374,69 +352,6 @@ class Checkpointer:
         self.close()
 
 
-def _saved_digests(manager: ocp.CheckpointManager, directory: epath.Path, step: int) -> dict[str, Any]:
-    """The digests saved with `step`; {} for a step saved before digests were."""
-    if not (directory / str(step) / DIGEST_ITEM).exists():
-        return {}
-    return dict(manager.restore(step, args=ocp.args.Composite(**{DIGEST_ITEM: ocp.args.JsonRestore()}))[DIGEST_ITEM])
-
-
-def read_saved(directory: epath.PathLike, step: int | None = None) -> tuple[dict[str, Any], int]:
-    """Checkpoint `step` (None: the newest) of `directory`, read-only, as `(state, step)`: the
-    state as saved (nested dicts of numpy arrays, in the saved layout), checked against the
-    digests saved with it. Nothing is written, moved or awaited, and no lease is taken, so a
-    run that is still training can be read (evaluation, prediction, export, fine-tuning).
-    Raises `CheckpointRestoreError`: no checkpoint, no such step, or damaged data."""
-    directory = as_path(directory)
-    steps = finalized_steps(directory)
-    if not steps:
-        raise CheckpointRestoreError(f"{directory} holds no checkpoint yet.")
-    step = steps[-1] if step is None else step
-    if step not in steps:
-        raise CheckpointRestoreError(f"{directory} has no checkpoint at step {step}; it has steps {steps}.")
-    with _without_orbax_notes():
-        state = _read_verified(directory, step)
-    return jax.tree.map(np.asarray, state), step
-
-
-@contextlib.contextmanager
-def _without_orbax_notes() -> Iterator[None]:
-    """Drops Orbax's log records for the duration: a read-only read makes it note that it will
-    not save, and name the items (`meta`) that are not read; none concerns the user."""
-    logger = logging.getLogger("absl")
-
-    def keep(record: logging.LogRecord) -> bool:
-        return "orbax" not in record.pathname
-
-    logger.addFilter(keep)
-    try:
-        yield
-    finally:
-        logger.removeFilter(keep)
-
-
-def _read_verified(directory: epath.Path, step: int) -> Any:
-    manager = ocp.CheckpointManager(
-        directory,
-        options=ocp.CheckpointManagerOptions(read_only=True, create=False),
-        item_handlers={STATE_ITEM: ocp.StandardCheckpointHandler(), DIGEST_ITEM: ocp.JsonCheckpointHandler()},
-    )
-    try:
-        saved = manager.item_metadata(step)[STATE_ITEM]
-        cpu = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
-        target = jax.tree.map(
-            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=cpu), getattr(saved, "tree", saved)
-        )
-        state = manager.restore(step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardRestore(target)}))
-        state = state[STATE_ITEM]
-        integrity.verify(state, _saved_digests(manager, directory, step), complete=True)
-    except Exception as e:  # Orbax/TensorStore raise ValueError, OSError or bare Exception.
-        raise CheckpointRestoreError(f"Checkpoint {step} in {directory} is unreadable: {_describe(e)}.") from e
-    finally:
-        manager.close()
-    return state
-
-
 def _shapes_by_path(tree: Any) -> dict[tuple[str, ...], tuple[int, ...]]:
     """The shapes of `tree`'s leaves by their paths, named whatever kind of node holds them,
     so that a `TrainState` and the dicts and lists of a checkpoint's metadata compare equal
@@ -451,11 +366,3 @@ def _shapes_by_path(tree: Any) -> dict[tuple[str, ...], tuple[int, ...]]:
     return {
         tuple(name(k) for k in path): tuple(leaf.shape) for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
     }
-
-
-def _describe(error: BaseException) -> str:
-    """`Type: message` of the innermost cause: TensorStore's outer message omits the file."""
-    while (inner := error.__cause__ or error.__context__) is not None:
-        error = inner
-    text = (str(error).strip().splitlines() or [""])[0]
-    return f"{type(error).__name__}: {text[:300]}"

@@ -1,4 +1,4 @@
-"""Checkpointing (issue 5, "never lose a run"): round trips, retention, atomicity, corruption
+"""Checkpointing ("never lose a run"): round trips, retention, atomicity, corruption
 fallback and unwritable workdirs, against the pinned orbax-checkpoint.
 
 The state is a real `TrainState` from `create_train_state` (via `jax.eval_shape`, then filled
