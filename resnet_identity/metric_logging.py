@@ -12,7 +12,8 @@ On Cloud Storage, where an object cannot grow, `metrics.jsonl` and the event fil
 rewritten whole at each write from an in-memory copy, in one upload each (GCS makes an
 upload visible whole or not at all); locally they are appended to.
 
-Resume: `metrics.jsonl` is cut back to the restored step, so no step appears twice there.
+Resume: `metrics.jsonl` is cut back to the restored step, so no step appears twice there,
+and lines that are not records (undecodable bytes, a torn last line) are moved aside.
 A resumed run starts a new event file and logs a `resumed_from_step` scalar, and
 `read_metrics` keeps the newest file's value of each step.
 """
@@ -37,6 +38,8 @@ METRICS_FILE = "metrics.jsonl"
 # Records of steps a resumed run redoes (and lines without a step), moved out of METRICS_FILE
 # rather than deleted.
 SUPERSEDED_FILE = "metrics.superseded.jsonl"
+# Lines of METRICS_FILE that are not records (undecodable bytes, not JSON), kept as they were.
+DAMAGED_FILE = "metrics.damaged.jsonl"
 EVENTS_PATTERN = "events.out.tfevents.*"
 
 
@@ -142,25 +145,30 @@ def _truncate_after(path: epath.Path, step: int) -> list[str]:
     kept: records past `step` belong to steps the resumed run will redo (after a preemption,
     or a fallback to an older checkpoint).
 
-    A line that does not parse (the half-written last record of a killed run) is dropped,
-    with a warning, so that the next append starts on a line of its own. A line without a
-    step (written by hand, say) is moved out with a warning too, kept in `SUPERSEDED_FILE`.
+    A line without a step (written by hand, say) is moved to `SUPERSEDED_FILE` with a
+    warning. A line that is not a record (bytes that are not UTF-8, from a damaged disk or
+    an editor; a half-written last record of a killed run) is moved, byte for byte, to
+    `DAMAGED_FILE` with a warning: the resume repairs the file rather than fail on it.
     """
     if not path.exists():
         return []
-    kept, superseded = [], []
-    for number, line in enumerate(path.read_text().splitlines(keepends=True), 1):
-        if not line.strip():
+    kept, superseded, damaged = [], [], []
+    for number, raw in enumerate(path.read_bytes().splitlines(keepends=True), 1):
+        if not raw.strip():
             continue
         try:
+            line = raw.decode()
             record = json.loads(line)
-        except json.JSONDecodeError:
+        except ValueError as e:  # UnicodeDecodeError and JSONDecodeError alike
             logging.warning(
-                "Dropping line %d of %s, which is not a whole record (a run killed while writing it): %.80r",
+                "Moving line %d of %s, which is not a whole record (%s), to %s: %.80r",
                 number,
                 path,
-                line,
+                "not UTF-8 text" if isinstance(e, UnicodeDecodeError) else "not JSON: a run killed while writing it?",
+                DAMAGED_FILE,
+                raw,
             )
+            damaged.append(raw if raw.endswith(b"\n") else raw + b"\n")
             continue
         if not isinstance(record, dict) or not isinstance(record.get("step"), int):
             logging.warning(
@@ -172,7 +180,12 @@ def _truncate_after(path: epath.Path, step: int) -> list[str]:
             )
             superseded.append(line)
             continue
-        (kept if record["step"] <= step else superseded).append(line)
+        (kept if record["step"] <= step else superseded).append(line if line.endswith("\n") else line + "\n")
+    if damaged:
+        damaged_path = path.parent / DAMAGED_FILE
+        write_atomically(
+            damaged_path, (damaged_path.read_bytes() if damaged_path.exists() else b"") + b"".join(damaged)
+        )
     if superseded:
         append_text(path.parent / SUPERSEDED_FILE, "".join(superseded))
     write_atomically(path, "".join(kept))

@@ -1,15 +1,17 @@
-"""TensorBoard events and metrics that survive kills; a resume on another device count warns.
-(On a gs:// workdir: test_gcs.py.)"""
+"""TensorBoard events and metrics that survive kills; a resume on another device count warns;
+a damaged metrics.jsonl is repaired at resume. (On a gs:// workdir: test_gcs.py.)"""
 
 import json
 import os
 import signal
+import subprocess
+import sys
 
 import jax
 import pytest
 
 from resnet_identity import trainer
-from resnet_identity.metric_logging import EVENTS_PATTERN, MetricLogger, read_metrics
+from resnet_identity.metric_logging import DAMAGED_FILE, EVENTS_PATTERN, MetricLogger, read_metrics
 from tests.test_resilience import _run_until_killed, _worker_cmd
 from tests.train_worker import tiny_config
 
@@ -53,3 +55,45 @@ def test_a_sigkilled_run_keeps_its_curves_and_a_resume_on_other_devices_warns(tm
     assert sorted(read_metrics(tmp_path)["train/loss"]) == [1, 2, 3, 4, 5, 6]
     logged = [json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl") if "train/loss" in line]
     assert logged == [1, 2, 3, 4, 5, 6]
+
+
+def test_lines_that_are_not_records_are_moved_aside_at_resume(tmp_path, caplog):
+    logger = MetricLogger(tmp_path, resumed_from=0)
+    for step in (1, 2, 3):
+        logger.write(step, "train", {"loss": step / 10})
+    lines = (tmp_path / "metrics.jsonl").read_bytes().splitlines(keepends=True)
+    undecodable = lines[1].replace(b'"step"', b'"st\xffep"')  # one byte that is not UTF-8
+    torn = lines[2][:-9]  # a killed run's half-written last record, without its newline
+    (tmp_path / "metrics.jsonl").write_bytes(lines[0] + undecodable + torn)
+    resumed = MetricLogger(tmp_path, resumed_from=1)
+    resumed.write(2, "train", {"loss": 0.25})
+    assert [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [
+        {"step": 1, "train/loss": 0.1},
+        {"step": 2, "train/loss": 0.25},
+    ]
+    assert (tmp_path / DAMAGED_FILE).read_bytes() == undecodable + torn + b"\n"  # byte for byte
+    assert "line 2" in caplog.text and "not UTF-8" in caplog.text and "line 3" in caplog.text
+
+
+def test_train_py_resumes_a_workdir_whose_metrics_have_an_undecodable_byte(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cmd = [
+        sys.executable,
+        os.path.join(root, "train.py"),
+        f"--config={os.path.join(root, 'configs', 'quickstart.py')}:smoke",
+        f"--workdir={tmp_path}",
+        "--config.model_overrides.depth=8",
+        "--config.log_every_steps=1",
+        "--config.eval_every_steps=1000",
+    ]
+    env = {**os.environ, "PYTHONPATH": root}
+    first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    data = (tmp_path / "metrics.jsonl").read_bytes()
+    (tmp_path / "metrics.jsonl").write_bytes(data.replace(b'"train/loss"', b'"train/lo\xa7s"', 1))
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "Traceback" not in again.stderr, again.stderr[-3000:]
+    assert "not UTF-8" in again.stderr and DAMAGED_FILE in again.stderr
+    assert b"\xa7" in (tmp_path / DAMAGED_FILE).read_bytes()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "train/loss" in r] == [2, 3, 4, 5, 6]
