@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU figures of "Depth at no cost" (targets 2, 4 and 7), one command per row of
-# benchmarks/RESULTS.md "7. GPU".
+# benchmarks/results/history/2026-11-23.md, "7. GPU (one H200)".
 #
 #   bash benchmarks/gpu_suite.sh [SECTION ...]
 #
@@ -16,10 +16,10 @@
 #   `profile` writes perfetto traces of 3 steps to $OUT/*.json.gz. These sections have not
 #   been timed as a whole.
 #
-# Their rows in RESULTS.md were measured on 2026-11-23, before three defaults changed:
-# scanned models' `remat="elementwise"` (the rows pass `--remat=none` to match), and on
-# CUDA the 1x1 products and `GPU_STEP_OPTIONS` (add `--no-products`, and set each option to
-# false in XLA_FLAGS, to reproduce those rows exactly).
+# Their rows (RESULTS.md, results/history/superseded_rows.md) were measured on 2026-11-23,
+# before three defaults changed: scanned models' `remat="elementwise"` (the rows pass
+# `--remat=none` to match), and on CUDA the 1x1 products and `GPU_STEP_OPTIONS` (add
+# `--no-products`, and set each option to false in XLA_FLAGS, to reproduce those rows exactly).
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_suite}

@@ -1,10 +1,10 @@
 """What a compiled XLA program runs per call, counted from its optimised HLO text.
 
 A scanned ResNet-1001 step on a GPU is bound by how many kernels it runs, not by its
-arithmetic (benchmarks/RESULTS.md, "7. GPU": about 29,400 kernels per step averaging
-4.8 us). `census(compiled.as_text())` counts the operations of the scheduled program that
-each run as a kernel or library call, the body of a while loop once per iteration (its
-`known_trip_count`), by kind:
+arithmetic: tens of thousands of kernels per step, a few microseconds each
+(benchmarks/results/history/2026-11-23.md, "7. GPU (one H200)"). `census(compiled.as_text())`
+counts the operations of the scheduled program that each run as a kernel or library call,
+the body of a while loop once per iteration (its `known_trip_count`), by kind:
 - "fusion:kLoop", "fusion:kInput" (reductions), "fusion:__triton_gemm", ... for fusions
   (a kCustom fusion is named by its backend config);
 - "custom-call:TARGET" for library calls ("__cudnn$convForward", "__cublas$gemm", ...);

@@ -8,9 +8,9 @@ training path of `resnet_identity/data/streamed.py` over `imagenet.py`'s TFDS so
 unchanged: shuffle buffer of encoded
 JPEGs, the recipe's crop decoding only its window, 224x224 uint8 batches) yields
 images on this host, the CPU time it spends per image, and from that the number of such
-cores that would keep up with the ResNet-50 step measured on one H200 (8,046 images/s,
-benchmarks/RESULTS.md "7. GPU"). The flip and colour augmentation are not in it: they run
-on the device inside the train step.
+cores that would keep up with the ResNet-50 step measured on one H200
+(`H200_RESNET50_IMAGES_PER_S`, target 7a in benchmarks/RESULTS.md). The flip and colour
+augmentation are not in it: they run on the device inside the train step.
 
 The JPEGs are synthetic, so no dataset is needed: `--images` distinct pictures at
 ImageNet's common sizes (long side 500, short side 333-375, either orientation), smooth
@@ -36,7 +36,7 @@ import numpy as np
 from benchmarks.step_time import cpu_seconds, load_average
 
 NUM_TRAIN = 1_281_167  # ImageNet-1k train split
-H200_RESNET50_IMAGES_PER_S = 8_046  # benchmarks/RESULTS.md, "7. GPU": bf16, batch 1024
+H200_RESNET50_IMAGES_PER_S = 8_046  # benchmarks/RESULTS.md, target 7a: bf16, batch 1024
 LONG_SIDE, SHORT_SIDES = 500, (333, 375)
 
 

@@ -33,8 +33,8 @@ from typing import Any
 from benchmarks import hlo_census, step_time
 from resnet_identity import xla_config
 
-# XLA:GPU options aimed at the scan's bookkeeping (RESULTS.md "7. GPU": per-iteration slice
-# copies, residual writes and zero-fills, about 45 ms of a ResNet-1001 step).
+# XLA:GPU options aimed at the scan's bookkeeping (per-iteration slice copies, residual writes
+# and zero-fills: benchmarks/results/history/2026-11-23.md, "7. GPU (one H200)").
 _CONV_FUSION = "xla_gpu_experimental_enable_conv_fusion"
 BOOKKEEPING = {k: v for k, v in xla_config.GPU_STEP_OPTIONS.items() if k != _CONV_FUSION}
 
@@ -52,7 +52,7 @@ _R50 = {"model": "resnet50", "batch": 256, "dtype": "bfloat16", "steps": 10}
 _1001_OPTIONS = ["1001_best_bookkeeping", "1001_best_pdl", "1001_best_conv_fusion", "1001_best_triton_any"]
 
 PLANS: dict[str, list[dict[str, Any]]] = {
-    # The exploration of 2026-11-29 (benchmarks/RESULTS.md, "7. GPU, 2026-11-29"), when the GPU
+    # The exploration of 2026-11-29 (benchmarks/results/history/2026-11-29.md), when the GPU
     # step had no options of its own: to reproduce it, turn each of `xla_config.GPU_STEP_OPTIONS`
     # off in XLA_FLAGS (`gpu_suite.sh explore` does).
     "gpu": [

@@ -3,7 +3,7 @@
 Launch:
   python train.py --config=configs/cifar_preact164.py --workdir=workdirs/cifar_preact164
 Presets (after a colon): smoke, released_code; e.g. `--config=configs/cifar_preact164.py:smoke`.
-Expected runtime: not measured here; benchmarks/RESULTS.md has our step times (pre-act 164 on an H200).
+Expected runtime: not measured here; benchmarks/RESULTS.md has our step times.
 """
 
 from resnet_identity import recipes

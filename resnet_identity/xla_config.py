@@ -50,7 +50,8 @@ HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"
 FAST_INIT_OPTIONS = {"xla_backend_optimization_level": 0}
 STEP_OPTIONS = {"xla_cpu_copy_insertion_use_region_analysis": True}
 # LLVM -O1 rather than XLA's -O2 for the steps' generated loops: the convolutions and matrix
-# products are library calls either way. Compiles about 20% sooner at the same step time.
+# products are library calls either way, so the steps compile sooner and step as fast
+# (benchmarks/results/history/2026-11-23.md, "1. Ready in seconds").
 STEP_OPTIMIZATION_LEVEL = {"xla_backend_optimization_level": 1}
 # XLA:GPU options for the steps (module docstring).
 GPU_STEP_OPTIONS = {

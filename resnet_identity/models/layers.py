@@ -78,7 +78,8 @@ def normalise_terms(x, scale, bias, epsilon):
     catastrophically once |mean| >> std: 11% error at mean = 1000 std. With s a value of the
     group, |E[x-s]| is a few std at most, and the error stays at float32 rounding (Chan,
     Golub & LeVeque 1983, "Algorithms for computing the sample variance"). One pass rather
-    than the two-pass (x - mean)^2 because it was faster on a GPU (benchmarks/RESULTS.md, "GPU").
+    than the two-pass (x - mean)^2 because it was faster on a GPU
+    (benchmarks/results/history/2026-11-23.md, "7. GPU (one H200)", change (c)).
     """
     x = x.astype(jnp.float32)
     axes = tuple(range(1, x.ndim - 1))

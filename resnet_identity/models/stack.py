@@ -5,15 +5,16 @@ for both paths) followed by n-1 identical units. `UnitStack` applies those n-1 u
 
 - `scan=True` traces and compiles one unit and loops over stacked parameters
   (`nn.scan`), so init and compile time stay flat with depth: ResNet-1001's 330
-  repeated units cost about what ResNet-164's 51 do.
+  repeated units compile as one, as ResNet-164's 51 do (benchmarks/RESULTS.md, target 1).
 - `scan=False` unrolls a Python loop, one module per unit (`unit0`, `unit1`, ...).
 - `remat` rematerialises activations in the backward pass (`jax.checkpoint`). Without
-  it a unit keeps ~4.7x its input in activations (`ACTIVATIONS_PER_INPUT`).
+  it a unit keeps several times its input in activations (`ACTIVATIONS_PER_INPUT`).
   - "elementwise" keeps what the convolutions compute (each BN's input) and BN's
     per-channel statistics, and recomputes only the elementwise BN-ReLU before each
     convolution: no convolution runs twice. A pre-activation bottleneck unit then keeps
-    1.5x its input (x, and the two C/4-wide conv outputs) instead of ~4.5x, which halves
-    ResNet-164's temporaries and, on CPU, the scan's buffer fills and writes.
+    1.5x its input (x, and the two C/4-wide conv outputs), which cuts the temporaries
+    and, on CPU, the scan's buffer fills and writes (benchmarks/results/history/2026-11-23.md,
+    "3. CPU speed against PyTorch").
   - "unit" keeps each unit's input and recomputes the unit once; every unit's input is
     still kept (330 of them in ResNet-1001).
   - "block" keeps one input per block of L units and recomputes a block's forward pass
