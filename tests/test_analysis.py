@@ -173,3 +173,31 @@ def test_paper_experiments_cover_the_registry():
             assert row.model in models.available_models(), row
             assert row.overrides.get("unit", next(iter(models.UNITS))) in models.UNITS, row
     assert set(paper.PARAMETERS) <= set(models.available_models())
+
+
+def test_analysis_modules_import_one_way():
+    """No module of `analysis` imports, even for type checking or inside a function, one that
+    imports it back: `runs` -> `report` -> `plots` -> `results`, never the other way."""
+    import ast
+    import pathlib
+
+    import resnet_identity.analysis as package
+
+    folder = pathlib.Path(package.__file__).parent
+    imports = {}
+    for path in folder.glob("*.py"):
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "resnet_identity.analysis":
+                names |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom | ast.Import):
+                for module in [node.module] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]:
+                    if module and module.startswith("resnet_identity.analysis."):
+                        names.add(module.split(".")[2])
+        imports[path.stem] = names
+    assert imports["runs"] >= {"report", "results"} and "results" in imports["plots"]
+
+    def reaches(start: str, target: str, seen: set[str]) -> bool:
+        return any(n == target or (n not in seen and reaches(n, target, seen | {n})) for n in imports.get(start, ()))
+
+    assert [module for module in imports if reaches(module, module, set())] == []
