@@ -4,9 +4,11 @@
   python -m resnet_identity.predict --workdir=RUN [--step=N] [--json] IMAGE...
   python -m resnet_identity.predict --weights=DIR --model=NAME --features=OUT.npz IMAGE...
 
-Reads JPEG and PNG files (Pillow; no TensorFlow or torch needed) and prints each image's
-five likeliest classes with their names and probabilities; --json prints one line per image
-instead, `{"image": ..., "top5": [[class_index, class_name, probability], ...]}`.
+Reads JPEG, PNG and the other files Pillow opens, in each pixel mode `data/images.py` lists
+(16-bit and float images scaled to 8 bits as training decodes them, transparency dropped, EXIF
+orientation applied, an animated image's first frame, with a note), without TensorFlow or
+torch, and prints each image's five likeliest classes with their names and probabilities;
+--json prints one line per image instead, `{"image": ..., "top5": [[class_index, class_name, probability], ...]}`.
 --features writes each image's pooled features (the input of the classifier) to OUT.npz:
 `features` [images, channels] in the order given, and `images` (the paths).
 
@@ -21,11 +23,13 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 
 import numpy as np
 from absl import flags
 
 from resnet_identity import cli
+from resnet_identity.data.images import ImageError, read_image
 from resnet_identity.files import as_path
 
 FLAGS = flags.FLAGS
@@ -44,26 +48,6 @@ def define_flags() -> None:
 
 TOP = 5
 BATCH = 16  # images per forward pass; the last batch is padded, so one compile serves all
-
-
-class ImageError(ValueError):
-    """An image that is missing or cannot be decoded."""
-
-
-def read_image(path: str) -> np.ndarray:
-    """An image file as uint8 RGB [H, W, 3]; raises `ImageError` saying what is wrong."""
-    from PIL import Image, UnidentifiedImageError
-
-    file = as_path(path)
-    if not file.exists():
-        raise ImageError(f"No such image: {path}.")
-    try:
-        with Image.open(io.BytesIO(file.read_bytes())) as image:
-            return np.asarray(image.convert("RGB"))
-    except UnidentifiedImageError as e:
-        raise ImageError(f"Cannot read {path}: not an image format Pillow decodes (JPEG or PNG expected).") from e
-    except OSError as e:  # a truncated or damaged file
-        raise ImageError(f"Cannot read {path} as an image: {e}.") from e
 
 
 def preprocess(image: np.ndarray, preprocessing) -> np.ndarray:
@@ -124,7 +108,12 @@ def predict(images: list[str]) -> list[str]:
 
     if not images:
         raise cli.UserError("give at least one image file: python -m resnet_identity.predict ... IMAGE...")
-    pixels = [read_image(path) for path in images]  # every image is checked before anything compiles
+    pixels = []
+    for path in images:  # every image is checked before anything compiles
+        image, note = read_image(path)
+        if note:
+            print(f"note: {note}", file=sys.stderr, flush=True)
+        pixels.append(image)
     weights = weights_lib.load_weights_or_run(
         workdir=FLAGS.workdir, step=FLAGS.step, weights=FLAGS.weights, model=FLAGS.model
     )

@@ -16,6 +16,7 @@ from PIL import Image
 
 from resnet_identity import interop, predict
 from resnet_identity import weights as weights_lib
+from resnet_identity.data.images import read_image
 from resnet_identity.interop._torch import import_torchvision
 from tests.test_interop_torchvision import randomise_batch_norms
 
@@ -89,7 +90,7 @@ def test_features_are_the_classifiers_input(converted, tmp_path):
     reference, root = converted
     images = [root / "wide.png", root / "tall.jpg"]
     weights = weights_lib.load_weights(root / "weights")
-    inputs = np.stack([predict.preprocess(predict.read_image(str(path)), weights.preprocessing) for path in images])
+    inputs = np.stack([predict.preprocess(read_image(str(path))[0], weights.preprocessing) for path in images])
     probabilities, features = predict.forward(weights, inputs)
     expected_probabilities, expected_features = _torch_outputs(reference, images)
     assert features.shape == (2, 512)
@@ -109,3 +110,68 @@ def test_bad_input_is_one_message_and_exit_1(converted, tmp_path):
         done = _run(*args)
         assert done.returncode == 1 and done.stderr.startswith(message), done.stderr
         assert "Traceback" not in done.stderr and done.stdout == ""
+
+
+def _write_modes(root):
+    """{name: (path, the uint8 RGB it must decode to)} for real files of each pixel mode, written by
+    Pillow, from one 8-bit grey picture and its RGB twin."""
+    rows, columns = np.mgrid[0:64, 0:80]
+    grey = ((rows * 3 + columns * 2 + 37 * np.sin(columns / 5.0)) % 256).astype(np.uint8)
+    rgb = np.stack([grey, 255 - grey, np.roll(grey, 7, axis=1)], -1)
+    as_rgb = np.repeat(grey[..., None], 3, -1)
+    files = {}
+
+    def save(name, image, expected, **options):
+        image.save(root / name, **options)
+        files[name] = (root / name, expected)
+
+    save("grey8.png", Image.fromarray(grey), as_rgb)
+    save("grey16.png", Image.fromarray(grey.astype(np.uint16) * 257), as_rgb)  # Pillow writes I;16
+    save("grey16.tif", Image.fromarray((grey.astype(np.uint16) << 8) + 255), as_rgb)  # high byte counts
+    save("int32.tif", Image.fromarray(grey.astype(np.int32) << 23, "I"), as_rgb)
+    save("float32.tif", Image.fromarray(grey.astype(np.float32) / 255.0, "F"), as_rgb)
+    save("grey_alpha.png", Image.fromarray(np.stack([grey, 255 - grey], -1), "LA"), as_rgb)
+    save("rgba.png", Image.fromarray(np.concatenate([rgb, grey[..., None]], -1), "RGBA"), rgb)
+    palette = Image.fromarray(rgb).quantize(16)
+    palette_rgb = np.asarray(palette.convert("RGB"))
+    save("palette.png", palette, palette_rgb)
+    transparent = palette.copy()
+    transparent.info["transparency"] = 3  # palette entry 3 is transparent: its colour is kept
+    save("palette_transparent.png", transparent, palette_rgb, transparency=3)
+    save("palette_alpha.tif", Image.fromarray(np.stack([grey, 255 - grey], -1), "LA").convert("PA"), as_rgb)
+    save(
+        "cmyk.tif",
+        Image.fromarray(rgb).convert("CMYK"),
+        np.asarray(Image.fromarray(rgb).convert("CMYK").convert("RGB")),
+    )
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: the stored pixels are shown rotated 90 degrees clockwise
+    save("rotated.png", Image.fromarray(np.ascontiguousarray(np.rot90(rgb, 1))), rgb, exif=exif)
+    frames = [Image.fromarray(grey), Image.fromarray(255 - grey)]
+    save("animated.gif", frames[0], as_rgb, save_all=True, append_images=frames[1:])
+    save("white.png", Image.fromarray(np.full_like(grey, 255)), np.full_like(as_rgb, 255))
+    return files
+
+
+def test_every_pixel_mode_decodes_to_the_values_training_sees(tmp_path):
+    from resnet_identity.data import images
+
+    for name, (path, expected) in _write_modes(tmp_path).items():
+        pixels, note = images.read_image(str(path))
+        assert pixels.dtype == np.uint8 and pixels.shape == expected.shape, name
+        np.testing.assert_array_equal(pixels, expected, err_msg=name)
+        assert (note is not None) == (name == "animated.gif"), name
+    assert Image.open(tmp_path / "grey16.png").mode == "I;16"  # the mode Pillow's convert("RGB") clips to white
+    assert (np.asarray(Image.open(tmp_path / "grey16.png").convert("RGB")) == 255).mean() > 0.9
+
+
+def test_a_16_bit_png_predicts_as_its_8_bit_twin_not_as_white(converted, tmp_path):
+    _, root = converted
+    files = _write_modes(tmp_path)
+    names = ["grey8.png", "grey16.png", "white.png", "animated.gif"]
+    done = _run(f"--weights={root / 'weights'}", "--model=resnet18", "--json", *(files[n][0] for n in names))
+    assert done.returncode == 0, done.stderr
+    top = {name: json.loads(line)["top5"] for name, line in zip(names, done.stdout.splitlines())}
+    assert top["grey16.png"] == top["grey8.png"] == top["animated.gif"]
+    assert top["white.png"] != top["grey8.png"]
+    assert done.stderr.splitlines() == [f"note: {files['animated.gif'][0]} is animated (2 frames); the first is used."]
