@@ -20,7 +20,7 @@ Training crops (``TRAIN_CROPS``, chosen by ``<dataset>.train_crop``; docs/papers
     repeated where the whole resized image would blend in their neighbours.
     Decoding the whole JPEG and resizing all of it to S first costs about
     twice the host CPU (``benchmarks/imagenet_pipeline.py``; figures in
-    benchmarks/RESULTS.md).
+    benchmarks/results/history/2026-11-23.md, "ImageNet host pipeline").
   * ``'scale_aspect'``, fb.resnet.torch's ``RandomSizedCrop(224)`` (the
     "scale + aspect" row of Table 5): a crop covering 8%-100% of the image
     area with aspect ratio in [3/4, 4/3], resized to 224x224 (bicubic, like
