@@ -199,8 +199,8 @@ def test_missing_cifar_says_how_to_prepare_it(tmp_path):
         data.get_dataset(_config(dataset="cifar10", data_dir=str(tmp_path), tfds_download=False))
     message = str(error.value)
     assert "'cifar10'" in message and str(tmp_path) in message
-    assert f"tfds build cifar10 --data_dir={tmp_path}" in message
-    assert "download_and_prepare()" in message
+    assert f"python -m resnet_identity.prepare cifar10 --data_dir={tmp_path}" in message
+    assert "--archive=FILE" in message
     assert "pip install -e '.[tfds]'" in message
 
 
@@ -214,7 +214,7 @@ def test_failed_cifar_download_says_how_to_prepare_it(tmp_path, monkeypatch):
         data.get_dataset(_config(dataset="cifar100", data_dir=str(tmp_path)))
     message = str(error.value)
     assert "could not be downloaded" in message
-    assert f"tfds build cifar100 --data_dir={tmp_path}" in message
+    assert f"python -m resnet_identity.prepare cifar100 --data_dir={tmp_path}" in message
     assert "Network is unreachable" in message
     assert isinstance(error.value.__cause__, OSError)
 
@@ -226,7 +226,10 @@ def test_missing_imagenet_says_which_files_go_where(tmp_path):
     assert "ILSVRC2012_img_train.tar" in message
     assert "ILSVRC2012_img_val.tar" in message
     assert f"{tmp_path}/downloads/manual/" in message
-    assert f"tfds build imagenet2012 --data_dir={tmp_path}" in message
+    assert (
+        "python -m resnet_identity.prepare imagenet2012 --archive=ILSVRC2012_img_train.tar "
+        f"--archive=ILSVRC2012_img_val.tar --data_dir={tmp_path}"
+    ) in message
 
 
 def _gradient_jpeg(height, width):

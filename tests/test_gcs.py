@@ -151,7 +151,7 @@ def test_a_gs_data_dir_is_read_by_tfds_through_the_same_client(gcs_bucket):
     from resnet_identity.data.tfds_access import DatasetNotPreparedError, prepared_builder
 
     data_dir = f"{gcs_bucket}/tensorflow_datasets"
-    with pytest.raises(DatasetNotPreparedError, match=f"tfds build cifar10 --data_dir={data_dir}"):
+    with pytest.raises(DatasetNotPreparedError, match=f"resnet_identity.prepare cifar10 --data_dir={data_dir}"):
         prepared_builder("cifar10", data_dir, download=False)
     builder = tfds.builder("cifar10", data_dir=data_dir)
     template = tfds.core.ShardedFileTemplate(

@@ -2,10 +2,19 @@
 
 TensorFlow is an optional extra (``pip install -e '.[tfds]'``): the embedded
 and synthetic sources must work without it. Nothing here imports TensorFlow
-at module load; ``import_tfds`` does, when a TFDS dataset is requested.
+at module load; ``import_tfds`` does, when a TFDS dataset is requested, and keeps
+TensorFlow's and TFDS's start-up lines off the console unless INFO logging was asked for
+(`--verbosity=0`; cli.py).
 """
 
+import contextlib
+import logging
 import os
+import re
+import sys
+import tempfile
+
+from absl import logging as absl_logging
 
 from resnet_identity.data.base import DatasetError
 from resnet_identity.files import as_path
@@ -22,6 +31,12 @@ class DatasetNotPreparedError(DatasetError):
     """A TFDS dataset is neither prepared in ``data_dir`` nor downloadable."""
 
 
+# What TensorFlow's C++ start-up prints before absl's logging is initialised, whatever
+# TF_CPP_MIN_LOG_LEVEL says: absl's notice that it logs to stderr, INFO lines (oneDNN's
+# notice, once per shared library; the CPU-feature guard) and the guard's continuation line.
+_START_UP_LINE = re.compile(r"WARNING: All log messages before absl::InitializeLog|I\d{4} |To enable the following")
+
+
 def import_tfds():
     """Returns ``(tensorflow, tensorflow_datasets)``.
 
@@ -32,8 +47,9 @@ def import_tfds():
       ImportError: naming the extra to install when either is missing.
     """
     try:
-        import tensorflow as tf
-        import tensorflow_datasets as tfds
+        with _start_up_lines_hidden():
+            import tensorflow as tf
+            import tensorflow_datasets as tfds
     except ImportError as error:
         raise ImportError(
             "TFDS datasets (cifar10, cifar100, imagenet2012) need TensorFlow and "
@@ -48,6 +64,43 @@ def import_tfds():
     return tf, tfds
 
 
+def _verbose() -> bool:
+    return absl_logging.get_verbosity() >= absl_logging.INFO
+
+
+@contextlib.contextmanager
+def _start_up_lines_hidden():
+    """While TensorFlow is first imported, its C++ writes to file descriptor 2 directly; those
+    writes are collected, and everything but its start-up lines is written back afterwards."""
+    if "tensorflow" in sys.modules or _verbose():
+        yield
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    logging.getLogger("absl").addFilter(_quiet_tfds_records)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            lines = captured.read().decode(errors="replace").splitlines(keepends=True)
+            sys.stderr.write("".join(line for line in lines if not _START_UP_LINE.match(line)))
+            sys.stderr.flush()
+
+
+def _quiet_tfds_records(record: logging.LogRecord) -> bool:
+    """TFDS's own notices below ERROR (say, `file_utils`' "Variant folder ... has no
+    dataset_info.json" when it looks for a dataset not yet prepared) stay off the console."""
+    return (
+        _verbose() or record.levelno >= logging.ERROR or f"{os.sep}tensorflow_datasets{os.sep}" not in record.pathname
+    )
+
+
 def resolve_data_dir(data_dir: str | None) -> str:
     """``data_dir`` (local or gs://), or TFDS's default ($TFDS_DATA_DIR, else
     ~/tensorflow_datasets)."""
@@ -57,14 +110,10 @@ def resolve_data_dir(data_dir: str | None) -> str:
     return os.environ.get("TFDS_DATA_DIR", os.path.join(os.path.expanduser("~"), "tensorflow_datasets"))
 
 
-def _prepare_commands(name: str, data_dir: str) -> str:
-    return (
-        f"  tfds build {name} --data_dir={data_dir}\n"
-        "or, from Python:\n"
-        '  python -c "import tensorflow_datasets as tfds; '
-        f"tfds.builder('{name}', data_dir='{data_dir}')"
-        '.download_and_prepare()"'
-    )
+def prepare_command(name: str, data_dir: str) -> str:
+    """The command that prepares `name` into `data_dir` (resnet_identity/prepare.py)."""
+    archive = "--archive=ILSVRC2012_img_train.tar --archive=ILSVRC2012_img_val.tar " if name == "imagenet2012" else ""
+    return f"python -m resnet_identity.prepare {name} {archive}--data_dir={data_dir}"
 
 
 def not_prepared_message(name: str, data_dir: str, cause: str) -> str:
@@ -77,19 +126,19 @@ def not_prepared_message(name: str, data_dir: str, cause: str) -> str:
             "1. Register at https://image-net.org/download-images and download "
             f"{IMAGENET_ARCHIVES[0]} (~138 GB) and {IMAGENET_ARCHIVES[1]} "
             "(~6.3 GB).\n"
-            f"2. Put both files, unextracted, in {manual_dir}/\n"
-            "3. Build the TFDS dataset (hours; needs ~300 GB free):\n"
-            f"{_prepare_commands(name, data_dir)}\n"
+            "2. Prepare the dataset (hours; needs ~300 GB free); this places both archives in "
+            f"{manual_dir}/, where TFDS reads them:\n"
+            f"  {prepare_command(name, data_dir)}\n"
             f"TensorFlow and TFDS come with: {INSTALL_HINT}\n"
             f"(cause: {cause})"
         )
     return (
         f"TFDS dataset '{name}' is not prepared in data_dir '{data_dir}' and "
         f"could not be downloaded.\n"
-        "Prepare it on a machine with network access (set data_dir, or the "
-        "TFDS_DATA_DIR environment variable, to the same directory), or copy "
-        f"a prepared '{name}' directory into '{data_dir}':\n"
-        f"{_prepare_commands(name, data_dir)}\n"
+        "Prepare it (set data_dir, or the TFDS_DATA_DIR environment variable, to the same "
+        "directory); on a machine without internet, add --archive=FILE with CIFAR's binary "
+        f"archive, or copy a prepared '{name}' directory into '{data_dir}':\n"
+        f"  {prepare_command(name, data_dir)}\n"
         f"TensorFlow and TFDS come with: {INSTALL_HINT}\n"
         f"(cause: {cause})"
     )

@@ -1,0 +1,284 @@
+"""Prepare a TFDS dataset (cifar10, cifar100, imagenet2012) for training, with or without network.
+
+  python -m resnet_identity.prepare cifar10 [--data_dir=DIR or gs://BUCKET/DIR]
+  python -m resnet_identity.prepare cifar100 --archive=cifar-100-binary.tar.gz
+  python -m resnet_identity.prepare imagenet2012 --archive=ILSVRC2012_img_train.tar --archive=ILSVRC2012_img_val.tar
+
+Without --archive, TFDS downloads CIFAR's official archive and checks it against the checksum
+TFDS records for it. --archive=FILE prepares from that archive instead (a machine without
+internet): its format is checked first (a tar holding the batches and label names TFDS's
+builder reads, whole records, nothing truncated), then TFDS's builder reads it through its
+download manager, which records its checksum as TFDS does for a new file; a file that is not
+byte-identical to the official archive is said so. ImageNet cannot be downloaded: its two
+archives (or a folder holding them) are placed in `<data_dir>/downloads/manual/`, where TFDS's
+builder reads them. --data_dir defaults to TFDS's ($TFDS_DATA_DIR, else ~/tensorflow_datasets),
+the directory training reads (`config.data_dir`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tarfile
+import zlib
+
+from absl import flags
+
+from resnet_identity import cli
+from resnet_identity.data import tfds_access
+from resnet_identity.files import as_path, is_local
+
+FLAGS = flags.FLAGS
+
+DATASETS = ("cifar10", "cifar100", "imagenet2012")
+# What TFDS's builder reads from each CIFAR archive (tensorflow_datasets/image_classification/cifar.py).
+CIFAR_ARCHIVES = {
+    "cifar10": {
+        "file": "cifar-10-binary.tar.gz",
+        "url": "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",
+        "folder": "cifar-10-batches-bin/",
+        "batches": ("data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin")
+        + ("test_batch.bin",),
+        "label_files": ("batches.meta.txt",),
+    },
+    "cifar100": {
+        "file": "cifar-100-binary.tar.gz",
+        "url": "https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz",
+        "folder": "cifar-100-binary/",
+        "batches": ("train.bin", "test.bin"),
+        "label_files": ("coarse_label_names.txt", "fine_label_names.txt"),
+    },
+}
+IMAGE_BYTES = 3 * 32 * 32
+
+
+class ArchiveError(cli.UserError):
+    """An archive that is not what its dataset's builder reads; the message says why."""
+
+
+def define_flags() -> None:
+    """The command's flags, defined when it runs rather than at import, so that code importing
+    several commands (the tests do) defines no flag twice."""
+    flags.DEFINE_multi_string(
+        "archive",
+        None,
+        "Prepare from archives you have instead of downloading: CIFAR's official binary tarball, or "
+        "ImageNet's two tars (repeat the flag, or name the folder holding them).",
+    )
+    flags.DEFINE_string("data_dir", None, "TFDS data directory, local or gs:// (default: TFDS's).")
+
+
+def record_bytes(name: str) -> int:
+    """One CIFAR record: the label byte(s) (CIFAR-100: coarse and fine), then the image."""
+    return (1 if name == "cifar10" else 2) + IMAGE_BYTES
+
+
+def check_cifar_archive(name: str, path: str) -> int:
+    """Reads the whole archive once; returns its number of records.
+
+    Raises:
+      ArchiveError: not a (gzipped) tar, truncated or damaged, another dataset's archive,
+        members missing, or a batch that is not whole records.
+    """
+    layout = CIFAR_ARCHIVES[name]
+    record = record_bytes(name)
+    sizes = {}
+    try:
+        with as_path(path).open("rb") as file, tarfile.open(fileobj=file, mode="r:*") as archive:
+            for member in archive:
+                if member.isfile():
+                    # Read to the end: a truncated or corrupted archive fails here, not in TFDS.
+                    sizes[member.name] = len(archive.extractfile(member).read())
+    except FileNotFoundError:
+        raise ArchiveError(f"--archive={path} does not exist.") from None
+    except IsADirectoryError:
+        raise ArchiveError(f"--archive={path} is a folder; give {layout['file']} itself.") from None
+    except (tarfile.ReadError, EOFError, zlib.error, OSError) as error:
+        if isinstance(error, EOFError) or "unexpected end of data" in str(error):
+            what = "truncated (it ends before its last member does)"
+        elif sizes or isinstance(error, zlib.error):
+            what = f"damaged ({_first_line(error)})"
+        else:
+            what = "not a tar archive (gzipped or not)"
+        raise ArchiveError(f"--archive={path} is {what}. Download {layout['url']} again and rerun.") from None
+    for other, other_layout in CIFAR_ARCHIVES.items():
+        if other != name and any(member.startswith(other_layout["folder"]) for member in sizes):
+            raise ArchiveError(
+                f"--archive={path} is {other}'s archive ({other_layout['file']}), not {name}'s; run "
+                f"`python -m resnet_identity.prepare {other} --archive={path}`, or give {layout['file']}."
+            )
+    wanted = [layout["folder"] + member for member in layout["batches"] + layout["label_files"]]
+    missing = [member for member in wanted if member not in sizes]
+    if missing:
+        raise ArchiveError(
+            f"--archive={path} lacks {', '.join(missing)}: it is not {name}'s binary archive "
+            f"({layout['file']} from {layout['url']})."
+        )
+    partial = [m for m in wanted[: len(layout["batches"])] if sizes[m] == 0 or sizes[m] % record]
+    if partial:
+        raise ArchiveError(
+            f"--archive={path}: {', '.join(partial)} is not whole {record}-byte records of {name}; "
+            f"download {layout['url']} again."
+        )
+    return sum(sizes[m] for m in wanted[: len(layout["batches"])]) // record
+
+
+def _checksums_file(name: str, data_dir: str):
+    return as_path(data_dir) / "downloads" / f"{name}_checksums.tsv"
+
+
+def cifar_builder_from(name: str, data_dir: str, url: str):
+    """TFDS's own builder for `name` whose archive comes from `url` (a file, or an http(s)
+    address) instead of CIFAR's site; it prepares the same dataset into `data_dir`.
+
+    TFDS keys checksums by URL and records a new file's in the builder's checksums file
+    (`tfds build --register_checksums`); this builder's is `<data_dir>/downloads/<name>_checksums.tsv`.
+    """
+    _, tfds = tfds_access.import_tfds()
+    official = tfds.builder_cls(name)
+
+    class FromUrl(official, skip_registration=True):
+        _checksums_path = _checksums_file(name, data_dir)
+
+        @property
+        def _cifar_info(self):
+            return super()._cifar_info._replace(url=url)
+
+    FromUrl.name = official.name  # the same dataset, in <data_dir>/<name>/<version>: what training reads
+    return FromUrl(data_dir=data_dir)
+
+
+def prepare_from(name: str, data_dir: str, url: str) -> str | None:
+    """Prepares CIFAR `name` into `data_dir` from the archive at `url` (see `cifar_builder_from`);
+    returns a note when that archive is not byte-identical to the official one."""
+    _, tfds = tfds_access.import_tfds()
+    # The official archive's size and checksum, as TFDS records them for CIFAR's URL.
+    official = tfds.builder_cls(name).url_infos[CIFAR_ARCHIVES[name]["url"]]
+    checksums = _checksums_file(name, data_dir)
+    checksums.parent.mkdir(parents=True, exist_ok=True)
+    builder = cifar_builder_from(name, data_dir, url)
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(register_checksums=True))
+    got = tfds.download.checksums.load_url_infos(checksums)[url]
+    if (got.size, got.checksum) == (official.size, official.checksum):
+        return None
+    return (
+        f"note: {url} is not byte-identical to the official {CIFAR_ARCHIVES[name]['file']} "
+        f"({int(got.size):,} bytes, sha256 {got.checksum[:12]}...; the official one has "
+        f"{int(official.size):,} bytes, sha256 {official.checksum[:12]}...). Its records are whole, and "
+        "it was prepared as given."
+    )
+
+
+def download_cifar(name: str, data_dir: str) -> str:
+    """Downloads CIFAR's official archive through TFDS, which checks its checksum, and prepares it."""
+    _, tfds = tfds_access.import_tfds()
+    try:
+        tfds.builder(name, data_dir=data_dir).download_and_prepare()
+    except Exception as error:  # noqa: BLE001 - any failure to download gets the same remedy
+        raise cli.UserError(
+            f"could not download {name} ({type(error).__name__}: {_first_line(error)}). Without internet, "
+            f"fetch {CIFAR_ARCHIVES[name]['url']} elsewhere and run "
+            f"`python -m resnet_identity.prepare {name} --archive={CIFAR_ARCHIVES[name]['file']}`."
+        ) from error
+    return f"Prepared {name} in {data_dir}."
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [""])[0]
+
+
+def imagenet_archives(archives: list[str]) -> dict[str, str]:
+    """{file name: path} of ImageNet's two tars, from files or a folder holding them."""
+    found = {}
+    for given in archives:
+        path = as_path(given)
+        if path.is_dir():
+            found.update(
+                {name: os.fspath(path / name) for name in tfds_access.IMAGENET_ARCHIVES if (path / name).exists()}
+            )
+        elif not path.exists():
+            raise ArchiveError(f"--archive={given} does not exist.")
+        elif path.name in tfds_access.IMAGENET_ARCHIVES:
+            found[path.name] = os.fspath(path)
+        else:
+            raise ArchiveError(
+                f"--archive={given} is not one of ImageNet's archives ({', '.join(tfds_access.IMAGENET_ARCHIVES)})."
+            )
+    missing = [name for name in tfds_access.IMAGENET_ARCHIVES if name not in found]
+    if missing:
+        raise ArchiveError(
+            f"{' and '.join(missing)} not given; --archive names both ImageNet archives, or the folder holding "
+            "them (register at https://image-net.org/download-images to download them)."
+        )
+    for path in found.values():
+        with as_path(path).open("rb") as file:
+            try:
+                tarfile.open(fileobj=file, mode="r:").next()
+            except (tarfile.ReadError, EOFError) as error:
+                raise ArchiveError(f"{path} is not a tar archive, or damaged ({error}); download it again.") from None
+    return found
+
+
+def prepare_imagenet(data_dir: str, archives: list[str] | None) -> str:
+    _, tfds = tfds_access.import_tfds()
+    manual_dir = as_path(data_dir) / "downloads" / "manual"
+    if archives:
+        manual_dir.mkdir(parents=True, exist_ok=True)
+        for name, path in imagenet_archives(archives).items():
+            target = manual_dir / name
+            if target.exists() and target.resolve() == as_path(path).resolve():
+                continue
+            if target.exists() or target.is_symlink():
+                target.unlink()
+            if is_local(data_dir) and is_local(path):
+                target.symlink_to(as_path(path))  # ~145 GB: linked, not copied
+            else:
+                as_path(path).copy(target)
+    missing = [name for name in tfds_access.IMAGENET_ARCHIVES if not (manual_dir / name).exists()]
+    if missing:
+        raise cli.UserError(tfds_access.not_prepared_message("imagenet2012", data_dir, f"missing {', '.join(missing)}"))
+    try:
+        tfds.builder("imagenet2012", data_dir=data_dir).download_and_prepare()
+    except Exception as error:  # noqa: BLE001 - TFDS reports a damaged tar in many ways
+        raise cli.UserError(
+            f"TFDS could not prepare imagenet2012 from {manual_dir} ({type(error).__name__}: {_first_line(error)}). "
+            "Check that both archives are complete (download them again if not) and rerun."
+        ) from error
+    return f"Prepared imagenet2012 in {data_dir}."
+
+
+def prepare(argv: list[str]) -> str:
+    if len(argv) != 2 or argv[1] not in DATASETS:
+        raise cli.UserError(f"give one dataset to prepare, one of {', '.join(DATASETS)}; got {argv[1:] or 'none'}.")
+    name, archives = argv[1], FLAGS.archive or []
+    if name != "imagenet2012" and len(archives) > 1:
+        raise cli.UserError(f"{name} is prepared from one archive ({CIFAR_ARCHIVES[name]['file']}).")
+    data_dir = tfds_access.resolve_data_dir(FLAGS.data_dir)
+    # A bad archive is reported before TensorFlow's import, which takes seconds.
+    records = check_cifar_archive(name, archives[0]) if name != "imagenet2012" and archives else None
+    _, tfds = tfds_access.import_tfds()
+    if not sys.stderr.isatty():
+        # TFDS's bars are nested and redraw with cursor moves: tidy on a terminal, noise in a log file.
+        tfds.disable_progress_bar()
+    if tfds.builder(name, data_dir=data_dir).is_prepared():
+        return f"{name} is already prepared in {data_dir}."
+    if name == "imagenet2012":
+        return prepare_imagenet(data_dir, archives)
+    if not archives:
+        return download_cifar(name, data_dir)
+    note = prepare_from(name, data_dir, os.fspath(as_path(archives[0])))
+    if note:
+        print(note, file=sys.stderr, flush=True)
+    return f"Prepared {name} in {data_dir} from {archives[0]} ({records:,} images)."
+
+
+def main(argv: list[str]) -> None:
+    try:
+        print(prepare(argv), flush=True)
+    except tfds_access.DatasetNotPreparedError as error:
+        raise cli.UserError(str(error)) from error
+
+
+if __name__ == "__main__":
+    define_flags()
+    cli.run(main)

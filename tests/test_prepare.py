@@ -1,0 +1,160 @@
+"""Preparing CIFAR for real: TFDS's own builder and download manager, only the network replaced.
+
+`tests/cifar_archive.py` writes a tiny archive in CIFAR's binary format and serves it from a
+real HTTP server on 127.0.0.1; TFDS downloads it, records its checksum (its flow for a new
+file), extracts it and writes the records, and `train.py` then trains on them. The command
+`python -m resnet_identity.prepare` runs as a user runs it, in a subprocess, from an archive
+on disk; a broken archive gets one line.
+"""
+
+import gzip
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+
+import numpy as np
+import pytest
+
+from tests import cifar_archive
+
+pytest.importorskip("tensorflow_datasets")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# What TensorFlow, absl and TFDS print at start-up unless told not to (issue 25).
+START_UP_NOISE = ("oneDNN", "InitializeLog", "file_utils", "cpu_feature_guard", "I0000", "W0000")
+
+
+def _run(*args, timeout=300):
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env={**os.environ}
+    )
+
+
+def _assert_quiet(result):
+    console = result.stdout + result.stderr
+    assert "Traceback" not in console, console
+    noise = [line for line in console.splitlines() if any(marker in line for marker in START_UP_NOISE)]
+    assert not noise, noise
+
+
+def _pairs(images, labels):
+    return sorted((image.tobytes(), int(label)) for image, label in zip(images, labels))
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_cifar_prepared_through_tfds_trains(tmp_path, name):
+    data_dir = tmp_path / "tensorflow_datasets"
+    written = cifar_archive.prepare_tiny_cifar(name, data_dir, train=40, test=20)
+
+    from resnet_identity.data import cifar
+
+    dataset = cifar.load(name, data_dir=str(data_dir), download=False)
+    prepared = {
+        "train": (dataset.train_images, dataset.train_labels),
+        "test": (dataset.test_images, dataset.test_labels),
+    }
+    for split, (images, labels) in written.items():
+        # Every image with its label, decoded from TFDS's records (which it stores in another order).
+        assert _pairs(*prepared[split]) == _pairs(images, labels), split
+
+    workdir = tmp_path / "run"
+    result = _run(
+        "train.py",
+        "--config=configs/cifar_preact164.py:smoke",
+        f"--config.dataset={name}",
+        f"--config.data_dir={data_dir}",
+        "--config.tfds_download=False",
+        "--config.model_overrides.depth=11",
+        "--config.num_train_steps=3",
+        "--config.schedule.boundaries=(2,)",
+        "--config.schedule.warmup_steps=1",
+        "--config.eval_every_steps=3",
+        "--config.checkpoint_every_steps=3",
+        "--config.eval_batch_size=20",
+        f"--workdir={workdir}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    _assert_quiet(result)
+    final = json.loads((workdir / "final_metrics.json").read_text())
+    assert final["step"] == 3 and final["test_examples"] == 20
+    assert np.isfinite(final["test_loss"])
+
+
+def test_prepare_command_from_an_archive_on_disk(tmp_path):
+    archive = tmp_path / "cifar-100-binary.tar.gz"
+    cifar_archive.write_archive("cifar100", archive, train=30, test=10)
+    data_dir = tmp_path / "data"
+    result = _run("-m", "resnet_identity.prepare", "cifar100", f"--archive={archive}", f"--data_dir={data_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    _assert_quiet(result)
+    assert f"Prepared cifar100 in {data_dir} from {archive} (40 images)." in result.stdout
+    assert "is not byte-identical to the official cifar-100-binary.tar.gz" in result.stderr
+    assert (data_dir / "cifar100" / "3.0.2" / "dataset_info.json").exists()
+
+    again = _run("-m", "resnet_identity.prepare", "cifar100", f"--data_dir={data_dir}")
+    assert again.returncode == 0 and again.stdout.strip() == f"cifar100 is already prepared in {data_dir}."
+    _assert_quiet(again)
+
+
+def _tar_gz(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for member, content in members.items():
+            info = tarfile.TarInfo(member)
+            info.size = len(content)
+            archive.addfile(info, io.BytesIO(content))
+    return buffer.getvalue()
+
+
+def _broken_archives(tmp_path):
+    """{case: (file name, bytes, what the error line says)}, from a real tiny archive."""
+    good = tmp_path / "good.tar.gz"
+    cifar_archive.write_archive("cifar10", good)
+    whole = good.read_bytes()
+    other = tmp_path / "other.tar.gz"
+    cifar_archive.write_archive("cifar100", other)
+    with tarfile.open(good) as archive:
+        members = {m.name: archive.extractfile(m).read() for m in archive if m.isfile()}
+    short_record = dict(members)
+    short_record["cifar-10-batches-bin/test_batch.bin"] = members["cifar-10-batches-bin/test_batch.bin"][:-5]
+    return {
+        "truncated": (whole[: len(whole) // 2], "is truncated"),
+        "not_a_tar": (b"<html>404 Not Found</html>\n" * 40, "is not a tar archive"),
+        "gzip_of_text": (gzip.compress(b"hello\n" * 100), "is not a tar archive"),
+        "wrong_members": (_tar_gz({"cifar-10-batches-py/data_batch_1": b"x" * 100}), "lacks cifar-10-batches-bin/"),
+        "other_dataset": (other.read_bytes(), "is cifar100's archive"),
+        "partial_record": (_tar_gz(short_record), "test_batch.bin is not whole 3073-byte records"),
+    }
+
+
+def test_broken_archives_get_one_line_each(tmp_path):
+    data_dir = tmp_path / "data"
+    for case, (content, expected) in _broken_archives(tmp_path).items():
+        path = tmp_path / f"{case}-cifar-10-binary.tar.gz"
+        path.write_bytes(content)
+        result = _run("-m", "resnet_identity.prepare", "cifar10", f"--archive={path}", f"--data_dir={data_dir}")
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 1, (case, result.stderr[-2000:])
+        assert len(lines) == 1 and lines[0].startswith("error: "), (case, result.stderr)
+        assert expected in lines[0] and str(path) in lines[0], (case, lines[0])
+        assert "Traceback" not in result.stdout + result.stderr
+    assert not (data_dir / "cifar10").exists()
+
+
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["cifar1O"], "give one dataset to prepare, one of cifar10, cifar100, imagenet2012"),
+        (["cifar10", "--archive=/nonexistent/cifar-10-binary.tar.gz"], "does not exist"),
+        (["imagenet2012", "--archive=/nonexistent"], "does not exist"),
+    ],
+)
+def test_mistakes_get_one_line(tmp_path, args, expected):
+    result = _run("-m", "resnet_identity.prepare", *args, f"--data_dir={tmp_path}")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
