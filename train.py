@@ -5,18 +5,25 @@ preset after a colon (`--config=configs/cifar_preact1001.py:smoke`). Rerunning t
 command resumes from the newest good checkpoint in DIR. `--list_config` prints every field
 of the chosen config with its value, and trains nothing.
 
-Exit status: 0 when training finished; 75 when SIGTERM/SIGINT or a preemption notice
-stopped it after saving (rerun to resume); 1 on an error, printed with what to do.
+Exit status: 0 when training finished; 75 when SIGTERM, SIGHUP, SIGINT or a preemption
+notice stopped it (rerun to resume: the last line says what was saved), or when SIGTERM or
+SIGHUP came before the first step; 130 for Ctrl-C before the first step; 1 on an error,
+printed with what to do; 141 when the reader of its output closed the pipe (`--help | head`).
 """
 
-import ast
-import pathlib
-import textwrap
+from resnet_identity import interrupts
 
-from absl import flags
-from ml_collections import config_flags
+if __name__ == "__main__":
+    interrupts.catch_early()  # first of all: a signal while the rest imports is acted on, not fatal
 
-from resnet_identity import cli, interrupts
+import ast  # noqa: E402 (after the handler)
+import pathlib  # noqa: E402
+import textwrap  # noqa: E402
+
+from absl import flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from resnet_identity import cli  # noqa: E402
 
 CONFIGS = pathlib.Path(__file__).resolve().parent / "configs"
 
@@ -88,10 +95,11 @@ def main(argv):
         print("\n".join(config_lines(FLAGS.config.to_dict())))
         return 0
     cli.require(config=FLAGS.config, workdir=FLAGS.workdir)
-    from resnet_identity import parallel
+    with interrupts.deferred():  # a signal would break an import halfway
+        from resnet_identity import parallel
 
-    parallel.maybe_initialize_distributed(FLAGS.distributed)
-    from resnet_identity import trainer
+        parallel.maybe_initialize_distributed(FLAGS.distributed)
+        from resnet_identity import trainer
 
     try:
         result = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change)
@@ -101,11 +109,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    interrupts.catch_early()  # before JAX is imported: a Ctrl-C from here on is never lost
-    try:
-        from resnet_identity import xla_config
+    from resnet_identity import xla_config
 
+    with interrupts.blocked():  # a signal during the re-execution waits for the new process's handler
         xla_config.use_huge_pages()  # re-executes once: XLA's per-step buffers otherwise page-fault heavily
-    except KeyboardInterrupt:
-        cli.exit_interrupted()
     cli.run(main, help_epilog=help_epilog)

@@ -10,7 +10,11 @@
   run as a `UserError` (or passed to `fail`), is printed as one message that says what to do,
   and the process exits 1 without a traceback; so is a missing optional extra (an ImportError
   whose message gives the `pip install` command);
-- Ctrl-C before the run's own handler is installed (while compiling, say) exits 130 quietly.
+- a signal outside the training loop's own handler (`interrupts`) ends the command with one
+  line: Ctrl-C exits 130 ("interrupted."), SIGTERM or SIGHUP exits 75 with what was saved, so
+  that a retry loop reruns it; once the command is exiting, a further signal changes nothing;
+- a reader that closes the pipe early (`--help | head`) ends the command quietly, with the
+  status 141 a shell gives a writer that SIGPIPE ended (what `cat`, `seq` or `yes` report).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from resnet_identity import interrupts
 
 EXIT_USER_ERROR = 1
 EXIT_INTERRUPTED = 130  # the shell's status for a process ended by SIGINT
+EXIT_READER_GONE = 141  # the shell's status for a process ended by SIGPIPE
 
 HELP_FLAGS = ("--help", "-help", "-h", "--helpshort", "-helpshort", "-?")
 HELPFULL_FLAGS = ("--helpfull", "-helpfull")
@@ -39,7 +44,9 @@ class UserError(Exception):
 
 
 def fail(message: str) -> NoReturn:
-    """Prints `error: message` to stderr and exits 1."""
+    """Prints `error: message` to stderr and exits 1; after a signal, the signal's exit instead
+    (a failure then is usually its doing: an import it cut short, say)."""
+    interrupts.check()
     print(f"error: {message}", file=sys.stderr, flush=True)
     sys.exit(EXIT_USER_ERROR)
 
@@ -49,7 +56,7 @@ def run(main: Callable[[list[str]], int | None], *, help_epilog: Callable[[], st
 
     `help_epilog` is called only for `--help`, so it may import what it needs.
     """
-    interrupts.catch_early()
+    interrupts.catch_early()  # done already by a program that must catch signals sooner (train.py)
 
     def parse(argv: list[str]) -> list[str]:
         options = argv[1 : argv.index("--")] if "--" in argv else argv[1:]
@@ -59,10 +66,9 @@ def run(main: Callable[[list[str]], int | None], *, help_epilog: Callable[[], st
                 print(help_epilog())
             sys.exit(0)
         try:
-            remaining = flags.FLAGS(argv)
-            _load_config_files()
-        except KeyboardInterrupt:  # while a config file (and JAX with it) was being imported
-            exit_interrupted()
+            with interrupts.deferred():  # a config file imports JAX, whose imports a signal would break
+                remaining = flags.FLAGS(argv)
+                _load_config_files()
         except flags.Error as e:
             fail(_flag_error_message(e, argv))
         except Exception as e:  # noqa: BLE001 - whatever a config file raised, reported as one line
@@ -78,20 +84,50 @@ def run(main: Callable[[list[str]], int | None], *, help_epilog: Callable[[], st
         except UserError as e:
             fail(str(e))
         except ImportError as e:
+            interrupts.check()  # an import a signal cut short
             if "pip install" not in str(e):  # a missing extra names its install command; anything else is a bug
                 raise
             fail(str(e))
-        except KeyboardInterrupt:
-            exit_interrupted()
 
-    app.run(quiet_main, flags_parser=parse)
+    try:
+        try:
+            interrupts.arm()  # a signal recorded while the program started stops it here
+            app.run(quiet_main, flags_parser=parse)
+        finally:
+            sys.stdout.flush()  # a reader gone from the pipe is noticed here, not at exit
+    except BrokenPipeError:
+        _exit_reader_gone()
+    except KeyboardInterrupt:
+        exit_interrupted()
+    except interrupts.Stopped as stop:
+        _exit_stopped(stop)
+    except SystemExit:
+        interrupts.ignore_from_now()
+        raise
     raise AssertionError("app.run returned")  # it always exits
 
 
 def exit_interrupted() -> NoReturn:
     """Says "interrupted." and exits 130, as a shell reports a process ended by Ctrl-C."""
+    interrupts.ignore_from_now()
     print("interrupted.", file=sys.stderr, flush=True)
     sys.exit(EXIT_INTERRUPTED)
+
+
+def _exit_stopped(stop: interrupts.Stopped) -> NoReturn:
+    """Says which signal stopped the command and what was saved, and exits 75 for a rerun."""
+    interrupts.ignore_from_now()
+    interrupts.write_line(f"received {stop.signal_name}: {stop.saved or 'stopped'}; rerun the same command")
+    sys.exit(interrupts.EXIT_STOPPED)
+
+
+def _exit_reader_gone() -> NoReturn:
+    """stdout's reader closed the pipe: nothing more can be shown, and nothing is wrong."""
+    interrupts.ignore_from_now()
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):  # Python's last flush at exit would fail again
+        os.dup2(devnull, stream.fileno())
+    sys.exit(EXIT_READER_GONE)
 
 
 def require(**values: object) -> None:
@@ -162,12 +198,34 @@ def _innermost(error: BaseException) -> BaseException:
     return _chain(error)[-1]
 
 
-def _config_path(argv: list[str]) -> str | None:
+def _config_argument(argv: list[str]) -> str | None:
     for name in _config_flag_names():
         value = _flag_argument(name, argv)
         if value is not None:
-            return value.split(":", 1)[0]
+            return value
     return None
+
+
+def _config_path(argv: list[str]) -> str | None:
+    value = _config_argument(argv)
+    return None if value is None else value.split(":", 1)[0]
+
+
+def _config_preset(argv: list[str]) -> str | None:
+    value = _config_argument(argv)
+    return value.split(":", 1)[1] if value is not None and ":" in value else None
+
+
+def _no_presets_message(path: str | None, preset: str) -> str:
+    """`--config=mine.py:smoke` on a file whose get_config() takes no preset."""
+    from resnet_identity.recipes import PRESETS  # here: importing it imports JAX
+
+    return (
+        f"config file {path!r} has no presets: its get_config() takes no argument, so ':{preset}' cannot apply. "
+        f"Drop ':{preset}', or give it one as the shipped configs do: `def get_config(preset=None)` ending in "
+        f"`return recipes.apply_preset(c, preset)`. Their presets: {', '.join(PRESETS)} "
+        f"(`python train.py --help` lists each config's)."
+    )
 
 
 def _config_error_message(error: BaseException, argv: list[str]) -> str:
@@ -192,6 +250,9 @@ def _config_error_message(error: BaseException, argv: list[str]) -> str:
         return f"cannot read config file {path!r} ({reason})."
     if isinstance(inner, AttributeError) and "get_config" in str(inner):
         return f"config file {path!r} defines no get_config(); a config file returns its ConfigDict from get_config()."
+    preset = _config_preset(argv)
+    if isinstance(inner, TypeError) and preset and "get_config() takes 0 positional arguments" in str(inner):
+        return _no_presets_message(path, preset)
     kind = "" if isinstance(inner, ValueError) else f"{type(inner).__name__}: "
     return f"config file {path!r}: {kind}{inner}"
 

@@ -1,6 +1,7 @@
 """Stopping inside a preemption's grace period: signals, the hosts' agreement, run-ahead.
 
-Cloud TPU VMs give about 30 s between SIGTERM and SIGKILL. The training loop asks
+Cloud TPU VMs give about 30 s between SIGTERM and SIGKILL; a dropped ssh connection sends
+SIGHUP, which is answered the same way (unless `nohup` ignores it). The training loop asks
 `PreemptionWatcher.should_stop(step)` once a step; when it says so, the loop saves that
 step, waits for the write and returns, and `train.py` exits 75 for a rerun. From the
 signal to the exit that takes at most `MAX_STEPS_AHEAD + 1` step times plus the write:
@@ -12,16 +13,18 @@ signal to the exit that takes at most `MAX_STEPS_AHEAD + 1` step times plus the 
   `RunAheadBound` keeps the loop at most `MAX_STEPS_AHEAD` steps in front.
 
 A second (or third) signal while the checkpoint is being written is caught and answered
-with a line saying the save goes on; it never interrupts the write.
+with a line saying the save goes on; it never interrupts the write. After the save, one is
+answered with a line too, here and (once the watcher is gone) by `interrupts`, until the
+process exits: the exit status stays 75. Outside the loop `interrupts` answers signals.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import signal
-import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -52,13 +55,7 @@ class RunAheadBound:
             jax.block_until_ready(self._outputs.popleft())
 
 
-def write_line(text: str) -> None:
-    """Writes `text` to stdout's file descriptor: a signal handler may interrupt a `print`
-    in progress, and re-entering Python's buffered writer would raise."""
-    try:
-        os.write(sys.stdout.fileno(), (text + "\n").encode())
-    except (AttributeError, OSError, ValueError):  # no file descriptor (a notebook, pytest's capture)
-        print(text, flush=True)
+write_line = interrupts.write_line
 
 
 def _jax_preemption_service_active() -> bool:
@@ -68,17 +65,19 @@ def _jax_preemption_service_active() -> bool:
 
 
 class PreemptionWatcher:
-    """Context manager: after SIGTERM/SIGINT, `should_stop(step)` says when to save and stop.
+    """Context manager: after SIGTERM, SIGHUP or SIGINT, `should_stop(step)` says when to save and stop.
 
-    The handler never raises: it fixes the step to stop at (the next one the loop checks,
-    at most `last_step`), says so on `console` at once ("received SIGTERM: saving step N,
-    please wait"), and answers any further signal with "still saving step N". The loop calls
-    `saved(step)` once the checkpoint is durable. Enter it from the main thread: Python
-    installs and runs signal handlers only there.
+    The handler never raises: it fixes the step to stop at (the next one the loop checks after
+    `start_step`, at most `last_step`; inside `between_steps()`, the step just checked, whose state is whole),
+    says so on `console` at once ("received SIGTERM: saving step N, please wait"), and answers
+    any further signal with "still saving step N" or, after `saved(step)`, "step N is saved".
+    The loop calls `saved(step)` once the checkpoint is durable. Enter it from the main thread:
+    Python installs and runs signal handlers only there. A SIGHUP that `nohup` ignores stays
+    ignored.
 
     In a `jax.distributed` job, acting on one host's local flag would leave the others
-    waiting in a collective. There SIGTERM is left to JAX's preemption notifier, SIGINT is
-    forwarded to it as SIGTERM, and `should_stop` is
+    waiting in a collective. There SIGTERM is left to JAX's preemption notifier, SIGINT and
+    SIGHUP are forwarded to it as SIGTERM, and `should_stop` is
     `multihost_utils.reached_preemption_sync_point(step)`: True on every host at the same
     step. That protocol requires calling `should_stop` once per step, with the same step
     numbers, on every host. Previous handlers are restored on exit (a handler installed
@@ -87,8 +86,9 @@ class PreemptionWatcher:
 
     def __init__(
         self,
-        signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT),
+        signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT),
         *,
+        start_step: int = 0,
         last_step: int | None = None,
         console: Callable[[str], None] | None = write_line,
     ):
@@ -97,16 +97,20 @@ class PreemptionWatcher:
         self._use_jax_sync = False
         self._last_step = last_step
         self._say = console or (lambda text: None)
-        self._checked_step = 0  # the last step passed to should_stop
+        self._checked_step = start_step  # the last step passed to should_stop, or the step resumed from
+        self._between_steps = False
+        self._saved_step: int | None = None
         self.stop_step: int | None = None
         self.signal_name: str | None = None
 
     def __enter__(self) -> PreemptionWatcher:
-        interrupts.check()  # a Ctrl-C before now that Python swallowed: stop before training
+        interrupts.check()  # a signal before now that Python swallowed: stop before training
         self._use_jax_sync = _jax_preemption_service_active()
         for sig in self._signals:
             if sig == signal.SIGTERM and self._use_jax_sync:
                 continue
+            if sig == signal.SIGHUP and signal.getsignal(sig) is signal.SIG_IGN:
+                continue  # nohup: the run is meant to outlive the terminal
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
@@ -121,22 +125,41 @@ class PreemptionWatcher:
         whose notifier receives the signals)."""
         return self.stop_step is not None
 
+    @contextlib.contextmanager
+    def between_steps(self) -> Iterator[None]:
+        """The loop saves or evaluates the step it has just checked: a first signal inside
+        stops the run at that step, which costs no further step."""
+        self._between_steps = True
+        try:
+            yield
+        finally:
+            self._between_steps = False
+
     def _handle(self, signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name
+        if self._saved_step is not None:
+            self._say(f"received {name} again: step {self._saved_step} is saved; exiting")
+            return
         if self.signal_name is not None:
             saving = f"step {self.stop_step}" if self.stop_step is not None else "a checkpoint"
             self._say(f"received {name} again: still saving {saving}, please wait (kill -9 abandons the save)")
             return
         self.signal_name = name
+        interrupts.stopping("already stopping")  # once this watcher is gone too
         if self._use_jax_sync:
             os.kill(os.getpid(), signal.SIGTERM)  # Hand it to JAX's notifier, which tells every host.
             return
         # `should_stop` records its step before reading `stop_step`, so wherever the handler
         # interrupts it, the step fixed here is the one the loop stops at.
-        self.stop_step = self._checked_step + 1
+        self.stop_step = self._checked_step if self._between_steps else self._checked_step + 1
         if self._last_step is not None:
             self.stop_step = min(self.stop_step, self._last_step)
         self._say(f"received {name}: saving step {self.stop_step}, please wait")
+
+    def stops_at(self, step: int) -> bool:
+        """Whether a signal fixed `step` (or an earlier one) as the step to save and stop at,
+        in this process; under JAX's sync point only `should_stop` decides."""
+        return self.stop_step is not None and step >= self.stop_step
 
     def should_stop(self, step: int) -> bool:
         """Whether to save at `step` and exit. Once True, stays True."""
@@ -150,8 +173,11 @@ class PreemptionWatcher:
                 self.signal_name = self.signal_name or "SIGTERM"
                 self.stop_step = step
                 self._say(f"received {self.signal_name}: saving step {step}, please wait")
-        return self.stop_step is not None and step >= self.stop_step
+        return self.stops_at(step)
 
-    def saved(self, step: int) -> None:
-        """Says that `step` is durable and how to go on."""
-        self._say(f"saved step {step}; rerun the same command to resume")
+    def saved(self, step: int, *, owed: str = "") -> None:
+        """Says that `step` is durable (and `owed`, what the rerun does first) and how to go on.
+        From now until the process exits, a signal changes nothing."""
+        self._saved_step = step
+        interrupts.stopping(f"step {step} is saved; exiting")
+        self._say(f"saved step {step}{'; ' + owed if owed else ''}; rerun the same command to resume")

@@ -6,7 +6,9 @@ decision that could lose a run is made here in one place:
 
 - the data stream and every random draw are functions of (seed, step), so a resumed run
   continues exactly where the checkpoint left it;
-- SIGTERM/SIGINT or a multi-host preemption notice saves at the current step and returns;
+- SIGTERM, SIGHUP, SIGINT or a multi-host preemption notice saves at the current step and
+  returns; one before the loop stops the run with nothing to save (`interrupts.Stopped`); an
+  evaluation a stop (or a crash) cut short is run first when the run resumes;
 - a non-finite loss or gradient norm stops with an error naming the step, before any
   checkpoint of that state can be written;
 - `config.json`, `metrics.jsonl`, TensorBoard events and `final_metrics.json` live in the
@@ -29,8 +31,19 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
-from resnet_identity import checkpointing, config_migration, lease, models, optim, parallel, preemption, xla_config
+from resnet_identity import (
+    checkpointing,
+    config_migration,
+    interrupts,
+    lease,
+    models,
+    optim,
+    parallel,
+    preemption,
+    xla_config,
+)
 from resnet_identity import config as config_lib
 from resnet_identity.data import DatasetError, get_dataset
 from resnet_identity.diagnostics import Diagnostics
@@ -56,9 +69,9 @@ USER_ERRORS = (
 )
 # An evaluation running longer than this says how far it has got (ImageNet's takes minutes).
 EVAL_PROGRESS_SECONDS = 30.0
-# Exit status of a run stopped by SIGTERM/SIGINT or a preemption notice after saving
-# (sysexits' EX_TEMPFAIL): not 0, so that a scheduler or a retry loop reruns it.
-EXIT_PREEMPTED = 75
+# Exit status of a run stopped by a signal or a preemption notice after saving (sysexits'
+# EX_TEMPFAIL): not 0, so that a scheduler or a retry loop reruns it.
+EXIT_PREEMPTED = interrupts.EXIT_STOPPED
 
 
 def exit_status(result: dict[str, Any]) -> int:
@@ -306,15 +319,25 @@ class _Progress:
 
 
 class TrainLog:
-    """Logging: each window of `config.log_every_steps` steps becomes one record (the means)
-    and one console line; a window that diverged is on record before the run stops."""
+    """Logging: each window of `every` steps becomes one record (the means) and one console
+    line; a window that diverged is on record before the run stops. A shorter window (the
+    first after a resume, the last before a stop or the end) records how many steps its means
+    cover (`train/steps_averaged`), and its console line says so."""
 
     def __init__(
-        self, logger: MetricLogger, *, start_step: int, total: int, batch_size: int, check: Callable[[TrainState], None]
+        self,
+        logger: MetricLogger,
+        *,
+        start_step: int,
+        total: int,
+        batch_size: int,
+        every: int,
+        check: Callable[[TrainState], None],
     ):
-        self.logger, self.total, self.check = logger, total, check
+        self.logger, self.total, self.every, self.check = logger, total, every, check
         self.progress = _Progress(start_step, total, batch_size)
         self.window: list[dict[str, jax.Array]] = []
+        self.resumed_from = start_step or None  # until the first window after a resume is written
 
     def add(self, metrics: dict[str, jax.Array]) -> None:
         self.window.append(metrics)
@@ -326,28 +349,60 @@ class TrainLog:
         host = parallel.to_host(self.window)  # no device op: a stack would compile per length
         self.window = []
         means = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
-        self.logger.write(step, "train", means)
+        averaged, note = len(host), ""
+        if averaged != self.every:
+            since = f" since the resume at step {self.resumed_from}" if self.resumed_from else ""
+            note = f" (means of the {averaged} step{'s' if averaged > 1 else ''}{since})"
+        self.resumed_from = None
+        self.logger.write(step, "train", {**means, **({"steps_averaged": averaged} if note else {})})
         self.logger.console(
             f"step {step}/{self.total}: loss {means['loss']:.4f}, train error {100 * means['error']:.2f}%, "
-            f"lr {means['learning_rate']:.4g}, {self.progress.line(step)}"
+            f"lr {means['learning_rate']:.4g}, {self.progress.line(step)}{note}"
         )
         self.check(state)
 
 
 class Evaluation:
     """Evaluation: every crop of `config.eval_crops` over the test split, logged and printed;
-    it gives way to a preemption (`interrupted`) rather than outlast a grace period."""
+    it gives way to a preemption (`interrupted`) rather than outlast a grace period, and
+    `unrecorded` finds what such a stop (or a crash) left undone, for the resumed run."""
 
     def __init__(self, config, dataset, eval_fn, logger: MetricLogger, *, sharding, interrupted: Callable[[], bool]):
         self.config, self.dataset, self.eval_fn, self.logger = config, dataset, eval_fn, logger
         self.sharding, self.interrupted = sharding, interrupted
         self.crops = tuple(config.eval_crops) if config.eval_crops else (None,)
+        self.completed_step: int | None = None  # the step of the last evaluation of every crop
 
-    def __call__(self, state: TrainState, step: int) -> dict[str, dict[str, float]]:
+    @staticmethod
+    def tag(crop: int | None) -> str:
+        return "test" if crop is None else f"test_{crop}"
+
+    def unrecorded(self, step: int) -> tuple[int | None, ...]:
+        """The crops with no record at `step` in `metrics.jsonl`, as read by process 0 and
+        agreed by all (the evaluation is a collective)."""
+        recorded: set[str] = set()
+        if jax.process_index() == 0 and self.logger.path.exists():
+            for line in self.logger.path.read_bytes().decode(errors="replace").splitlines():
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(record, dict) and record.get("step") == step:
+                    recorded |= {key.split("/")[0] for key in record}
+        missing = np.array([self.tag(crop) not in recorded for crop in self.crops])
+        if jax.process_count() > 1:
+            missing = multihost_utils.broadcast_one_to_all(missing)
+        return tuple(crop for crop, absent in zip(self.crops, missing) if absent)
+
+    def __call__(
+        self, state: TrainState, step: int, crops: tuple[int | None, ...] | None = None
+    ) -> dict[str, dict[str, float]]:
         results = {}
-        for crop in self.crops:
-            tag = "test" if crop is None else f"test_{crop}"
+        for crop in self.crops if crops is None else crops:
+            tag = self.tag(crop)
             at_crop = f" at crop {crop}" if crop else ""
+            if self.interrupted():  # a stop while the step was being saved: nothing started
+                break
             self.logger.console(f"step {step}: evaluating on {self.dataset.num_test:,} examples{at_crop}...")
             metrics = evaluate(
                 state,
@@ -360,6 +415,7 @@ class Evaluation:
                 progress=lambda line: self.logger.console(f"step {step}: {line}"),
             )
             if metrics is None:
+                self.logger.console(f"step {step}: the {tag} evaluation stopped; it is redone when the run resumes")
                 break
             self.logger.write(step, tag, metrics)
             self.logger.console(
@@ -367,6 +423,8 @@ class Evaluation:
                 f"({int(metrics['examples'])} examples)"
             )
             results[tag] = metrics
+        else:
+            self.completed_step = step
         return results
 
 
@@ -382,10 +440,19 @@ def train_and_evaluate(
     mesh = parallel.create_mesh()
     # Before the lease, which creates the workdir: a bad value leaves nothing behind.
     config_lib.validate(config, num_devices=mesh.devices.size, num_processes=jax.process_count())
-    with lease.hold(workdir):
-        return _train_and_evaluate(
-            config, workdir, mesh, allow_config_change=allow_config_change, return_state=return_state
+    try:
+        with lease.hold(workdir):
+            return _train_and_evaluate(
+                config, workdir, mesh, allow_config_change=allow_config_change, return_state=return_state
+            )
+    except interrupts.Stopped as stop:  # before the loop (in it, the watcher saves a step and returns)
+        steps = checkpointing.finalized_steps(as_path(workdir) / "checkpoints")
+        stop.saved = (
+            f"stopped before step {steps[-1] + 1}, nothing new to save (the newest checkpoint is step {steps[-1]})"
+            if steps
+            else "stopped before step 1, nothing to save"
         )
+        raise
 
 
 def _train_and_evaluate(
@@ -408,10 +475,11 @@ def _train_and_evaluate(
     checkpointer = checkpointing.Checkpointer(
         checkpoint_dir, every_steps=config.checkpoint_every_steps, keep=config.keep_checkpoints
     )
-    state, start_step = restore_or_init(checkpointer, init, init_key, config, workdir, replicated)
-    if is_main:  # only once the checkpoint is known to fit this config: a refused resume changes nothing
-        record_config(workdir, config)
-    logger = MetricLogger(workdir, resumed_from=start_step, is_main=is_main)
+    with interrupts.deferred():  # a signal waits: a step moved aside or a record rewritten is never half done
+        state, start_step = restore_or_init(checkpointer, init, init_key, config, workdir, replicated)
+        if is_main:  # only once the checkpoint is known to fit this config: a refused resume changes nothing
+            record_config(workdir, config)
+        logger = MetricLogger(workdir, resumed_from=start_step, is_main=is_main)
     logger.console(
         f"{config.model} on {config.dataset}: {summary_line(state)}, {mesh.devices.size} device(s), "
         f"global batch {config.batch_size}, {total} steps" + (f"; resuming at step {start_step}" if start_step else "")
@@ -429,12 +497,15 @@ def _train_and_evaluate(
     )
 
     # Logging, evaluation, saving and preemption: one named place each.
-    watcher = preemption.PreemptionWatcher(last_step=total, console=preemption.write_line if is_main else None)
+    watcher = preemption.PreemptionWatcher(
+        start_step=start_step, last_step=total, console=preemption.write_line if is_main else None
+    )
     log = TrainLog(
         logger,
         start_step=start_step,
         total=total,
         batch_size=config.batch_size,
+        every=config.log_every_steps,
         check=functools.partial(check_finite, checkpointer=checkpointer, workdir=workdir),
     )
     run_eval = Evaluation(
@@ -448,12 +519,16 @@ def _train_and_evaluate(
             check_finite(state, checkpointer, workdir)  # a diverged state is never saved
             checkpointer.maybe_save(step, state, force=True, metadata=_machine())
 
+    def evaluation_due(step: int) -> bool:
+        return step == total or step % config.eval_every_steps == 0
+
     def stop_for_preemption(step: int, state: TrainState) -> dict[str, Any]:
         """The preemption's checkpoint, durable before the run says so and returns."""
         log.write(step, state)  # the partial window, so that the resumed run's logs miss no step
         save(step, state)
         checkpointer.wait()
-        watcher.saved(step)
+        owed = evaluation_due(step) and run_eval.completed_step != step
+        watcher.saved(step, owed=f"the evaluation at step {step} runs first when the run resumes" if owed else "")
         return {"preempted_at_step": step, "step": step, **({"state": state} if return_state else {})}
 
     # The loop. Whatever ends it (finish, preemption, divergence, a crash), a save in flight is
@@ -466,6 +541,13 @@ def _train_and_evaluate(
         cleanup.callback(checkpointer.close)
         cleanup.enter_context(watcher)
         cleanup.callback(checkpointer.wait)
+        # An evaluation due at the step resumed from that has no record: a stop (or a crash) cut it short.
+        if 0 < start_step < total and evaluation_due(start_step) and (owed := run_eval.unrecorded(start_step)):
+            logger.console(f"step {start_step}: the evaluation due here was cut short by a stop; running it now")
+            with watcher.between_steps(), log.progress.paused():
+                eval_results = run_eval(state, start_step, crops=owed)
+            if watcher.stops_at(start_step):
+                return stop_for_preemption(start_step, state)
         for step in range(start_step + 1, total + 1):
             started = time.time()
             state, metrics = train_fn(state, parallel.global_batch(next(batches), batch_sharding))
@@ -481,15 +563,21 @@ def _train_and_evaluate(
             # a preempted run saves at once, not after an evaluation that may outlast its grace.
             if watcher.should_stop(step):
                 return stop_for_preemption(step, state)
-            # Save before evaluating: an evaluation that fails cannot cost this step's checkpoint.
-            if step == total or checkpointer.should_save(step):
-                save(step, state)
-            if step % config.eval_every_steps == 0 and step != total:
-                with log.progress.paused():
-                    eval_results = run_eval(state, step)
-        eval_results = run_eval(state, step)
-        if watcher.stop_requested:  # during the final evaluation: the rerun only evaluates
+            # A signal while this step is saved or evaluated stops the run at this step.
+            with watcher.between_steps():
+                # Save before evaluating: an evaluation that fails cannot cost this step's checkpoint.
+                if step == total or checkpointer.should_save(step):
+                    save(step, state)
+                if step % config.eval_every_steps == 0 and step != total:
+                    with log.progress.paused():
+                        eval_results = run_eval(state, step)
+            if watcher.stops_at(step):
+                return stop_for_preemption(step, state)
+        with watcher.between_steps():
+            eval_results = run_eval(state, step)
+        if watcher.stops_at(step):  # during the final evaluation: the rerun only evaluates
             return stop_for_preemption(step, state)
+        interrupts.stopping("training has finished; exiting")
     final = {"step": step, **{f"{tag}_{k}": v for tag, m in eval_results.items() for k, v in m.items()}}
     if is_main:
         write_atomically(as_path(workdir) / "final_metrics.json", json.dumps(final, indent=2))

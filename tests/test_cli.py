@@ -86,6 +86,53 @@ def test_unknown_preset_lists_the_presets():
     assert "smoke" in done.stderr
 
 
+def test_a_preset_on_a_config_without_presets_says_so_and_names_the_presets(tmp_path):
+    config = tmp_path / "mine.py"
+    config.write_text(
+        "from resnet_identity.config import default_config\n\ndef get_config():\n    return default_config()\n"
+    )
+    done = train(f"--config={config}:smoke", "--workdir=unused")
+    assert_user_error(done, f"config file '{config}' has no presets")
+    assert "released_code" in done.stderr and "recipes.apply_preset" in done.stderr
+
+
+@pytest.mark.parametrize(
+    "command,statuses",
+    [
+        (("train.py", "--help"), (141,)),
+        (("train.py", "--config=configs/quickstart.py", "--list_config"), (141,)),
+        # every entry point goes through cli.run; absl's usage text ignores EPIPE itself (0)
+        (("-m", "resnet_identity.evaluate", "--help"), (0, 141)),
+    ],
+)
+def test_a_reader_that_closed_the_pipe_ends_the_command_quietly(command, statuses):
+    """`python train.py --help | head`: the reader has gone before the first write (its end of
+    a real pipe is closed). No BrokenPipeError traceback; the status a shell gives a writer
+    that SIGPIPE ended, 141, as `cat` or `seq` report under `set -o pipefail`."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run(
+            [sys.executable, *command], cwd=ROOT, stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=300
+        )
+    finally:
+        os.close(write_end)
+    assert done.returncode in statuses, done.stderr
+    assert done.stderr == "", done.stderr
+
+
+def test_help_piped_into_head_in_a_shell_is_quiet():
+    done = subprocess.run(
+        ["bash", "-c", f"{sys.executable} train.py --help | head -1; echo status=${{PIPESTATUS[0]}}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.stdout.startswith("Train a ResNet") and done.stderr == "", done
+    assert done.stdout.strip().splitlines()[-1] in ("status=0", "status=141")  # 0: all fitted in the pipe
+
+
 @pytest.mark.parametrize(
     "args,message",
     [

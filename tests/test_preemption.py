@@ -251,3 +251,100 @@ def test_a_signalled_run_saves_within_three_steps_and_resumes_through_repeated_s
         if "train/loss" in line
     ]
     assert logged == [saved, resaved]
+
+
+# Real signals at every moment of a real `train.py` (issue 26 rows 12-14; issue 25's SIGHUP).
+def _train_py(workdir, *overrides: str) -> list[str]:
+    return [
+        sys.executable,
+        os.path.join(ROOT, "train.py"),
+        f"--config={os.path.join(ROOT, 'configs', 'quickstart.py')}",
+        f"--workdir={workdir}",
+        "--config.model_overrides.depth=8",
+        "--config.batch_size=16",
+        *(f"--config.{o}" for o in overrides),
+    ]
+
+
+def _popen(cmd) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": ROOT, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _read_until(proc: subprocess.Popen, text: str, lines: list[str]) -> None:
+    for line in proc.stdout:
+        lines.append(line)
+        if text in line:
+            return
+    raise AssertionError(f"no line with {text!r}:\n{''.join(lines)[-3000:]}")
+
+
+@pytest.mark.parametrize("signame,after_s", [("SIGTERM", 0.5), ("SIGTERM", 1.5), ("SIGHUP", 1.0)])
+def test_a_signal_before_the_loop_exits_75_saying_nothing_was_saved(tmp_path, signame, after_s):
+    """Row 13: while Python imports JAX, the config is read or the run is set up."""
+    proc = _popen(_train_py(tmp_path / "run"))
+    time.sleep(after_s)
+    proc.send_signal(getattr(signal, signame))
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == trainer.EXIT_PREEMPTED == 75, output[-3000:]
+    assert "Traceback" not in output and "Exception ignored" not in output, output[-3000:]
+    last = output.strip().splitlines()[-1]
+    assert last.startswith(f"received {signame}: stopped") and last.endswith("rerun the same command"), output
+    assert not (tmp_path / "run" / "checkpoints").exists() or not os.listdir(tmp_path / "run" / "checkpoints")
+
+
+def test_sighup_saves_like_sigterm_and_signals_after_the_save_change_nothing(tmp_path):
+    """A dropped ssh connection (SIGHUP) saves and exits 75; then SIGTERM and SIGINT sent until
+    the process has exited (row 14) change neither the exit status nor the checkpoint."""
+    proc = _popen(_train_py(tmp_path, "num_train_steps=400", "log_every_steps=1", "eval_every_steps=1000"))
+    lines: list[str] = []
+    try:
+        _read_until(proc, "step 3/", lines)
+        proc.send_signal(signal.SIGHUP)
+        _read_until(proc, "saved step", lines)
+        for n in range(10_000):
+            if proc.poll() is not None:
+                break
+            proc.send_signal(signal.SIGTERM if n % 2 else signal.SIGINT)
+            time.sleep(0.005)
+        rest, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    output = "".join(lines) + rest
+    assert proc.returncode == 75, output[-3000:]
+    assert "received SIGHUP: saving step" in output and "Traceback" not in output, output[-3000:]
+    saved = int(output.split("saved step ")[1].split(";")[0])
+    assert os.listdir(tmp_path / "checkpoints") == [str(saved)]
+
+
+def test_an_evaluation_cut_short_by_a_signal_is_redone_first_on_resume(tmp_path):
+    """Row 12: SIGTERM during the evaluation at step 2 saves step 2 and says the evaluation is
+    owed; the rerun evaluates step 2 before training on, and says so."""
+    cmd = _train_py(
+        tmp_path,
+        "num_train_steps=3",
+        "schedule.boundaries=(2,)",
+        "log_every_steps=2",
+        "eval_every_steps=2",
+        "eval_batch_size=8",  # 45 batches: the signal arrives while they run
+        "checkpoint_every_steps=1000",
+    )
+    proc = _popen(cmd)
+    lines: list[str] = []
+    _read_until(proc, "step 2: evaluating on", lines)
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=300)
+    output = "".join(lines) + rest
+    assert proc.returncode == 75, output[-3000:]
+    assert "step 2: the test evaluation stopped; it is redone when the run resumes" in output, output
+    assert "saved step 2; the evaluation at step 2 runs first when the run resumes" in output, output
+
+    resumed = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    assert "step 2: the evaluation due here was cut short by a stop; running it now" in resumed.stdout
+    # The first window after the resume says it averages only the step since the checkpoint.
+    assert "(means of the 1 step since the resume at step 2)" in resumed.stdout, resumed.stdout
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "test/error" in r] == [2, 3]
+    assert [r.get("train/steps_averaged") for r in records if "train/loss" in r] == [None, 1]
