@@ -18,8 +18,11 @@ the directory training reads (`config.data_dir`).
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import tarfile
+import urllib.parse
+import urllib.request
 import zlib
 
 from absl import flags
@@ -172,15 +175,38 @@ def prepare_from(name: str, data_dir: str, url: str) -> str | None:
 def download_cifar(name: str, data_dir: str) -> str:
     """Downloads CIFAR's official archive through TFDS, which checks its checksum, and prepares it."""
     _, tfds = tfds_access.import_tfds()
+    url = CIFAR_ARCHIVES[name]["url"]
+    offline = (
+        f"Without internet, fetch {url} elsewhere and run "
+        f"`python -m resnet_identity.prepare {name} --archive={CIFAR_ARCHIVES[name]['file']}`."
+    )
+    # Checked first: offline, TFDS's downloader retries for minutes before it fails.
+    unreachable = _unreachable(url)
+    if unreachable:
+        raise cli.UserError(f"cannot download {name}: {unreachable}. {offline}")
     try:
         tfds.builder(name, data_dir=data_dir).download_and_prepare()
     except Exception as error:  # noqa: BLE001 - any failure to download gets the same remedy
         raise cli.UserError(
-            f"could not download {name} ({type(error).__name__}: {_first_line(error)}). Without internet, "
-            f"fetch {CIFAR_ARCHIVES[name]['url']} elsewhere and run "
-            f"`python -m resnet_identity.prepare {name} --archive={CIFAR_ARCHIVES[name]['file']}`."
+            f"could not download {name} ({type(error).__name__}: {_first_line(error)}). {offline}"
         ) from error
     return f"Prepared {name} in {data_dir}."
+
+
+def _unreachable(url: str) -> str | None:
+    """Why a connection to `url`'s server (or to the proxy that requests would use) fails, if it does."""
+    parts = urllib.parse.urlsplit(url)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy and not urllib.request.proxy_bypass(parts.hostname):
+        proxy_parts = urllib.parse.urlsplit(proxy)
+        host, port, via = proxy_parts.hostname, proxy_parts.port or 80, f" through the proxy {proxy}"
+    else:
+        host, port, via = parts.hostname, parts.port or 443, ""
+    try:
+        socket.create_connection((host, port), timeout=20).close()
+    except OSError as error:
+        return f"{host}:{port} cannot be reached{via} ({error})"
+    return None
 
 
 def _first_line(error: BaseException) -> str:
@@ -210,33 +236,60 @@ def imagenet_archives(archives: list[str]) -> dict[str, str]:
             f"{' and '.join(missing)} not given; --archive names both ImageNet archives, or the folder holding "
             "them (register at https://image-net.org/download-images to download them)."
         )
-    for path in found.values():
-        with as_path(path).open("rb") as file:
-            try:
-                tarfile.open(fileobj=file, mode="r:").next()
-            except (tarfile.ReadError, EOFError) as error:
-                raise ArchiveError(f"{path} is not a tar archive, or damaged ({error}); download it again.") from None
+    for name, path in found.items():
+        _check_imagenet_tar(name, path)
     return found
 
 
-def prepare_imagenet(data_dir: str, archives: list[str] | None) -> str:
+# The first member of each ImageNet tar, as TFDS's builder reads them: one tar per class
+# (n01440764.tar, ...) in the training tar; the images themselves in the validation tar.
+_IMAGENET_MEMBERS = {
+    "ILSVRC2012_img_train.tar": (".tar", "one tar per class, such as n01440764.tar"),
+    "ILSVRC2012_img_val.tar": (".JPEG", "the validation images, ILSVRC2012_val_00000001.JPEG ..."),
+}
+
+
+def _check_imagenet_tar(name: str, path: str) -> None:
+    """Reads the first member's header only: the training tar is ~138 GB."""
+    suffix, holds = _IMAGENET_MEMBERS[name]
+    with as_path(path).open("rb") as file:
+        try:
+            first = tarfile.open(fileobj=file, mode="r:").next()
+        except (tarfile.ReadError, EOFError):
+            raise ArchiveError(f"{path} is not a tar archive, or is damaged; download {name} again.") from None
+    if first is None or not first.name.endswith(suffix):
+        found = f"its first member is {first.name!r}" if first is not None else "it is empty"
+        raise ArchiveError(f"{path} is not ImageNet's {name}, which holds {holds}: {found}.")
+
+
+def _place(archive, target) -> None:
+    """Puts `archive` at `target`: a symbolic link on a local disk (the train tar is ~138 GB),
+    else a copy."""
+    if is_local(target) and is_local(archive):
+        if os.path.lexists(target) and os.path.realpath(target) == os.path.realpath(archive):
+            return
+        if os.path.lexists(target):
+            os.unlink(target)
+        os.symlink(archive, target)
+    elif not (target.exists() and target.stat().length == archive.stat().length):
+        archive.copy(target, overwrite=True)
+
+
+def prepare_imagenet(data_dir: str, archives: dict[str, str]) -> str:
+    """Places `archives` ({file name: path}) in TFDS's manual dir, and prepares from it."""
     _, tfds = tfds_access.import_tfds()
     manual_dir = as_path(data_dir) / "downloads" / "manual"
-    if archives:
-        manual_dir.mkdir(parents=True, exist_ok=True)
-        for name, path in imagenet_archives(archives).items():
-            target = manual_dir / name
-            if target.exists() and target.resolve() == as_path(path).resolve():
-                continue
-            if target.exists() or target.is_symlink():
-                target.unlink()
-            if is_local(data_dir) and is_local(path):
-                target.symlink_to(as_path(path))  # ~145 GB: linked, not copied
-            else:
-                as_path(path).copy(target)
+    manual_dir.mkdir(parents=True, exist_ok=True)
+    for name, path in archives.items():
+        _place(as_path(path), manual_dir / name)
     missing = [name for name in tfds_access.IMAGENET_ARCHIVES if not (manual_dir / name).exists()]
     if missing:
-        raise cli.UserError(tfds_access.not_prepared_message("imagenet2012", data_dir, f"missing {', '.join(missing)}"))
+        raise cli.UserError(
+            f"ImageNet cannot be downloaded, and {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not "
+            f"in {manual_dir}/: give both "
+            "archives, --archive=ILSVRC2012_img_train.tar --archive=ILSVRC2012_img_val.tar (or the folder holding "
+            "them); they come from https://image-net.org/download-images, after registering."
+        )
     try:
         tfds.builder("imagenet2012", data_dir=data_dir).download_and_prepare()
     except Exception as error:  # noqa: BLE001 - TFDS reports a damaged tar in many ways
@@ -255,7 +308,11 @@ def prepare(argv: list[str]) -> str:
         raise cli.UserError(f"{name} is prepared from one archive ({CIFAR_ARCHIVES[name]['file']}).")
     data_dir = tfds_access.resolve_data_dir(FLAGS.data_dir)
     # A bad archive is reported before TensorFlow's import, which takes seconds.
-    records = check_cifar_archive(name, archives[0]) if name != "imagenet2012" and archives else None
+    imagenet, records = {}, None
+    if name == "imagenet2012":
+        imagenet = imagenet_archives(archives) if archives else {}
+    else:
+        records = check_cifar_archive(name, archives[0]) if archives else None
     _, tfds = tfds_access.import_tfds()
     if not sys.stderr.isatty():
         # TFDS's bars are nested and redraw with cursor moves: tidy on a terminal, noise in a log file.
@@ -263,7 +320,7 @@ def prepare(argv: list[str]) -> str:
     if tfds.builder(name, data_dir=data_dir).is_prepared():
         return f"{name} is already prepared in {data_dir}."
     if name == "imagenet2012":
-        return prepare_imagenet(data_dir, archives)
+        return prepare_imagenet(data_dir, imagenet)
     if not archives:
         return download_cifar(name, data_dir)
     note = prepare_from(name, data_dir, os.fspath(as_path(archives[0])))
@@ -273,10 +330,7 @@ def prepare(argv: list[str]) -> str:
 
 
 def main(argv: list[str]) -> None:
-    try:
-        print(prepare(argv), flush=True)
-    except tfds_access.DatasetNotPreparedError as error:
-        raise cli.UserError(str(error)) from error
+    print(prepare(argv), flush=True)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import gzip
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
 import tarfile
@@ -27,9 +28,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 START_UP_NOISE = ("oneDNN", "InitializeLog", "file_utils", "cpu_feature_guard", "I0000", "W0000")
 
 
-def _run(*args, timeout=300):
+def _run(*args, env=None, timeout=300):
     return subprocess.run(
-        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env={**os.environ}
+        [sys.executable, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -157,4 +163,63 @@ def test_mistakes_get_one_line(tmp_path, args, expected):
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_no_network_gets_one_line_at_once(tmp_path):
+    """Offline (here: a proxy that refuses connections, on any machine), the download is not
+    retried for minutes: one line says how to prepare from an archive instead."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        proxy = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    # Both spellings: urllib prefers the lower-case one where a machine sets both.
+    env = {"HTTPS_PROXY": proxy, "https_proxy": proxy, "NO_PROXY": "", "no_proxy": ""}
+    result = _run("-m", "resnet_identity.prepare", "cifar10", f"--data_dir={tmp_path}", env=env)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"error: cannot download cifar10: 127.0.0.1:{proxy.rsplit(':', 1)[1]} cannot be reached")
+    assert lines[0].endswith("`python -m resnet_identity.prepare cifar10 --archive=cifar-10-binary.tar.gz`.")
+
+
+def test_imagenet_prepared_from_its_two_tars_is_read(tmp_path):
+    """ImageNet's manual path on a tiny ILSVRC2012 layout: the command places the tars in
+    downloads/manual, TFDS's builder reads them, and the dataset serves their labels."""
+    from tests import imagenet_archive
+
+    archives = tmp_path / "archives"
+    archives.mkdir()
+    synsets = imagenet_archive.write_archives(archives)
+    data_dir = tmp_path / "data"
+    result = _run("-m", "resnet_identity.prepare", "imagenet2012", f"--archive={archives}", f"--data_dir={data_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    _assert_quiet(result)
+    assert result.stdout.strip().endswith(f"Prepared imagenet2012 in {data_dir}.")
+    assert os.path.realpath(data_dir / "downloads" / "manual" / "ILSVRC2012_img_val.tar") == str(
+        archives / "ILSVRC2012_img_val.tar"
+    )
+
+    import ml_collections
+
+    from resnet_identity import data
+    from resnet_identity.data import imagenet
+
+    dataset = data.get_dataset(ml_collections.ConfigDict({"dataset": "imagenet2012", "data_dir": str(data_dir)}))
+    assert (dataset.num_train, dataset.num_test) == (9, 6)
+    tfds = pytest.importorskip("tensorflow_datasets")
+    names = tfds.builder(imagenet.NAME, data_dir=str(data_dir)).info.features["label"].names
+    evaluated = list(dataset.eval_batches(global_batch_size=8))
+    assert evaluated[0]["image"].shape == (8, 224, 224, 3)
+    seen = sorted(names[label] for batch in evaluated for label in batch["label"][batch["mask"]])
+    assert seen == sorted(synsets["validation"])
+    batch = next(dataset.train_batches(global_batch_size=9, start_step=0, seed=0))
+    assert sorted(names[label] for label in batch["label"]) == sorted(synsets["train"])
+
+
+def test_a_damaged_imagenet_tar_gets_one_line(tmp_path):
+    (tmp_path / "ILSVRC2012_img_train.tar").write_bytes(b"\0" * 10)
+    (tmp_path / "ILSVRC2012_img_val.tar").write_text("<html>Forbidden</html>\n" * 30)
+    result = _run("-m", "resnet_identity.prepare", "imagenet2012", f"--archive={tmp_path}", f"--data_dir={tmp_path}")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and "is not a tar archive" in lines[0], lines[0]
     assert "Traceback" not in result.stdout + result.stderr
