@@ -334,6 +334,9 @@ def test_a_preempted_run_saves_before_evaluating_and_logs_its_partial_window(tmp
     trainer.train_and_evaluate(config, str(tmp_path))
     logged = [json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl") if "train/loss" in line]
     assert logged == [3, 4, 6]
+    # the evaluation the stop skipped is done by the resumed run, before it trains on
+    evaluated = [json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl") if "test/error" in line]
+    assert evaluated == [4, 6]
 
 
 def test_saves_in_flight_are_awaited_while_signals_are_still_caught(tmp_path, monkeypatch):
@@ -412,3 +415,27 @@ def test_a_run_resumes_under_another_layout_without_losing_a_step(tmp_path, monk
     assert step == 3 and not os.path.exists(os.path.join(checkpoints, "corrupt"))
     for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(as_reference)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_signal_during_a_save_stops_at_the_step_being_saved(tmp_path, monkeypatch):
+    """A real SIGTERM while step 2's checkpoint is being written: the run stops at step 2 (no
+    further step is trained), and the evaluation due there is done by the resumed run."""
+    from resnet_identity import checkpointing
+
+    real_save = checkpointing.Checkpointer.maybe_save
+
+    def save_then_signal(self, step, *args, **kwargs):
+        saved = real_save(self, step, *args, **kwargs)
+        if step == 2:
+            signal.raise_signal(signal.SIGTERM)  # while the asynchronous write runs
+        return saved
+
+    config = tiny_config(steps=4)
+    config.checkpoint_every_steps = config.eval_every_steps = 2
+    with monkeypatch.context() as m:
+        m.setattr(checkpointing.Checkpointer, "maybe_save", save_then_signal)
+        assert trainer.train_and_evaluate(config, str(tmp_path))["preempted_at_step"] == 2
+    assert os.listdir(tmp_path / "checkpoints") == ["2"]
+    assert trainer.train_and_evaluate(config, str(tmp_path))["step"] == 4
+    evaluated = [json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl") if "test/error" in line]
+    assert evaluated == [2, 4]
