@@ -74,8 +74,8 @@ def test_train_py_stopped_by_a_real_sigterm_is_rerun_and_finishes(tmp_path):
         f"--workdir={workdir}",
         "--config.model_overrides.depth=8",
         "--config.batch_size=16",
-        "--config.num_train_steps=60",
-        "--config.schedule.boundaries=(40,)",
+        "--config.num_train_steps=100",
+        "--config.schedule.boundaries=(80,)",
         "--config.log_every_steps=20",
         "--config.eval_every_steps=1000",
         "--config.checkpoint_every_steps=1000",
@@ -104,4 +104,4 @@ def test_train_py_stopped_by_a_real_sigterm_is_rerun_and_finishes(tmp_path):
     assert code == 0, output[-3000:]
     assert "run 2 exited with status 0; done" in output, output[-3000:]
     assert "Traceback" not in output, output[-3000:]
-    assert (workdir / "checkpoints" / "60").is_dir()
+    assert (workdir / "checkpoints" / "100").is_dir()
