@@ -98,7 +98,7 @@ def run(main: Callable[[list[str]], int | None], *, help_epilog: Callable[[], st
     except BrokenPipeError:
         _exit_reader_gone()
     except KeyboardInterrupt:
-        exit_interrupted()
+        _exit_interrupted()
     except interrupts.Stopped as stop:
         _exit_stopped(stop)
     except SystemExit:
@@ -107,7 +107,7 @@ def run(main: Callable[[list[str]], int | None], *, help_epilog: Callable[[], st
     raise AssertionError("app.run returned")  # it always exits
 
 
-def exit_interrupted() -> NoReturn:
+def _exit_interrupted() -> NoReturn:
     """Says "interrupted." and exits 130, as a shell reports a process ended by Ctrl-C."""
     interrupts.ignore_from_now()
     print("interrupted.", file=sys.stderr, flush=True)
