@@ -2,6 +2,7 @@
 
 import json
 import os
+import subprocess
 import sys
 
 import pytest
@@ -11,6 +12,7 @@ nbformat = pytest.importorskip("nbformat")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOKS = os.path.join(ROOT, "notebooks")
+NAMES = ["models", "signal_propagation", "training_curves"]
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +35,7 @@ def this_python_kernel(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["models", "signal_propagation", "training_curves"])
+@pytest.mark.parametrize("name", NAMES)
 def test_notebook_runs_with_small_settings(name, this_python_kernel, monkeypatch):
     monkeypatch.setenv("JUPYTER_PATH", this_python_kernel)
     monkeypatch.setenv("RESNET_IDENTITY_SMALL", "1")
@@ -48,3 +50,21 @@ def test_notebook_runs_with_small_settings(name, this_python_kernel, monkeypatch
     assert "RESNET_IDENTITY_SMALL" in code[0].source
     images = [o for c in code for o in c.outputs if "image/png" in o.get("data", {})]
     assert images, f"{name}.ipynb drew no figure"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_full_size_run_writes_only_where_git_ignores(name, monkeypatch):
+    """The settings cell, run as a full-size run runs it (no RESNET_IDENTITY_SMALL, from the
+    notebook's folder), sends figures and workdirs under the ignored workdirs/, so a full run
+    never overwrites tracked files such as docs/figures."""
+    monkeypatch.delenv("RESNET_IDENTITY_SMALL", raising=False)
+    monkeypatch.chdir(NOTEBOOKS)
+    nb = nbformat.read(os.path.join(NOTEBOOKS, f"{name}.ipynb"), as_version=4)
+    settings: dict = {}
+    exec(next(c for c in nb.cells if c.cell_type == "code").source, settings)
+    outputs = [settings[key] for key in ("FIGURES", "WORKDIR") if key in settings]
+    assert outputs and not settings["SMALL"]
+    for output in outputs:
+        written = os.path.join(os.path.abspath(output), "figure.png")
+        ignored = subprocess.run(["git", "check-ignore", "--quiet", written], cwd=ROOT)
+        assert ignored.returncode == 0, f"{name}.ipynb writes {written}, which git does not ignore"
