@@ -5,7 +5,8 @@ is the throughput benchmark's network (benchmarks/RESULTS.md, target 7a) and a b
 
 Launch:
   python train.py --config=configs/imagenet_resnet50.py --workdir=workdirs/imagenet_resnet50
-Presets (after a colon): smoke, fb_resnet_torch (fb.resnet.torch's augmentation);
+Presets (after a colon): smoke, fb_resnet_torch (fb.resnet.torch's augmentation), finetune
+  (on a folder of your images: docs/pretrained.md);
   e.g. `--config=configs/imagenet_resnet50.py:smoke`.
 Expected runtime: Needs the manual ImageNet download (see README).
 """

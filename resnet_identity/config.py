@@ -121,8 +121,12 @@ def check_keys(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"Unknown config field(s) {unknown}.{hints} Valid fields: {sorted(known)}.")
 
 
-def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1, num_processes: int = 1) -> None:
-    """Raises `ConfigError` listing every invalid value; returns None when all is well."""
+def validate(
+    config: ml_collections.ConfigDict, *, num_devices: int = 1, num_processes: int = 1, training: bool = True
+) -> None:
+    """Raises `ConfigError` listing every invalid value; returns None when all is well. With
+    `training=False` (evaluation) the fields only training reads are not checked: the batch size
+    and its BN groups, the budget and the optimiser."""
     check_keys(config)
     errors: list[str] = []
 
@@ -173,7 +177,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1, num_pro
             facts = None if option_errors else registry.spec(config.dataset).facts(options)
         except DatasetError as e:
             errors.append(str(e))
-        if facts is not None and isinstance(config.batch_size, int) and config.batch_size > 0:
+        if training and facts is not None and isinstance(config.batch_size, int) and config.batch_size > 0:
             need(
                 facts.steps_per_epoch(config.batch_size) >= 1,
                 f"batch_size={config.batch_size} is larger than {config.dataset}'s {facts.num_train} training "
@@ -185,16 +189,16 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1, num_pro
     )
 
     batch = config.batch_size
-    need(batch > 0, f"batch_size must be positive, got {batch}.")
+    need(not training or batch > 0, f"batch_size must be positive, got {batch}.")
     need(config.eval_batch_size > 0, "eval_batch_size must be positive.")
-    if batch > 0:
+    need(
+        config.eval_batch_size % num_devices == 0,
+        f"eval_batch_size={config.eval_batch_size} does not split evenly over {num_devices} devices.",
+    )
+    if training and batch > 0:
         need(
             batch % num_devices == 0,
             f"batch_size={batch} does not split evenly over {num_devices} devices; use a multiple of {num_devices}.",
-        )
-        need(
-            config.eval_batch_size % num_devices == 0,
-            f"eval_batch_size={config.eval_batch_size} does not split evenly over {num_devices} devices.",
         )
         need(batch % num_processes == 0, f"batch_size={batch} does not split over {num_processes} processes.")
         group = config.model_overrides.get("bn_group_size")
@@ -207,7 +211,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1, num_pro
             )
 
     need(
-        config.num_train_steps > 0 or config.num_epochs > 0,
+        not training or config.num_train_steps > 0 or config.num_epochs > 0,
         "Set num_train_steps > 0, or num_train_steps = -1 with num_epochs > 0.",
     )
     need(0 <= config.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {config.label_smoothing}.")
@@ -230,7 +234,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1, num_pro
         f"diagnostics_every_steps must be >= 0 (0: off), got {config.diagnostics_every_steps}.",
     )
 
-    if not errors and facts is not None:  # the optimiser's own checks, on what will run
+    if training and not errors and facts is not None:  # the optimiser's own checks, on what will run
         errors += optim.problems(config, total_steps=total_steps(config), steps_per_epoch=steps_per_epoch(config))
     if errors:
         raise ConfigError("Invalid config:\n  - " + "\n  - ".join(errors))

@@ -1,20 +1,22 @@
 """Evaluate a run's checkpoint, or converted weights, on a config's dataset: top-1 and top-5 error.
 
-  python -m resnet_identity.evaluate --workdir=RUN [--step=N] --config=CONFIG [--crops=224,320,10crop]
+  python -m resnet_identity.evaluate --workdir=RUN [--step=N] [--config=CONFIG] [--crops=224,320,10crop]
   python -m resnet_identity.evaluate --weights=DIR --model=NAME --config=CONFIG [--crops=...]
 
-The dataset and its options come from --config (its `dataset`, `eval_batch_size`, ...); the
-network from the run (its config.json and checkpoint, the newest or --step) or from the
-weights directory. --crops defaults to the config's `eval_crops` (None: the dataset's first);
-`10crop` is fb.resnet.torch's ten-crop test (data/crops.py). Imported weights are evaluated
-with their source's preprocessing (weights.json): its normalisation, and on a streamed
-dataset its resize interpolation and the shorter side before the centre crop (256 for
-torchvision's 224, 235 for timm's); the 320 crop keeps v2's geometry.
+The dataset and its options come from --config (its `dataset`, `eval_batch_size`, ...); for a
+run, by default, from the run's own config.json. The network comes from the run (its
+config.json and checkpoint, the newest or --step) or from the weights directory, both read by
+`weights.load_weights_or_run`. Fields only training reads (the batch size, BN groups, the
+budget, the optimiser) are not checked. --crops defaults to the config's `eval_crops` (None:
+the dataset's first); `10crop` is fb.resnet.torch's ten-crop test (data/crops.py). Imported
+weights are evaluated with their source's preprocessing (weights.json): its normalisation, and
+on a streamed dataset its resize interpolation and the shorter side before the centre crop (256
+for torchvision's 224, 235 for timm's); the 320 crop keeps v2's geometry.
 
 Each crop's result is printed and written as `eval_<step N | weights>_<crop>.json` in
---output_dir: by default the run's workdir, or the weights directory for --weights. Nothing
-else is written: the checkpoint is read read-only and no lease is taken, so a run may be
-evaluated while it trains.
+--output_dir (created if its parent exists; checked before anything is evaluated): by default
+the run's workdir, or the weights directory for --weights. Nothing else is written: the
+checkpoint is read read-only and no lease is taken, so a run may be evaluated while it trains.
 """
 
 from __future__ import annotations
@@ -36,7 +38,10 @@ def define_flags() -> None:
     """The command's flags, defined when it runs rather than at import, so that code importing
     several commands (the tests do) defines no flag twice."""
     config_flags.DEFINE_config_file(
-        "config", None, "Config whose dataset is evaluated (configs/*.py[:preset]).", lock_config=True
+        "config",
+        None,
+        "Config whose dataset is evaluated (configs/*.py[:preset]); with --workdir, by default the run's own.",
+        lock_config=True,
     )
     flags.DEFINE_string("workdir", None, "A run's workdir: evaluate its checkpoint.")
     flags.DEFINE_integer("step", None, "The checkpoint step to evaluate (default: the newest).")
@@ -55,28 +60,23 @@ def parse_crops(values: list[str] | None, default: tuple | None) -> tuple:
     return tuple(int(v) if v.strip().isdigit() else v.strip() for v in values)
 
 
-def _network(config):
-    """(label, model name, model, variables, weights or None) of the run or the weights named
-    by the flags."""
-    from resnet_identity import config as config_lib
-    from resnet_identity import init_from, models
-    from resnet_identity import weights as weights_lib
-
-    if (FLAGS.workdir is None) == (FLAGS.weights is None):
-        raise cli.UserError("give either --workdir=RUN (with an optional --step) or --weights=DIR --model=NAME.")
-    if FLAGS.weights is not None:
-        cli.require(model=FLAGS.model)
-        weights = weights_lib.load_weights(FLAGS.weights)
-        if FLAGS.model != weights.model:
+def output_directory():
+    """--output_dir (default: the run's workdir or the weights directory), created if its parent
+    exists; checked before anything is evaluated, so that no result is lost at the end."""
+    output_dir = as_path(FLAGS.output_dir or FLAGS.workdir or FLAGS.weights)
+    if FLAGS.output_dir is not None and not output_dir.is_dir():
+        if output_dir.exists():
+            raise cli.UserError(f"--output_dir={FLAGS.output_dir} is a file, not a folder; choose a folder.")
+        if not output_dir.parent.is_dir():
             raise cli.UserError(
-                f"{FLAGS.weights} holds weights of {weights.model}, not {FLAGS.model}; pass --model={weights.model}."
+                f"--output_dir={FLAGS.output_dir}: its parent folder {output_dir.parent} does not exist; create it "
+                "or choose another folder."
             )
-        model, variables = weights.create_model()
-        return "weights", weights.model, model, variables, weights
-    run_config, variables, step = init_from.read_run(FLAGS.workdir, FLAGS.step)
-    num_classes = int(weights_lib.flatten(variables)["params/fc/bias"].shape[0])
-    model = models.create_model(run_config.model, num_classes=num_classes, **config_lib.model_kwargs(run_config))
-    return f"step{step}", run_config.model, model, variables, None
+        try:
+            output_dir.mkdir()
+        except OSError as e:
+            raise cli.UserError(f"Cannot create --output_dir={FLAGS.output_dir}: {e.strerror or e}.") from e
+    return output_dir
 
 
 def evaluate(config) -> list[dict]:
@@ -86,10 +86,12 @@ def evaluate(config) -> list[dict]:
 
     from resnet_identity import config as config_lib
     from resnet_identity import parallel, trainer
+    from resnet_identity import weights as weights_lib
     from resnet_identity.data import get_dataset, normalization, registry
     from resnet_identity.train_state import TrainState, eval_step
 
-    config_lib.validate(config)
+    config_lib.validate(config, training=False)
+    output_dir = output_directory()
     facts = registry.facts(config)
     crops = parse_crops(FLAGS.crops, config.eval_crops)
     bad = [c for c in crops if c is not None and c not in facts.eval_crops]
@@ -100,9 +102,13 @@ def evaluate(config) -> list[dict]:
             else (f"{config.dataset} is evaluated on whole images: leave --crops out")
         )
         raise cli.UserError(f"--crops {bad} not offered by {config.dataset}; {choices}.")
-    label, model_name, model, variables, weights = _network(config)
+    weights = weights_lib.load_weights_or_run(
+        workdir=FLAGS.workdir, step=FLAGS.step, weights=FLAGS.weights, model=FLAGS.model
+    )
+    label = "weights" if weights.step is None else f"step{weights.step}"
+    model, variables = weights.create_model()
     dataset = get_dataset(config)
-    if weights is not None:  # the source's preprocessing, not the dataset's
+    if FLAGS.weights is not None:  # the source's preprocessing, not the dataset's
         mean, std = (255.0 * np.asarray(v, np.float32) for v in (weights.preprocessing.mean, weights.preprocessing.std))
         changes = {"normalization": normalization.Normalization(mean, std, "weights")}
         if hasattr(dataset, "eval_interpolation"):  # a streamed dataset: also the source's resize
@@ -135,7 +141,6 @@ def evaluate(config) -> list[dict]:
     eval_fn = jax.jit(
         functools.partial(eval_step, model=model, transform=dataset.eval_transform), out_shardings=replicated
     )
-    output_dir = as_path(FLAGS.output_dir or FLAGS.workdir or FLAGS.weights)
     results = []
     for crop in crops:
         metrics = trainer.evaluate(
@@ -145,7 +150,7 @@ def evaluate(config) -> list[dict]:
         result = {
             "source": FLAGS.workdir or FLAGS.weights,
             "checkpoint": label,
-            "model": model_name,
+            "model": weights.model,
             "dataset": config.dataset,
             "crop": name,
             "top1_error": metrics["error"],
@@ -166,13 +171,20 @@ def evaluate(config) -> list[dict]:
 
 def main(argv):
     cli.no_arguments(argv)
-    cli.require(config=FLAGS.config)
     from resnet_identity import trainer
     from resnet_identity import weights as weights_lib
     from resnet_identity.data import DatasetError
 
     try:
-        evaluate(FLAGS.config)
+        config = FLAGS.config
+        if config is None:
+            if FLAGS.workdir is None:
+                raise cli.UserError(
+                    "give a run's --workdir=RUN (evaluated on its own config's dataset unless --config is given), "
+                    "or --weights=DIR --model=NAME with --config=CONFIG (the dataset to evaluate on)."
+                )
+            config = weights_lib.read_run_config(FLAGS.workdir)
+        evaluate(config)
     except (*trainer.USER_ERRORS, weights_lib.WeightsError, DatasetError) as e:
         raise cli.UserError(str(e)) from e
 

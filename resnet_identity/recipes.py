@@ -10,7 +10,7 @@ import ml_collections
 
 from resnet_identity.config import default_config
 
-PRESETS = ("smoke", "released_code", "fb_resnet_torch")
+PRESETS = ("smoke", "released_code", "fb_resnet_torch", "finetune")
 
 
 def cifar(model: str, preset: str | None = None) -> ml_collections.ConfigDict:
@@ -142,5 +142,26 @@ def apply_preset(c: ml_collections.ConfigDict, preset: str | None) -> ml_collect
         c.imagenet2012.color_jitter = 0.4
         c.imagenet2012.pca_lighting = 0.1
         c.normalization = "per_channel"
+        return c
+    if preset == "finetune":
+        if c.dataset != "imagenet2012":
+            raise ValueError(
+                "The finetune preset fine-tunes ImageNet weights on a folder of your images; use it with ImageNet "
+                "configs."
+            )
+        # Fine-tuning on a folder of your images (docs/pretrained.md), which may hold a few dozen:
+        # batch 16 with BN over the whole batch (it needs 16 training images; a larger
+        # --config.batch_size is yours to set), 10 epochs at LR 0.01 cut at epochs 6 and 9.
+        c.dataset = "folder"
+        c.batch_size = 16
+        c.eval_batch_size = 50
+        c.model_overrides.bn_group_size = None
+        c.eval_crops = None  # the folder's first crop, whatever its folder.image_size
+        c.num_epochs = 10.0
+        c.schedule.learning_rate = 0.01
+        c.schedule.boundaries = (6, 9)
+        c.log_every_steps = 10
+        c.eval_every_steps = 1_000
+        c.checkpoint_every_steps = 1_000
         return c
     raise ValueError(f"Unknown preset {preset!r}; choose one of {PRESETS}.")

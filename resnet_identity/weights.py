@@ -117,6 +117,7 @@ class Weights:
     preprocessing: Preprocessing
     class_names: list[str] | None
     source: str
+    step: int | None = None  # the checkpoint's, for a run's weights
 
     @property
     def num_classes(self) -> int:
@@ -277,12 +278,7 @@ def load_run_weights(workdir: str | epath.PathLike, step: int | None = None) -> 
     `config.json`). Reads only: nothing in the workdir is written, moved or cleaned up, so a
     run still training is safe. Raises `WeightsError` saying what is missing."""
     workdir = as_path(workdir)
-    if not (workdir / "config.json").exists():
-        raise WeightsError(f"{workdir} is not a training run's workdir: it has no config.json.")
-    try:
-        config = config_migration.as_config(json.loads((workdir / "config.json").read_text()))
-    except ValueError as e:
-        raise WeightsError(f"Cannot read {workdir / 'config.json'}: {e}") from e
+    config = read_run_config(workdir)
     try:
         state, step = checkpointing.read_saved(workdir / "checkpoints", step)
     except checkpointing.CheckpointRestoreError as e:
@@ -297,7 +293,20 @@ def load_run_weights(workdir: str | epath.PathLike, step: int | None = None) -> 
         run_preprocessing(config),
         list(facts.class_names) if facts.class_names else None,
         f"run:{workdir}@{step}",
+        step,
     )
+
+
+def read_run_config(workdir: str | epath.PathLike) -> Any:
+    """A training run's config (its `config.json`, older field names migrated); raises
+    `WeightsError` when `workdir` is not a run's."""
+    path = as_path(workdir) / "config.json"
+    if not path.exists():
+        raise WeightsError(f"{as_path(workdir)} is not a training run's workdir: it has no config.json.")
+    try:
+        return config_migration.as_config(json.loads(path.read_text()))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise WeightsError(f"Cannot read {path}: {e}. It is not a config.json that train.py wrote.") from e
 
 
 def run_preprocessing(config: Any) -> Preprocessing:

@@ -102,3 +102,20 @@ def test_a_bad_crop_is_one_line_and_exit_1(setup):
         "error: --crops [99] not offered by folder; choose from 32, 46, 10crop."
     ]
     assert "Traceback" not in result.stderr
+
+
+def test_an_output_dir_whose_parent_is_missing_is_one_line_before_any_work(setup, tmp_path):
+    root, _, _ = setup
+    missing = tmp_path / "missing" / "results"
+    result = _evaluate(
+        f"--weights={root / 'weights'}",
+        "--model=cifar_resnet20",
+        f"--config={root / 'config.py'}",
+        f"--output_dir={missing}",
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"error: --output_dir={missing}: its parent folder {missing.parent} does not exist; create it or choose "
+        "another folder."
+    ]
+    assert result.stdout == ""  # nothing was evaluated

@@ -1,9 +1,11 @@
 """Fine-tuning (`config.init_from`) on a generated folder dataset: from a run's checkpoint of
 another number of classes, what is loaded equals the source and the classifier starts afresh;
-a mismatch names its tensor; `evaluate --workdir` agrees with the run's own evaluation.
+a mismatch names its tensor; `evaluate --workdir` (on the run's own config) agrees with the
+run's own evaluation. Every path is relative, as the README writes them: the read-only commands
+(evaluate, predict, convert --to) and init_from read the runs from the current directory.
 
 The converted-weights source (torchvision's resnet18 through `resnet_identity.interop`) runs
-when that package is present."""
+when that package is present, with the `finetune` preset on 36 images."""
 
 import json
 import subprocess
@@ -14,7 +16,7 @@ import numpy as np
 import pytest
 from folder_images import write_folder
 
-from resnet_identity import config_migration, init_from, trainer
+from resnet_identity import config_migration, init_from, recipes, trainer
 from resnet_identity import weights as weights_lib
 
 pytest.importorskip("tensorflow")
@@ -37,27 +39,25 @@ def _config(**fields):
     )
 
 
-def test_fine_tune_a_runs_checkpoint_on_a_folder_of_other_classes(tmp_path, capsys):
+def test_fine_tune_a_runs_checkpoint_on_a_folder_of_other_classes(tmp_path, capsys, monkeypatch):
+    # Every path relative, as the README writes them: the folder, init_from, and the read-only
+    # commands' --workdir, from the run's own directory.
+    monkeypatch.chdir(tmp_path)
     write_folder(tmp_path / "images")
     trainer.train_and_evaluate(
-        _config(dataset="synthetic", synthetic={"image_size": 8, "num_classes": 10}, eval_batch_size=256),
-        str(tmp_path / "source"),
+        _config(dataset="synthetic", synthetic={"image_size": 8, "num_classes": 10}, eval_batch_size=256), "source"
     )
-    config = _config(
-        dataset="folder",
-        folder={"path": str(tmp_path / "images"), "image_size": 32},
-        init_from=str(tmp_path / "source"),
-    )
-    trainer.train_and_evaluate(config, str(tmp_path / "tuned"))
+    config = _config(dataset="folder", folder={"path": "images", "image_size": 32}, init_from="source")
+    trainer.train_and_evaluate(config, "tuned")
     out = capsys.readouterr().out
     assert "init_from: loaded 95 tensors" in out  # all 97 but the classifier's two
     assert "initialised afresh: params/fc/bias (3,) (source (10,)), params/fc/kernel (64, 3) (source (64, 10))" in out
-    trainer.train_and_evaluate(config, str(tmp_path / "tuned"))  # a resumed run ignores init_from
+    trainer.train_and_evaluate(config, "tuned")  # a resumed run ignores init_from
     out = capsys.readouterr().out
     assert "resuming at step 2" in out and "init_from" not in out
 
     # What was loaded equals the source; the classifier is the fresh state's.
-    _, source, _ = init_from.read_run(str(tmp_path / "source"))
+    _, source, _ = init_from.read_run("source")
     state = _fresh_state(config)
     loaded = init_from.initialise_from(state, config)
     ours = weights_lib.flatten(jax.device_get({"params": loaded.params, "batch_stats": loaded.batch_stats}))
@@ -68,28 +68,27 @@ def test_fine_tune_a_runs_checkpoint_on_a_folder_of_other_classes(tmp_path, caps
         else:
             np.testing.assert_array_equal(value, theirs[name])
 
-    # evaluate --workdir reads the run read-only and agrees with its own final evaluation.
-    (tmp_path / "config.py").write_text(
-        "from resnet_identity import config_migration\nimport json\n\n\ndef get_config():\n"
-        f"    return config_migration.as_config(json.loads(open({str(tmp_path / 'tuned' / 'config.json')!r}).read()))\n"
-    )
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "resnet_identity.evaluate",
-            f"--workdir={tmp_path / 'tuned'}",
-            f"--config={tmp_path / 'config.py'}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    # evaluate --workdir reads the run read-only, on its own config's dataset (no --config, so
+    # none of the training-only fields), and agrees with its own final evaluation; --output_dir
+    # is made, its parent being there.
+    evaluated = _command("evaluate", "--workdir=tuned", "--output_dir=results", cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     final = json.loads((tmp_path / "tuned" / "final_metrics.json").read_text())
-    saved = json.loads((tmp_path / "tuned" / "eval_step2_32.json").read_text())
+    saved = json.loads((tmp_path / "results" / "eval_step2_32.json").read_text())
     assert saved["top1_error"] == pytest.approx(final["test_error"], abs=1e-9)
     assert saved["loss"] == pytest.approx(final["test_loss"], rel=1e-5)
+
+    predicted = _command("predict", "--workdir=tuned", "--json", "images/val/eel/0.jpg", cwd=tmp_path)
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    top = json.loads(predicted.stdout)["top5"]  # the run's three classes, by name
+    assert sorted(name for _, name, _ in top) == ["cat", "dog", "eel"]
+    assert sum(probability for _, _, probability in top) == pytest.approx(1.0, abs=1e-5)
+
+
+def _command(name, *args, cwd):
+    return subprocess.run(
+        [sys.executable, "-m", f"resnet_identity.{name}", *args], capture_output=True, text=True, timeout=600, cwd=cwd
+    )
 
 
 def _fresh_state(config):
@@ -123,7 +122,7 @@ def test_a_mismatched_model_names_the_first_tensor():
     assert loaded == ["params/stem/conv/kernel"] and fresh == ["params/fc/bias (3,) (source (10,))"]
 
 
-def test_fine_tune_converted_torchvision_weights(tmp_path, capsys):
+def test_fine_tune_converted_torchvision_weights_with_the_finetune_preset_on_36_images(tmp_path, capsys, monkeypatch):
     interop = pytest.importorskip("resnet_identity.interop")
     from resnet_identity.interop._torch import import_torchvision
 
@@ -139,16 +138,18 @@ def test_fine_tune_converted_torchvision_weights(tmp_path, capsys):
         class_names=None,
         source="torchvision:resnet18 (random)",
     )
-    write_folder(tmp_path / "images")
-    config = _config(
-        dataset="folder",
-        folder={"path": str(tmp_path / "images"), "image_size": 32},
-        model="resnet18",
-        init_from=str(tmp_path / "weights"),
-    )
-    trainer.train_and_evaluate(config, str(tmp_path / "tuned"))
+    # The documented command's config (configs/imagenet_resnet50.py:finetune, whose batch of 16
+    # fits a folder of 36 images, 24 of them for training), with resnet18 at 32x32 to keep it short.
+    monkeypatch.chdir(tmp_path)
+    write_folder(tmp_path / "photos", per_class=(8, 4))
+    config = recipes.imagenet("resnet18", "finetune")
+    config.folder.path = "photos"
+    config.folder.image_size = 32
+    config.init_from = "weights"
+    trainer.train_and_evaluate(config, "tuned")
     out = capsys.readouterr().out
     assert "from weights" in out and "params/fc/kernel (512, 3) (source (512, 1000))" in out
+    assert "step 10/10" in out  # one step of 16 per epoch
     loaded = init_from.initialise_from(_fresh_state(config), config)
     conv = np.asarray(jax.device_get(loaded.params["stem"]["conv"]["kernel"]))
     np.testing.assert_array_equal(conv, weights.variables["params"]["stem"]["conv"]["kernel"])
@@ -156,13 +157,7 @@ def test_fine_tune_converted_torchvision_weights(tmp_path, capsys):
     # The fine-tuned run goes back out as a torchvision file: `convert --to --workdir`, the
     # README's last step, loads strictly into torchvision's resnet18 of 3 classes and gives
     # the run's logits.
-    done = subprocess.run(
-        [sys.executable, "-m", "resnet_identity.convert", "--to=torchvision", f"--workdir={tmp_path / 'tuned'}"]
-        + [f"--out={tmp_path / 'tuned.pth'}"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = _command("convert", "--to=torchvision", "--workdir=tuned", "--out=tuned.pth", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     import torch
 

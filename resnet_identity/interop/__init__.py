@@ -1,6 +1,7 @@
 """Weights in and out: torchvision's and timm's ResNets <-> our models (`weights.py` directories).
 
     weights = import_file("torchvision", "resnet50", "resnet50.pth", "converted/resnet50")
+    weights = import_pretrained("torchvision", "resnet50", "IMAGENET1K_V1", "converted/resnet50")  # downloads
     export_file(weights, "timm", "resnetv2_50.pth")  # `weights.load_weights(...)` or `weights.load_run_weights(...)`
 
 The tables of which tensor is which live in `torchvision.py` and `timm.py`; the moves they
@@ -11,6 +12,8 @@ file reads with NumPy); the arrays in between are NumPy.
 from __future__ import annotations
 
 import io
+import pickle
+import re
 from types import ModuleType
 from typing import Any
 
@@ -95,11 +98,17 @@ def read_state_dict(path: str | epath.PathLike) -> dict[str, Any]:
     torch = import_torch()
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError... for a bad file
-        raise weights_lib.WeightsError(
-            f"Cannot read {path} as a torch state_dict ({type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''})."
+    except pickle.UnpicklingError as e:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if found is None:  # not a pickle torch reads
+            raise weights_lib.WeightsError(_unreadable(path, e)) from e
+        raise weights_lib.WeightsError(  # weights_only refused a pickled object that is not a tensor
+            f"{path} holds Python objects besides tensors ({found.group(1)}: a whole model saved with "
+            "torch.save(model)?), which are not unpickled because that could run code from the file. Save "
+            "`model.state_dict()` with torch.save and convert that file."
         ) from e
+    except Exception as e:  # torch raises RuntimeError, KeyError, EOFError... for a damaged file
+        raise weights_lib.WeightsError(_unreadable(path, e)) from e
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):  # a training checkpoint
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -107,6 +116,14 @@ def read_state_dict(path: str | epath.PathLike) -> dict[str, Any]:
             f"{path} holds a {type(state).__name__}, not a state_dict; save `model.state_dict()` with torch.save."
         )
     return state
+
+
+def _unreadable(path: epath.Path, error: Exception) -> str:
+    # Torch's own text is left out: its advice (weights_only=False, miniz internals) is not the user's fix.
+    return (
+        f"Cannot read {path}: it is not a file torch.save wrote, or it is truncated or damaged "
+        f"({type(error).__name__}). Save or download it again."
+    )
 
 
 def write_state_dict(state_dict: dict[str, np.ndarray], path: str | epath.PathLike) -> None:
@@ -129,14 +146,30 @@ def write_state_dict(state_dict: dict[str, np.ndarray], path: str | epath.PathLi
 def import_file(source: str, name: str, path: str | epath.PathLike, out: str | epath.PathLike) -> weights_lib.Weights:
     """Converts `source`'s `name` weights in `path` into the weights directory `out`."""
     weights = import_state_dict(source, name, read_state_dict(path))
+    return _save(weights, out, weights.preprocessing, f"{weights.source} ({path})")
+
+
+def import_pretrained(source: str, name: str, tag: str, out: str | epath.PathLike) -> weights_lib.Weights:
+    """Converts `source`'s published weights `tag` of `name` (downloaded through the library's
+    own cache: `pretrained.py`) into the weights directory `out`, with their preprocessing."""
+    from resnet_identity.interop import pretrained
+
+    state_dict, origin, preprocessing = pretrained.fetch(source, name, tag)
+    weights = import_state_dict(source, name, state_dict)
+    return _save(weights, out, preprocessing, f"{weights.source} {origin}")
+
+
+def _save(
+    weights: weights_lib.Weights, out: str | epath.PathLike, preprocessing: weights_lib.Preprocessing, source: str
+) -> weights_lib.Weights:
     return weights_lib.save_weights(
         out,
         model=weights.model,
         model_overrides=weights.model_overrides,
         variables=weights.variables,
-        preprocessing=weights.preprocessing,
+        preprocessing=preprocessing,
         class_names=weights.class_names,
-        source=f"{weights.source} ({path})",
+        source=source,
     )
 
 
