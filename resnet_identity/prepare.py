@@ -18,9 +18,11 @@ the directory training reads (`config.data_dir`).
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import sys
 import tarfile
+import tempfile
 import urllib.parse
 import urllib.request
 import zlib
@@ -154,10 +156,11 @@ def cifar_builder_from(name: str, data_dir: str, url: str):
 def prepare_from(name: str, data_dir: str, url: str) -> str | None:
     """Prepares CIFAR `name` into `data_dir` from the archive at `url` (see `cifar_builder_from`);
     returns a note when that archive is not byte-identical to the official one."""
+    # First: as_path chooses the Cloud Storage client before TFDS's first path operation (files.py).
+    checksums = _checksums_file(name, data_dir)
     _, tfds = tfds_access.import_tfds()
     # The official archive's size and checksum, as TFDS records them for CIFAR's URL.
     official = tfds.builder_cls(name).url_infos[CIFAR_ARCHIVES[name]["url"]]
-    checksums = _checksums_file(name, data_dir)
     checksums.parent.mkdir(parents=True, exist_ok=True)
     builder = cifar_builder_from(name, data_dir, url)
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(register_checksums=True))
@@ -172,7 +175,36 @@ def prepare_from(name: str, data_dir: str, url: str) -> str | None:
     )
 
 
-def download_cifar(name: str, data_dir: str) -> str:
+def prepare_cifar(name: str, data_dir: str, archive: str | None) -> str | None:
+    """Downloads CIFAR (`archive` None) or reads `archive`, and prepares it into `data_dir`; returns
+    `prepare_from`'s note.
+
+    A gs:// `data_dir` is prepared on local disk first, then uploaded with the client every run
+    file uses (files.py): TFDS's download manager would write the archive through TensorFlow's own
+    Cloud Storage client.
+    """
+    stage = data_dir if is_local(data_dir) else tempfile.mkdtemp(prefix=f"prepare-{name}-")
+    try:
+        note = download_cifar(name, stage) if archive is None else prepare_from(name, stage, archive)
+        if stage != data_dir:
+            _upload(name, stage, data_dir)
+    finally:
+        if stage != data_dir:
+            shutil.rmtree(stage, ignore_errors=True)
+    return note
+
+
+def _upload(name: str, stage: str, data_dir: str) -> None:
+    """Copies the prepared `<stage>/<name>/<version>` to `data_dir`, dataset_info.json last: TFDS
+    takes a version folder holding it for prepared, so an interrupted upload is not taken for one."""
+    _, tfds = tfds_access.import_tfds()
+    prepared = as_path(tfds.builder(name, data_dir=stage).data_dir)
+    target = as_path(data_dir) / prepared.relative_to(as_path(stage))
+    for file in sorted(prepared.iterdir(), key=lambda file: file.name == "dataset_info.json"):
+        file.copy(target / file.name, overwrite=True)
+
+
+def download_cifar(name: str, data_dir: str) -> None:
     """Downloads CIFAR's official archive through TFDS, which checks its checksum, and prepares it."""
     _, tfds = tfds_access.import_tfds()
     url = CIFAR_ARCHIVES[name]["url"]
@@ -190,7 +222,6 @@ def download_cifar(name: str, data_dir: str) -> str:
         raise cli.UserError(
             f"could not download {name} ({type(error).__name__}: {_first_line(error)}). {offline}"
         ) from error
-    return f"Prepared {name} in {data_dir}."
 
 
 def _unreachable(url: str) -> str | None:
@@ -321,11 +352,11 @@ def prepare(argv: list[str]) -> str:
         return f"{name} is already prepared in {data_dir}."
     if name == "imagenet2012":
         return prepare_imagenet(data_dir, imagenet)
-    if not archives:
-        return download_cifar(name, data_dir)
-    note = prepare_from(name, data_dir, os.fspath(as_path(archives[0])))
+    note = prepare_cifar(name, data_dir, os.fspath(as_path(archives[0])) if archives else None)
     if note:
         print(note, file=sys.stderr, flush=True)
+    if not archives:
+        return f"Prepared {name} in {data_dir}."
     return f"Prepared {name} in {data_dir} from {archives[0]} ({records:,} images)."
 
 

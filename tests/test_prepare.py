@@ -223,3 +223,27 @@ def test_a_damaged_imagenet_tar_gets_one_line(tmp_path):
     assert result.returncode == 1 and len(lines) == 1, result.stderr
     assert lines[0].startswith("error: ") and "is not a tar archive" in lines[0], lines[0]
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_a_gs_data_dir_is_prepared_locally_then_uploaded(tmp_path, gcs_bucket):
+    """On a gs:// data_dir (the emulator here) the prepared dataset lands where TFDS looks for it.
+    Its records are read by tf.data, whose Cloud Storage client cannot reach an emulator: that
+    last step is not tested here (docs/datasets.md)."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    from tests.gcs_emulator import list_objects
+
+    archive = tmp_path / "cifar-10-binary.tar.gz"
+    cifar_archive.write_archive("cifar10", archive, train=30, test=10)
+    data_dir = f"{gcs_bucket}/tensorflow_datasets"
+    result = _run("-m", "resnet_identity.prepare", "cifar10", f"--archive={archive}", f"--data_dir={data_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"Prepared cifar10 in {data_dir} from {archive} (40 images)." in result.stdout
+    objects = list_objects(gcs_bucket)
+    assert "tensorflow_datasets/cifar10/3.0.2/dataset_info.json" in objects
+    assert any(o.startswith("tensorflow_datasets/cifar10/3.0.2/cifar10-train.tfrecord") for o in objects), objects
+
+    from resnet_identity.data.tfds_access import prepared_builder
+
+    builder = prepared_builder("cifar10", data_dir, download=False)
+    assert builder.info.splits["train"].num_examples == 30 and builder.info.splits["test"].num_examples == 10
+    assert tfds.builder("cifar10", data_dir=data_dir).is_prepared()
