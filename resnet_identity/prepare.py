@@ -12,7 +12,8 @@ download manager, which records its checksum as TFDS does for a new file; a file
 byte-identical to the official archive is said so. ImageNet cannot be downloaded: its two
 archives (or a folder holding them) are placed in `<data_dir>/downloads/manual/`, where TFDS's
 builder reads them. --data_dir defaults to TFDS's ($TFDS_DATA_DIR, else ~/tensorflow_datasets),
-the directory training reads (`config.data_dir`).
+the directory training reads (`config.data_dir`); on a gs:// one, CIFAR is prepared on local
+disk and then uploaded (docs/datasets.md).
 """
 
 from __future__ import annotations
@@ -112,11 +113,17 @@ def check_cifar_archive(name: str, path: str) -> int:
                 f"--archive={path} is {other}'s archive ({other_layout['file']}), not {name}'s; run "
                 f"`python -m resnet_identity.prepare {other} --archive={path}`, or give {layout['file']}."
             )
+    if any(member.startswith(("cifar-10-batches-py/", "cifar-100-python/")) for member in sizes):
+        raise ArchiveError(
+            f"--archive={path} is CIFAR's Python version; TFDS reads the binary one, {layout['file']} "
+            f"from {layout['url']}."
+        )
     wanted = [layout["folder"] + member for member in layout["batches"] + layout["label_files"]]
     missing = [member for member in wanted if member not in sizes]
     if missing:
+        listed = ", ".join(missing[:2]) + (f" and {len(missing) - 2} more" if len(missing) > 2 else "")
         raise ArchiveError(
-            f"--archive={path} lacks {', '.join(missing)}: it is not {name}'s binary archive "
+            f"--archive={path} lacks {listed}: it is not {name}'s binary archive "
             f"({layout['file']} from {layout['url']})."
         )
     partial = [m for m in wanted[: len(layout["batches"])] if sizes[m] == 0 or sizes[m] % record]

@@ -130,7 +130,8 @@ def _broken_archives(tmp_path):
         "truncated": (whole[: len(whole) // 2], "is truncated"),
         "not_a_tar": (b"<html>404 Not Found</html>\n" * 40, "is not a tar archive"),
         "gzip_of_text": (gzip.compress(b"hello\n" * 100), "is not a tar archive"),
-        "wrong_members": (_tar_gz({"cifar-10-batches-py/data_batch_1": b"x" * 100}), "lacks cifar-10-batches-bin/"),
+        "python_version": (_tar_gz({"cifar-10-batches-py/data_batch_1": b"x" * 100}), "is CIFAR's Python version"),
+        "wrong_members": (_tar_gz({"photos/cat.jpg": b"x" * 100}), "lacks cifar-10-batches-bin/data_batch_1.bin"),
         "other_dataset": (other.read_bytes(), "is cifar100's archive"),
         "partial_record": (_tar_gz(short_record), "test_batch.bin is not whole 3073-byte records"),
     }
