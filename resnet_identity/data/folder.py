@@ -267,9 +267,11 @@ def load(options: Mapping[str, Any], settings: Settings):
     if errors:
         raise ValueError(" ".join(errors))
     listing = scan(options)
-    from resnet_identity.data import streamed, tfds_access
+    from resnet_identity.data import tfds_access
 
-    tfds_access.import_tfds()
+    tfds_access.import_tfds()  # before streamed's own TensorFlow import: it hides TF's start-up lines
+    from resnet_identity.data import streamed
+
     check_sample(listing)
     return streamed.StreamedDataset(
         name=NAME,
