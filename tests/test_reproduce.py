@@ -134,14 +134,39 @@ def test_two_seeds_give_best_mean_and_std_and_rerunning_trains_nothing(tmp_path,
 
 
 # Bottleneck rows (v2 Table 3, Fig. 6) train 10 of the quick preset's 20 steps, to keep the suite short.
-@pytest.mark.parametrize(
-    "name,rows,steps", [("v1-fig6", ["plain20", "resnet20"], None), ("v2-fig6", ["cifar10-preact1001"], 10)]
-)
-def test_figures_draw_curves(name, rows, steps, tmp_path):
-    table = runs.run_experiment(experiments.EXPERIMENTS[name], tmp_path, preset="quick", rows=rows, steps=steps)
+def test_figures_draw_curves(tmp_path):
+    rows = ["cifar10-preact1001"]
+    table = runs.run_experiment(experiments.EXPERIMENTS["v2-fig6"], tmp_path, preset="quick", rows=rows, steps=10)
     assert list(table_rows(table)) == rows
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not (tmp_path / "table.png").exists()
+
+
+def test_the_console_holds_a_line_per_run_and_the_table_and_each_log_its_run(tmp_path):
+    """The command on a relative --workdir: two quick runs print four lines before table.md
+    (every evaluation of the runs printed 377 lines before); each run's full output is its train.log."""
+    done = subprocess.run(
+        [sys.executable, "-m", "resnet_identity.reproduce", "v1-fig6", "--preset=quick", "--rows=plain20,resnet20"]
+        + ["--workdir=figure"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    lines = done.stdout.splitlines()
+    table = (tmp_path / "figure" / "table.md").read_text()
+    assert lines[0] == "2 run(s); each run's full log is figure/<row>/seed<S>/train.log."
+    for number, row in enumerate(["plain20", "resnet20"], 1):
+        final = json.loads((tmp_path / "figure" / row / "seed0" / "final_metrics.json").read_text())
+        assert lines[number].startswith(
+            f"[{number}/2] {row}/seed0: test error {100 * final['test_error']:.2f}%, test top5 error "
+        )
+        log = (tmp_path / "figure" / row / "seed0" / "train.log").read_text()
+        assert "step 20/20: loss" in log and log.endswith(f"final: test error {100 * final['test_error']:.2f}%\n")
+    assert lines[3:] == table.splitlines()
+    assert (tmp_path / "figure" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.parametrize(

@@ -61,19 +61,27 @@ def run_once(config: ml_collections.ConfigDict, workdir: epath.PathLike) -> RunR
     return RunResult(config.seed, str(workdir), metrics)
 
 
+RunOnce = Callable[[ml_collections.ConfigDict, epath.Path], RunResult | None]
+
+
 def run_rows(
-    rows: tuple[Row, ...], configs: Callable[[Row, int], ml_collections.ConfigDict], workdir: epath.PathLike, seeds: int
+    rows: tuple[Row, ...],
+    configs: Callable[[Row, int], ml_collections.ConfigDict],
+    workdir: epath.PathLike,
+    seeds: int,
+    run: RunOnce = run_once,
 ) -> dict[str, list[RunResult]] | None:
     """Runs `seeds` seeds of every row (seed by seed, so that one seed of every row is done
-    first); `configs(row, i)` is the config of seed number i. None if a run was preempted:
-    rerunning resumes it and skips what finished."""
+    first); `configs(row, i)` is the config of seed number i, and `run` (`run_once`, or a caller's
+    wrapper of it that logs) runs it. None if a run was preempted: rerunning resumes it and skips
+    what finished."""
     if seeds < 1:
         raise ValueError(f"--seeds must be at least 1, got {seeds}.")
     results: dict[str, list[RunResult]] = {row.key: [] for row in rows}
     for i in range(seeds):
         for row in rows:
             config = configs(row, i)
-            result = run_once(config, run_dir(workdir, row, config.seed))
+            result = run(config, run_dir(workdir, row, config.seed))
             if result is None:
                 return None
             results[row.key].append(result)
@@ -91,10 +99,12 @@ def run_experiment(
     seeds: int = 1,
     rows: list[str] | None = None,
     fail_above: float | None = None,
+    run: RunOnce = run_once,
 ) -> str | None:
     """Runs `experiment` in `workdir` and writes its outputs (`report.write`); returns table.md,
     or None if a run was preempted. Arguments as `reproduce`'s flags; `base` is a --config,
-    `overrides` the --config.FIELD=VALUE overrides, `fail_above` None for the experiment's."""
+    `overrides` the --config.FIELD=VALUE overrides, `fail_above` None for the experiment's;
+    `run` as `run_rows`'s."""
     if preset == "quick" and not experiment.quick:
         raise ValueError(
             f"--preset=quick shrinks the CIFAR experiments to the embedded digits; {experiment.name} "
@@ -109,7 +119,7 @@ def run_experiment(
 
     for row in selected:  # every row's config is checked before anything trains
         config_lib.validate(config(row, 0))
-    results = run_rows(selected, config, workdir, seeds)
+    results = run_rows(selected, config, workdir, seeds, run)
     if results is None:
         return None
     configs = {row.key: config(row, 0) for row in selected}
