@@ -20,12 +20,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import sys
 import tarfile
 import tempfile
-import urllib.parse
-import urllib.request
 import zlib
 
 from absl import flags
@@ -220,7 +217,7 @@ def download_cifar(name: str, data_dir: str) -> None:
         f"`python -m resnet_identity.prepare {name} --archive={CIFAR_ARCHIVES[name]['file']}`."
     )
     # Checked first: offline, TFDS's downloader retries for minutes before it fails.
-    unreachable = _unreachable(url)
+    unreachable = tfds_access.unreachable(url)
     if unreachable:
         raise cli.UserError(f"cannot download {name}: {unreachable}. {offline}")
     try:
@@ -229,22 +226,6 @@ def download_cifar(name: str, data_dir: str) -> None:
         raise cli.UserError(
             f"could not download {name} ({type(error).__name__}: {_first_line(error)}). {offline}"
         ) from error
-
-
-def _unreachable(url: str) -> str | None:
-    """Why a connection to `url`'s server (or to the proxy that requests would use) fails, if it does."""
-    parts = urllib.parse.urlsplit(url)
-    proxy = urllib.request.getproxies().get(parts.scheme)
-    if proxy and not urllib.request.proxy_bypass(parts.hostname):
-        proxy_parts = urllib.parse.urlsplit(proxy)
-        host, port, via = proxy_parts.hostname, proxy_parts.port or 80, f" through the proxy {proxy}"
-    else:
-        host, port, via = parts.hostname, parts.port or 443, ""
-    try:
-        socket.create_connection((host, port), timeout=20).close()
-    except OSError as error:
-        return f"{host}:{port} cannot be reached{via} ({error})"
-    return None
 
 
 def _first_line(error: BaseException) -> str:

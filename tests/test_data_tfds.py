@@ -9,6 +9,8 @@ tell which examples they received.
 """
 
 import itertools
+import socket
+import time
 
 import jax
 import ml_collections
@@ -205,18 +207,22 @@ def test_missing_cifar_says_how_to_prepare_it(tmp_path):
 
 
 def test_failed_cifar_download_says_how_to_prepare_it(tmp_path, monkeypatch):
-
-    def unreachable(self, *args, **kwargs):
-        raise OSError("Network is unreachable")
-
-    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", unreachable)
+    """Offline (a proxy that refuses connections, on any machine), at once: TFDS's downloader
+    would retry for minutes."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        proxy = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    for name in ("HTTPS_PROXY", "https_proxy"):  # urllib prefers the lower-case one where both are set
+        monkeypatch.setenv(name, proxy)
+    started = time.monotonic()
     with pytest.raises(data.DatasetNotPreparedError) as error:
         data.get_dataset(_config(dataset="cifar100", data_dir=str(tmp_path)))
+    assert time.monotonic() - started < 30
     message = str(error.value)
     assert "could not be downloaded" in message
     assert f"python -m resnet_identity.prepare cifar100 --data_dir={tmp_path}" in message
-    assert "Network is unreachable" in message
-    assert isinstance(error.value.__cause__, OSError)
+    assert f"cannot be reached through the proxy {proxy}" in message
+    assert isinstance(error.value.__cause__, ConnectionError)
 
 
 def test_missing_imagenet_says_which_files_go_where(tmp_path):
@@ -418,6 +424,7 @@ def test_on_several_processes_process_0_prepares_first_and_the_others_reuse_it(t
     monkeypatch.setattr(
         tfds.core.DatasetBuilder, "download_and_prepare", lambda self, *a, **k: events.append("download")
     )
+    monkeypatch.setattr(tfds_access, "unreachable", lambda url: None)  # the order is tested here, not the network
     tfds_access.prepared_builder("cifar10", str(tmp_path), download=True)
     assert events == [("barrier", "tfds prepare cifar10")]  # process 1: no download of its own
     events.clear()

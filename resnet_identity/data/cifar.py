@@ -5,7 +5,9 @@ numpy arrays when the dataset is built; from then on they are served exactly
 like the embedded sources (``in_memory.py``): the order of ``order.py`` and
 the device-side pad-4 crop + flip of the CIFAR recipe (docs/papers.md "CIFAR (v2 paper)").
 
-TensorFlow is imported only when ``load`` runs (``tfds_access.import_tfds``).
+TensorFlow is imported only when ``load`` runs (``tfds_access.import_tfds``). A missing
+dataset is downloaded then (``config.tfds_download``); ``python -m resnet_identity.prepare``
+prepares it beforehand, also from an archive on a machine without internet (docs/datasets.md).
 """
 
 import numpy as np

@@ -11,8 +11,11 @@ import contextlib
 import logging
 import os
 import re
+import socket
 import sys
 import tempfile
+import urllib.parse
+import urllib.request
 
 from absl import logging as absl_logging
 
@@ -188,9 +191,29 @@ def prepared_builder(name: str, data_dir: str | None, download: bool):
     return builder
 
 
+def unreachable(url: str) -> str | None:
+    """Why a connection to `url`'s server (or to the proxy that requests would use) fails, if it
+    does. Checked before a download: offline, TFDS's downloader retries for minutes."""
+    parts = urllib.parse.urlsplit(url)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy and not urllib.request.proxy_bypass(parts.hostname):
+        proxy_parts = urllib.parse.urlsplit(proxy)
+        host, port, via = proxy_parts.hostname, proxy_parts.port or 80, f" through the proxy {proxy}"
+    else:
+        host, port, via = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80), ""
+    try:
+        socket.create_connection((host, port), timeout=20).close()
+    except OSError as error:
+        return f"{host}:{port} cannot be reached{via} ({error})"
+    return None
+
+
 def _download(builder) -> Exception | None:
     """Downloads and prepares `builder`'s dataset; the exception instead of raising it, so
     that a failing process still reaches the other processes' barrier."""
+    for url in builder.url_infos or {}:  # the files TFDS records checksums for: what it downloads
+        if url.startswith("http") and (reason := unreachable(url)):
+            return ConnectionError(reason)
     try:
         builder.download_and_prepare()
     except Exception as error:  # Any failure gets the same remedy.
