@@ -40,12 +40,14 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from resnet_identity import cloud_storage
 from resnet_identity.files import as_path, explain_write_errors, is_local
 
 LEASE_FILE = "lease.json"
 # Renewal period of a Cloud Storage lease; tests shorten it through the environment.
 HEARTBEAT_S = float(os.environ.get("RESNET_IDENTITY_LEASE_HEARTBEAT_S", "30"))
 STALE_HEARTBEATS = 3  # missed renewals after which a lease is stale
+REQUEST_TIMEOUT_S = 10.0  # one request to Cloud Storage: a mistake is said in seconds, not after minutes of retries
 
 log = logging.getLogger(__name__)
 
@@ -130,12 +132,23 @@ class CloudLease:
         from google.cloud import storage
 
         self._precondition_failed = exceptions.PreconditionFailed
-        bucket, _, prefix = workdir.removeprefix("gs://").partition("/")
-        name = f"{prefix.rstrip('/')}/{LEASE_FILE}" if prefix.strip("/") else LEASE_FILE
-        # Default credentials (or none for STORAGE_EMULATOR_HOST); objects need no project.
-        self._blob = storage.Client(project=None).bucket(bucket).blob(name)
+        # The lease is the run's first contact with the bucket: a mistake in the workdir, the
+        # credentials or the endpoint is said here, in one line (`cloud_storage`).
+        bucket, prefix = cloud_storage.split_url(workdir)
+        name = f"{prefix}/{LEASE_FILE}" if prefix else LEASE_FILE
+        self._blob = cloud_storage.client().bucket(bucket).blob(name)
+        cloud_storage.check_reachable()
+        self._retry = storage.retry.DEFAULT_RETRY.with_timeout(REQUEST_TIMEOUT_S)
         self._heartbeat_s, self._holder = heartbeat_s, _holder()
-        self._generation = self._take(workdir)
+        try:
+            self._generation = self._take(workdir)
+        except (WorkdirInUseError, self._precondition_failed):
+            raise
+        except Exception as e:
+            mistake = cloud_storage.explain(workdir, e)
+            if mistake is None:
+                raise
+            raise mistake from e
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._renew, name="workdir-lease", daemon=True)
         self._thread.start()
@@ -144,7 +157,13 @@ class CloudLease:
         body = json.dumps(
             {**self._holder, "renewed": _now().isoformat(timespec="seconds"), "heartbeat_s": self._heartbeat_s}
         )
-        self._blob.upload_from_string(body, content_type="application/json", if_generation_match=generation)
+        self._blob.upload_from_string(
+            body,
+            content_type="application/json",
+            if_generation_match=generation,
+            timeout=REQUEST_TIMEOUT_S,
+            retry=self._retry,
+        )
         return int(self._blob.generation)
 
     def _take(self, workdir: str) -> int:
@@ -208,7 +227,7 @@ class CloudLease:
         self._stop.set()
         self._thread.join()
         with contextlib.suppress(Exception):  # taken over, or unreachable: it expires by itself
-            self._blob.delete(if_generation_match=self._generation)
+            self._blob.delete(if_generation_match=self._generation, timeout=REQUEST_TIMEOUT_S, retry=None)
 
 
 def _died_here(holder: dict[str, Any] | None) -> bool:

@@ -168,3 +168,63 @@ def test_a_cloud_storage_lease_refuses_a_second_run_and_is_taken_over_once_its_h
     finally:
         rerun.send_signal(signal.SIGTERM)
         rerun.wait()
+
+
+def _closed_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens once the socket is closed
+
+
+def test_gs_workdir_mistakes_get_one_line_each_within_seconds(gcs_emulator, tmp_path):
+    """train.py against the real emulator (or a closed port, or no credentials at all): each
+    mistake is one `error:` line naming what to fix, before anything is compiled or written."""
+    closed = f"http://127.0.0.1:{_closed_port()}"
+    no_credentials = {
+        "HOME": str(tmp_path / "home"),  # no gcloud application-default credentials there
+        "CLOUDSDK_CONFIG": str(tmp_path / "gcloud"),
+        "GCE_METADATA_HOST": f"127.0.0.1:{_closed_port()}",  # not on a Cloud VM
+        "GCE_METADATA_IP": f"127.0.0.1:{_closed_port()}",
+    }
+    cases = {  # workdir, environment changes (None: unset), what the line must say
+        "no bucket": ("gs://", {}, "names no bucket: write gs://BUCKET/PATH"),
+        "empty bucket": ("gs:///run", {}, "names no bucket"),
+        "bad name": ("gs://ab/run", {}, "'ab' is not a valid Cloud Storage bucket name"),
+        "missing bucket": (
+            "gs://no-such-bucket-here/run",
+            {},
+            "bucket gs://no-such-bucket-here does not exist (or this account cannot see it): create it "
+            "(`gcloud storage buckets create gs://no-such-bucket-here`)",
+        ),
+        "emulator down": (
+            "gs://some-bucket/run",
+            {"STORAGE_EMULATOR_HOST": closed},
+            f"Cannot reach the Cloud Storage emulator at {closed} (STORAGE_EMULATOR_HOST): Connection refused. "
+            "Start it, or unset STORAGE_EMULATOR_HOST",
+        ),
+        "no credentials": (
+            "gs://some-bucket/run",
+            {"STORAGE_EMULATOR_HOST": None, "GOOGLE_APPLICATION_CREDENTIALS": None, **no_credentials},
+            "No Google Cloud credentials found for a gs:// workdir. Set them with "
+            "`gcloud auth application-default login`",
+        ),
+    }
+    runs = {}
+    for name, (workdir, changes, _) in cases.items():
+        env = {k: v for k, v in {**_env(tmp_path), **changes}.items() if v is not None}
+        cmd = _train_cmd(workdir)
+        runs[name] = (
+            time.perf_counter(),
+            subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
+        )
+    for name, (started, proc) in runs.items():
+        try:
+            out, err = proc.communicate(timeout=120)
+        finally:
+            proc.kill()
+        elapsed = time.perf_counter() - started
+        assert proc.returncode == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1, f"{name}: {err}"
+        [line] = err.strip().splitlines() or [""]
+        assert line.startswith("error: ") and cases[name][2] in line, f"{name}: {line}"
+        assert "compiled" not in out and elapsed < 60, f"{name}: {elapsed:.0f} s"  # six at once on two cores
+    assert not (tmp_path / "gs:").exists()
