@@ -85,7 +85,7 @@ def evaluate(config) -> list[dict]:
     import numpy as np
 
     from resnet_identity import config as config_lib
-    from resnet_identity import parallel, trainer
+    from resnet_identity import evaluation, parallel
     from resnet_identity import weights as weights_lib
     from resnet_identity.data import get_dataset, normalization, registry
     from resnet_identity.train_state import TrainState, eval_step
@@ -143,7 +143,7 @@ def evaluate(config) -> list[dict]:
     )
     results = []
     for crop in crops:
-        metrics = trainer.evaluate(
+        metrics = evaluation.evaluate(
             state, dataset, eval_fn, batch_size=config.eval_batch_size, sharding=parallel.batch_sharded(mesh), crop=crop
         )
         name = str(crop if crop is not None else facts.image_size)

@@ -24,14 +24,11 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jax.experimental import multihost_utils
 
 from resnet_identity import (
     checkpointing,
@@ -47,9 +44,11 @@ from resnet_identity import (
 from resnet_identity import config as config_lib
 from resnet_identity.data import DatasetError, get_dataset
 from resnet_identity.diagnostics import Diagnostics
+from resnet_identity.evaluation import Evaluation
 from resnet_identity.files import WriteError, append_text, as_path, write_atomically, write_problem
 from resnet_identity.init_from import initialise_from
 from resnet_identity.metric_logging import MetricLogger
+from resnet_identity.train_log import TrainLog
 from resnet_identity.train_state import TrainState, convert_layout, create_train_state, eval_step, train_step
 
 
@@ -67,8 +66,6 @@ USER_ERRORS = (
     DivergenceError,
     lease.WorkdirInUseError,
 )
-# An evaluation running longer than this says how far it has got (ImageNet's takes minutes).
-EVAL_PROGRESS_SECONDS = 30.0
 # Exit status of a run stopped by a signal or a preemption notice after saving (sysexits'
 # EX_TEMPFAIL): not 0, so that a scheduler or a retry loop reruns it.
 EXIT_PREEMPTED = interrupts.EXIT_STOPPED
@@ -168,45 +165,6 @@ def build_optimizer(config: ml_collections.ConfigDict):
     )
 
 
-def evaluate(
-    state,
-    dataset,
-    eval_fn,
-    *,
-    batch_size: int,
-    sharding,
-    crop: int | None = None,
-    interrupted: Callable[[], bool] = lambda: False,
-    progress: Callable[[str], None] | None = None,
-) -> dict[str, float] | None:
-    """Error and loss over the whole test split: each example once (padded, masked), in
-    global batches of `batch_size` sharded by `sharding`; None once `interrupted()` (a
-    preemption, which must not wait for a long evaluation). `progress` hears how many
-    examples are done, every `EVAL_PROGRESS_SECONDS`."""
-    totals, done, reported = None, 0, time.time()
-    for batch in dataset.eval_batches(
-        global_batch_size=batch_size, process_index=jax.process_index(), process_count=jax.process_count(), crop=crop
-    ):
-        if interrupted():
-            return None
-        sums = eval_fn(state, parallel.global_batch(batch, sharding))
-        if totals is not None:  # one batch in flight, so that `done` counts finished work
-            jax.block_until_ready(totals)
-            done += batch_size
-            if progress is not None and time.time() - reported >= EVAL_PROGRESS_SECONDS:
-                progress(f"evaluated {min(done, dataset.num_test):,} of {dataset.num_test:,} examples")
-                reported = time.time()
-        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-    totals = parallel.to_host(totals)
-    count = float(totals["count"])
-    return {
-        "error": float(totals["error_sum"]) / count,
-        "top5_error": float(totals["top5_error_sum"]) / count,
-        "loss": float(totals["loss_sum"]) / count,
-        "examples": count,
-    }
-
-
 def summary_line(state: TrainState) -> str:
     count = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(state.params))
     return f"{count:,} parameters"
@@ -288,144 +246,6 @@ def check_finite(state: TrainState, checkpointer: checkpointing.Checkpointer, wo
         f"diverge again at the same step: lower the learning rate, add warm-up or check the data, then rerun "
         f"with the changed values and --allow_config_change."
     )
-
-
-class _Progress:
-    """Training images/s and ETA for the console line; time spent compiling, evaluating and
-    saving (`exclude`) is left out of the rate."""
-
-    def __init__(self, start_step: int, total: int, batch: int):
-        self.total, self.batch = total, batch
-        self.last_step, self.last_time, self.excluded = start_step, time.time(), 0.0
-
-    def exclude(self, seconds: float) -> None:
-        self.excluded += seconds
-
-    @contextlib.contextmanager
-    def paused(self) -> Iterator[None]:
-        """Leaves the time spent inside the block out of the rate."""
-        started = time.time()
-        try:
-            yield
-        finally:
-            self.exclude(time.time() - started)
-
-    def line(self, step: int) -> str:
-        now = time.time()
-        rate = (step - self.last_step) / max(now - self.last_time - self.excluded, 1e-9)
-        self.last_step, self.last_time, self.excluded = step, now, 0.0
-        minutes, seconds = divmod(round((self.total - step) / max(rate, 1e-9)), 60)
-        return f"{rate * self.batch:,.0f} img/s, ETA {minutes // 60}:{minutes % 60:02d}:{seconds:02d}"
-
-
-class TrainLog:
-    """Logging: each window of `every` steps becomes one record (the means) and one console
-    line; a window that diverged is on record before the run stops. A shorter window (the
-    first after a resume, the last before a stop or the end) records how many steps its means
-    cover (`train/steps_averaged`), and its console line says so."""
-
-    def __init__(
-        self,
-        logger: MetricLogger,
-        *,
-        start_step: int,
-        total: int,
-        batch_size: int,
-        every: int,
-        check: Callable[[TrainState], None],
-    ):
-        self.logger, self.total, self.every, self.check = logger, total, every, check
-        self.progress = _Progress(start_step, total, batch_size)
-        self.window: list[dict[str, jax.Array]] = []
-        self.resumed_from = start_step or None  # until the first window after a resume is written
-
-    def add(self, metrics: dict[str, jax.Array]) -> None:
-        self.window.append(metrics)
-
-    def write(self, step: int, state: TrainState) -> None:
-        """The window so far, if any, as step `step`'s record; then `check(state)`."""
-        if not self.window:
-            return
-        host = parallel.to_host(self.window)  # no device op: a stack would compile per length
-        self.window = []
-        means = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
-        averaged, note = len(host), ""
-        if averaged != self.every:
-            since = f" since the resume at step {self.resumed_from}" if self.resumed_from else ""
-            note = f" (means of the {averaged} step{'s' if averaged > 1 else ''}{since})"
-        self.resumed_from = None
-        self.logger.write(step, "train", {**means, **({"steps_averaged": averaged} if note else {})})
-        self.logger.console(
-            f"step {step}/{self.total}: loss {means['loss']:.4f}, train error {100 * means['error']:.2f}%, "
-            f"lr {means['learning_rate']:.4g}, {self.progress.line(step)}{note}"
-        )
-        self.check(state)
-
-
-class Evaluation:
-    """Evaluation: every crop of `config.eval_crops` over the test split, logged and printed;
-    it gives way to a preemption (`interrupted`) rather than outlast a grace period, and
-    `unrecorded` finds what such a stop (or a crash) left undone, for the resumed run."""
-
-    def __init__(self, config, dataset, eval_fn, logger: MetricLogger, *, sharding, interrupted: Callable[[], bool]):
-        self.config, self.dataset, self.eval_fn, self.logger = config, dataset, eval_fn, logger
-        self.sharding, self.interrupted = sharding, interrupted
-        self.crops = tuple(config.eval_crops) if config.eval_crops else (None,)
-        self.completed_step: int | None = None  # the step of the last evaluation of every crop
-
-    @staticmethod
-    def tag(crop: int | None) -> str:
-        return "test" if crop is None else f"test_{crop}"
-
-    def unrecorded(self, step: int) -> tuple[int | None, ...]:
-        """The crops with no record at `step` in `metrics.jsonl`, as read by process 0 and
-        agreed by all (the evaluation is a collective)."""
-        recorded: set[str] = set()
-        if jax.process_index() == 0 and self.logger.path.exists():
-            for line in self.logger.path.read_bytes().decode(errors="replace").splitlines():
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(record, dict) and record.get("step") == step:
-                    recorded |= {key.split("/")[0] for key in record}
-        missing = np.array([self.tag(crop) not in recorded for crop in self.crops])
-        if jax.process_count() > 1:
-            missing = multihost_utils.broadcast_one_to_all(missing)
-        return tuple(crop for crop, absent in zip(self.crops, missing) if absent)
-
-    def __call__(
-        self, state: TrainState, step: int, crops: tuple[int | None, ...] | None = None
-    ) -> dict[str, dict[str, float]]:
-        results = {}
-        for crop in self.crops if crops is None else crops:
-            tag = self.tag(crop)
-            at_crop = f" at crop {crop}" if crop else ""
-            if self.interrupted():  # a stop while the step was being saved: nothing started
-                break
-            self.logger.console(f"step {step}: evaluating on {self.dataset.num_test:,} examples{at_crop}...")
-            metrics = evaluate(
-                state,
-                self.dataset,
-                self.eval_fn,
-                batch_size=self.config.eval_batch_size,
-                sharding=self.sharding,
-                crop=crop,
-                interrupted=self.interrupted,
-                progress=lambda line: self.logger.console(f"step {step}: {line}"),
-            )
-            if metrics is None:
-                self.logger.console(f"step {step}: the {tag} evaluation stopped; it is redone when the run resumes")
-                break
-            self.logger.write(step, tag, metrics)
-            self.logger.console(
-                f"step {step}: {tag} error {100 * metrics['error']:.2f}%, loss {metrics['loss']:.4f} "
-                f"({int(metrics['examples'])} examples)"
-            )
-            results[tag] = metrics
-        else:
-            self.completed_step = step
-        return results
 
 
 def train_and_evaluate(

@@ -185,9 +185,9 @@ def test_a_long_evaluation_says_how_far_it_has_got(monkeypatch):
     import jax.numpy as jnp
     import numpy as np
 
-    from resnet_identity import parallel, trainer
+    from resnet_identity import evaluation, parallel
 
-    monkeypatch.setattr(trainer, "EVAL_PROGRESS_SECONDS", 0.0)  # report after every finished batch
+    monkeypatch.setattr(evaluation, "EVAL_PROGRESS_SECONDS", 0.0)  # report after every finished batch
 
     class TenExamples:
         num_test = 10
@@ -201,7 +201,7 @@ def test_a_long_evaluation_says_how_far_it_has_got(monkeypatch):
         return {"count": real, "error_sum": real / 2, "top5_error_sum": 0 * real, "loss_sum": real}
 
     lines = []
-    metrics = trainer.evaluate(
+    metrics = evaluation.evaluate(
         None,
         TenExamples(),
         eval_fn,

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_identity import trainer
+from resnet_identity import evaluation, train_log, trainer
 from tests.train_worker import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -203,7 +203,7 @@ def test_a_failed_evaluation_does_not_cost_the_checkpoint_due_at_the_same_step(t
     def failing_evaluate(*args, **kwargs):
         raise MemoryError("evaluation ran out of memory")
 
-    monkeypatch.setattr(trainer, "evaluate", failing_evaluate)
+    monkeypatch.setattr(evaluation, "evaluate", failing_evaluate)
     with pytest.raises(MemoryError):
         trainer.train_and_evaluate(config, str(tmp_path))
     assert "2" in os.listdir(tmp_path / "checkpoints")
@@ -241,7 +241,7 @@ def test_a_torn_last_metrics_line_is_dropped_on_resume(tmp_path):
 
 
 def test_eta_counts_hours_past_a_day():
-    progress = trainer._Progress(start_step=0, total=100_001, batch=128)
+    progress = train_log._Progress(start_step=0, total=100_001, batch=128)
     progress.last_time -= 1.0  # one step took a second: 100,000 more take 27 h 46 min
     assert "ETA 27:46:" in progress.line(1)
 
@@ -324,8 +324,8 @@ def test_a_preempted_run_saves_before_evaluating_and_logs_its_partial_window(tmp
     config.log_every_steps = 3
     config.eval_every_steps = 4  # due at the step the notice arrives
     evaluated = []
-    real_evaluate = trainer.evaluate
-    monkeypatch.setattr(trainer, "evaluate", lambda *a, **k: evaluated.append(1) or real_evaluate(*a, **k))
+    real_evaluate = evaluation.evaluate
+    monkeypatch.setattr(evaluation, "evaluate", lambda *a, **k: evaluated.append(1) or real_evaluate(*a, **k))
     with monkeypatch.context() as m:
         m.setattr(preemption.PreemptionWatcher, "should_stop", lambda self, step: step == 4)
         assert trainer.train_and_evaluate(config, str(tmp_path))["preempted_at_step"] == 4
