@@ -295,27 +295,40 @@ def _place(archive, target) -> None:
 
 
 def prepare_imagenet(data_dir: str, archives: dict[str, str]) -> str:
-    """Places `archives` ({file name: path}) in TFDS's manual dir, and prepares from it."""
+    """Places `archives` ({file name: path}) in a manual dir, and has TFDS's builder prepare from it.
+
+    The manual dir is TFDS's `<data_dir>/downloads/manual`, except for local archives and a gs://
+    data_dir: then a local folder of links, so that ~145 GB are not uploaded only to be read once.
+    """
     _, tfds = tfds_access.import_tfds()
-    manual_dir = as_path(data_dir) / "downloads" / "manual"
-    manual_dir.mkdir(parents=True, exist_ok=True)
-    for name, path in archives.items():
-        _place(as_path(path), manual_dir / name)
-    missing = [name for name in tfds_access.IMAGENET_ARCHIVES if not (manual_dir / name).exists()]
-    if missing:
-        raise cli.UserError(
-            f"ImageNet cannot be downloaded, and {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not "
-            f"in {manual_dir}/: give both "
-            "archives, --archive=ILSVRC2012_img_train.tar --archive=ILSVRC2012_img_val.tar (or the folder holding "
-            "them); they come from https://image-net.org/download-images, after registering."
-        )
+    local_links = bool(archives) and not is_local(data_dir) and all(map(is_local, archives.values()))
+    manual_dir = as_path(tempfile.mkdtemp(prefix="imagenet-manual-") if local_links else data_dir)
+    if not local_links:
+        manual_dir = manual_dir / "downloads" / "manual"
     try:
-        tfds.builder("imagenet2012", data_dir=data_dir).download_and_prepare()
-    except Exception as error:  # noqa: BLE001 - TFDS reports a damaged tar in many ways
-        raise cli.UserError(
-            f"TFDS could not prepare imagenet2012 from {manual_dir} ({type(error).__name__}: {_first_line(error)}). "
-            "Check that both archives are complete (download them again if not) and rerun."
-        ) from error
+        manual_dir.mkdir(parents=True, exist_ok=True)
+        for name, path in archives.items():
+            _place(as_path(path), manual_dir / name)
+        missing = [name for name in tfds_access.IMAGENET_ARCHIVES if not (manual_dir / name).exists()]
+        if missing:
+            raise cli.UserError(
+                f"ImageNet cannot be downloaded, and {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
+                f"not in {manual_dir}/: give both archives, --archive=ILSVRC2012_img_train.tar "
+                "--archive=ILSVRC2012_img_val.tar (or the folder holding them); they come from "
+                "https://image-net.org/download-images, after registering."
+            )
+        config = tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir))
+        try:
+            tfds.builder("imagenet2012", data_dir=data_dir).download_and_prepare(download_config=config)
+        except Exception as error:  # noqa: BLE001 - TFDS reports a damaged tar in many ways
+            raise cli.UserError(
+                f"TFDS could not prepare imagenet2012 from {manual_dir} ({type(error).__name__}: "
+                f"{_first_line(error)}). Check that both archives are complete (download them again if not)"
+                f"{'' if is_local(data_dir) else f' and that {data_dir} is writable from here'}, and rerun."
+            ) from error
+    finally:
+        if local_links:
+            shutil.rmtree(manual_dir, ignore_errors=True)
     return f"Prepared imagenet2012 in {data_dir}."
 
 
