@@ -2,6 +2,7 @@
 command starts, raised where they cannot be lost, never fatal once the command is stopping."""
 
 import gc
+import os
 import signal
 import sys
 
@@ -91,3 +92,29 @@ def test_after_the_watcher_saved_a_further_signal_changes_nothing(fresh_process,
         signal.raise_signal(signal.SIGINT)  # the watcher answers
     signal.raise_signal(signal.SIGTERM)  # and, once it is gone, so does `interrupts`: no exception
     assert "received SIGTERM: step 1 is saved; exiting" in capsys.readouterr().out
+
+
+def test_a_signal_while_a_checkpoint_is_restored_stops_the_run_after_the_restore(fresh_process, tmp_path, monkeypatch):
+    """SIGTERM in the middle of a resume's restore: the restore finishes (the step is not taken
+    for damaged and moved aside), then the run stops, saying which checkpoint it resumes from."""
+    from resnet_identity import checkpointing, trainer
+    from tests.train_worker import tiny_config
+
+    config = tiny_config(steps=2)
+    trainer.train_and_evaluate(config, str(tmp_path))
+    monkeypatch.setattr(interrupts, "_stopping", None)  # as in the fresh process of a rerun
+    interrupts.catch_early()
+    interrupts.arm()
+    real_restore = checkpointing.Checkpointer.restore
+
+    def restore_with_a_signal(self, *args, **kwargs):
+        signal.raise_signal(signal.SIGTERM)
+        return real_restore(self, *args, **kwargs)
+
+    monkeypatch.setattr(checkpointing.Checkpointer, "restore", restore_with_a_signal)
+    config.num_train_steps = 3
+    config.schedule.boundaries = (2,)
+    with pytest.raises(interrupts.Stopped) as stopped:
+        trainer.train_and_evaluate(config, str(tmp_path), allow_config_change=True)
+    assert stopped.value.saved == "stopped before step 3, nothing new to save (the newest checkpoint is step 2)"
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]  # nothing moved to corrupt/
