@@ -78,7 +78,7 @@ class TrainLog:
         averaged, note = len(host), ""
         if averaged != self.every:
             since = f" since the resume at step {self.resumed_from}" if self.resumed_from else ""
-            note = f" (means of the {averaged} step{'s' if averaged > 1 else ''}{since})"
+            note = f" (over {averaged} step{'s' if averaged > 1 else ''}{since})"
         self.resumed_from = None
         self.logger.write(step, "train", {**means, **({"steps_averaged": averaged} if note else {})})
         self.logger.console(

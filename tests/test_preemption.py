@@ -344,7 +344,7 @@ def test_an_evaluation_cut_short_by_a_signal_is_redone_first_on_resume(tmp_path)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
     assert "step 2: the evaluation due here was cut short by a stop; running it now" in resumed.stdout
     # The first window after the resume says it averages only the step since the checkpoint.
-    assert "(means of the 1 step since the resume at step 2)" in resumed.stdout, resumed.stdout
+    assert "(over 1 step since the resume at step 2)" in resumed.stdout, resumed.stdout
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "test/error" in r] == [2, 3]
     assert [r.get("train/steps_averaged") for r in records if "train/loss" in r] == [None, 1]
