@@ -117,7 +117,8 @@ def _exit_interrupted() -> NoReturn:
 def _exit_stopped(stop: interrupts.Stopped) -> NoReturn:
     """Says which signal stopped the command and what was saved, and exits 75 for a rerun."""
     interrupts.ignore_from_now()
-    interrupts.write_line(f"received {stop.signal_name}: {stop.saved or 'stopped'}; rerun the same command")
+    saved = stop.saved or "stopped before anything was saved"
+    interrupts.write_line(f"received {stop.signal_name}: {saved}; rerun the same command")
     sys.exit(interrupts.EXIT_STOPPED)
 
 
