@@ -7,8 +7,9 @@ command with a line that says what was saved:
 
 - SIGTERM or SIGHUP (a preemption notice, a dropped ssh connection) raises `Stopped` where the
   main thread is; `cli.run` prints the line and exits `EXIT_STOPPED` (75), the status a retry
-  loop reruns on. Inside `deferred()` (a checkpoint being restored, a record rewritten) it
-  waits for the end of the block. An ignored SIGHUP (`nohup`) stays ignored.
+  loop reruns on. Inside `deferred()` (a config file or JAX being imported, which an exception
+  would leave half done; a checkpoint being restored, a record rewritten) it waits for the end
+  of the block. An ignored SIGHUP (`nohup`) stays ignored.
 - Ctrl-C (SIGINT) raises `KeyboardInterrupt` the same way: `cli.run` exits 130, "interrupted.".
 - Once the command is stopping (the first signal acted on, here or by the watcher), a further
   signal changes nothing: it is answered with a line.
@@ -17,7 +18,8 @@ command with a line that says what was saved:
 imported); until `arm()` (in `cli.run`) a signal is only recorded, then raised. Python drops an
 exception raised inside a garbage-collection callback (JAX installs one) and goes on; `check`
 raises a recorded signal again where it cannot be swallowed, and the watcher calls it when it
-takes over. In a `jax.distributed` job the signal is handed to JAX's preemption notifier
+takes over. `blocked()` keeps a signal pending across `train.py`'s re-execution (huge pages),
+for the new process's handler. In a `jax.distributed` job the signal is handed to JAX's preemption notifier
 instead, which stops every host at the same step of the loop.
 """
 
