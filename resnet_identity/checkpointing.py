@@ -50,7 +50,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from resnet_identity import integrity, saved_steps
+from resnet_identity import integrity, library_log, saved_steps
 from resnet_identity.files import WriteError, as_path, explain_write_errors, is_local, move_directory
 
 # Part of this module's interface, kept in `saved_steps` with the read-only reader.
@@ -60,6 +60,7 @@ from resnet_identity.saved_steps import finalized_steps as finalized_steps
 from resnet_identity.saved_steps import read_saved as read_saved
 
 CORRUPT_SUBDIR = "corrupt"
+LIBRARY_LOG = "library.log"  # Orbax's and asyncio's reports of a failed write (`library_log`)
 
 log = logging.getLogger(__name__)
 policies = ocp.checkpoint_managers
@@ -113,6 +114,7 @@ class Checkpointer:
             cleanup_tmp_directories=True,
         )
         self._in_flight: int | None = None  # the step whose asynchronous write may still be running
+        self._library_log = os.path.join(self.directory, LIBRARY_LOG) if is_local(self.directory) else None
         self._failed = False  # whether a CheckpointWriteError has been raised
         with _explain_write_errors(f"checkpoints to {self.directory}"):
             if as_path(self.directory).exists() and not as_path(self.directory).is_dir():
@@ -129,6 +131,7 @@ class Checkpointer:
                 },
             )
             self._check_writable()
+        library_log.divert_to(self._library_log)
 
     def latest_step(self) -> int | None:
         """The newest finalised step (including one whose async write is still running)."""
@@ -192,14 +195,23 @@ class Checkpointer:
 
     @contextlib.contextmanager
     def _writing(self, step: int | None) -> Iterator[None]:
-        """A write failure inside raises `CheckpointWriteError`, naming `step` if given."""
+        """Any failure inside raises `CheckpointWriteError`, naming `step` if given: a known
+        cause (`files.write_problem`) with what to do, any other with its first line. The
+        libraries' own reports of it are in `LIBRARY_LOG` (`library_log`), not on the console."""
         what = f"checkpoint {step} to {self.directory}" if step is not None else f"checkpoints to {self.directory}"
         try:
             with _explain_write_errors(what, self._manager):
                 yield
-        except Exception:
+        except CheckpointWriteError:
             self._failed = True
             raise
+        except Exception as e:
+            self._failed = True
+            details = f"; the libraries' reports are in {self._library_log}" if self._library_log else ""
+            raise CheckpointWriteError(
+                f"Cannot write {what} ({describe(e)}). The last complete checkpoint is intact and a rerun resumes "
+                f"from it{details}."
+            ) from e
 
     def restore(
         self, target_state: Any, *, relayout: Callable[[Any, Any], Any] | None = None

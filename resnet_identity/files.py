@@ -49,6 +49,13 @@ _WRITE_PROBLEMS = (
         "workdir on a larger disk; the last complete checkpoint is intact and a rerun resumes from it.",
     ),
     (
+        {errno.EFBIG},
+        "File too large",
+        "a file grew past the largest this process may write (`ulimit -f`, or the file system's own limit). Raise "
+        "the limit (`ulimit -f unlimited`) or choose a workdir on another file system; the last complete checkpoint "
+        "is intact and a rerun resumes from it.",
+    ),
+    (
         {errno.ENOTDIR, errno.EEXIST},
         "Not a directory",
         "part of that path is a file, not a directory. Choose another workdir.",

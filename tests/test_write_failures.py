@@ -81,3 +81,44 @@ def test_run_records_on_a_full_disk_raise_one_explained_error_and_leave_nothing_
     assert not [name for name in os.listdir(small_disk) if name.startswith(".")]  # no probe, no temporary file
     whole = (small_disk / "metrics.jsonl").read_text().split("\n")[:-1]  # less a torn last record
     assert [json.loads(line)["step"] for line in whole] == list(range(1, len(whole) + 1))
+
+
+def _smoke_cmd(workdir):
+    return [
+        sys.executable,
+        os.path.join(ROOT, "train.py"),
+        "--config=" + os.path.join(ROOT, "configs", "quickstart.py") + ":smoke",  # 6 steps
+        f"--workdir={workdir}",
+        "--config.model_overrides.depth=8",
+        "--config.checkpoint_every_steps=3",
+        "--config.eval_every_steps=1000",
+    ]
+
+
+@pytest.mark.slow
+def test_file_too_large_and_a_removed_manifest_end_in_one_line_without_library_tracebacks(tmp_path):
+    """`ulimit -f` (EFBIG) during the asynchronous write of a real run: one `error:` line,
+    exit 1, Orbax's and asyncio's tracebacks kept in checkpoints/library.log, no step
+    counted. Rerun without the limit, then with the newest step's `state/manifest.ocdbt`
+    removed: the fallback to the step before is said in one warning, without tracebacks."""
+    workdir, env = tmp_path / "run", {**os.environ, "PYTHONPATH": ROOT}
+    command = " ".join(f"'{arg}'" for arg in _smoke_cmd(workdir))
+    limited = subprocess.run(
+        ["bash", "-c", f"ulimit -f 200; exec {command}"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert limited.returncode == 1, limited.stderr[-3000:]
+    assert "Traceback" not in limited.stdout + limited.stderr and "Event loop" not in limited.stderr
+    [line] = limited.stderr.strip().splitlines()
+    assert line.startswith("error: Cannot write checkpoint 3 to ") and "ulimit -f" in line, line
+    assert checkpointing.finalized_steps(workdir / "checkpoints") == []  # nothing half-written counts
+    assert "Traceback" in (workdir / "checkpoints" / checkpointing.LIBRARY_LOG).read_text()
+
+    done = subprocess.run(_smoke_cmd(workdir), env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert checkpointing.finalized_steps(workdir / "checkpoints") == [3, 6]
+    (workdir / "checkpoints" / "6" / "state" / "manifest.ocdbt").unlink()
+    resumed = subprocess.run(_smoke_cmd(workdir), env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0 and "Traceback" not in resumed.stderr, resumed.stderr[-3000:]
+    assert "Checkpoint at step 6" in resumed.stderr and "unreadable" in resumed.stderr
+    assert "resuming at step 3" in resumed.stdout
+    assert len(resumed.stderr.strip().splitlines()) <= 3, resumed.stderr  # the fallback, the move, nothing else
