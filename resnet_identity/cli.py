@@ -19,11 +19,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import re
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import NoReturn
 
 from absl import app, flags, logging
@@ -90,13 +91,9 @@ def run(main: Callable[[list[str]], int | None], *, help_epilog: Callable[[], st
             fail(str(e))
 
     try:
-        try:
+        with closed_pipe_is_quiet():
             interrupts.arm()  # a signal recorded while the program started stops it here
             app.run(quiet_main, flags_parser=parse)
-        finally:
-            sys.stdout.flush()  # a reader gone from the pipe is noticed here, not at exit
-    except BrokenPipeError:
-        _exit_reader_gone()
     except KeyboardInterrupt:
         _exit_interrupted()
     except interrupts.Stopped as stop:
@@ -120,6 +117,19 @@ def _exit_stopped(stop: interrupts.Stopped) -> NoReturn:
     saved = stop.saved or "stopped before anything was saved"
     interrupts.write_line(f"received {stop.signal_name}: {saved}; rerun the same command")
     sys.exit(interrupts.EXIT_STOPPED)
+
+
+@contextlib.contextmanager
+def closed_pipe_is_quiet() -> Iterator[None]:
+    """A reader that closes the pipe early ends the block quietly, status 141 (`run` does this;
+    an entry point with its own argument parser wraps its `main()` in it)."""
+    try:
+        try:
+            yield
+        finally:
+            sys.stdout.flush()  # a reader gone from the pipe is noticed here, not at exit
+    except BrokenPipeError:
+        _exit_reader_gone()
 
 
 def _exit_reader_gone() -> NoReturn:

@@ -103,6 +103,7 @@ def test_a_preset_on_a_config_without_presets_says_so_and_names_the_presets(tmp_
         (("train.py", "--config=configs/quickstart.py", "--list_config"), (141,)),
         # every entry point goes through cli.run; absl's usage text ignores EPIPE itself (0)
         (("-m", "resnet_identity.evaluate", "--help"), (0, 141)),
+        (("-m", "resnet_identity.models"), (141,)),  # its own argparse, wrapped in cli.closed_pipe_is_quiet
     ],
 )
 def test_a_reader_that_closed_the_pipe_ends_the_command_quietly(command, statuses):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import ast
 
-from resnet_identity import recipes
+from resnet_identity import cli, recipes
 from resnet_identity.data import registry as datasets
 from resnet_identity.models import registry, summary
 
@@ -65,4 +65,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with cli.closed_pipe_is_quiet():  # `python -m resnet_identity.models | head`
+        main()
