@@ -94,8 +94,8 @@ def run(main: Callable[[list[str]], int | None], *, help_epilog: Callable[[], st
         with closed_pipe_is_quiet():
             interrupts.arm()  # a signal recorded while the program started stops it here
             app.run(quiet_main, flags_parser=parse)
-    except KeyboardInterrupt:
-        _exit_interrupted()
+    except KeyboardInterrupt as interrupt:
+        _exit_interrupted(getattr(interrupt, "saved", ""))
     except interrupts.Stopped as stop:
         _exit_stopped(stop)
     except SystemExit:
@@ -104,10 +104,11 @@ def run(main: Callable[[list[str]], int | None], *, help_epilog: Callable[[], st
     raise AssertionError("app.run returned")  # it always exits
 
 
-def _exit_interrupted() -> NoReturn:
-    """Says "interrupted." and exits 130, as a shell reports a process ended by Ctrl-C."""
+def _exit_interrupted(saved: str = "") -> NoReturn:
+    """Says "interrupted." (and what was saved, if the run said) and exits 130, as a shell
+    reports a process ended by Ctrl-C."""
     interrupts.ignore_from_now()
-    print("interrupted.", file=sys.stderr, flush=True)
+    print(f"interrupted: {saved}." if saved else "interrupted.", file=sys.stderr, flush=True)
     sys.exit(EXIT_INTERRUPTED)
 
 

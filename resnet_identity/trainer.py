@@ -265,7 +265,7 @@ def train_and_evaluate(
             return _train_and_evaluate(
                 config, workdir, mesh, allow_config_change=allow_config_change, return_state=return_state
             )
-    except interrupts.Stopped as stop:  # before the loop (in it, the watcher saves a step and returns)
+    except (interrupts.Stopped, KeyboardInterrupt) as stop:  # before the loop (in it, the watcher saves and returns)
         steps = checkpointing.finalized_steps(as_path(workdir) / "checkpoints")
         stop.saved = (
             f"stopped before step {steps[-1] + 1}, nothing new to save (the newest checkpoint is step {steps[-1]})"

@@ -294,6 +294,16 @@ def test_a_signal_before_the_loop_exits_75_saying_nothing_was_saved(tmp_path, si
     assert not (tmp_path / "run" / "checkpoints").exists() or not os.listdir(tmp_path / "run" / "checkpoints")
 
 
+def test_ctrl_c_before_the_loop_exits_130_quietly(tmp_path):
+    """Ctrl-C keeps its meaning while the run starts: stop, status 130 as a shell reports it."""
+    proc = _popen(_train_py(tmp_path / "run"))
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 130, output[-3000:]
+    assert "Traceback" not in output and output.strip().splitlines()[-1].startswith("interrupted"), output
+
+
 def test_sighup_saves_like_sigterm_and_signals_after_the_save_change_nothing(tmp_path):
     """A dropped ssh connection (SIGHUP) saves and exits 75; then SIGTERM and SIGINT sent until
     the process has exited (row 14) change neither the exit status nor the checkpoint."""
