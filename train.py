@@ -6,8 +6,9 @@ command resumes from the newest good checkpoint in DIR. `--list_config` prints e
 of the chosen config with its value, and trains nothing.
 
 Exit status: 0 when training finished; 75 when SIGTERM, SIGHUP, SIGINT or a preemption
-notice stopped it (rerun to resume: the last line says what was saved), or when SIGTERM or
-SIGHUP came before the first step; 130 for Ctrl-C before the first step; 1 on an error,
+notice stopped it (rerun to resume: the last line says what was saved), when SIGTERM or
+SIGHUP came before the first step, or when Cloud Storage stayed away longer than
+`storage_retry_s`; 130 for Ctrl-C before the first step; 1 on an error,
 printed with what to do; 141 when the reader of its output closed the pipe (`--help | head`).
 """
 
@@ -18,6 +19,7 @@ if __name__ == "__main__":
 
 import ast  # noqa: E402 (after the handler)
 import pathlib  # noqa: E402
+import sys  # noqa: E402
 import textwrap  # noqa: E402
 
 from absl import flags  # noqa: E402
@@ -99,12 +101,15 @@ def main(argv):
         from resnet_identity import parallel
 
         parallel.maybe_initialize_distributed(FLAGS.distributed)
-        from resnet_identity import trainer
+        from resnet_identity import cloud_storage, trainer
 
     try:
         result = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change)
     except trainer.USER_ERRORS as e:
         cli.fail(str(e))
+    except cloud_storage.StorageUnavailableError as e:  # an outage longer than the back-off: a rerun resumes
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return interrupts.EXIT_STOPPED
     return trainer.exit_status(result)
 
 
