@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import urllib.error
 from typing import Any
 
 from resnet_identity import weights as weights_lib
@@ -58,7 +57,7 @@ def _torchvision(name: str, tag: str) -> tuple[dict[str, Any], str, weights_lib.
     cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
     try:
         state_dict = weights.get_state_dict(progress=True, weights_only=True)
-    except (urllib.error.URLError, OSError) as e:  # no network (URLError is an OSError), or an unwritable cache
+    except OSError as e:  # no network (urllib's URLError), or an unwritable cache
         raise weights_lib.WeightsError(
             f"Cannot download torchvision's {name} {weights.name} weights from {weights.url} ({e}). "
             + _offline_advice("torchvision", name, cached)
@@ -82,20 +81,21 @@ def _timm(name: str, tag: str) -> tuple[dict[str, Any], str, weights_lib.Preproc
     timm = import_timm()
     timm_converter.our_model(name)  # an unsupported model is refused before any download
     tags = [model.split(".", 1)[1] for model in timm.list_pretrained(name) if model.split(".", 1)[0] == name]
+    if not tags:
+        raise weights_lib.WeightsError(f"timm publishes no weights for {name}; choose another model or convert a file.")
     tag = timm.get_pretrained_cfg(name).tag if tag == DEFAULT else tag
     if tag not in tags:
-        raise weights_lib.WeightsError(
-            f"timm has no weights {tag!r} for {name}; choose one of {', '.join([DEFAULT, *tags]) if tags else DEFAULT}."
-        )
+        choices = ", ".join([DEFAULT, *tags])
+        raise weights_lib.WeightsError(f"timm has no weights {tag!r} for {name}; choose one of {choices}.")
     repository = timm.get_pretrained_cfg(f"{name}.{tag}").hf_hub_id
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
-    from huggingface_hub.errors import LocalEntryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError
 
     path = try_to_load_from_cache(repository, "model.safetensors")
     if not isinstance(path, str):  # not cached (None, or a marker that the hub has no such file)
         try:
             path = hf_hub_download(repository, "model.safetensors")
-        except (LocalEntryNotFoundError, OSError) as e:
+        except (OSError, EntryNotFoundError) as e:  # offline and not cached (an OSError), or not on the hub
             from huggingface_hub.constants import HF_HUB_CACHE
 
             raise weights_lib.WeightsError(
