@@ -326,6 +326,7 @@ def test_sighup_saves_like_sigterm_and_signals_after_the_save_change_nothing(tmp
     assert proc.returncode == 75, output[-3000:]
     assert "received SIGHUP: saving step" in output and "Traceback" not in output, output[-3000:]
     saved = int(output.split("saved step ")[1].split(";")[0])
+    assert f"step {saved} is saved; exiting" in output, output[-3000:]  # signals that arrived after the save
     assert os.listdir(tmp_path / "checkpoints") == [str(saved)]
 
 
