@@ -41,6 +41,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -50,7 +51,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from resnet_identity import integrity, library_log, saved_steps
+from resnet_identity import cloud_storage, integrity, library_log, saved_steps
 from resnet_identity.files import WriteError, as_path, explain_write_errors, is_local, move_directory
 
 # Part of this module's interface, kept in `saved_steps` with the read-only reader.
@@ -102,36 +103,50 @@ class Checkpointer:
     `async_save`; call `wait()` (or `close()`) before exiting so the last write completes.
     """
 
-    def __init__(self, directory: str | os.PathLike, *, every_steps: int, keep: int, async_save: bool = True):
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        *,
+        every_steps: int,
+        keep: int,
+        async_save: bool = True,
+        storage_retry_s: float = 300.0,
+    ):
         if every_steps < 1 or keep < 1:
             raise ValueError(f"every_steps={every_steps} and keep={keep} must both be >= 1.")
         directory = os.fspath(directory)
         self.directory = os.path.abspath(directory) if is_local(directory) else directory
-        options = ocp.CheckpointManagerOptions(
+        self._options = ocp.CheckpointManagerOptions(
             save_decision_policy=policies.FixedIntervalPolicy(every_steps),
             preservation_policy=policies.LatestN(keep),
             enable_async_checkpointing=async_save,
             cleanup_tmp_directories=True,
         )
         self._in_flight: int | None = None  # the step whose asynchronous write may still be running
+        self._pending: tuple[int, Any] | None = None  # that step and its save's arguments, to redo after an outage
         self._library_log = os.path.join(self.directory, LIBRARY_LOG) if is_local(self.directory) else None
+        self._outage = None if is_local(self.directory) else cloud_storage.Outage(self.directory, storage_retry_s)
         self._failed = False  # whether a CheckpointWriteError has been raised
+        self._storage_lost = False  # whether Cloud Storage stayed away: the manager's write is abandoned
         with _explain_write_errors(f"checkpoints to {self.directory}"):
             if as_path(self.directory).exists() and not as_path(self.directory).is_dir():
                 raise NotADirectoryError(errno.ENOTDIR, "Not a directory", self.directory)
-            self._manager = ocp.CheckpointManager(
-                self.directory,
-                options=options,
-                # Handlers named up front, so that a new manager can read a step's metadata
-                # (`item_metadata`) before it has saved or restored anything.
-                item_handlers={
-                    STATE_ITEM: ocp.StandardCheckpointHandler(),
-                    META_ITEM: ocp.JsonCheckpointHandler(),
-                    DIGEST_ITEM: ocp.JsonCheckpointHandler(),
-                },
-            )
+            self._manager = self._new_manager()
             self._check_writable()
         library_log.divert_to(self._library_log)
+
+    def _new_manager(self) -> ocp.CheckpointManager:
+        return ocp.CheckpointManager(
+            self.directory,
+            options=self._options,
+            # Handlers named up front, so that a new manager can read a step's metadata
+            # (`item_metadata`) before it has saved or restored anything.
+            item_handlers={
+                STATE_ITEM: ocp.StandardCheckpointHandler(),
+                META_ITEM: ocp.JsonCheckpointHandler(),
+                DIGEST_ITEM: ocp.JsonCheckpointHandler(),
+            },
+        )
 
     def latest_step(self) -> int | None:
         """The newest finalised step (including one whose async write is still running)."""
@@ -168,9 +183,70 @@ class Checkpointer:
         with self._writing(step):
             self._check_writable()
             self._check_space(state, step)
-            saved = self._manager.save(step, args=args, force=True)
+            saved = self._save(step, args)
         self._in_flight = step if saved else None
+        self._pending = (step, args) if saved else None
         return saved
+
+    def _save(self, step: int, args: Any) -> bool:
+        """Starts the save; on Cloud Storage, an outage is waited out (`cloud_storage.Outage`)
+        and the save started again on a new manager (Orbax's is left waiting on the failed write)."""
+        try:
+            return self._manager.save(step, args=args, force=True)
+        except Exception as e:
+            if self._outage is None or not cloud_storage.is_outage(e):
+                raise
+            self._outage.wait(f"saving checkpoint {step}", e)
+            _release_abandoned_threads()
+            self._manager = self._new_manager()
+            return self._manager.save(step, args=args, force=True)
+
+    def _wait_remote(self, step: int | None) -> None:
+        """`wait_until_finished`, but on Cloud Storage TensorStore and gcsfs retry an outage for
+        many minutes: storage is asked every few seconds whether it answers, and a write that
+        has heard nothing from it for `storage_retry_s` is given up."""
+        silent_since, next_probe = None, time.monotonic() + cloud_storage.PROBE_EVERY_S
+        while self._manager.is_saving_in_progress():
+            time.sleep(0.2)
+            if time.monotonic() < next_probe:
+                continue
+            next_probe = time.monotonic() + cloud_storage.PROBE_EVERY_S
+            if self._outage.answers():
+                silent_since = None
+                continue
+            silent_since = silent_since or time.monotonic()
+            if time.monotonic() - silent_since > self._outage.budget_s:
+                raise cloud_storage.StorageUnavailableError(
+                    f"Cloud Storage did not answer for {self._outage.budget_s:.0f} s (storage_retry_s) while "
+                    f"checkpoint {step} was being written"
+                )
+        self._manager.wait_until_finished()
+
+    def _finish_remote(self, step: int | None, pending: tuple[int, Any] | None) -> None:
+        """Waits for the save of `step` on Cloud Storage; after an outage it is written again if
+        its arrays still exist (the trainer's last save), or else left to the next save."""
+        try:
+            self._wait_remote(step)
+            return
+        except Exception as e:
+            if not cloud_storage.is_outage(e):
+                raise
+            self._outage.wait(f"writing checkpoint {step}", e)
+        _release_abandoned_threads()
+        self._manager = self._new_manager()  # the old one would wait on the failed write
+        if step in finalized_steps(self.directory):
+            return  # its last object was written before storage went away
+        alive = pending is not None and not any(
+            getattr(leaf, "is_deleted", lambda: False)() for leaf in jax.tree.leaves(pending[1])
+        )
+        if not alive:
+            log.warning(
+                "Checkpoint %s was not written while Cloud Storage was away; the next save writes a newer step.", step
+            )
+            return
+        log.warning("Checkpoint %d was not written while Cloud Storage was away; writing it again.", step)
+        self._manager.save(pending[0], args=pending[1], force=True)
+        self._wait_remote(step)
 
     def _check_writable(self) -> None:
         # Fail fast: when an async save cannot create its step directory, Orbax 0.12.8 raises
@@ -204,6 +280,10 @@ class Checkpointer:
                 yield
         except CheckpointWriteError:
             self._failed = True
+            raise
+        except cloud_storage.StorageUnavailableError:
+            self._failed = self._storage_lost = True
+            _release_abandoned_threads()
             raise
         except Exception as e:
             self._failed = True
@@ -349,12 +429,20 @@ class Checkpointer:
         that failed raises `CheckpointWriteError` naming its step. Once such an error has
         been raised, `wait` and `close` raise no more: the user reads the first one only."""
         step, self._in_flight = self._in_flight, None
+        pending, self._pending = self._pending, None
+        if self._storage_lost:
+            return
         with contextlib.suppress(Exception) if self._failed else self._writing(step):
-            self._manager.wait_until_finished()
+            if self._outage is None:
+                self._manager.wait_until_finished()
+            else:
+                self._finish_remote(step, pending)
 
     def close(self) -> None:
-        step, self._in_flight = self._in_flight, None
-        with contextlib.suppress(Exception) if self._failed else self._writing(step):
+        self.wait()
+        if self._storage_lost:
+            return  # closing would wait on the abandoned write's threads
+        with contextlib.suppress(Exception) if self._failed else self._writing(None):
             self._manager.close()
 
     def __enter__(self) -> Checkpointer:
@@ -362,6 +450,20 @@ class Checkpointer:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+def _release_abandoned_threads() -> None:
+    """Ends the threads of a write abandoned to an outage. Orbax 0.12.8's threads of a failed
+    asynchronous save wait up to 5 minutes for signals that the failed step never sends, and
+    Python's exit waits for them: each is cancelled and its signals set, so it returns at
+    once. (Written against that version's `_SignalingThread`; on another, nothing happens.)"""
+    from orbax.checkpoint._src.futures import future
+
+    for thread in threading.enumerate():
+        if isinstance(thread, getattr(future, "_SignalingThread", ())) and thread.is_alive():
+            with contextlib.suppress(Exception):
+                thread.cancel()
+                future.set_signals(thread._receive_signals, operation_id=thread._operation_id)
 
 
 def _shapes_by_path(tree: Any) -> dict[tuple[str, ...], tuple[int, ...]]:

@@ -30,6 +30,7 @@ from resnet_identity.files import WriteError
 # dashes, underscores and dots, starting and ending with a letter or digit.
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
 _CONNECT_TIMEOUT_S = 5.0
+PROBE_EVERY_S = 5.0  # how often a save in flight asks whether storage still answers
 _CREDENTIALS_COMMAND = "gcloud auth application-default login"
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,12 @@ class CloudStorageError(WriteError):
 
 class StorageUnavailableError(RuntimeError):
     """Cloud Storage did not answer for longer than the back-off allows; rerun later."""
+
+    def __init__(self, what: str):
+        super().__init__(
+            f"{what}. Nothing half-written counts as a checkpoint: rerun the same command once storage answers, "
+            "and it resumes from the last complete one."
+        )
 
 
 def split_url(url: str) -> tuple[str, str]:
@@ -136,6 +143,8 @@ def is_outage(error: BaseException | None) -> bool:
             return True  # google.api_core's
         if getattr(error, "code", None) in (500, 502, 503, 504) and "HttpError" in name:
             return True  # gcsfs's own
+        if isinstance(error, FileNotFoundError) and "upload_id=" in str(error):
+            return True  # a resumable upload that the server lost while it was away
         text = str(error)
         if any(mark in text for mark in ("UNAVAILABLE", "DEADLINE_EXCEEDED", "Connection refused", "Timeout waiting")):
             return True  # TensorStore's status codes; Orbax's wait for a failed step
@@ -149,7 +158,8 @@ class Outage:
     def __init__(self, url: str, budget_s: float):
         self.url, self.budget_s = url, budget_s
 
-    def _answers(self) -> bool:
+    def answers(self) -> bool:
+        """Whether Cloud Storage answers a request about this URL now."""
         host, port, _ = _endpoint()
         try:
             socket.create_connection((host, port), timeout=_CONNECT_TIMEOUT_S).close()
@@ -171,7 +181,7 @@ class Outage:
             self.budget_s,
         )
         while True:
-            if self._answers():
+            if self.answers():
                 log.warning("Cloud Storage answers again after %.0f s.", time.monotonic() - started)
                 return
             left = self.budget_s - (time.monotonic() - started)

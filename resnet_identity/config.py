@@ -37,6 +37,7 @@ RECORD_FIELDS = (
     "checkpoint_every_steps",
     "keep_checkpoints",
     "diagnostics_every_steps",
+    "storage_retry_s",
 )
 
 
@@ -84,6 +85,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.eval_every_steps = 2_000
     c.checkpoint_every_steps = 2_000
     c.keep_checkpoints = 3
+    # How long a gs:// run waits out a Cloud Storage outage before it stops with exit status 75.
+    c.storage_retry_s = 300.0
     c.diagnostics_every_steps = 0  # identity-mapping diagnostics every N steps; 0: off (diagnostics.py)
     c.lock()
     return c
@@ -229,6 +232,10 @@ def validate(
         )
     for field in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
         need(config[field] > 0, f"{field} must be positive, got {config[field]}.")
+    need(
+        isinstance(config.storage_retry_s, int | float) and config.storage_retry_s > 0,
+        f"storage_retry_s must be a positive number of seconds, got {config.storage_retry_s!r}.",
+    )
     need(
         config.diagnostics_every_steps >= 0,
         f"diagnostics_every_steps must be >= 0 (0: off), got {config.diagnostics_every_steps}.",

@@ -10,7 +10,8 @@ values, so a run killed before logging anything leaves no empty one.
 
 On Cloud Storage, where an object cannot grow, `metrics.jsonl` and the event file are
 rewritten whole at each write from an in-memory copy, in one upload each (GCS makes an
-upload visible whole or not at all); locally they are appended to.
+upload visible whole or not at all); locally they are appended to. A write that meets a
+Cloud Storage outage waits it out (`cloud_storage.Outage`, bounded by `storage_retry_s`).
 
 Resume: `metrics.jsonl` is cut back to the restored step, so no step appears twice there,
 and lines that are not records (undecodable bytes, a torn last line) are moved aside.
@@ -26,12 +27,13 @@ import secrets
 import socket
 import struct
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from absl import logging
 from etils import epath
 
+from resnet_identity import cloud_storage
 from resnet_identity.files import append_text, as_path, explain_write_errors, is_local, write_atomically
 
 METRICS_FILE = "metrics.jsonl"
@@ -46,9 +48,12 @@ EVENTS_PATTERN = "events.out.tfevents.*"
 class MetricLogger:
     """Writes scalars from process 0; other processes only log to the console."""
 
-    def __init__(self, workdir: epath.PathLike, *, resumed_from: int, is_main: bool = True):
+    def __init__(
+        self, workdir: epath.PathLike, *, resumed_from: int, is_main: bool = True, storage_retry_s: float = 300.0
+    ):
         self.is_main = is_main
         self.path = as_path(workdir) / METRICS_FILE
+        self._outage = None if is_local(self.path) else cloud_storage.Outage(str(self.path.parent), storage_retry_s)
         self._events: EventFile | None = None
         self._lines: list[str] | None = None  # METRICS_FILE's content, kept where it cannot be appended to
         if not is_main:
@@ -75,11 +80,21 @@ class MetricLogger:
                     append_text(self.path, line)
                 else:
                     self._lines.append(line)
-                    write_atomically(self.path, "".join(self._lines))
-                self._events.flush()
+                    self._retrying(lambda: write_atomically(self.path, "".join(self._lines)))
+                self._retrying(self._events.flush)
         except BaseException:
             self._events = None  # the first failure is the one reported: close() tries no more
             raise
+
+    def _retrying(self, write: Callable[[], None]) -> None:
+        """`write()`; on Cloud Storage, once more after an outage (`cloud_storage.Outage`)."""
+        try:
+            write()
+        except Exception as e:
+            if self._outage is None or not cloud_storage.is_outage(e):
+                raise
+            self._outage.wait(f"writing metrics to {self.path.parent}", e)
+            write()
 
     def console(self, message: str) -> None:
         if self.is_main:
@@ -127,8 +142,8 @@ class EventFile:
             with open(self.path, "ab") as f:
                 f.write(data)
         else:
+            self.path.write_bytes(self._written + data)
             self._written += data
-            self.path.write_bytes(self._written)
         self._pending.clear()
 
 

@@ -293,13 +293,16 @@ def _train_and_evaluate(
     init_key, step_key = jax.random.split(jax.random.key(config.seed))
     init = jax.jit(functools.partial(create_train_state, model, tx, dataset.image_size), out_shardings=replicated)
     checkpointer = checkpointing.Checkpointer(
-        checkpoint_dir, every_steps=config.checkpoint_every_steps, keep=config.keep_checkpoints
+        checkpoint_dir,
+        every_steps=config.checkpoint_every_steps,
+        keep=config.keep_checkpoints,
+        storage_retry_s=config.storage_retry_s,
     )
     with interrupts.deferred():  # a signal waits: a step moved aside or a record rewritten is never half done
         state, start_step = restore_or_init(checkpointer, init, init_key, config, workdir, replicated)
         if is_main:  # only once the checkpoint is known to fit this config: a refused resume changes nothing
             record_config(workdir, config)
-        logger = MetricLogger(workdir, resumed_from=start_step, is_main=is_main)
+        logger = MetricLogger(workdir, resumed_from=start_step, is_main=is_main, storage_retry_s=config.storage_retry_s)
     logger.console(
         f"{config.model} on {config.dataset}: {summary_line(state)}, {mesh.devices.size} device(s), "
         f"global batch {config.batch_size}, {total} steps" + (f"; resuming at step {start_step}" if start_step else "")

