@@ -103,3 +103,58 @@ def test_an_outage_longer_than_the_back_off_stops_with_exit_75_and_the_rerun_res
     if last:
         assert f"resuming at step {last}" in rerun.stdout
     assert _complete_steps(workdir)[-1] == last + 25
+
+
+_SHORT_OUTAGE = """
+import logging, sys
+import jax.numpy as jnp
+import numpy as np
+from resnet_identity.checkpointing import Checkpointer, finalized_steps
+
+logging.basicConfig(level=logging.WARNING, force=True)
+directory = sys.argv[1]
+state = {"w": jnp.arange(100_000.0)}
+with Checkpointer(directory, every_steps=1, keep=3, storage_retry_s=90) as checkpointer:
+    checkpointer.maybe_save(1, state)
+    checkpointer.wait()
+    print("saved 1", flush=True)
+    sys.stdin.readline()  # the server is stopped now, and started again in a few seconds
+    checkpointer.maybe_save(2, {"w": state["w"] + 1})
+    checkpointer.wait()
+    assert finalized_steps(directory) == [1, 2], finalized_steps(directory)
+with Checkpointer(directory, every_steps=1, keep=3) as checkpointer:
+    restored, step = checkpointer.restore({"w": jnp.zeros(100_000)})
+assert step == 2 and np.array_equal(restored["w"], state["w"] + 1)
+print("written once storage answered", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_a_save_that_meets_an_outage_shorter_than_the_back_off_is_written(emulator, monkeypatch):
+    """The server stopped when a save starts, and started again 40 s later (longer than gcsfs's
+    own retries, about 30 s), with a 90 s back-off: the checkpointer waits, then writes the
+    step, complete once `wait` returns. (In a process of its own: the Cloud Storage clients
+    keep their endpoint for the process.)"""
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator.url)
+    directory = emulator.create_bucket("short-outage") + "/checkpoints"
+    child = subprocess.Popen(
+        [sys.executable, "-c", _SHORT_OUTAGE, directory],
+        env={**os.environ, "PYTHONPATH": ROOT},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout.readline().strip() == "saved 1"
+        emulator.pause()
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        time.sleep(40)
+        emulator.resume()
+        out, err = child.communicate(timeout=300)
+    finally:
+        child.kill()
+    assert child.returncode == 0 and "Traceback" not in err, err[-3000:]
+    assert "written once storage answered" in out
+    assert "Cloud Storage did not answer while saving checkpoint 2" in err and "answers again after" in err
