@@ -15,17 +15,20 @@ Why a checkpoint is never half-taken, as Orbax 0.12.8 does it on local and NFS d
 - `cleanup_tmp_directories=True` deletes such leftovers when the next run starts;
 - old steps are deleted only after the newer save has been renamed into place, so a
   failed or killed save never costs a good checkpoint.
-An unwritable, read-only or full workdir raises `CheckpointWriteError` saying what to do.
+An unwritable, read-only or full workdir, a file over `ulimit -f`, or any other failure of a
+save raises `CheckpointWriteError` saying what to do; Orbax's own tracebacks of it go to
+`<dir>/library.log` (`library_log`). On Cloud Storage an outage is waited out for
+`storage_retry_s`, then raises `cloud_storage.StorageUnavailableError` (`checkpoint_outage`).
 
 What Orbax does not do is notice a finalised checkpoint whose files were later damaged (a
 truncated or deleted file); it then fails inside `restore`. `Checkpointer.restore` tries the
 steps newest first, logs a warning naming each unreadable step and the error, and returns
 the newest one that restores. A state whose arrays differ from their saved digests (bit
 rot, which TensorStore's chunks do not detect) counts as unreadable, and so does one whose
-digest record is missing or damaged (`saved_steps.verify_saved`, shared with the read-only `read_saved`).
-Unreadable steps are moved, not deleted, to
-`<dir>/corrupt/<step>`: left in place, a bad step `N` would stay `latest_step()`, and Orbax
-would refuse to save any step up to `N` again, leaving the resumed run unprotected.
+digest record is missing or damaged (`saved_steps.verify_saved`, shared with the read-only
+`read_saved`). Unreadable steps are moved, not deleted, to `<dir>/corrupt/<step>`: left in
+place, a bad step `N` would stay `latest_step()`, and Orbax would refuse to save any step up
+to `N` again, leaving the resumed run unprotected.
 
 A checkpoint written by the same model under other `scan`/`remat` values holds the same
 numbers in another layout (`models/stack.py`). With `relayout`, `restore` reads such a step
@@ -41,7 +44,6 @@ import logging
 import os
 import shutil
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -51,7 +53,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from resnet_identity import cloud_storage, integrity, library_log, saved_steps
+from resnet_identity import checkpoint_outage, cloud_storage, integrity, library_log, saved_steps
 from resnet_identity.files import WriteError, as_path, explain_write_errors, is_local, move_directory
 
 # Part of this module's interface, kept in `saved_steps` with the read-only reader.
@@ -197,42 +199,21 @@ class Checkpointer:
             if self._outage is None or not cloud_storage.is_outage(e):
                 raise
             self._outage.wait(f"saving checkpoint {step}", e)
-            _release_abandoned_threads()
+            checkpoint_outage.release_abandoned_threads()
             self._manager = self._new_manager()
             return self._manager.save(step, args=args, force=True)
-
-    def _wait_remote(self, step: int | None) -> None:
-        """`wait_until_finished`, but on Cloud Storage TensorStore and gcsfs retry an outage for
-        many minutes: storage is asked every few seconds whether it answers, and a write that
-        has heard nothing from it for `storage_retry_s` is given up."""
-        silent_since, next_probe = None, time.monotonic() + cloud_storage.PROBE_EVERY_S
-        while self._manager.is_saving_in_progress():
-            time.sleep(0.2)
-            if time.monotonic() < next_probe:
-                continue
-            next_probe = time.monotonic() + cloud_storage.PROBE_EVERY_S
-            if self._outage.answers():
-                silent_since = None
-                continue
-            silent_since = silent_since or time.monotonic()
-            if time.monotonic() - silent_since > self._outage.budget_s:
-                raise cloud_storage.StorageUnavailableError(
-                    f"Cloud Storage did not answer for {self._outage.budget_s:.0f} s (storage_retry_s) while "
-                    f"checkpoint {step} was being written"
-                )
-        self._manager.wait_until_finished()
 
     def _finish_remote(self, step: int | None, pending: tuple[int, Any] | None) -> None:
         """Waits for the save of `step` on Cloud Storage; after an outage it is written again if
         its arrays still exist (the trainer's last save), or else left to the next save."""
         try:
-            self._wait_remote(step)
+            checkpoint_outage.wait_while_storage_answers(self._manager, self._outage, step)
             return
         except Exception as e:
             if not cloud_storage.is_outage(e):
                 raise
             self._outage.wait(f"writing checkpoint {step}", e)
-        _release_abandoned_threads()
+        checkpoint_outage.release_abandoned_threads()
         self._manager = self._new_manager()  # the old one would wait on the failed write
         if step in finalized_steps(self.directory):
             return  # its last object was written before storage went away
@@ -246,7 +227,7 @@ class Checkpointer:
             return
         log.warning("Checkpoint %d was not written while Cloud Storage was away; writing it again.", step)
         self._manager.save(pending[0], args=pending[1], force=True)
-        self._wait_remote(step)
+        checkpoint_outage.wait_while_storage_answers(self._manager, self._outage, step)
 
     def _check_writable(self) -> None:
         # Fail fast: when an async save cannot create its step directory, Orbax 0.12.8 raises
@@ -283,7 +264,7 @@ class Checkpointer:
             raise
         except cloud_storage.StorageUnavailableError:
             self._failed = self._storage_lost = True
-            _release_abandoned_threads()
+            checkpoint_outage.release_abandoned_threads()
             raise
         except Exception as e:
             self._failed = True
@@ -450,20 +431,6 @@ class Checkpointer:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
-
-
-def _release_abandoned_threads() -> None:
-    """Ends the threads of a write abandoned to an outage. Orbax 0.12.8's threads of a failed
-    asynchronous save wait up to 5 minutes for signals that the failed step never sends, and
-    Python's exit waits for them: each is cancelled and its signals set, so it returns at
-    once. (Written against that version's `_SignalingThread`; on another, nothing happens.)"""
-    from orbax.checkpoint._src.futures import future
-
-    for thread in threading.enumerate():
-        if isinstance(thread, getattr(future, "_SignalingThread", ())) and thread.is_alive():
-            with contextlib.suppress(Exception):
-                thread.cancel()
-                future.set_signals(thread._receive_signals, operation_id=thread._operation_id)
 
 
 def _shapes_by_path(tree: Any) -> dict[tuple[str, ...], tuple[int, ...]]:
