@@ -172,16 +172,17 @@ def test_final_metrics_and_logs_survive_a_resume(tmp_path):
 
 def test_tfds_cifar_resume_is_bitwise_identical(tmp_path, monkeypatch):
     """Stopped at step 2 (as on preemption) and rerun, the TFDS CIFAR-10 run ends bit-identical."""
-    tfds = pytest.importorskip("tensorflow_datasets")
-    import jax
+    pytest.importorskip("tensorflow_datasets")
+    from tests.cifar_archive import prepare_tiny_cifar
 
+    prepare_tiny_cifar("cifar10", tmp_path / "data", train=40, test=40)
     config = tiny_config(steps=4)
     config.dataset = "cifar10"
+    config.data_dir = str(tmp_path / "data")
     config.eval_batch_size = 24
 
     def run(workdir):
-        with tfds.testing.mock_data(num_examples=40):
-            return trainer.train_and_evaluate(config, str(workdir), return_state=True)
+        return trainer.train_and_evaluate(config, str(workdir), return_state=True)
 
     reference = run(tmp_path / "reference")["state"]
     original = trainer.preemption.PreemptionWatcher.should_stop

@@ -128,15 +128,20 @@ def test_synthetic_end_to_end_with_smoke_preset(tmp_path):
     assert _final(tmp_path)["test_examples"] == 256
 
 
-def test_tfds_cifar10_end_to_end_with_mock_data(tmp_path):
-    tfds = pytest.importorskip("tensorflow_datasets")
+def test_tfds_cifar10_end_to_end(tmp_path):
+    """The CIFAR recipe on records TFDS's own builder prepared (from a tiny archive served on
+    127.0.0.1, tests/cifar_archive.py), not on mock data."""
+    pytest.importorskip("tensorflow_datasets")
+    from tests.cifar_archive import prepare_tiny_cifar
+
+    prepare_tiny_cifar("cifar10", tmp_path / "data", train=40, test=40)
     config = _load("cifar_resnet110", "smoke")
     config.dataset = "cifar10"
+    config.data_dir = str(tmp_path / "data")
     config.model_overrides.depth = 8
     config.eval_batch_size = 24
-    with tfds.testing.mock_data(num_examples=40):
-        trainer.train_and_evaluate(config, str(tmp_path))
-    assert _final(tmp_path)["test_examples"] == 40
+    trainer.train_and_evaluate(config, str(tmp_path / "run"))
+    assert _final(tmp_path / "run")["test_examples"] == 40
 
 
 def test_bad_config_fails_before_compiling(tmp_path):
