@@ -158,3 +158,13 @@ def test_a_save_that_meets_an_outage_shorter_than_the_back_off_is_written(emulat
     assert child.returncode == 0 and "Traceback" not in err, err[-3000:]
     assert "written once storage answered" in out
     assert "Cloud Storage did not answer while saving checkpoint 2" in err and "answers again after" in err
+
+
+def test_the_back_off_must_be_a_positive_number_of_seconds():
+    from resnet_identity import config as config_lib
+
+    config = config_lib.default_config()
+    assert config.storage_retry_s == 300.0
+    config.storage_retry_s = 0.0
+    with pytest.raises(config_lib.ConfigError, match="storage_retry_s must be a positive number of seconds, got 0.0"):
+        config_lib.validate(config)
