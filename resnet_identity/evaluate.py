@@ -141,10 +141,13 @@ def evaluate(config) -> list[dict]:
     eval_fn = jax.jit(
         functools.partial(eval_step, model=model, transform=dataset.eval_transform), out_shardings=replicated
     )
+    # No batch larger than the test split (rounded up to the devices): padding a small split to
+    # ImageNet's 250 would only cost memory, ten times over at 10crop.
+    batch_size = min(config.eval_batch_size, -(-dataset.num_test // mesh.size) * mesh.size)
     results = []
     for crop in crops:
         metrics = evaluation.evaluate(
-            state, dataset, eval_fn, batch_size=config.eval_batch_size, sharding=parallel.batch_sharded(mesh), crop=crop
+            state, dataset, eval_fn, batch_size=batch_size, sharding=parallel.batch_sharded(mesh), crop=crop
         )
         name = str(crop if crop is not None else facts.image_size)
         result = {

@@ -13,19 +13,18 @@ mismatched tensor or field. Layouts may differ: both sides are compared unrolled
 result is laid out as the model is (`models.convert_layout`, any scan/remat).
 
 `read_run` reads a run's checkpoint without writing to its workdir (Orbax read-only, no
-lease), so `evaluate` uses it while that run may still be training.
+lease), so a run may start from another that is still training.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 
-from resnet_identity import checkpointing, config_migration, models
+from resnet_identity import checkpointing, models
 from resnet_identity import weights as weights_lib
 from resnet_identity.config import ConfigError, model_kwargs
 from resnet_identity.files import as_path
@@ -51,10 +50,10 @@ def read_run(workdir: str, step: int | None = None) -> tuple[ml_collections.Conf
             "weights directory (no weights.json). Name a workdir that has saved a checkpoint, or "
             "convert weights with `python -m resnet_identity.convert`."
         )
-    config = config_migration.as_config(json.loads((root / "config.json").read_text()))
     try:
+        config = weights_lib.read_run_config(root)
         state, step = checkpointing.read_saved(root / "checkpoints", step)
-    except checkpointing.CheckpointRestoreError as e:
+    except (weights_lib.WeightsError, checkpointing.CheckpointRestoreError) as e:
         raise InitFromError(str(e)) from e
     return config, {name: state[name] for name in weights_lib.COLLECTIONS}, step
 
