@@ -80,6 +80,11 @@ def imagenet(model: str, preset: str | None = None) -> ml_collections.ConfigDict
     return apply_preset(c, preset)
 
 
+# The paper recipe of each model family (registry.MODELS[name].family), for the commands and
+# analyses that start from a model name.
+BY_FAMILY = {"cifar": cifar, "imagenet": imagenet}
+
+
 def apply_preset(c: ml_collections.ConfigDict, preset: str | None) -> ml_collections.ConfigDict:
     if preset in (None, ""):
         return c
@@ -99,8 +104,7 @@ def apply_preset(c: ml_collections.ConfigDict, preset: str | None) -> ml_collect
         c.schedule.warmup_steps = 2
         # BN's running statistics are the last batch's, over the whole batch: after 6 steps,
         # momentum 0.9 would leave them half at their initial (0, 1), and groups of 4 are too
-        # noisy; a deep net's eval outputs blow up through either (pre-act ResNet-1001's test
-        # loss was 3e13 with both, 46 with groups of 4 alone, 5.4 with neither).
+        # noisy; a deep net's eval outputs blow up through either (the smoke row of RESULTS).
         c.model_overrides.bn_group_size = None
         c.model_overrides.bn_momentum = 0.0
         c.log_every_steps = 2

@@ -29,7 +29,6 @@ from resnet_identity.analysis.paper import FAIL_ERROR, PaperFigure
 
 # Datasets a row names; a `--config` on another one (digits, synthetic) keeps its own.
 PAPER_DATASETS = ("cifar10", "cifar100", "imagenet2012")
-RECIPES = {"cifar": recipes.cifar, "imagenet": recipes.imagenet}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -372,7 +371,7 @@ def row_config(
     if preset not in (None, *PRESETS):
         raise ValueError(f"Unknown preset {preset!r}; choose one of {PRESETS}.")
     if base is None:
-        config = RECIPES[row.recipe](row.model, row.recipe_preset)
+        config = recipes.BY_FAMILY[row.recipe](row.model, row.recipe_preset)
     else:
         config = copy.deepcopy(base)
         if row.recipe_preset:

@@ -14,9 +14,6 @@ from resnet_identity import cli, recipes
 from resnet_identity.data import registry as datasets
 from resnet_identity.models import registry, summary
 
-# Each family's paper recipe; the dataset it names sets the default number of classes.
-FAMILY_RECIPES = {"cifar": recipes.cifar, "imagenet": recipes.imagenet}
-
 
 def _parse_override(text: str) -> tuple[str, object]:
     key, _, value = text.partition("=")
@@ -49,7 +46,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unknown model {args.name!r}; run without a name to list them")
     num_classes = args.num_classes
     if num_classes is None:
-        paper_recipe = FAMILY_RECIPES[registry.MODELS[args.name].family](args.name)
+        # The family's paper recipe names the dataset, whose facts give the default classes.
+        paper_recipe = recipes.BY_FAMILY[registry.MODELS[args.name].family](args.name)
         num_classes = datasets.facts(paper_recipe).num_classes
     overrides = dict(_parse_override(o) for o in args.override)
     try:
