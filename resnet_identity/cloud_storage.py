@@ -22,7 +22,6 @@ import re
 import socket
 import time
 import urllib.parse
-from collections.abc import Callable
 
 from resnet_identity.files import WriteError
 
@@ -78,6 +77,8 @@ def check_reachable() -> None:
     """`CloudStorageError` naming the host if a connection to the Cloud Storage endpoint cannot
     be opened within a few seconds (the client libraries would retry for minutes)."""
     host, port, described = _endpoint()
+    if not os.environ.get("STORAGE_EMULATOR_HOST") and any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy")):
+        return  # the clients go through the proxy: a direct connection proves nothing
     try:
         socket.create_connection((host, port), timeout=_CONNECT_TIMEOUT_S).close()
     except OSError as e:
@@ -160,9 +161,8 @@ class Outage:
 
     def answers(self) -> bool:
         """Whether Cloud Storage answers a request about this URL now."""
-        host, port, _ = _endpoint()
         try:
-            socket.create_connection((host, port), timeout=_CONNECT_TIMEOUT_S).close()
+            check_reachable()
             bucket, prefix = split_url(self.url)
             client().bucket(bucket).blob(f"{prefix}/").exists(timeout=_CONNECT_TIMEOUT_S, retry=None)
         except Exception as e:  # noqa: BLE001 - whatever a probe meets, storage is not back
@@ -170,7 +170,7 @@ class Outage:
             return False
         return True
 
-    def wait(self, what: str, cause: BaseException, sleep: Callable[[float], None] = time.sleep) -> None:
+    def wait(self, what: str, cause: BaseException) -> None:
         """Returns once storage answers; raises `StorageUnavailableError` naming `what` failed
         if it has not after `budget_s` (back-off 1, 2, 4, ... s, at most 30 s apart)."""
         started, delay = time.monotonic(), 1.0
@@ -190,7 +190,7 @@ class Outage:
                     f"Cloud Storage did not answer for {self.budget_s:.0f} s (storage_retry_s) while {what} "
                     f"({_first_line(cause)})"
                 ) from cause
-            sleep(min(delay, left))
+            time.sleep(min(delay, left))
             delay = min(2 * delay, 30.0)
 
 
