@@ -180,7 +180,7 @@ def _scan(path: str) -> Listing:
 def scan(options: Mapping[str, Any]) -> Listing:
     if not options["path"]:
         raise DatasetError(f"Set folder.path to your images (--config.folder.path=DIR). Expected {LAYOUT}.")
-    return _scan(os.fspath(options["path"]))
+    return _scan(os.fspath(as_path(options["path"])))  # keyed absolute: the cache outlives a chdir
 
 
 def facts(options: Mapping[str, Any]) -> Facts:
