@@ -18,3 +18,25 @@ if _FAST_COMPILE not in os.environ.get("XLA_FLAGS", ""):
 
 # The Cloud Storage emulator's fixtures (gcs_emulator, gcs_bucket), for every module.
 from tests.gcs_emulator import gcs_bucket, gcs_emulator  # noqa: E402, F401
+
+
+def pytest_terminal_summary(terminalreporter):
+    """How many docs commands were found and how each ended (tests/test_docs_commands.py), on the
+    terminal whatever -r says."""
+    outcomes = {}
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            nodeid = getattr(report, "nodeid", "")
+            if hasattr(report, "outcome") and nodeid.startswith(
+                "tests/test_docs_commands.py::test_command_runs_as_typed["
+            ):
+                if report.failed or (report.skipped and outcomes.get(nodeid) != "failed"):
+                    outcomes[nodeid] = report.outcome
+                else:
+                    outcomes.setdefault(nodeid, report.outcome)
+    if outcomes:
+        counts = {outcome: list(outcomes.values()).count(outcome) for outcome in ("passed", "failed", "skipped")}
+        terminalreporter.write_line(
+            f"docs commands: {len(outcomes)} found in README.md and docs/*.md; {counts['passed']} ran, "
+            f"{counts['failed']} failed, {counts['skipped']} skipped"
+        )
