@@ -274,7 +274,8 @@ def _key(command: Command) -> str:
     """Names a command's state by what makes it: its script and the states it starts from."""
     before = predecessor(command)
     sources = [producer(path, command, RUN) for path in sorted(reads(command))]
-    parts = [script(command), *(_key(c) for c in ([before] if before else []) + [s for s in sources if s])]
+    typed = re.sub(r"[ \t]+#[^'\"\n]*$", "", script(command), flags=re.MULTILINE)  # a trailing comment runs nothing
+    parts = [typed, *(_key(c) for c in ([before] if before else []) + [s for s in sources if s])]
     return hashlib.sha1("\0".join(parts).encode()).hexdigest()[:16]
 
 
