@@ -39,6 +39,7 @@ from resnet_identity import checkpointing, config_migration, models
 from resnet_identity import config as config_lib
 from resnet_identity.data import crops, registry
 from resnet_identity.data import normalization as normalization_lib
+from resnet_identity.data.base import DatasetError
 from resnet_identity.files import as_path
 
 FORMAT = "resnet_identity.weights"
@@ -285,12 +286,19 @@ def load_run_weights(workdir: str | epath.PathLike, step: int | None = None) -> 
         raise WeightsError(str(e)) from e
     variables = {name: jax.tree.map(np.asarray, models.stacked_to_unrolled(state[name])) for name in COLLECTIONS}
     overrides = {k: v for k, v in config_lib.model_kwargs(config).items() if k not in LAYOUT_OVERRIDES}
-    facts = registry.facts(config)
+    try:  # class names and preprocessing are the dataset's facts: a folder's come from its files
+        facts, preprocessing = registry.facts(config), run_preprocessing(config)
+    except DatasetError as e:
+        raise WeightsError(
+            f"{workdir}'s class names and preprocessing come from its dataset, which cannot be read now: {e} "
+            "Put the data back where the run's config.json says (a relative folder.path is read from "
+            "the current directory), then rerun."
+        ) from e
     return Weights(
         config.model,
         overrides,
         variables,
-        run_preprocessing(config),
+        preprocessing,
         list(facts.class_names) if facts.class_names else None,
         f"run:{workdir}@{step}",
         step,

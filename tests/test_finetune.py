@@ -84,6 +84,13 @@ def test_fine_tune_a_runs_checkpoint_on_a_folder_of_other_classes(tmp_path, caps
     assert sorted(name for _, name, _ in top) == ["cat", "dog", "eel"]
     assert sum(probability for _, _, probability in top) == pytest.approx(1.0, abs=1e-5)
 
+    # The class names come from the folder: with it gone, exporting the run is one line, no traceback.
+    (tmp_path / "images").rename(tmp_path / "images.moved")
+    exported = _command("convert", "--to=torchvision", "--workdir=tuned", "--out=tuned.pth", cwd=tmp_path)
+    assert exported.returncode == 1 and "Traceback" not in exported.stderr, exported.stderr[-3000:]
+    assert exported.stderr.strip().startswith("error:") and "Put the data back" in exported.stderr
+    assert not (tmp_path / "tuned.pth").exists()
+
 
 def _command(name, *args, cwd):
     return subprocess.run(
