@@ -218,7 +218,8 @@ def validate(
         "Set num_train_steps > 0, or num_train_steps = -1 with num_epochs > 0.",
     )
     need(0 <= config.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {config.label_smoothing}.")
-    crops = tuple(config.eval_crops or ())
+    # `--config.eval_crops=None` arrives as (None,), which evaluation reads as None: the default crop.
+    crops = tuple(c for c in config.eval_crops or () if c is not None)
     if facts is not None and facts.eval_crops:
         need(
             set(crops) <= set(facts.eval_crops),

@@ -74,6 +74,11 @@ def test_invalid_values_get_one_clear_message(fields, message):
         config_lib.validate(_config(**fields), num_devices=4)
 
 
+def test_eval_crops_none_from_the_command_line_is_the_advised_none():
+    # `--config.eval_crops=None`, as the message above advises, reaches the tuple field as (None,).
+    config_lib.validate(_config(eval_crops=(None,)), num_devices=4)
+
+
 def test_conflicting_saved_config_is_refused_unless_allowed(tmp_path):
     trainer.train_and_evaluate(tiny_config(steps=2), str(tmp_path))
     changed = _config(schedule__learning_rate=0.05)
