@@ -31,9 +31,10 @@ def _jpeg(rng: np.random.Generator) -> bytes:
     return buffer.getvalue()
 
 
-def _tar(members: dict[str, bytes]) -> bytes:
+def tar_bytes(members: dict[str, bytes], mode: str = "w") -> bytes:
+    """A tar archive (mode "w:gz": gzipped) holding `members`, name to content."""
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as archive:
+    with tarfile.open(fileobj=buffer, mode=mode) as archive:
         for name, content in members.items():
             info = tarfile.TarInfo(name)
             info.size = len(content)
@@ -47,12 +48,12 @@ def write_archives(directory, classes: int = 3, per_class: int = 3, validation: 
     rng = np.random.default_rng(0)
     synsets = SYNSETS[:classes]
     class_tars = {
-        f"{synset}.tar": _tar({f"{synset}_{i}.JPEG": _jpeg(rng) for i in range(per_class)}) for synset in synsets
+        f"{synset}.tar": tar_bytes({f"{synset}_{i}.JPEG": _jpeg(rng) for i in range(per_class)}) for synset in synsets
     }
     with open(os.path.join(directory, "ILSVRC2012_img_train.tar"), "wb") as file:
-        file.write(_tar(class_tars))
+        file.write(tar_bytes(class_tars))
     names = [f"ILSVRC2012_val_{i:08d}.JPEG" for i in range(1, validation + 1)]
     with open(os.path.join(directory, "ILSVRC2012_img_val.tar"), "wb") as file:
-        file.write(_tar({name: _jpeg(rng) for name in names}))
+        file.write(tar_bytes({name: _jpeg(rng) for name in names}))
     ground_truth = imagenet_common.tfds.core.tfds_path(imagenet_common._VALIDATION_LABELS_FNAME).read_text().split()
     return {"train": [s for s in synsets for _ in range(per_class)], "validation": ground_truth[:validation]}

@@ -14,6 +14,7 @@ import pytest
 
 from resnet_identity import lease
 from tests.gcs_emulator import list_objects, read_object
+from tests.train_commands import quickstart_train_py, read_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -32,31 +33,18 @@ def _env(tmp_path, **extra):
 
 
 def _train_cmd(workdir, *overrides):
-    return [
-        sys.executable,
-        os.path.join(ROOT, "train.py"),
-        f"--config={os.path.join(ROOT, 'configs', 'quickstart.py')}",
-        f"--workdir={workdir}",
-        "--config.model_overrides.depth=8",
-        "--config.batch_size=16",
+    return quickstart_train_py(
+        workdir,
         "--config.num_train_steps=100000",
         "--config.log_every_steps=5",
         "--config.eval_every_steps=100000",
         "--config.checkpoint_every_steps=100000",
         *overrides,
-    ]
+    )
 
 
 def _start(cmd, env):
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def _read_until(proc, text, lines):
-    for line in proc.stdout:
-        lines.append(line)
-        if text in line:
-            return
-    raise AssertionError(f"no line with {text!r}:\n{''.join(lines)[-3000:]}")
 
 
 def _refused(cmd, env, holder_pid):
@@ -80,13 +68,13 @@ def test_a_second_run_on_a_local_workdir_exits_at_once_and_a_killed_holder_block
     workdir, env = tmp_path / "run", _env(tmp_path)
     first, lines = _start(_train_cmd(workdir), env), []
     try:
-        _read_until(first, "step 5/", lines)
+        read_until(first, "step 5/", lines)
         before = (_files(workdir), (workdir / "config.json").read_text())
         # The same workdir with another learning rate: the mix-up the issue saw in config.json.
         _refused(_train_cmd(workdir, "--config.schedule.learning_rate=0.05"), env, first.pid)
         assert (_files(workdir), (workdir / "config.json").read_text()) == before  # wrote nothing
         refused_at = len(lines)
-        _read_until(first, "/100000: loss", lines)  # the first run goes on
+        read_until(first, "/100000: loss", lines)  # the first run goes on
         first.send_signal(signal.SIGTERM)
         rest, _ = first.communicate(timeout=120)
         assert first.returncode == 75, "".join(lines) + rest
@@ -97,13 +85,13 @@ def test_a_second_run_on_a_local_workdir_exits_at_once_and_a_killed_holder_block
 
     # A holder killed with SIGKILL leaves the file, but its lock died with it.
     killed, lines = _start(_train_cmd(workdir), env), []
-    _read_until(killed, "resuming at step", lines)
+    read_until(killed, "resuming at step", lines)
     killed.kill()
     killed.wait()
     assert json.loads((workdir / lease.LEASE_FILE).read_text())["pid"] == killed.pid
     rerun, lines = _start(_train_cmd(workdir), env), []
     try:
-        _read_until(rerun, "resuming at step", lines)
+        read_until(rerun, "resuming at step", lines)
         assert "in use" not in "".join(lines)
     finally:
         rerun.kill()
@@ -121,7 +109,7 @@ _HOLDER = textwrap.dedent("""
 
 def _holder(workdir, env):
     proc, lines = _start([sys.executable, "-c", _HOLDER, workdir], env), []
-    _read_until(proc, "held", lines)
+    read_until(proc, "held", lines)
     return proc
 
 

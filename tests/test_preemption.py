@@ -16,6 +16,7 @@ import pytest
 
 from resnet_identity import preemption, trainer
 from resnet_identity.preemption import PreemptionWatcher, RunAheadBound
+from tests.train_commands import quickstart_train_py, read_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -255,28 +256,12 @@ def test_a_signalled_run_saves_within_three_steps_and_resumes_through_repeated_s
 
 # Real signals at every moment of a real `train.py` (issue 26 rows 12-14; issue 25's SIGHUP).
 def _train_py(workdir, *overrides: str) -> list[str]:
-    return [
-        sys.executable,
-        os.path.join(ROOT, "train.py"),
-        f"--config={os.path.join(ROOT, 'configs', 'quickstart.py')}",
-        f"--workdir={workdir}",
-        "--config.model_overrides.depth=8",
-        "--config.batch_size=16",
-        *(f"--config.{o}" for o in overrides),
-    ]
+    return quickstart_train_py(workdir, *(f"--config.{o}" for o in overrides))
 
 
 def _popen(cmd) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": ROOT, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def _read_until(proc: subprocess.Popen, text: str, lines: list[str]) -> None:
-    for line in proc.stdout:
-        lines.append(line)
-        if text in line:
-            return
-    raise AssertionError(f"no line with {text!r}:\n{''.join(lines)[-3000:]}")
 
 
 @pytest.mark.parametrize("signame,after_s", [("SIGTERM", 1.0), ("SIGHUP", 0.5)])
@@ -310,9 +295,9 @@ def test_sighup_saves_like_sigterm_and_signals_after_the_save_change_nothing(tmp
     proc = _popen(_train_py(tmp_path, "num_train_steps=400", "log_every_steps=1", "eval_every_steps=1000"))
     lines: list[str] = []
     try:
-        _read_until(proc, "step 3/", lines)
+        read_until(proc, "step 3/", lines)
         proc.send_signal(signal.SIGHUP)
-        _read_until(proc, "saved step", lines)
+        read_until(proc, "saved step", lines)
         for n in range(10_000):
             if proc.poll() is not None:
                 break
@@ -344,7 +329,7 @@ def test_an_evaluation_cut_short_by_a_signal_is_redone_first_on_resume(tmp_path)
     )
     proc = _popen(cmd)
     lines: list[str] = []
-    _read_until(proc, "step 2: evaluating on", lines)
+    read_until(proc, "step 2: evaluating on", lines)
     proc.send_signal(signal.SIGTERM)
     rest, _ = proc.communicate(timeout=300)
     output = "".join(lines) + rest

@@ -8,7 +8,6 @@ on disk; a broken archive gets one line.
 """
 
 import gzip
-import io
 import json
 import os
 import socket
@@ -20,6 +19,7 @@ import numpy as np
 import pytest
 
 from tests import cifar_archive
+from tests.imagenet_archive import tar_bytes
 
 pytest.importorskip("tensorflow_datasets")
 
@@ -105,16 +105,6 @@ def test_prepare_command_from_an_archive_on_disk(tmp_path):
     _assert_quiet(again)
 
 
-def _tar_gz(members: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
-        for member, content in members.items():
-            info = tarfile.TarInfo(member)
-            info.size = len(content)
-            archive.addfile(info, io.BytesIO(content))
-    return buffer.getvalue()
-
-
 def _broken_archives(tmp_path):
     """{case: (file name, bytes, what the error line says)}, from a real tiny archive."""
     good = tmp_path / "good.tar.gz"
@@ -130,10 +120,16 @@ def _broken_archives(tmp_path):
         "truncated": (whole[: len(whole) // 2], "is truncated"),
         "not_a_tar": (b"<html>404 Not Found</html>\n" * 40, "is not a tar archive"),
         "gzip_of_text": (gzip.compress(b"hello\n" * 100), "is not a tar archive"),
-        "python_version": (_tar_gz({"cifar-10-batches-py/data_batch_1": b"x" * 100}), "is CIFAR's Python version"),
-        "wrong_members": (_tar_gz({"photos/cat.jpg": b"x" * 100}), "lacks cifar-10-batches-bin/data_batch_1.bin"),
+        "python_version": (
+            tar_bytes({"cifar-10-batches-py/data_batch_1": b"x" * 100}, "w:gz"),
+            "is CIFAR's Python version",
+        ),
+        "wrong_members": (
+            tar_bytes({"photos/cat.jpg": b"x" * 100}, "w:gz"),
+            "lacks cifar-10-batches-bin/data_batch_1.bin",
+        ),
         "other_dataset": (other.read_bytes(), "is cifar100's archive"),
-        "partial_record": (_tar_gz(short_record), "test_batch.bin is not whole 3073-byte records"),
+        "partial_record": (tar_bytes(short_record, "w:gz"), "test_batch.bin is not whole 3073-byte records"),
     }
 
 

@@ -10,20 +10,14 @@ import textwrap
 
 import pytest
 
+from tests.train_commands import read_until
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "run_until_done.sh"
 
 
 def _children(pid: int) -> list[int]:
     return [int(p) for p in pathlib.Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-
-
-def _read_until(proc: subprocess.Popen, text: str, lines: list[str]) -> None:
-    for line in proc.stdout:
-        lines.append(line)
-        if text in line:
-            return
-    raise AssertionError(f"no line with {text!r}:\n{''.join(lines)[-3000:]}")
 
 
 def test_statuses_other_than_75_end_the_loop_with_that_status(tmp_path):
@@ -55,7 +49,7 @@ def test_a_signal_to_the_loop_reaches_the_command_and_stops_the_loop(tmp_path):
     )
     try:
         lines: list[str] = []
-        _read_until(proc, "running", lines)
+        read_until(proc, "running", lines)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 75
     finally:
@@ -90,12 +84,12 @@ def test_train_py_stopped_by_a_real_sigterm_is_rerun_and_finishes(tmp_path):
     )
     lines: list[str] = []
     try:
-        _read_until(proc, "compiled the train step", lines)
+        read_until(proc, "compiled the train step", lines)
         (trainer,) = _children(proc.pid)
         os.kill(trainer, signal.SIGTERM)  # as a preemption does; the loop itself is not signalled
-        _read_until(proc, "saved step", lines)
-        _read_until(proc, "starting run 2", lines)
-        _read_until(proc, "resuming at step", lines)
+        read_until(proc, "saved step", lines)
+        read_until(proc, "starting run 2", lines)
+        read_until(proc, "resuming at step", lines)
         lines.extend(proc.stdout)
         code = proc.wait(timeout=300)
     finally:

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from tests.gcs_emulator import Emulator, list_objects
+from tests.train_commands import quickstart_train_py
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,20 +34,15 @@ def _complete_steps(workdir):
 
 
 def _train_cmd(workdir, *overrides):
-    return [
-        sys.executable,
-        os.path.join(ROOT, "train.py"),
-        f"--config={os.path.join(ROOT, 'configs', 'quickstart.py')}",
-        f"--workdir={workdir}",
-        "--config.model_overrides.depth=8",
-        "--config.batch_size=16",
+    return quickstart_train_py(
+        workdir,
         "--config.log_every_steps=100000",  # no metrics write: the outage meets a save first
         "--config.eval_every_steps=100000",
         "--config.checkpoint_every_steps=25",
         "--config.storage_retry_s=4",
         "--config.schedule.boundaries=(10,20)",  # within the rerun's few steps
         *overrides,
-    ]
+    )
 
 
 @pytest.mark.slow
