@@ -45,17 +45,12 @@ def _fill(directory):
 def test_a_checkpoint_the_disk_cannot_hold_is_refused_at_its_step_with_one_message(small_disk):
     """train.py on a disk with room for one tiny checkpoint: step 2 is saved, step 4 is
     refused at step 4 (before Orbax starts writing), and the run exits 1 with one line."""
-    cmd = [
-        sys.executable,
-        os.path.join(ROOT, "train.py"),
-        "--config=" + os.path.join(ROOT, "configs", "quickstart.py") + ":smoke",  # 6 steps
-        f"--workdir={small_disk / 'run'}",
-        "--config.model_overrides.depth=8",
+    cmd = _smoke_cmd(
+        small_disk / "run",
         "--config.checkpoint_every_steps=2",
         "--config.log_every_steps=1",
-        "--config.eval_every_steps=1000",
         "--config.keep_checkpoints=5",
-    ]
+    )
     result = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1, result.stderr[-3000:]
     assert result.stderr.strip().splitlines() == [result.stderr.strip()], result.stderr[-3000:]  # one line
@@ -83,15 +78,16 @@ def test_run_records_on_a_full_disk_raise_one_explained_error_and_leave_nothing_
     assert [json.loads(line)["step"] for line in whole] == list(range(1, len(whole) + 1))
 
 
-def _smoke_cmd(workdir):
+def _smoke_cmd(workdir, *flags: str) -> list[str]:
+    """train.py on the quickstart's smoke preset (6 steps), ResNet-8, no evaluation, with `flags`."""
     return [
         sys.executable,
         os.path.join(ROOT, "train.py"),
-        "--config=" + os.path.join(ROOT, "configs", "quickstart.py") + ":smoke",  # 6 steps
+        "--config=" + os.path.join(ROOT, "configs", "quickstart.py") + ":smoke",
         f"--workdir={workdir}",
         "--config.model_overrides.depth=8",
-        "--config.checkpoint_every_steps=3",
         "--config.eval_every_steps=1000",
+        *flags,
     ]
 
 
@@ -102,7 +98,8 @@ def test_file_too_large_and_a_removed_manifest_end_in_one_line_without_library_t
     counted. Rerun without the limit, then with the newest step's `state/manifest.ocdbt`
     removed: the fallback to the step before is said in one warning, without tracebacks."""
     workdir, env = tmp_path / "run", {**os.environ, "PYTHONPATH": ROOT}
-    command = " ".join(f"'{arg}'" for arg in _smoke_cmd(workdir))
+    cmd = _smoke_cmd(workdir, "--config.checkpoint_every_steps=3")
+    command = " ".join(f"'{arg}'" for arg in cmd)
     limited = subprocess.run(
         ["bash", "-c", f"ulimit -f 200; exec {command}"], env=env, capture_output=True, text=True, timeout=300
     )
@@ -113,11 +110,11 @@ def test_file_too_large_and_a_removed_manifest_end_in_one_line_without_library_t
     assert checkpointing.finalized_steps(workdir / "checkpoints") == []  # nothing half-written counts
     assert "Traceback" in (workdir / "checkpoints" / checkpointing.LIBRARY_LOG).read_text()
 
-    done = subprocess.run(_smoke_cmd(workdir), env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert checkpointing.finalized_steps(workdir / "checkpoints") == [3, 6]
     (workdir / "checkpoints" / "6" / "state" / "manifest.ocdbt").unlink()
-    resumed = subprocess.run(_smoke_cmd(workdir), env=env, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0 and "Traceback" not in resumed.stderr, resumed.stderr[-3000:]
     assert "Checkpoint at step 6" in resumed.stderr and "unreadable" in resumed.stderr
     assert "resuming at step 3" in resumed.stdout
