@@ -12,7 +12,7 @@ SIGHUP came before the first step, or when Cloud Storage stayed away longer than
 printed with what to do; 141 when the reader of its output closed the pipe (`--help | head`).
 """
 
-from resnet_identity import interrupts
+from resnet_identity.runs import interrupts
 
 if __name__ == "__main__":
     interrupts.catch_early()  # first of all: a signal while the rest imports is acted on, not fatal
@@ -68,7 +68,7 @@ def config_files() -> list[str]:
 
 
 def help_epilog() -> str:
-    from resnet_identity import config as config_lib
+    from resnet_identity.training import config as config_lib
 
     fields = [line.split(" = ")[0] for line in config_lines(config_lib.default_config().to_dict())]
     return "\n".join(
@@ -98,10 +98,11 @@ def main(argv):
         return 0
     cli.require(config=FLAGS.config, workdir=FLAGS.workdir)
     with interrupts.deferred():  # a signal would break an import halfway
-        from resnet_identity import parallel
+        from resnet_identity.training import parallel
 
         parallel.maybe_initialize_distributed(FLAGS.distributed)
-        from resnet_identity import cloud_storage, trainer
+        from resnet_identity.runs import cloud_storage
+        from resnet_identity.training import trainer
 
     try:
         result = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change)
@@ -114,7 +115,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from resnet_identity import xla_config
+    from resnet_identity.training import xla_config
 
     with interrupts.blocked():  # a signal during the re-execution waits for the new process's handler
         xla_config.use_huge_pages()  # re-executes once: XLA's per-step buffers otherwise page-fault heavily

@@ -22,7 +22,7 @@ import tempfile
 import time
 
 from benchmarks import step_time
-from resnet_identity import xla_config
+from resnet_identity.training import xla_config
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -34,8 +34,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     import jax
 
-    from resnet_identity import integrity
-    from resnet_identity.checkpointing import Checkpointer
+    from resnet_identity.runs import integrity
+    from resnet_identity.runs.checkpointing import Checkpointer
 
     setup = step_time.training_setup(args.model, 1, num_classes=args.num_classes)
     options = xla_config.init_compiler_options(jax.default_backend())

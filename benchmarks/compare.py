@@ -39,8 +39,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from benchmarks import step_time
-from resnet_identity import xla_config
 from resnet_identity.models.stack import resolve_remat
+from resnet_identity.training import xla_config
 
 
 def _print(row: dict[str, Any]) -> None:

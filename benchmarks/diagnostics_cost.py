@@ -1,4 +1,4 @@
-"""What the identity-mapping diagnostics cost (`resnet_identity/diagnostics.py`).
+"""What the identity-mapping diagnostics cost (`resnet_identity/training/diagnostics.py`).
 
     python -m benchmarks.diagnostics_cost [--model=cifar_resnet110] [--unit=exclusive_gating]
         [--batch=32] [--rounds=3] [--steps=5]
@@ -33,8 +33,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     import jax
 
     from benchmarks import step_time
-    from resnet_identity.config import default_config
-    from resnet_identity.diagnostics import Diagnostics, identity_measures
+    from resnet_identity.training.config import default_config
+    from resnet_identity.training.diagnostics import Diagnostics, identity_measures
 
     bench = step_time.build(args.model, args.batch, unit=args.unit)
     model = step_time.training_setup(args.model, args.batch, unit=args.unit).model

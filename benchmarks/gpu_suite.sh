@@ -92,7 +92,7 @@ section() {
       python3 -m benchmarks.variants --plan=gpu_defaults --out="$OUT" --hlo=1001_bf16 2>>"$OUT/stderr.log" ;;
     explore)    # products vs convolutions, remat forms and XLA options on ResNet-1001 and -50,
                 # with the step's default GPU options off, as on 2026-11-29
-      off=$(python3 -c 'from resnet_identity import xla_config as x; print(" ".join(f"--{k}=false" for k in x.GPU_STEP_OPTIONS))')
+      off=$(python3 -c 'from resnet_identity.training import xla_config as x; print(" ".join(f"--{k}=false" for k in x.GPU_STEP_OPTIONS))')
       XLA_FLAGS="$off ${XLA_FLAGS:-}" python3 -m benchmarks.variants --plan=gpu --out="$OUT" --hlo=1001_unit3_conv 2>>"$OUT/stderr.log" ;;
     *) echo "unknown section $1" >&2; return 2 ;;
   esac

@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 
 from benchmarks.step_time import load_average
-from resnet_identity import xla_config
 from resnet_identity.data import cifar, in_memory
 from resnet_identity.data import normalization as normalization_lib
+from resnet_identity.training import xla_config
 
 TARGET_IMAGES_PER_S = 20_000
 NUM_TRAIN, NUM_TEST, IMAGE_SHAPE = 50_000, 10_000, (32, 32, 3)

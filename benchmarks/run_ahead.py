@@ -20,14 +20,14 @@ import statistics
 import time
 
 from benchmarks import step_time
-from resnet_identity import xla_config
+from resnet_identity.training import xla_config
 
 
 def time_window(bench: step_time.Bench, host_batches: list, steps: int, ahead: int | None) -> float:
     """Seconds per step over one window; `ahead` None dispatches freely."""
     import jax
 
-    from resnet_identity.preemption import RunAheadBound
+    from resnet_identity.runs.preemption import RunAheadBound
 
     bound = RunAheadBound(ahead) if ahead is not None else None
     start = time.perf_counter()

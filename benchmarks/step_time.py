@@ -13,7 +13,7 @@ the device's peak is known, with training FLOPs = 6 x forward multiply-adds
 The 1- and 5-minute load averages are printed too: on a shared machine they say how
 much the figures can be trusted, as do the fastest step and the CPU seconds per step.
 Run as a program, it first re-executes itself with huge pages for malloc, as training
-should (`resnet_identity/xla_config.py`).
+should (`resnet_identity/training/xla_config.py`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from resnet_identity import xla_config
+from resnet_identity.training import xla_config
 
 # Dense peak FLOP/s per device (vendor figures), by substrings of `device_kind`. float32
 # on NVIDIA counts TF32 tensor cores, which JAX's default matmul precision uses there.
@@ -189,9 +189,10 @@ def training_setup(
     import jax
     import ml_collections
 
-    from resnet_identity import models, optim
+    from resnet_identity import models
     from resnet_identity.data import get_dataset
-    from resnet_identity.train_state import create_train_state, train_step
+    from resnet_identity.training import optim
+    from resnet_identity.training.train_state import create_train_state, train_step
 
     overrides = {k: v for k, v in overrides.items() if v is not None}
     model = models.create_model(model_name, num_classes=num_classes, **overrides)

@@ -31,7 +31,7 @@ import time
 from typing import Any
 
 from benchmarks import hlo_census, step_time
-from resnet_identity import xla_config
+from resnet_identity.training import xla_config
 
 # XLA:GPU options aimed at the scan's bookkeeping (per-iteration slice copies, residual writes
 # and zero-fills: benchmarks/results/history/2026-11-23.md, "7. GPU (one H200)").
@@ -115,7 +115,7 @@ def check_products(model_name: str, depth: int, batch: int, precision: str | Non
 
     from resnet_identity import models
     from resnet_identity.models import kernels
-    from resnet_identity.train_state import cross_entropy
+    from resnet_identity.training.train_state import cross_entropy
 
     platform = step_time.lowering_platform()
     images = jax.random.normal(jax.random.key(1), (batch, 32, 32, 3))

@@ -6,7 +6,7 @@ Presets (after a colon): smoke, released_code; e.g. `--config=configs/cifar_prea
 Expected runtime: About 27 h on 2 GPUs in the paper; see benchmarks/RESULTS.md for our step times.
 """
 
-from resnet_identity import recipes
+from resnet_identity.training import recipes
 
 
 def get_config(preset=None):

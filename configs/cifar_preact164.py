@@ -6,7 +6,7 @@ Presets (after a colon): smoke, released_code; e.g. `--config=configs/cifar_prea
 Expected runtime: not measured here; benchmarks/RESULTS.md has our step times.
 """
 
-from resnet_identity import recipes
+from resnet_identity.training import recipes
 
 
 def get_config(preset=None):

@@ -11,7 +11,7 @@ Presets (after a colon): smoke, fb_resnet_torch (fb.resnet.torch's augmentation)
 Expected runtime: About 3 weeks on 8 GPUs in the paper. Needs the manual ImageNet download (see README).
 """
 
-from resnet_identity import recipes
+from resnet_identity.training import recipes
 
 
 def get_config(preset=None):

@@ -6,8 +6,8 @@ Reaches >= 95% test accuracy on 2 CPU cores in a few minutes (README has the mea
 Presets: smoke (a handful of steps).
 """
 
-from resnet_identity import recipes
-from resnet_identity.config import default_config
+from resnet_identity.training import recipes
+from resnet_identity.training.config import default_config
 
 
 def get_config(preset=None):

@@ -58,7 +58,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from resnet_identity import xla_config
+    from resnet_identity.training import xla_config
 
     xla_config.use_huge_pages()
     sys.argv = reproduce.with_default_config(sys.argv)

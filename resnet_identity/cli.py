@@ -30,7 +30,7 @@ from typing import NoReturn
 from absl import app, flags, logging
 from ml_collections.config_flags import config_flags
 
-from resnet_identity import interrupts
+from resnet_identity.runs import interrupts
 
 EXIT_USER_ERROR = 1
 EXIT_INTERRUPTED = 130  # the shell's status for a process ended by SIGINT
@@ -230,7 +230,7 @@ def _config_preset(argv: list[str]) -> str | None:
 
 def _no_presets_message(path: str | None, preset: str) -> str:
     """`--config=mine.py:smoke` on a file whose get_config() takes no preset."""
-    from resnet_identity.recipes import PRESETS  # here: importing it imports JAX
+    from resnet_identity.training.recipes import PRESETS  # here: importing it imports JAX
 
     return (
         f"config file {path!r} has no presets: its get_config() takes no argument, so ':{preset}' cannot apply. "
@@ -282,7 +282,7 @@ def _unknown_field_message(key_message: str, argv: list[str]) -> str:
     path = next((o for o in overrides if o == name or o.endswith("." + name)), name)
     suggestion = re.search(r'Did you mean "([^"]+)"', key_message)
     hint = ""
-    from resnet_identity.config_migration import RENAMED  # here: importing it imports JAX
+    from resnet_identity.training.config_migration import RENAMED  # here: importing it imports JAX
 
     if path in RENAMED:  # an older version's name, from an old command or notes
         hint = f" It is now {RENAMED[path]!r}."

@@ -29,7 +29,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from resnet_identity import cli
-from resnet_identity.files import as_path
+from resnet_identity.runs.files import as_path
 
 FLAGS = flags.FLAGS
 
@@ -84,11 +84,11 @@ def evaluate(config) -> list[dict]:
     import jax
     import numpy as np
 
-    from resnet_identity import config as config_lib
-    from resnet_identity import evaluation, parallel
-    from resnet_identity import weights as weights_lib
     from resnet_identity.data import get_dataset, normalization, registry
-    from resnet_identity.train_state import TrainState, eval_step
+    from resnet_identity.runs import weights as weights_lib
+    from resnet_identity.training import config as config_lib
+    from resnet_identity.training import evaluation, parallel
+    from resnet_identity.training.train_state import TrainState, eval_step
 
     config_lib.validate(config, training=False)
     output_dir = output_directory()
@@ -174,9 +174,9 @@ def evaluate(config) -> list[dict]:
 
 def main(argv):
     cli.no_arguments(argv)
-    from resnet_identity import trainer
-    from resnet_identity import weights as weights_lib
     from resnet_identity.data import DatasetError
+    from resnet_identity.runs import weights as weights_lib
+    from resnet_identity.training import trainer
 
     try:
         config = FLAGS.config

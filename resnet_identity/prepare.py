@@ -29,7 +29,7 @@ from absl import flags
 
 from resnet_identity import cli
 from resnet_identity.data import tfds_access
-from resnet_identity.files import as_path, is_local
+from resnet_identity.runs.files import as_path, is_local
 
 FLAGS = flags.FLAGS
 

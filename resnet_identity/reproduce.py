@@ -47,9 +47,10 @@ import jax
 from absl import flags
 from ml_collections import config_flags
 
-from resnet_identity import cli, parallel, trainer
+from resnet_identity import cli
 from resnet_identity.analysis import experiments, runs
-from resnet_identity.files import append_text, as_path, is_local
+from resnet_identity.runs.files import append_text, as_path, is_local
+from resnet_identity.training import parallel, trainer
 
 DEFAULT_CONFIG = as_path(__file__).parent / "analysis" / "paper_recipe.py"
 
@@ -235,7 +236,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from resnet_identity import xla_config
+    from resnet_identity.training import xla_config
 
     xla_config.use_huge_pages()  # as train.py: re-executes once, for XLA:CPU's per-step buffers
     sys.argv = with_default_config(sys.argv)

@@ -11,7 +11,7 @@ The server listens on 127.0.0.1 on a free port, once per test session (however m
 modules import the fixtures), and is stopped when the session ends. Each test gets a
 bucket of its own. `STORAGE_EMULATOR_HOST` is set in `os.environ`, so subprocesses
 inherit it; it is the only client setting: the project's code derives the rest from it
-(`resnet_identity.files`). A server that cannot start fails the test; nothing is skipped.
+(`resnet_identity.runs.files`). A server that cannot start fails the test; nothing is skipped.
 
 `list_objects` and `read_object` read the bucket through the emulator's JSON API with
 urllib, independently of the gcsfs/epath code under test.

@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
-from resnet_identity import config as config_lib
-from resnet_identity import trainer
 from resnet_identity.data import DatasetNotPreparedError
+from resnet_identity.training import config as config_lib
+from resnet_identity.training import trainer
 from tests.train_worker import tiny_config
 
 

@@ -17,11 +17,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from resnet_identity import checkpointing
-from resnet_identity.checkpointing import Checkpointer, CheckpointWriteError
 from resnet_identity.models import create_model
-from resnet_identity.optim import sgd
-from resnet_identity.train_state import TrainState, create_train_state
+from resnet_identity.runs import checkpointing
+from resnet_identity.runs.checkpointing import Checkpointer, CheckpointWriteError
+from resnet_identity.training.optim import sgd
+from resnet_identity.training.train_state import TrainState, create_train_state
 
 
 @pytest.fixture(scope="module")
@@ -198,7 +198,7 @@ def test_full_disk_gives_a_clear_error(tmp_path, abstract_state, monkeypatch):
 
 
 def test_finalized_steps_lists_what_latest_step_sees_without_a_manager(tmp_path, abstract_state):
-    from resnet_identity.checkpointing import finalized_steps
+    from resnet_identity.runs.checkpointing import finalized_steps
 
     assert finalized_steps(str(tmp_path / "absent")) == []
     save_steps(tmp_path, abstract_state, [3, 5])
@@ -220,7 +220,7 @@ def _layout_state(remat, depth=47, *, seed=None):
 
 
 def test_a_step_saved_in_another_layout_is_converted_and_nothing_is_moved(tmp_path, caplog):
-    from resnet_identity.train_state import convert_layout
+    from resnet_identity.training.train_state import convert_layout
 
     older, newer = _layout_state("block", seed=1), _layout_state("nested", seed=2)
     assert jax.tree.structure(older) != jax.tree.structure(newer) or any(
@@ -238,7 +238,7 @@ def test_a_step_saved_in_another_layout_is_converted_and_nothing_is_moved(tmp_pa
 
 
 def test_a_step_of_another_model_is_refused_not_moved(tmp_path):
-    from resnet_identity.train_state import convert_layout
+    from resnet_identity.training.train_state import convert_layout
 
     with Checkpointer(tmp_path, every_steps=1, keep=3, async_save=False) as checkpointer:
         checkpointer.maybe_save(1, _layout_state("nested", seed=1), force=True)
@@ -253,7 +253,7 @@ def test_a_step_of_another_model_is_refused_not_moved(tmp_path):
 
 def test_momenta_nested_deeper_in_the_optimiser_state_are_converted():
     """As in `optax.multi_transform`, whose per-label states sit in a dict."""
-    from resnet_identity.train_state import convert_layout
+    from resnet_identity.training.train_state import convert_layout
 
     state = _layout_state("nested", seed=3)
     state = state.replace(opt_state={"inner_states": {"conv": {"trace": state.params}}, "count": state.step})

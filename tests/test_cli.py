@@ -89,7 +89,7 @@ def test_unknown_preset_lists_the_presets():
 def test_a_preset_on_a_config_without_presets_says_so_and_names_the_presets(tmp_path):
     config = tmp_path / "mine.py"
     config.write_text(
-        "from resnet_identity.config import default_config\n\ndef get_config():\n    return default_config()\n"
+        "from resnet_identity.training.config import default_config\n\ndef get_config():\n    return default_config()\n"
     )
     done = train(f"--config={config}:smoke", "--workdir=unused")
     assert_user_error(done, f"config file '{config}' has no presets")
@@ -186,7 +186,7 @@ def test_a_long_evaluation_says_how_far_it_has_got(monkeypatch):
     import jax.numpy as jnp
     import numpy as np
 
-    from resnet_identity import evaluation, parallel
+    from resnet_identity.training import evaluation, parallel
 
     monkeypatch.setattr(evaluation, "EVAL_PROGRESS_SECONDS", 0.0)  # report after every finished batch
 

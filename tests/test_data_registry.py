@@ -8,11 +8,11 @@ import ml_collections
 import numpy as np
 import pytest
 
-from resnet_identity import config as config_lib
-from resnet_identity import config_migration, trainer
 from resnet_identity.data import InMemoryDataset, get_dataset, registry
 from resnet_identity.data.base import DatasetSpec, Facts, Option
 from resnet_identity.data.normalization import resolve
+from resnet_identity.training import config as config_lib
+from resnet_identity.training import config_migration, trainer
 
 # quickstart.py:smoke as written by commit 12af010, before the registry (flat `synthetic_*`
 # and `imagenet_*` fields).

@@ -394,8 +394,8 @@ def test_imagenet_train_transform_flips_half_the_images():
 
 
 def test_imagenet_refuses_an_unknown_train_crop():
-    from resnet_identity import config as config_lib
     from resnet_identity.data import crops, imagenet_preprocess
+    from resnet_identity.training import config as config_lib
 
     with pytest.raises(ValueError, match="train_crop='random' must be 'scale'"):
         data.get_dataset(_config(dataset="imagenet2012", imagenet2012={"train_crop": "random"}))

@@ -7,9 +7,10 @@ import jax
 import numpy as np
 import pytest
 
-from resnet_identity import diagnostics, models, trainer
+from resnet_identity import models
 from resnet_identity.analysis import experiments
-from resnet_identity.config import default_config
+from resnet_identity.training import diagnostics, trainer
+from resnet_identity.training.config import default_config
 
 IMAGES = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
 

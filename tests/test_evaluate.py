@@ -13,8 +13,8 @@ import pytest
 from folder_images import write_folder
 
 from resnet_identity import models
-from resnet_identity import weights as weights_lib
 from resnet_identity.data import get_dataset
+from resnet_identity.runs import weights as weights_lib
 
 pytest.importorskip("tensorflow")
 
@@ -45,7 +45,7 @@ def setup(tmp_path_factory):
     )
     config = root / "config.py"
     config.write_text(
-        "from resnet_identity.config import default_config\n\n\ndef get_config():\n"
+        "from resnet_identity.training.config import default_config\n\n\ndef get_config():\n"
         "    c = default_config()\n    c.dataset = 'folder'\n"
         f"    c.folder.path = {str(root / 'images')!r}\n    c.folder.image_size = 32\n"
         "    c.model = 'cifar_resnet20'\n    c.batch_size = 4\n    c.eval_batch_size = 4\n    return c\n"

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from folder_images import write_folder
 
-from resnet_identity import config_migration, init_from, recipes, trainer
-from resnet_identity import weights as weights_lib
+from resnet_identity.runs import weights as weights_lib
+from resnet_identity.training import config_migration, init_from, recipes, trainer
 
 pytest.importorskip("tensorflow")
 
@@ -101,8 +101,9 @@ def _command(name, *args, cwd):
 def _fresh_state(config):
     import functools
 
-    from resnet_identity import models, parallel
-    from resnet_identity.train_state import create_train_state
+    from resnet_identity import models
+    from resnet_identity.training import parallel
+    from resnet_identity.training.train_state import create_train_state
 
     model = models.create_model(config.model, num_classes=3)
     tx, _ = trainer.build_optimizer(config)

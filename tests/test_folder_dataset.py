@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from folder_images import write_folder
 
-from resnet_identity import config as config_lib
 from resnet_identity.data import DatasetError, get_dataset, registry
+from resnet_identity.training import config as config_lib
 
 pytest.importorskip("tensorflow")
 

@@ -15,10 +15,11 @@ import subprocess
 import numpy as np
 import pytest
 
-from resnet_identity import checkpointing, trainer
-from resnet_identity import config as config_lib
-from resnet_identity.files import append_text, as_path, write_atomically
-from resnet_identity.metric_logging import MetricLogger, read_metrics
+from resnet_identity.runs import checkpointing
+from resnet_identity.runs.files import append_text, as_path, write_atomically
+from resnet_identity.runs.metric_logging import MetricLogger, read_metrics
+from resnet_identity.training import config as config_lib
+from resnet_identity.training import trainer
 from tests.gcs_emulator import list_objects, read_object
 from tests.test_resilience import _npz, _run_until_killed, _worker_cmd
 from tests.train_worker import tiny_config

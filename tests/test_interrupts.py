@@ -1,4 +1,4 @@
-"""Signals outside the training loop (`resnet_identity/interrupts.py`): recorded while a
+"""Signals outside the training loop (`resnet_identity/runs/interrupts.py`): recorded while a
 command starts, raised where they cannot be lost, never fatal once the command is stopping."""
 
 import gc
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from resnet_identity import interrupts, preemption
+from resnet_identity.runs import interrupts, preemption
 
 
 @pytest.fixture
@@ -97,7 +97,8 @@ def test_after_the_watcher_saved_a_further_signal_changes_nothing(fresh_process,
 def test_a_signal_while_a_checkpoint_is_restored_stops_the_run_after_the_restore(fresh_process, tmp_path, monkeypatch):
     """SIGTERM in the middle of a resume's restore: the restore finishes (the step is not taken
     for damaged and moved aside), then the run stops, saying which checkpoint it resumes from."""
-    from resnet_identity import checkpointing, trainer
+    from resnet_identity.runs import checkpointing
+    from resnet_identity.training import trainer
     from tests.train_worker import tiny_config
 
     config = tiny_config(steps=2)

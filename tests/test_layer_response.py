@@ -4,9 +4,10 @@ import jax
 import numpy as np
 import pytest
 
-from resnet_identity import models, trainer
+from resnet_identity import models
 from resnet_identity.analysis import experiments, layer_response, signal
-from resnet_identity.config import default_config
+from resnet_identity.training import trainer
+from resnet_identity.training.config import default_config
 
 LAYERS_OF_RESNET8 = ["stem/bn"] + [f"stage{s}/{u}/bn{i}" for s in (1, 2, 3) for u in ("first",) for i in (1, 2)]
 

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from resnet_identity import lease
+from resnet_identity.runs import lease
 from tests.gcs_emulator import list_objects, read_object
 from tests.train_commands import quickstart_train_py, read_until
 
@@ -100,7 +100,7 @@ def test_a_second_run_on_a_local_workdir_exits_at_once_and_a_killed_holder_block
 
 _HOLDER = textwrap.dedent("""
     import sys, time
-    from resnet_identity import lease
+    from resnet_identity.runs import lease
     with lease.hold(sys.argv[1]):
         print("held", flush=True)
         time.sleep(600)

@@ -10,8 +10,8 @@ import sys
 import jax
 import pytest
 
-from resnet_identity import trainer
-from resnet_identity.metric_logging import DAMAGED_FILE, EVENTS_PATTERN, MetricLogger, read_metrics
+from resnet_identity.runs.metric_logging import DAMAGED_FILE, EVENTS_PATTERN, MetricLogger, read_metrics
+from resnet_identity.training import trainer
 from tests.test_resilience import _run_until_killed, _worker_cmd
 from tests.train_worker import tiny_config
 

@@ -1,4 +1,4 @@
-"""Tests for resnet_identity.optim against hand computation (docs/papers.md, "Training recipes"),
+"""Tests for resnet_identity.training.optim against hand computation (docs/papers.md, "Training recipes"),
 and for the loss's label smoothing (`train_state.cross_entropy`), which config sets beside them."""
 
 import functools
@@ -13,9 +13,10 @@ import numpy as np
 import optax
 import pytest
 
-from resnet_identity import config as config_lib
-from resnet_identity import config_migration, models, optim
-from resnet_identity.train_state import create_train_state, cross_entropy, eval_step, train_step
+from resnet_identity import models
+from resnet_identity.training import config as config_lib
+from resnet_identity.training import config_migration, optim
+from resnet_identity.training.train_state import create_train_state, cross_entropy, eval_step, train_step
 
 CIFAR_STEPS_PER_EPOCH = 391  # ceil(50000 / 128): fb.resnet.torch keeps the last partial batch.
 

@@ -14,8 +14,9 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from resnet_identity import preemption, trainer
-from resnet_identity.preemption import PreemptionWatcher, RunAheadBound
+from resnet_identity.runs import preemption
+from resnet_identity.runs.preemption import PreemptionWatcher, RunAheadBound
+from resnet_identity.training import trainer
 from tests.train_commands import quickstart_train_py, read_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -85,7 +86,7 @@ _DISTRIBUTED_WORKER = textwrap.dedent("""
     import os, signal, sys, time
     import jax
     jax.distributed.initialize(coordinator_address=sys.argv[1], num_processes=1, process_id=0)
-    from resnet_identity.preemption import PreemptionWatcher
+    from resnet_identity.runs.preemption import PreemptionWatcher
     with PreemptionWatcher() as watcher:
         for step in range(1, 100_000):
             if step == 3:
@@ -124,7 +125,7 @@ _SLOW_TRAIN = textwrap.dedent("""
     import jax, jax.numpy as jnp
     from absl import app
     import train
-    from resnet_identity import trainer
+    from resnet_identity.training import trainer
 
     class SlowSteps:
         def __init__(self, dataset):

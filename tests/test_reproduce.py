@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from resnet_identity import config as config_lib
-from resnet_identity import trainer
 from resnet_identity.analysis import experiments, paper, runs
+from resnet_identity.training import config as config_lib
+from resnet_identity.training import trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -99,7 +99,7 @@ def test_rows_and_their_configs():
 
 
 def test_scale_budget_keeps_the_schedule_shape():
-    from resnet_identity import recipes
+    from resnet_identity.training import recipes
 
     c = recipes.cifar("cifar_resnet110")  # 64k steps, cuts at 32k and 48k, warm-up 400
     experiments.scale_budget(c, 640)

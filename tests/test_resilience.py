@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_identity import evaluation, train_log, trainer
+from resnet_identity.training import evaluation, train_log, trainer
 from tests.train_worker import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -225,7 +225,7 @@ def test_a_run_that_failed_before_its_first_checkpoint_can_be_rerun_with_other_v
 def test_a_torn_last_metrics_line_is_dropped_on_resume(tmp_path):
     """A run killed while appending leaves half a JSON line; the next start drops it (it
     would otherwise make every resume fail) and keeps the whole records up to its step."""
-    from resnet_identity.metric_logging import MetricLogger
+    from resnet_identity.runs.metric_logging import MetricLogger
 
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 1, "train/loss": 2.0}\n{"step": 2, "train/loss": 1.5}\n{"step": 3, "train/lo')
@@ -266,7 +266,7 @@ def test_train_py_prints_an_error_without_a_traceback_and_exits_1(tmp_path):
 
 
 def test_write_atomically_replaces_whole_files_with_ordinary_permissions(tmp_path):
-    from resnet_identity.files import write_atomically
+    from resnet_identity.runs.files import write_atomically
 
     path = tmp_path / "record.json"
     write_atomically(str(path), "old")
@@ -281,7 +281,7 @@ def test_write_atomically_replaces_whole_files_with_ordinary_permissions(tmp_pat
 def test_a_checkpoint_whose_directory_names_another_step_is_refused(tmp_path):
     """The trainer resumes the data stream at the directory's step and the RNG at the
     state's: a renamed or copied step directory would silently desynchronise them."""
-    from resnet_identity.checkpointing import CheckpointRestoreError
+    from resnet_identity.runs.checkpointing import CheckpointRestoreError
 
     config = tiny_config(steps=2)
     trainer.train_and_evaluate(config, str(tmp_path))
@@ -319,7 +319,7 @@ def test_a_damaged_metadata_item_costs_nothing_but_a_warning(tmp_path, caplog):
 
 
 def test_a_preempted_run_saves_before_evaluating_and_logs_its_partial_window(tmp_path, monkeypatch):
-    from resnet_identity import preemption
+    from resnet_identity.runs import preemption
 
     config = tiny_config(steps=6)
     config.log_every_steps = 3
@@ -343,7 +343,7 @@ def test_a_preempted_run_saves_before_evaluating_and_logs_its_partial_window(tmp
 def test_saves_in_flight_are_awaited_while_signals_are_still_caught(tmp_path, monkeypatch):
     """A second SIGTERM while the preemption (or final) checkpoint is being written must be
     caught, not kill the process with the step half-written."""
-    from resnet_identity import checkpointing, preemption
+    from resnet_identity.runs import checkpointing, preemption
 
     handlers, in_flight = [], []
     real_save, real_wait = checkpointing.Checkpointer.maybe_save, checkpointing.Checkpointer.wait
@@ -384,8 +384,8 @@ def test_a_run_resumes_under_another_layout_without_losing_a_step(tmp_path, monk
     """A checkpoint saved scanned (remat "nested") resumes unrolled, with no
     --allow_config_change, and ends where an uninterrupted run ends; a workdir holding
     steps in both layouts restores its newest step in either, quarantining nothing."""
-    from resnet_identity import checkpointing, preemption
-    from resnet_identity.train_state import convert_layout
+    from resnet_identity.runs import checkpointing, preemption
+    from resnet_identity.training.train_state import convert_layout
 
     def config(**overrides):
         c = tiny_config(steps=3)
@@ -421,7 +421,7 @@ def test_a_run_resumes_under_another_layout_without_losing_a_step(tmp_path, monk
 def test_a_signal_during_a_save_stops_at_the_step_being_saved(tmp_path, monkeypatch):
     """A real SIGTERM while step 2's checkpoint is being written: the run stops at step 2 (no
     further step is trained), and the evaluation due there is done by the resumed run."""
-    from resnet_identity import checkpointing
+    from resnet_identity.runs import checkpointing
 
     real_save = checkpointing.Checkpointer.maybe_save
 

@@ -105,7 +105,7 @@ _SHORT_OUTAGE = """
 import logging, sys
 import jax.numpy as jnp
 import numpy as np
-from resnet_identity.checkpointing import Checkpointer, finalized_steps
+from resnet_identity.runs.checkpointing import Checkpointer, finalized_steps
 
 logging.basicConfig(level=logging.WARNING, force=True)
 directory = sys.argv[1]
@@ -157,7 +157,7 @@ def test_a_save_that_meets_an_outage_shorter_than_the_back_off_is_written(emulat
 
 
 def test_the_back_off_must_be_a_positive_number_of_seconds():
-    from resnet_identity import config as config_lib
+    from resnet_identity.training import config as config_lib
 
     config = config_lib.default_config()
     assert config.storage_retry_s == 300.0

@@ -10,8 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from resnet_identity import config as config_lib
-from resnet_identity import trainer
+from resnet_identity.training import config as config_lib
+from resnet_identity.training import trainer
 from tests.train_worker import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -115,7 +115,7 @@ def test_digits_end_to_end(tmp_path):
     assert result["test_error"] == final["test_error"]
     assert json.load(open(tmp_path / "config.json"))["model"] == "cifar_preact20"
     assert any(p.startswith("events.out.tfevents") for p in os.listdir(tmp_path))
-    from resnet_identity.metric_logging import read_metrics
+    from resnet_identity.runs.metric_logging import read_metrics
 
     series = read_metrics(str(tmp_path))
     assert sorted(series["train/loss"]) == [1, 2, 3, 4] and 3 in series["train/learning_rate"]
@@ -196,8 +196,8 @@ def test_processes_sharing_a_workdir_check_it_without_tripping_over_each_other(t
     while it was being rewritten; either failure stalled the peers in their first collective."""
     script = (
         "import sys\n"
-        "from resnet_identity import trainer\n"
-        "from resnet_identity.files import write_atomically\n"
+        "from resnet_identity.training import trainer\n"
+        "from resnet_identity.runs.files import write_atomically\n"
         "from tests.train_worker import tiny_config\n"
         "config = tiny_config(3)\n"
         "for _ in range(300):\n"
@@ -262,7 +262,7 @@ def test_digits_training_needs_no_tensorflow(tmp_path):
     script = (
         "import sys; sys.modules['tensorflow'] = None; sys.modules['tensorflow_datasets'] = None\n"
         "from tests.train_worker import tiny_config\n"
-        "from resnet_identity import trainer\n"
+        "from resnet_identity.training import trainer\n"
         f"trainer.train_and_evaluate(tiny_config(steps=2), {str(tmp_path)!r})\n"
         "assert 'tensorflow' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
     )
@@ -279,7 +279,7 @@ def test_digits_training_needs_no_tensorflow(tmp_path):
 
 
 def test_imagenet_recipe_augments_as_the_paper_and_presets_fb_resnet_torch():
-    from resnet_identity import recipes
+    from resnet_identity.training import recipes
 
     paper = recipes.imagenet("resnet50")
     augment = paper.imagenet2012
@@ -315,7 +315,7 @@ def test_imagenet_recipe_augments_as_the_paper_and_presets_fb_resnet_torch():
 def test_multi_host_environments_start_jax_distributed(monkeypatch, env, expected):
     import jax
 
-    from resnet_identity import parallel
+    from resnet_identity.training import parallel
 
     for key in parallel._MULTIHOST_ENV:
         monkeypatch.delenv(key, raising=False)

@@ -9,9 +9,10 @@ import sys
 
 import pytest
 
-from resnet_identity import checkpointing, trainer
-from resnet_identity.files import WriteError, write_atomically
-from resnet_identity.metric_logging import MetricLogger
+from resnet_identity.runs import checkpointing
+from resnet_identity.runs.files import WriteError, write_atomically
+from resnet_identity.runs.metric_logging import MetricLogger
+from resnet_identity.training import trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

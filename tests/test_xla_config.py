@@ -25,7 +25,7 @@ def test_step_options_drop_the_loop_carry_copies_of_a_scanned_stack():
     """With `xla_config.step_compiler_options` XLA:CPU no longer copies the carried
     activation at the top of every scan iteration (forward and backward), and the
     gradient is bitwise the same."""
-    from resnet_identity import xla_config
+    from resnet_identity.training import xla_config
 
     module = stack.UnitStack(_unit(), 6)
     variables = module.init(jax.random.key(1), X)
@@ -56,7 +56,7 @@ def test_step_options_drop_the_loop_carry_copies_of_a_scanned_stack():
 
 
 def test_gpu_step_options_leave_an_option_named_in_xla_flags_to_it(monkeypatch):
-    from resnet_identity import xla_config
+    from resnet_identity.training import xla_config
 
     monkeypatch.delenv("XLA_FLAGS", raising=False)
     assert xla_config.step_compiler_options("gpu") == xla_config.GPU_STEP_OPTIONS
@@ -68,7 +68,7 @@ def test_gpu_step_options_leave_an_option_named_in_xla_flags_to_it(monkeypatch):
 
 
 def test_step_options_respect_an_optimisation_level_set_in_xla_flags(monkeypatch):
-    from resnet_identity import xla_config
+    from resnet_identity.training import xla_config
 
     monkeypatch.delenv("XLA_FLAGS", raising=False)
     assert xla_config.step_compiler_options("cpu")["xla_backend_optimization_level"] == 1

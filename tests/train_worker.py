@@ -15,7 +15,7 @@ import numpy as np
 
 
 def tiny_config(steps: int):
-    from resnet_identity.config import default_config
+    from resnet_identity.training.config import default_config
 
     c = default_config()
     c.model = "cifar_preact20"
@@ -51,7 +51,7 @@ def main() -> None:
         jax.distributed.initialize(
             coordinator_address=f"127.0.0.1:{args.port}", num_processes=args.num_processes, process_id=args.process_id
         )
-    from resnet_identity import trainer
+    from resnet_identity.training import trainer
 
     config = tiny_config(args.steps)
     for item in args.override:

@@ -23,9 +23,10 @@ from typing import Any
 
 import ml_collections
 
-from resnet_identity import config as config_lib
-from resnet_identity import models, recipes
+from resnet_identity import models
 from resnet_identity.analysis.paper import FAIL_ERROR, PaperFigure
+from resnet_identity.training import config as config_lib
+from resnet_identity.training import recipes
 
 # Datasets a row names; a `--config` on another one (digits, synthetic) keeps its own.
 PAPER_DATASETS = ("cifar10", "cifar100", "imagenet2012")

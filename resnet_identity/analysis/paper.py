@@ -18,7 +18,7 @@ import re
 
 from etils import epath
 
-from resnet_identity.files import as_path
+from resnet_identity.runs.files import as_path
 
 # v2 Table 1's footnote: "fail" means test error above 20% on CIFAR-10.
 FAIL_ERROR = 0.20

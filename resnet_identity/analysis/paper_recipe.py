@@ -5,7 +5,7 @@ Without `--config`, each row of an experiment trains with its own paper recipe
 to be checked against, and they are then set on every row's recipe.
 """
 
-from resnet_identity.config import default_config
+from resnet_identity.training.config import default_config
 
 
 def get_config():

@@ -31,7 +31,7 @@ from resnet_identity.analysis.experiments import Experiment, Row
 from resnet_identity.analysis.paper import NO_FIGURE
 from resnet_identity.analysis.results import RunResult, our_figure, read_curves
 from resnet_identity.analysis.unit_ops import Op
-from resnet_identity.files import as_path, write_atomically
+from resnet_identity.runs.files import as_path, write_atomically
 
 COLORS = ("tab:blue", "tab:red", "tab:green", "tab:purple", "tab:orange", "tab:brown", "tab:gray")
 

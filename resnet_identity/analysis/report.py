@@ -15,12 +15,12 @@ from typing import Any
 
 from etils import epath
 
-from resnet_identity import config as config_lib
 from resnet_identity.analysis import plots
 from resnet_identity.analysis.experiments import Experiment, Measure, Row
 from resnet_identity.analysis.paper import NO_FIGURE
 from resnet_identity.analysis.results import Figure, RunResult, our_figure
-from resnet_identity.files import as_path
+from resnet_identity.runs.files import as_path
+from resnet_identity.training import config as config_lib
 
 
 def notes(runs: list[RunResult], figures: list[Figure]) -> str:

@@ -17,8 +17,8 @@ import numpy as np
 from etils import epath
 
 from resnet_identity.analysis.experiments import Measure
-from resnet_identity.files import as_path
-from resnet_identity.metric_logging import METRICS_FILE
+from resnet_identity.runs.files import as_path
+from resnet_identity.runs.metric_logging import METRICS_FILE
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,12 +24,12 @@ import jax
 import ml_collections
 from etils import epath
 
-from resnet_identity import config as config_lib
-from resnet_identity import trainer
 from resnet_identity.analysis import report
 from resnet_identity.analysis.experiments import Experiment, Row, row_config
 from resnet_identity.analysis.results import RunResult
-from resnet_identity.files import as_path
+from resnet_identity.runs.files import as_path
+from resnet_identity.training import config as config_lib
+from resnet_identity.training import trainer
 
 FINAL_METRICS = "final_metrics.json"
 FAILURE = "failure.json"

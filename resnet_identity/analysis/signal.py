@@ -29,10 +29,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from resnet_identity import models, trainer
+from resnet_identity import models
 from resnet_identity.data import get_dataset
 from resnet_identity.models import PostActivation, PreActivation, ResidualUnit, ResNet, stacked_to_unrolled
-from resnet_identity.train_state import create_train_state, cross_entropy
+from resnet_identity.training import trainer
+from resnet_identity.training.train_state import create_train_state, cross_entropy
 
 
 class ScaledShortcutPreActivation(PreActivation):

@@ -38,7 +38,7 @@ from etils import epath
 from resnet_identity.data import crops
 from resnet_identity.data import normalization as normalization_lib
 from resnet_identity.data.base import DatasetError, DatasetSpec, Facts, Option, Settings
-from resnet_identity.files import as_path
+from resnet_identity.runs.files import as_path
 
 NAME = "folder"
 SPLITS = ("train", "val")

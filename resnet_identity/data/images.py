@@ -25,7 +25,7 @@ import io
 
 import numpy as np
 
-from resnet_identity.files import as_path
+from resnet_identity.runs.files import as_path
 
 # Modes Pillow converts to RGB itself, with the colour each pixel shows.
 CONVERTED_BY_PILLOW = ("1", "L", "P", "LA", "PA", "RGB", "RGBA", "RGBX", "RGBa", "La", "CMYK", "YCbCr", "LAB", "HSV")

@@ -20,7 +20,7 @@ import urllib.request
 from absl import logging as absl_logging
 
 from resnet_identity.data.base import DatasetError
-from resnet_identity.files import as_path
+from resnet_identity.runs.files import as_path
 
 INSTALL_HINT = "pip install -e '.[tfds]'"
 

@@ -21,11 +21,11 @@ import numpy as np
 from etils import epath
 
 from resnet_identity import models
-from resnet_identity import weights as weights_lib
-from resnet_identity.files import as_path
 from resnet_identity.interop import mapping
 from resnet_identity.interop import timm as timm_converter
 from resnet_identity.interop import torchvision as torchvision_converter
+from resnet_identity.runs import weights as weights_lib
+from resnet_identity.runs.files import as_path
 
 CONVERTERS: dict[str, ModuleType] = {"torchvision": torchvision_converter, "timm": timm_converter}
 

@@ -17,9 +17,9 @@ from __future__ import annotations
 import math
 
 from resnet_identity import models
-from resnet_identity import weights as weights_lib
 from resnet_identity.interop import mapping
 from resnet_identity.interop.mapping import CONV, CONV_DENSE, NORM, Layer
+from resnet_identity.runs import weights as weights_lib
 
 SOURCE = "timm"
 MODELS = ("resnetv2_50", "resnetv2_101", "resnetv2_152")

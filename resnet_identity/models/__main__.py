@@ -10,9 +10,10 @@ from __future__ import annotations
 import argparse
 import ast
 
-from resnet_identity import cli, recipes
+from resnet_identity import cli
 from resnet_identity.data import registry as datasets
 from resnet_identity.models import registry, summary
+from resnet_identity.training import recipes
 
 
 def _parse_override(text: str) -> tuple[str, object]:

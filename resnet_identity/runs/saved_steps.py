@@ -20,8 +20,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from resnet_identity import integrity
-from resnet_identity.files import as_path, is_local
+from resnet_identity.runs import integrity
+from resnet_identity.runs.files import as_path, is_local
 
 STATE_ITEM = "state"
 META_ITEM = "meta"

@@ -53,14 +53,14 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from resnet_identity import checkpoint_outage, cloud_storage, integrity, library_log, saved_steps
-from resnet_identity.files import WriteError, as_path, explain_write_errors, is_local, move_directory
+from resnet_identity.runs import checkpoint_outage, cloud_storage, integrity, library_log, saved_steps
+from resnet_identity.runs.files import WriteError, as_path, explain_write_errors, is_local, move_directory
 
 # Part of this module's interface, kept in `saved_steps` with the read-only reader.
-from resnet_identity.saved_steps import DIGEST_ITEM, META_ITEM, STATE_ITEM, describe, why_unusable
-from resnet_identity.saved_steps import CheckpointRestoreError as CheckpointRestoreError
-from resnet_identity.saved_steps import finalized_steps as finalized_steps
-from resnet_identity.saved_steps import read_saved as read_saved
+from resnet_identity.runs.saved_steps import DIGEST_ITEM, META_ITEM, STATE_ITEM, describe, why_unusable
+from resnet_identity.runs.saved_steps import CheckpointRestoreError as CheckpointRestoreError
+from resnet_identity.runs.saved_steps import finalized_steps as finalized_steps
+from resnet_identity.runs.saved_steps import read_saved as read_saved
 
 CORRUPT_SUBDIR = "corrupt"
 LIBRARY_LOG = "library.log"  # Orbax's and asyncio's reports of a failed write (`library_log`)

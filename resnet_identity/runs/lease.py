@@ -40,8 +40,8 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from resnet_identity import cloud_storage
-from resnet_identity.files import as_path, explain_write_errors, is_local
+from resnet_identity.runs import cloud_storage
+from resnet_identity.runs.files import as_path, explain_write_errors, is_local
 
 LEASE_FILE = "lease.json"
 # Renewal period of a Cloud Storage lease; tests shorten it through the environment.

@@ -19,7 +19,7 @@ import copy
 import json
 from typing import Any
 
-from resnet_identity.config import ConfigError, default_config
+from resnet_identity.training.config import ConfigError, default_config
 
 # Old dotted name -> new dotted name.
 RENAMED = {
@@ -99,7 +99,7 @@ def as_config(saved: dict):
                 raise ConfigError(
                     f"The saved config has a field {prefix}{key} that this version does not know. "
                     "Use the version that wrote it, or add its new name to "
-                    "resnet_identity/config_migration.py RENAMED."
+                    "resnet_identity/training/config_migration.py RENAMED."
                 )
             if isinstance(value, dict) and hasattr(node[key], "items"):
                 put(node[key], value, f"{prefix}{key}.")

@@ -17,9 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
-from resnet_identity import parallel
-from resnet_identity.metric_logging import MetricLogger
-from resnet_identity.train_state import TrainState
+from resnet_identity.runs.metric_logging import MetricLogger
+from resnet_identity.training import parallel
+from resnet_identity.training.train_state import TrainState
 
 # An evaluation running longer than this says how far it has got (ImageNet's takes minutes).
 EVAL_PROGRESS_SECONDS = 30.0

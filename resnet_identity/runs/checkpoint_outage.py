@@ -16,7 +16,7 @@ import time
 
 import orbax.checkpoint as ocp
 
-from resnet_identity import cloud_storage
+from resnet_identity.runs import cloud_storage
 
 
 def wait_while_storage_answers(manager: ocp.CheckpointManager, outage: cloud_storage.Outage, step: int | None) -> None:

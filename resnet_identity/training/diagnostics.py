@@ -32,10 +32,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from resnet_identity import parallel
 from resnet_identity.models import PostActivation, PreActivation, ResidualUnit
 from resnet_identity.models.ablations import Gate, ReLUBeforeAddition
 from resnet_identity.models.shortcuts import Shortcut
+from resnet_identity.training import parallel
 
 COLLECTION = "intermediates"
 # Units whose output is y = h(x) + F(x) itself (f = identity): F(x) = y - h(x).

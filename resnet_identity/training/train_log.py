@@ -11,9 +11,9 @@ from collections.abc import Callable, Iterator
 import jax
 import numpy as np
 
-from resnet_identity import parallel
-from resnet_identity.metric_logging import MetricLogger
-from resnet_identity.train_state import TrainState
+from resnet_identity.runs.metric_logging import MetricLogger
+from resnet_identity.training import parallel
+from resnet_identity.training.train_state import TrainState
 
 
 class _Progress:

@@ -24,10 +24,11 @@ import jax
 import ml_collections
 import numpy as np
 
-from resnet_identity import checkpointing, models
-from resnet_identity import weights as weights_lib
-from resnet_identity.config import ConfigError, model_kwargs
-from resnet_identity.files import as_path
+from resnet_identity import models
+from resnet_identity.runs import checkpointing
+from resnet_identity.runs import weights as weights_lib
+from resnet_identity.runs.files import as_path
+from resnet_identity.training.config import ConfigError, model_kwargs
 
 # The classifier's tensors, which may differ in their number of classes.
 CLASSIFIER = ("params/fc/kernel", "params/fc/bias")

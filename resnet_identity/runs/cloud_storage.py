@@ -23,7 +23,7 @@ import socket
 import time
 import urllib.parse
 
-from resnet_identity.files import WriteError
+from resnet_identity.runs.files import WriteError
 
 # Cloud Storage's bucket names: 3-63 characters (222 with dots), lowercase letters, digits,
 # dashes, underscores and dots, starting and ending with a letter or digit.

@@ -13,8 +13,9 @@ import math
 
 import ml_collections
 
-from resnet_identity import models, optim
+from resnet_identity import models
 from resnet_identity.data import NORMALIZATIONS, DatasetError, registry
+from resnet_identity.training import optim
 
 
 class ConfigError(ValueError):

@@ -30,26 +30,18 @@ import jax
 import ml_collections
 import numpy as np
 
-from resnet_identity import (
-    checkpointing,
-    config_migration,
-    interrupts,
-    lease,
-    models,
-    optim,
-    parallel,
-    preemption,
-    xla_config,
-)
-from resnet_identity import config as config_lib
+from resnet_identity import models
 from resnet_identity.data import DatasetError, get_dataset
-from resnet_identity.diagnostics import Diagnostics
-from resnet_identity.evaluation import Evaluation
-from resnet_identity.files import WriteError, append_text, as_path, write_atomically, write_problem
-from resnet_identity.init_from import initialise_from
-from resnet_identity.metric_logging import MetricLogger
-from resnet_identity.train_log import TrainLog
-from resnet_identity.train_state import TrainState, convert_layout, create_train_state, eval_step, train_step
+from resnet_identity.runs import checkpointing, interrupts, lease, preemption
+from resnet_identity.runs.files import WriteError, append_text, as_path, write_atomically, write_problem
+from resnet_identity.runs.metric_logging import MetricLogger
+from resnet_identity.training import config as config_lib
+from resnet_identity.training import config_migration, optim, parallel, xla_config
+from resnet_identity.training.diagnostics import Diagnostics
+from resnet_identity.training.evaluation import Evaluation
+from resnet_identity.training.init_from import initialise_from
+from resnet_identity.training.train_log import TrainLog
+from resnet_identity.training.train_state import TrainState, convert_layout, create_train_state, eval_step, train_step
 
 
 class DivergenceError(FloatingPointError):

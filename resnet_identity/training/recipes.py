@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from resnet_identity.config import default_config
+from resnet_identity.training.config import default_config
 
 PRESETS = ("smoke", "released_code", "fb_resnet_torch", "finetune")
 

@@ -35,14 +35,16 @@ import jax
 import numpy as np
 from etils import epath
 
-from resnet_identity import checkpointing, config_migration, models
-from resnet_identity import config as config_lib
+from resnet_identity import models
 from resnet_identity.data import crops, registry
 from resnet_identity.data import normalization as normalization_lib
 from resnet_identity.data.base import DatasetError
-from resnet_identity.files import as_path
+from resnet_identity.runs import checkpointing
+from resnet_identity.runs.files import as_path
+from resnet_identity.training import config as config_lib
+from resnet_identity.training import config_migration
 
-FORMAT = "resnet_identity.weights"
+FORMAT = "resnet_identity.runs.weights"
 VERSION = 1
 METADATA_FILE = "weights.json"
 ARRAYS_FILE = "variables.npz"

@@ -33,8 +33,8 @@ from typing import Any
 from absl import logging
 from etils import epath
 
-from resnet_identity import cloud_storage
-from resnet_identity.files import append_text, as_path, explain_write_errors, is_local, write_atomically
+from resnet_identity.runs import cloud_storage
+from resnet_identity.runs.files import append_text, as_path, explain_write_errors, is_local, write_atomically
 
 METRICS_FILE = "metrics.jsonl"
 # Records of steps a resumed run redoes (and lines without a step), moved out of METRICS_FILE

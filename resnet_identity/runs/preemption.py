@@ -30,7 +30,7 @@ from typing import Any
 import jax
 from jax.experimental import multihost_utils
 
-from resnet_identity import interrupts
+from resnet_identity.runs import interrupts
 
 # Two steps queued behind the one running: the device never idles while the host fetches
 # and transfers the next batch, as long as that takes less than two step times (one would
