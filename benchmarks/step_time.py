@@ -181,6 +181,17 @@ class Setup:
     host_batches: Iterator[dict[str, Any]]
 
 
+def _training_module(name: str) -> Any:
+    """`resnet_identity.training.<name>`, or `resnet_identity.<name>` in a source tree from before
+    the training modules had their folder (`compare --sections=trees` builds from both)."""
+    import importlib
+
+    try:
+        return importlib.import_module(f"resnet_identity.training.{name}")
+    except ModuleNotFoundError:
+        return importlib.import_module(f"resnet_identity.{name}")
+
+
 def training_setup(
     model_name: str, batch: int, *, dataset: str = "synthetic", num_classes: int = 10, seed: int = 0, **overrides: Any
 ) -> Setup:
@@ -191,9 +202,9 @@ def training_setup(
 
     from resnet_identity import models
     from resnet_identity.data import get_dataset
-    from resnet_identity.training import optim
-    from resnet_identity.training.train_state import create_train_state, train_step
 
+    optim, train_state = _training_module("optim"), _training_module("train_state")
+    create_train_state, train_step = train_state.create_train_state, train_state.train_step
     overrides = {k: v for k, v in overrides.items() if v is not None}
     model = models.create_model(model_name, num_classes=num_classes, **overrides)
     size = models.input_size(model_name)
