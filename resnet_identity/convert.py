@@ -7,7 +7,7 @@
   python -m resnet_identity.convert --to=timm --weights=DIR --model=NAME --out=FILE.pth
 
 --from converts the named torchvision model (resnet18/34/50/101/152) or timm model
-(resnetv2_50/101/152) into a weights directory (`resnet_identity/runs/weights.py`) for our
+(resnetv2_50/101/152) into a weights directory (`resnet_identity/training/weights.py`) for our
 equivalent network, with the source's preprocessing and ImageNet class names. The weights are
 the library's published ones (--pretrained: torchvision's weights name, timm's tag, or DEFAULT;
 downloaded into, or read from, the library's own cache: `interop/pretrained.py`), or a torch
@@ -53,7 +53,7 @@ def define_flags() -> None:
 def convert(argv: list[str]) -> str:
     """Runs the conversion the flags ask for; returns the line to print."""
     from resnet_identity import interop
-    from resnet_identity.runs import weights as weights_lib
+    from resnet_identity.training import weights as weights_lib
 
     source, target = FLAGS["from"].value, FLAGS.to
     if (source is None) == (target is None):
@@ -90,7 +90,7 @@ def convert(argv: list[str]) -> str:
 
 
 def main(argv: list[str]) -> None:
-    from resnet_identity.runs import weights as weights_lib
+    from resnet_identity.training import weights as weights_lib
 
     try:
         print(convert(argv), flush=True)

@@ -85,9 +85,9 @@ def evaluate(config) -> list[dict]:
     import numpy as np
 
     from resnet_identity.data import get_dataset, normalization, registry
-    from resnet_identity.runs import weights as weights_lib
     from resnet_identity.training import config as config_lib
     from resnet_identity.training import evaluation, parallel
+    from resnet_identity.training import weights as weights_lib
     from resnet_identity.training.train_state import TrainState, eval_step
 
     config_lib.validate(config, training=False)
@@ -175,8 +175,8 @@ def evaluate(config) -> list[dict]:
 def main(argv):
     cli.no_arguments(argv)
     from resnet_identity.data import DatasetError
-    from resnet_identity.runs import weights as weights_lib
     from resnet_identity.training import trainer
+    from resnet_identity.training import weights as weights_lib
 
     try:
         config = FLAGS.config

@@ -104,7 +104,7 @@ def top_classes(probabilities: np.ndarray, class_names: list[str] | None) -> lis
 
 def predict(images: list[str]) -> list[str]:
     """The lines to print for the flags and `images` (module docstring)."""
-    from resnet_identity.runs import weights as weights_lib
+    from resnet_identity.training import weights as weights_lib
 
     if not images:
         raise cli.UserError("give at least one image file: python -m resnet_identity.predict ... IMAGE...")
@@ -139,7 +139,7 @@ def predict(images: list[str]) -> list[str]:
 
 
 def main(argv: list[str]) -> None:
-    from resnet_identity.runs import weights as weights_lib
+    from resnet_identity.training import weights as weights_lib
 
     try:
         lines = predict(argv[1:])

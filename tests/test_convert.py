@@ -18,7 +18,7 @@ import pytest
 
 from resnet_identity import interop
 from resnet_identity.interop._torch import import_timm, import_torchvision
-from resnet_identity.runs import weights as weights_lib
+from resnet_identity.training import weights as weights_lib
 
 torchvision = import_torchvision()
 timm = import_timm()

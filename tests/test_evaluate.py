@@ -14,7 +14,7 @@ from folder_images import write_folder
 
 from resnet_identity import models
 from resnet_identity.data import get_dataset
-from resnet_identity.runs import weights as weights_lib
+from resnet_identity.training import weights as weights_lib
 
 pytest.importorskip("tensorflow")
 

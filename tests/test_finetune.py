@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from folder_images import write_folder
 
-from resnet_identity.runs import weights as weights_lib
 from resnet_identity.training import config_migration, init_from, recipes, trainer
+from resnet_identity.training import weights as weights_lib
 
 pytest.importorskip("tensorflow")
 

@@ -108,8 +108,8 @@ def test_read_only_readers_refuse_a_damaged_checkpoint_and_change_nothing(tmp_pa
     """evaluate, predict, convert --to and init_from read a run's checkpoint without
     restoring it into a trainer: they check the same digests, and refuse rather than use
     damaged weights; the damaged step stays where it is (they never write)."""
-    from resnet_identity.runs import weights as weights_lib
     from resnet_identity.training import init_from
+    from resnet_identity.training import weights as weights_lib
 
     trainer.train_and_evaluate(tiny_config(steps=2), str(tmp_path))
     state, step = checkpointing.read_saved(tmp_path / "checkpoints")

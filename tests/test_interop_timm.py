@@ -12,7 +12,7 @@ import pytest
 
 from resnet_identity import interop, models
 from resnet_identity.interop._torch import import_timm
-from resnet_identity.runs import weights as weights_lib
+from resnet_identity.training import weights as weights_lib
 from tests.test_interop_torchvision import check_parity, randomise_batch_norms, to_torch
 
 timm = import_timm()

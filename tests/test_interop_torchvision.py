@@ -21,7 +21,7 @@ import pytest
 
 from resnet_identity import interop, models
 from resnet_identity.interop._torch import import_torchvision
-from resnet_identity.runs import weights as weights_lib
+from resnet_identity.training import weights as weights_lib
 
 torchvision = import_torchvision()
 import torch  # noqa: E402  (after import_torchvision, the one place that says how torch is imported)

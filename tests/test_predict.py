@@ -17,7 +17,7 @@ from PIL import Image
 from resnet_identity import interop, predict
 from resnet_identity.data.images import read_image
 from resnet_identity.interop._torch import import_torchvision
-from resnet_identity.runs import weights as weights_lib
+from resnet_identity.training import weights as weights_lib
 from tests.test_interop_torchvision import randomise_batch_norms
 
 torchvision = import_torchvision()

@@ -1,4 +1,4 @@
-"""The converted-weights directory format (`resnet_identity/runs/weights.py`)."""
+"""The converted-weights directory format (`resnet_identity/training/weights.py`)."""
 
 import json
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from resnet_identity import models
-from resnet_identity.runs import weights as weights_lib
+from resnet_identity.training import weights as weights_lib
 
 PREPROCESSING = weights_lib.Preprocessing(resize=36, crop=32, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
 
@@ -85,7 +85,7 @@ def test_a_directory_that_is_not_weights_says_so(tmp_path):
         weights_lib.load_weights(tmp_path / "empty")
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "weights.json").write_text(json.dumps({"format": "something else"}))
-    with pytest.raises(weights_lib.WeightsError, match="is not a resnet_identity.runs.weights version 1 file"):
+    with pytest.raises(weights_lib.WeightsError, match="is not a resnet_identity.training.weights version 1 file"):
         weights_lib.load_weights(tmp_path / "other")
 
 

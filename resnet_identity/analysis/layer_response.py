@@ -31,9 +31,8 @@ from etils import epath
 from resnet_identity.analysis import signal
 from resnet_identity.models import ResNet
 from resnet_identity.models.layers import GhostBatchNorm
-from resnet_identity.runs import weights
 from resnet_identity.runs.files import as_path
-from resnet_identity.training import config_migration
+from resnet_identity.training import config_migration, weights
 
 # Module names of the BNs that are not the response of a branch layer (see the docstring).
 NOT_A_LAYER = ("shortcut", "final_bn")

@@ -24,8 +24,8 @@ from resnet_identity import models
 from resnet_identity.interop import mapping
 from resnet_identity.interop import timm as timm_converter
 from resnet_identity.interop import torchvision as torchvision_converter
-from resnet_identity.runs import weights as weights_lib
 from resnet_identity.runs.files import as_path
+from resnet_identity.training import weights as weights_lib
 
 CONVERTERS: dict[str, ModuleType] = {"torchvision": torchvision_converter, "timm": timm_converter}
 

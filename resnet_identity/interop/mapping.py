@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from resnet_identity.runs import weights as weights_lib
+from resnet_identity.training import weights as weights_lib
 
 CONV, NORM, DENSE, CONV_DENSE = "conv", "norm", "dense", "conv_dense"
 # BN: our (collection, name) for each of torch's tensor names.

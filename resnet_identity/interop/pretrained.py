@@ -20,7 +20,7 @@ import dataclasses
 import os
 from typing import Any
 
-from resnet_identity.runs import weights as weights_lib
+from resnet_identity.training import weights as weights_lib
 
 DEFAULT = "DEFAULT"  # torchvision's name for a model's recommended weights; for timm, its default tag
 

@@ -19,7 +19,7 @@ import math
 from resnet_identity import models
 from resnet_identity.interop import mapping
 from resnet_identity.interop.mapping import CONV, CONV_DENSE, NORM, Layer
-from resnet_identity.runs import weights as weights_lib
+from resnet_identity.training import weights as weights_lib
 
 SOURCE = "timm"
 MODELS = ("resnetv2_50", "resnetv2_101", "resnetv2_152")

@@ -14,7 +14,7 @@ from __future__ import annotations
 from resnet_identity import models
 from resnet_identity.interop import mapping
 from resnet_identity.interop.mapping import CONV, DENSE, NORM, Layer
-from resnet_identity.runs import weights as weights_lib
+from resnet_identity.training import weights as weights_lib
 
 SOURCE = "torchvision"
 # torchvision's model names, which are also ours.

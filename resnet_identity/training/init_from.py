@@ -26,8 +26,8 @@ import numpy as np
 
 from resnet_identity import models
 from resnet_identity.runs import checkpointing
-from resnet_identity.runs import weights as weights_lib
 from resnet_identity.runs.files import as_path
+from resnet_identity.training import weights as weights_lib
 from resnet_identity.training.config import ConfigError, model_kwargs
 
 # The classifier's tensors, which may differ in their number of classes.

@@ -44,7 +44,7 @@ from resnet_identity.runs.files import as_path
 from resnet_identity.training import config as config_lib
 from resnet_identity.training import config_migration
 
-FORMAT = "resnet_identity.runs.weights"
+FORMAT = "resnet_identity.training.weights"
 VERSION = 1
 METADATA_FILE = "weights.json"
 ARRAYS_FILE = "variables.npz"
