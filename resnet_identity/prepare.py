@@ -160,7 +160,7 @@ def cifar_builder_from(name: str, data_dir: str, url: str):
 def prepare_from(name: str, data_dir: str, url: str) -> str | None:
     """Prepares CIFAR `name` into `data_dir` from the archive at `url` (see `cifar_builder_from`);
     returns a note when that archive is not byte-identical to the official one."""
-    # First: as_path chooses the Cloud Storage client before TFDS's first path operation (files.py).
+    # First: as_path chooses the Cloud Storage client before TFDS's first path operation (runs/files.py).
     checksums = _checksums_file(name, data_dir)
     _, tfds = tfds_access.import_tfds()
     # The official archive's size and checksum, as TFDS records them for CIFAR's URL.
@@ -184,7 +184,7 @@ def prepare_cifar(name: str, data_dir: str, archive: str | None) -> str | None:
     `prepare_from`'s note.
 
     A gs:// `data_dir` is prepared on local disk first, then uploaded with the client every run
-    file uses (files.py): TFDS's download manager would write the archive through TensorFlow's own
+    file uses (runs/files.py): TFDS's download manager would write the archive through TensorFlow's own
     Cloud Storage client.
     """
     stage = data_dir if is_local(data_dir) else tempfile.mkdtemp(prefix=f"prepare-{name}-")
