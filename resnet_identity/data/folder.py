@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 from etils import epath
 
-from resnet_identity.data import crops
+from resnet_identity.data import crops, imagenet
 from resnet_identity.data import normalization as normalization_lib
 from resnet_identity.data.base import DatasetError, DatasetSpec, Facts, Option, Settings
 from resnet_identity.runs.files import as_path
@@ -278,7 +278,7 @@ def load(options: Mapping[str, Any], settings: Settings):
         source=FolderSource(listing),
         num_classes=len(listing.classes),
         image_size=int(options["image_size"]),
-        normalization=normalization_lib.resolve(settings.normalization, "imagenet2012", None),
+        normalization=normalization_lib.resolve(settings.normalization, NAME, None),
         train_crop=options["train_crop"],
         color_jitter=float(options["color_jitter"]),
         pca_lighting=float(options["pca_lighting"]),
@@ -299,4 +299,5 @@ SPEC = DatasetSpec(
     load=load,
     options={"path": Option(None, str), "image_size": Option(224, int), **crops.STREAM_OPTIONS},
     check=_check,
+    per_channel=imagenet.PER_CHANNEL,
 )
