@@ -15,6 +15,7 @@ import numpy as np
 from etils import epath
 
 from resnet_identity import models
+from resnet_identity.data import imagenet
 from resnet_identity.interop import mapping
 from resnet_identity.interop import timm as timm_converter
 from resnet_identity.interop import torchvision as torchvision_converter
@@ -31,7 +32,7 @@ def converter(source: str) -> ModuleType:
 
 
 def imagenet_class_names() -> list[str]:
-    """The 1000 ImageNet class names in the order of every ImageNet classifier here (torchvision's list)."""
+    """The ImageNet class names in the order of every ImageNet classifier here (torchvision's list)."""
     from resnet_identity.interop._torch import import_torchvision
 
     import_torchvision()
@@ -47,7 +48,7 @@ def import_state_dict(source: str, name: str, state_dict: dict[str, Any]) -> wei
     model, overrides = convert.our_model(name)
     state_dict = {key: _to_numpy(value) for key, value in state_dict.items()}
     classifier = next(layer.theirs for layer in convert.layers(name) if layer.ours == "fc")
-    num_classes = int(np.shape(state_dict.get(f"{classifier}.bias", np.zeros(1000)))[0])
+    num_classes = int(np.shape(state_dict.get(f"{classifier}.bias", np.zeros(imagenet.NUM_CLASSES)))[0])
     module = models.create_model(model, num_classes=num_classes, scan=False, **overrides)
     like = weights_lib.abstract_variables(module)
     variables = mapping.import_variables(state_dict, convert.layers(name), like, model=f"{source}'s {name}")
@@ -56,7 +57,7 @@ def import_state_dict(source: str, name: str, state_dict: dict[str, Any]) -> wei
         overrides,
         variables,
         convert.preprocessing(name),
-        imagenet_class_names() if num_classes == 1000 else None,
+        imagenet_class_names() if num_classes == imagenet.NUM_CLASSES else None,
         f"{source}:{name}",
     )
 
