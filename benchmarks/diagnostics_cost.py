@@ -19,22 +19,26 @@ import json
 import statistics
 import time
 import timeit
+from typing import Any
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
+def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="cifar_resnet110")
     parser.add_argument("--unit", default=None, help="A unit variant (default: the model's own).")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=5, help="Timed train steps (and probe passes) per round.")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def _time_step_and_probe(args: argparse.Namespace) -> tuple[Any, list[float], float]:
+    """The train step's bench (its `timings` filled) and the diagnostics pass's times and compile
+    time, in alternating rounds so that both see the same machine load."""
     import jax
 
     from benchmarks import step_time
-    from resnet_identity.training.config import default_config
-    from resnet_identity.training.diagnostics import Diagnostics, identity_measures
+    from resnet_identity.training.diagnostics import identity_measures
 
     bench = step_time.build(args.model, args.batch, unit=args.unit)
     model = step_time.training_setup(args.model, args.batch, unit=args.unit).model
@@ -56,11 +60,26 @@ def main(argv: list[str] | None = None) -> list[dict]:
             start = time.perf_counter()
             jax.block_until_ready(compiled(bench.state.params, bench.state.batch_stats, images))
             probe_times.append(time.perf_counter() - start)
-    step_s, probe_s = statistics.median(bench.timings), statistics.median(probe_times)
+    return bench, probe_times, probe_compile_s
+
+
+def _off_call_ns() -> float:
+    """Nanoseconds of one `maybe_log` call with the diagnostics off."""
+    from resnet_identity.training.config import default_config
+    from resnet_identity.training.diagnostics import Diagnostics
 
     off = Diagnostics(default_config(), model=None, dataset=None, logger=None, sharding=None, replicated=None)
     calls = 100_000
-    off_ns = timeit.timeit(lambda: off.maybe_log(7, None), number=calls) / calls * 1e9
+    return timeit.timeit(lambda: off.maybe_log(7, None), number=calls) / calls * 1e9
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    from benchmarks import step_time
+
+    args = _parse(argv)
+    bench, probe_times, probe_compile_s = _time_step_and_probe(args)
+    step_s, probe_s = statistics.median(bench.timings), statistics.median(probe_times)
+    off_ns = _off_call_ns()
 
     label = {
         "model": args.model,

@@ -281,47 +281,31 @@ def lowering_platform() -> str:
     return "rocm" if "rocm" in jax.devices()[0].client.platform_version.lower() else "cuda"
 
 
-def _build(
-    model_name: str,
-    batch: int,
-    compile_only: bool,
-    fast_init: bool,
-    num_classes: int,
-    seed: int,
-    compiler_options: dict[str, Any] | None,
-    overrides: dict[str, Any],
-) -> Bench:
+def _initial_state(setup: Any, batches: list, compile_only: bool, fast_init: bool) -> tuple[Any, list, float]:
+    """(state, batches, init seconds): shapes only when `compile_only`, else the initialised
+    state and the batches on device."""
     import jax
 
-    from resnet_identity.models import summary
+    if compile_only:
+        state = jax.eval_shape(setup.init, setup.init_key)
+        return state, [jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), batches[0])], 0.0
+    start = time.perf_counter()
+    options = xla_config.init_compiler_options(jax.default_backend()) if fast_init else None
+    state = setup.init.lower(setup.init_key).compile(compiler_options=options)(setup.init_key)
+    _block(state)
+    return state, [jax.device_put(b) for b in batches], time.perf_counter() - start
+
+
+def _label(
+    model_name: str,
+    batch: int,
+    fast_init: bool,
+    compiler_options: dict[str, Any] | None,
+    overrides: dict[str, Any],
+) -> dict[str, Any]:
+    """What identifies a measurement in its JSON line."""
     from resnet_identity.models.stack import resolve_remat
 
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    setup = training_setup(model_name, batch, num_classes=num_classes, seed=seed, **overrides)
-    init, init_key, step = setup.init, setup.init_key, setup.step
-    batches = [next(setup.host_batches) for _ in range(2)]
-
-    init_s, ready_cpu = 0.0, cpu_seconds()
-    if compile_only:
-        state = jax.eval_shape(init, init_key)
-        batches = [jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), batches[0])]
-    else:
-        start = time.perf_counter()
-        options = xla_config.init_compiler_options(jax.default_backend()) if fast_init else None
-        state = init.lower(init_key).compile(compiler_options=options)(init_key)
-        _block(state)
-        init_s = time.perf_counter() - start
-        batches = [jax.device_put(b) for b in batches]
-
-    start = time.perf_counter()
-    lowered = step.lower(state, batches[0])
-    lower_s = time.perf_counter() - start
-    start = time.perf_counter()
-    compiled = lowered.compile(compiler_options=compiler_options)
-    compile_s = time.perf_counter() - start
-    ready_cpu = cpu_seconds() - ready_cpu
-    memory = compiled.memory_analysis()
-    flops = 6 * summary.forward_macs(setup.model, setup.image_size) * batch
     label = {
         "model": model_name,
         "batch": batch,
@@ -332,8 +316,38 @@ def _build(
         **({"compiler_options": compiler_options} if compiler_options else {}),
     }
     label["remat"] = resolve_remat(overrides.get("remat"), scan=overrides.get("scan", True))
+    return label
+
+
+def _build(
+    model_name: str,
+    batch: int,
+    compile_only: bool,
+    fast_init: bool,
+    num_classes: int,
+    seed: int,
+    compiler_options: dict[str, Any] | None,
+    overrides: dict[str, Any],
+) -> Bench:
+    from resnet_identity.models import summary
+
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    setup = training_setup(model_name, batch, num_classes=num_classes, seed=seed, **overrides)
+    batches = [next(setup.host_batches) for _ in range(2)]
+
+    ready_cpu = cpu_seconds()
+    state, batches, init_s = _initial_state(setup, batches, compile_only, fast_init)
+    start = time.perf_counter()
+    lowered = setup.step.lower(state, batches[0])
+    lower_s = time.perf_counter() - start
+    start = time.perf_counter()
+    compiled = lowered.compile(compiler_options=compiler_options)
+    compile_s = time.perf_counter() - start
+    ready_cpu = cpu_seconds() - ready_cpu
+    memory = compiled.memory_analysis()
+    flops = 6 * summary.forward_macs(setup.model, setup.image_size) * batch
     return Bench(
-        label,
+        _label(model_name, batch, fast_init, compiler_options, overrides),
         state,
         compiled,
         batches,

@@ -1,6 +1,7 @@
 """The dataset registry (`data/registry.py`): facts in one place, options nested in the config,
 a dataset added in one line, and workdirs whose config.json predates the registry."""
 
+import dataclasses
 import json
 import pathlib
 
@@ -135,3 +136,28 @@ def test_a_workdir_from_before_the_registry_resumes(tmp_path, capsys):
 def test_a_saved_field_this_version_does_not_know_is_refused_with_what_to_do():
     with pytest.raises(config_lib.ConfigError, match="imagenet_colour_jitter.*config_migration.py RENAMED"):
         config_migration.as_config({"imagenet_colour_jitter": 0.4})
+
+
+def test_a_dataset_declares_its_normalisation_constants_and_its_paper_recipe(tiny_dataset):
+    """`resolve` reads a dataset's per-channel constants from its spec, not from a table of names,
+    and a recipe's presets follow the dataset's `paper_recipe`."""
+    from resnet_identity.data import imagenet
+    from resnet_identity.data.normalization import ChannelStats
+    from resnet_identity.training import recipes
+
+    images = np.full((4, 8, 8, 3), 7, np.uint8)
+    computed = resolve("per_channel", "tiny", images)  # not registered yet: from the images
+    np.testing.assert_allclose(computed.mean, [7, 7, 7])
+    registry.register(dataclasses.replace(tiny_dataset, per_channel=ChannelStats((1.0, 2.0, 3.0), (4.0, 5.0, 6.0))))
+    declared = resolve("per_channel", "tiny", images)
+    np.testing.assert_allclose((declared.mean, declared.std), [(1, 2, 3), (4, 5, 6)])
+    assert resolve("per_pixel_mean", "tiny", images).name == "per_pixel_mean"  # the constants are per-channel only
+    folder = resolve(None, "folder", None)  # ImageNet's, which weights trained on ImageNet expect; no data read
+    np.testing.assert_allclose(folder.mean, imagenet.PER_CHANNEL.mean)
+
+    config = recipes.cifar("cifar_resnet110")
+    config.dataset = "cifar100"  # a CIFAR dataset too: the released code's recipe applies
+    assert recipes.apply_preset(config, "released_code").normalization == "per_channel"
+    config.dataset = "tiny"
+    with pytest.raises(ValueError, match="use it with CIFAR configs"):
+        recipes.apply_preset(config, "released_code")

@@ -25,11 +25,9 @@ import ml_collections
 
 from resnet_identity import models
 from resnet_identity.analysis.paper import FAIL_ERROR, PaperFigure
+from resnet_identity.data import registry as data_registry
 from resnet_identity.training import config as config_lib
 from resnet_identity.training import recipes
-
-# Datasets a row names; a `--config` on another one (digits, synthetic) keeps its own.
-PAPER_DATASETS = ("cifar10", "cifar100", "imagenet2012")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +61,8 @@ class Row:
 
     @property
     def recipe(self) -> str:
-        return "imagenet" if self.dataset == "imagenet2012" else "cifar"
+        """The `recipes` builder of the row's dataset (its `DatasetSpec.paper_recipe`)."""
+        return data_registry.spec(self.dataset).paper_recipe
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,11 +229,9 @@ V2_TABLE2 = Experiment(
 
 # --- v2 Table 3 and Fig. 6: original vs pre-activation at 164 and 1001 layers -------------
 
-_DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
-
 
 def _v2_unit_row(dataset: str, depth: int, preact: bool) -> Row:
-    name, kind = _DATASET_NAMES[dataset], "pre-act" if preact else "original"
+    name, kind = data_registry.spec(dataset).title, "pre-act" if preact else "original"
     figure = PaperFigure("v2 Table 3", f"{name}, ResNet-{depth}", kind)
     key = f"{dataset}-{'preact' if preact else 'resnet'}{depth}"
     model = f"cifar_{'preact' if preact else 'resnet'}{depth}"
@@ -365,7 +362,8 @@ def row_config(
     """The config `row` trains with, for seed number `seed` (0, 1, ...).
 
     `base` (a `--config`) replaces the row's paper recipe; the row then sets its model and
-    unit, and its dataset unless `base` trains on a non-paper dataset (digits, synthetic).
+    unit, and its dataset unless `base` trains on one the papers do not use (digits, synthetic:
+    no `DatasetSpec.paper_recipe`), which it keeps.
     The quick preset shrinks the row, `steps` the length (the LR schedule keeps its
     shape), and `overrides` (`--config.field=value`, dotted names) are set last.
     """
@@ -380,9 +378,9 @@ def row_config(
     config.model = row.model
     for name, value in row.overrides.items():
         config.model_overrides[name] = value
-    if base is None or config.dataset in PAPER_DATASETS:
+    if base is None or data_registry.spec(config.dataset).paper_recipe is not None:
         config.dataset = row.dataset
-        if row.dataset != "imagenet2012":
+        if not data_registry.facts(config).eval_crops:  # evaluated on whole images
             config.eval_crops = None
     if preset == "quick":
         for name, value in QUICK_FIELDS.items():

@@ -21,6 +21,8 @@ from typing import Any, Protocol
 import jax
 import numpy as np
 
+from resnet_identity.data.normalization import ChannelStats
+
 Batch = dict[str, np.ndarray]
 
 
@@ -167,6 +169,11 @@ class DatasetSpec:
       options: the dataset's config fields, `config.<name>.<field>`, with defaults.
       check: options -> messages for invalid values ([] when all are valid); run before
         `facts`, so a bad value is reported without touching any data.
+      per_channel: the fixed statistics of `config.normalization='per_channel'`
+        (`normalization.resolve`); None: computed from the training split.
+      title: the name the papers print ("CIFAR-10"); "" where they do not use it.
+      paper_recipe: the `recipes` builder the papers train on it with ("cifar", "imagenet"),
+        which its presets and `reproduce`'s rows follow; None where the papers do not use it.
     """
 
     name: str
@@ -174,3 +181,6 @@ class DatasetSpec:
     load: Callable[[Mapping[str, Any], Settings], Dataset]
     options: Mapping[str, Option] = dataclasses.field(default_factory=dict)
     check: Callable[[Mapping[str, Any]], list[str]] = lambda options: []
+    per_channel: ChannelStats | None = None
+    title: str = ""
+    paper_recipe: str | None = None

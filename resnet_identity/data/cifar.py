@@ -17,8 +17,16 @@ from resnet_identity.data import normalization as normalization_lib
 from resnet_identity.data.base import DatasetSpec, Facts
 
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
+TITLES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
 IMAGE_SIZE = 32
 NUM_TRAIN = 50_000
+# 'per_channel' normalisation, 0-255 scale: the constants of the released v2 code, fb.resnet.torch
+# `datasets/cifar10.lua` and `datasets/cifar100.lua` (docs/papers.md "CIFAR (v2 paper)"); CIFAR-100's
+# are computed the same way on its own training set.
+PER_CHANNEL = {
+    "cifar10": normalization_lib.ChannelStats(mean=(125.3, 123.0, 113.9), std=(63.0, 62.1, 66.7)),
+    "cifar100": normalization_lib.ChannelStats(mean=(129.3, 124.1, 112.4), std=(68.2, 65.4, 70.4)),
+}
 # CIFAR-10's labels 0-9, in order (the dataset's batches.meta).
 CIFAR10_CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
@@ -80,6 +88,9 @@ def _spec(name: str, class_names: tuple[str, ...] | None) -> DatasetSpec:
         load=lambda options, settings: load(
             name, data_dir=settings.data_dir, download=settings.download, normalization=settings.normalization
         ),
+        per_channel=PER_CHANNEL[name],
+        title=TITLES[name],
+        paper_recipe="cifar",  # docs/papers.md "CIFAR (v2 paper)"
     )
 
 

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 from etils import epath
 
-from resnet_identity.data import crops
+from resnet_identity.data import crops, imagenet
 from resnet_identity.data import normalization as normalization_lib
 from resnet_identity.data.base import DatasetError, DatasetSpec, Facts, Option, Settings
 from resnet_identity.runs.files import as_path
@@ -95,6 +95,73 @@ def _some(items: list[str]) -> str:
     return shown + (f" and {len(items) - _SHOWN} more" if len(items) > _SHOWN else "")
 
 
+def _list_split(root: epath.Path, split: str) -> tuple[dict[str, list[str]], list[str]]:
+    """The image files of each class folder of `root/split`, and the problems found there."""
+    entries = _entries(root / split)
+    unopenable = [
+        _unopenable(root / split / name, f"{split}/{name}", size) for name, _, size in entries if isinstance(size, str)
+    ]
+    problems: list[str] = []
+    strays = [name for name, is_dir, size in entries if not is_dir and isinstance(size, int)]
+    if strays:
+        problems.append(f"{split}/ holds files outside class folders: {_some(strays)}.")
+    files: dict[str, list[str]] = {}
+    bad_type, empty, nested = [], [], []
+    for name, is_dir, _ in entries:
+        if not is_dir:
+            continue
+        images = []
+        for file, file_is_dir, size in _entries(root / split / name):
+            relative = f"{split}/{name}/{file}"
+            if isinstance(size, str):
+                unopenable.append(_unopenable(root / split / name / file, relative, size))
+            elif file_is_dir:
+                nested.append(relative + "/")
+            elif not file.lower().endswith(IMAGE_EXTENSIONS):
+                bad_type.append(relative)
+            elif size == 0:
+                empty.append(relative)
+            else:
+                images.append(os.fspath(root / split / name / file))
+        files[name] = images
+    if nested:
+        problems.append(
+            f"nested folders are not read: {_some(nested)}; move their images up into the class folder, or remove them."
+        )
+    if bad_type:
+        problems.append(
+            f"files without an image extension {IMAGE_EXTENSIONS}: {_some(bad_type)}; convert or remove them."
+        )
+    if empty:
+        problems.append(f"empty (0-byte) files: {_some(empty)}.")
+    if unopenable:
+        problems.append(
+            f"entries that cannot be opened: {_some(unopenable)}; restore what a broken link points to, "
+            "or remove the link."
+        )
+    if not files:
+        problems.append(f"{split}/ has no class folders.")
+    return files, problems
+
+
+def _class_problems(files: dict[str, dict[str, list[str]]]) -> list[str]:
+    """What is wrong with the class folders across the splits: different classes, or empty ones."""
+    problems = []
+    only_train = sorted(set(files["train"]) - set(files["val"]))
+    only_val = sorted(set(files["val"]) - set(files["train"]))
+    if only_train or only_val:
+        problems.append(
+            "train/ and val/ must hold the same classes:"
+            + (f" only in train/: {_some(only_train)};" if only_train else "")
+            + (f" only in val/: {_some(only_val)};" if only_val else "")
+            + " add or remove class folders so that they match."
+        )
+    empty_classes = [f"{split}/{name}/" for split in SPLITS for name, images in files[split].items() if not images]
+    if empty_classes:
+        problems.append(f"classes without images: {_some(empty_classes)}.")
+    return problems
+
+
 @functools.lru_cache(maxsize=8)
 def _scan(path: str) -> Listing:
     """Lists and checks the folder (module docstring); raises one `DatasetError` naming
@@ -108,67 +175,12 @@ def _scan(path: str) -> Listing:
     problems: list[str] = []
     files: dict[str, dict[str, list[str]]] = {}
     for split in SPLITS:
-        entries = _entries(root / split)
-        unopenable = [
-            _unopenable(root / split / name, f"{split}/{name}", size)
-            for name, _, size in entries
-            if isinstance(size, str)
-        ]
-        strays = [name for name, is_dir, size in entries if not is_dir and isinstance(size, int)]
-        if strays:
-            problems.append(f"{split}/ holds files outside class folders: {_some(strays)}.")
-        files[split] = {}
-        bad_type, empty, nested = [], [], []
-        for name, is_dir, _ in entries:
-            if not is_dir:
-                continue
-            images = []
-            for file, file_is_dir, size in _entries(root / split / name):
-                relative = f"{split}/{name}/{file}"
-                if isinstance(size, str):
-                    unopenable.append(_unopenable(root / split / name / file, relative, size))
-                elif file_is_dir:
-                    nested.append(relative + "/")
-                elif not file.lower().endswith(IMAGE_EXTENSIONS):
-                    bad_type.append(relative)
-                elif size == 0:
-                    empty.append(relative)
-                else:
-                    images.append(os.fspath(root / split / name / file))
-            files[split][name] = images
-        if nested:
-            problems.append(
-                f"nested folders are not read: {_some(nested)}; move their images up into the class "
-                "folder, or remove them."
-            )
-        if bad_type:
-            problems.append(
-                f"files without an image extension {IMAGE_EXTENSIONS}: {_some(bad_type)}; convert or remove them."
-            )
-        if empty:
-            problems.append(f"empty (0-byte) files: {_some(empty)}.")
-        if unopenable:
-            problems.append(
-                f"entries that cannot be opened: {_some(unopenable)}; restore what a broken link points to, "
-                "or remove the link."
-            )
-        if not files[split]:
-            problems.append(f"{split}/ has no class folders.")
-    classes = sorted(files["train"])
-    only_train = sorted(set(files["train"]) - set(files["val"]))
-    only_val = sorted(set(files["val"]) - set(files["train"]))
-    if only_train or only_val:
-        problems.append(
-            "train/ and val/ must hold the same classes:"
-            + (f" only in train/: {_some(only_train)};" if only_train else "")
-            + (f" only in val/: {_some(only_val)};" if only_val else "")
-            + " add or remove class folders so that they match."
-        )
-    empty_classes = [f"{split}/{name}/" for split in SPLITS for name, images in files[split].items() if not images]
-    if empty_classes:
-        problems.append(f"classes without images: {_some(empty_classes)}.")
+        files[split], found = _list_split(root, split)
+        problems += found
+    problems += _class_problems(files)
     if problems:
         raise DatasetError(f"The folder dataset {path} cannot be used:\n  - " + "\n  - ".join(problems))
+    classes = sorted(files["train"])
 
     def split(name: str) -> Split:
         pairs = [(file, label) for label, cls in enumerate(classes) for file in files[name][cls]]
@@ -278,7 +290,7 @@ def load(options: Mapping[str, Any], settings: Settings):
         source=FolderSource(listing),
         num_classes=len(listing.classes),
         image_size=int(options["image_size"]),
-        normalization=normalization_lib.resolve(settings.normalization, "imagenet2012", None),
+        normalization=normalization_lib.resolve(settings.normalization, NAME, None),
         train_crop=options["train_crop"],
         color_jitter=float(options["color_jitter"]),
         pca_lighting=float(options["pca_lighting"]),
@@ -299,4 +311,5 @@ SPEC = DatasetSpec(
     load=load,
     options={"path": Option(None, str), "image_size": Option(224, int), **crops.STREAM_OPTIONS},
     check=_check,
+    per_channel=imagenet.PER_CHANNEL,
 )

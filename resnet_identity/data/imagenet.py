@@ -21,6 +21,9 @@ NAME = "imagenet2012"
 NUM_CLASSES = 1000
 IMAGE_SIZE = 224
 NUM_TRAIN = 1_281_167
+# 'per_channel' normalisation: fb.resnet.torch `datasets/imagenet.lua`'s mean and std, published on
+# the 0-1 scale; the folder dataset uses them too (weights trained on ImageNet expect them).
+PER_CHANNEL = normalization_lib.ChannelStats.from_unit_scale(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 TRAIN_SPLIT = "train"
 EVAL_SPLIT = "validation"
 
@@ -110,4 +113,7 @@ SPEC = DatasetSpec(
     load=load,
     options=crops.STREAM_OPTIONS,
     check=crops.check_stream_options,
+    per_channel=PER_CHANNEL,
+    title="ImageNet",
+    paper_recipe="imagenet",  # docs/papers.md "ImageNet (v2)"
 )

@@ -2,16 +2,10 @@
 
 Choices (``config.normalization``; the CIFAR paper recipes, ``recipes.cifar``, pick
 ``'per_pixel_mean'``, and their ``released_code`` preset ``'per_channel'``):
-  * ``'per_channel'`` (the default when none is set): ``(x - mean_c) / std_c``.
-      - CIFAR-10: mean (125.3, 123.0, 113.9), std (63.0, 62.1, 66.7) on the
-        0-255 scale, the constants of the released v2 code
-        (fb.resnet.torch ``datasets/cifar10.lua``; docs/papers.md "CIFAR (v2 paper)").
-      - CIFAR-100: mean (129.3, 124.1, 112.4), std (68.2, 65.4, 70.4), the
-        constants of fb.resnet.torch ``datasets/cifar100.lua``, computed the
-        same way on the CIFAR-100 training set.
-      - ImageNet: mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225) on the
-        0-1 scale (fb.resnet.torch ``datasets/imagenet.lua``).
-      - digits and synthetic: computed from their own training split.
+  * ``'per_channel'`` (the default when none is set): ``(x - mean_c) / std_c``, with the
+    fixed constants a dataset declares (``DatasetSpec.per_channel``: the released code's
+    for CIFAR-10/100 and ImageNet, in ``cifar.py`` and ``imagenet.py``), or else
+    statistics computed from its own training split (digits, synthetic).
   * ``'per_pixel_mean'``: the v1 paper's "per-pixel mean subtracted"
     (v1 Sec. 4.2). The paper gives no scale; we divide by the global standard
     deviation of the mean-subtracted training pixels (one scalar), so inputs
@@ -23,6 +17,8 @@ Statistics are stored on the 0-255 scale so that uint8 images normalise with
 one subtract and one divide.
 """
 
+from __future__ import annotations
+
 import dataclasses
 
 import jax
@@ -31,16 +27,27 @@ import numpy as np
 
 CHOICES = ("per_channel", "per_pixel_mean")
 
-# (mean, std), each per RGB channel on the 0-255 scale.
-_FIXED_PER_CHANNEL = {
-    "cifar10": ((125.3, 123.0, 113.9), (63.0, 62.1, 66.7)),
-    "cifar100": ((129.3, 124.1, 112.4), (68.2, 65.4, 70.4)),
-    "imagenet2012": (tuple(255.0 * m for m in (0.485, 0.456, 0.406)), tuple(255.0 * s for s in (0.229, 0.224, 0.225))),
-}
-
 # Images per chunk when computing statistics, so a float64 copy of a whole
 # 50k-image training set (1.2 GB) is never made.
 _CHUNK = 4096
+
+
+@dataclasses.dataclass(frozen=True)
+class ChannelStats:
+    """Fixed per-channel statistics that a dataset declares (``DatasetSpec.per_channel``).
+
+    Attributes:
+      mean: one value per RGB channel, 0-255 scale.
+      std: one value per RGB channel, 0-255 scale.
+    """
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def from_unit_scale(cls, mean: tuple[float, ...], std: tuple[float, ...]) -> ChannelStats:
+        """Statistics published on the 0-1 scale (ImageNet's), stored on the 0-255 scale."""
+        return cls(tuple(255.0 * m for m in mean), tuple(255.0 * s for s in std))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -93,7 +100,8 @@ def resolve(choice: str | None, dataset: str, train_images: np.ndarray | None) -
 
     Args:
       choice: one of ``CHOICES``, or None for ``'per_channel'``.
-      dataset: the dataset name; selects fixed constants where they exist.
+      dataset: the dataset's name; where the registry holds it, its ``per_channel``
+        constants serve ``'per_channel'``.
       train_images: uint8 [N, H, W, C] training split, or None when it is not
         held in memory (ImageNet).
 
@@ -101,12 +109,15 @@ def resolve(choice: str | None, dataset: str, train_images: np.ndarray | None) -
       ValueError: unknown choice, or statistics that need a training split that
         is not in memory.
     """
+    from resnet_identity.data import registry  # here: the registry imports the dataset modules, which import this
+
     choice = choice or "per_channel"
     if choice not in CHOICES:
         raise ValueError(f"Unknown normalization {choice!r}; valid choices: {', '.join(CHOICES)}.")
-    if choice == "per_channel" and dataset in _FIXED_PER_CHANNEL:
-        mean, std = _FIXED_PER_CHANNEL[dataset]
-        return Normalization(np.asarray(mean, np.float32), np.asarray(std, np.float32), "per_channel")
+    spec = registry.SPECS.get(dataset)
+    fixed = spec.per_channel if spec is not None else None
+    if choice == "per_channel" and fixed is not None:
+        return Normalization(np.asarray(fixed.mean, np.float32), np.asarray(fixed.std, np.float32), "per_channel")
     if train_images is None:
         raise ValueError(
             f"normalization {choice!r} needs the training split of {dataset!r} in memory; use 'per_channel'."

@@ -103,6 +103,6 @@ def _timm(name: str, tag: str) -> tuple[dict[str, Any], str, weights_lib.Preproc
                 f"{repository}), and they are not in the Hugging Face cache ({type(e).__name__}). "
                 + _offline_advice("timm", name, os.path.join(HF_HUB_CACHE, f"models--{repository.replace('/', '--')}"))
             ) from e
-    from resnet_identity.interop import read_state_dict
+    from resnet_identity.interop.state_dicts import read_state_dict
 
     return read_state_dict(path), f"{tag} ({path})", timm_converter.preprocessing(f"{name}.{tag}")

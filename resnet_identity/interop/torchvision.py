@@ -19,7 +19,6 @@ from resnet_identity.training import weights as weights_lib
 SOURCE = "torchvision"
 # torchvision's model names, which are also ours.
 MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
-UNIT = "original"
 
 
 def overrides(name: str) -> dict:
@@ -50,6 +49,12 @@ def torch_name(model: str, model_overrides: dict) -> str:
             "stride_on='1x1' is a different network), so they cannot be exported to it."
         )
     return model
+
+
+def preprocessing(name: str) -> weights_lib.Preprocessing:
+    """torchvision's ImageNet evaluation transform, the same for each of `MODELS` (its published
+    weights may differ: `pretrained.py` reads theirs)."""
+    return weights_lib.IMAGENET_PREPROCESSING
 
 
 def layers(name: str) -> list[Layer]:

@@ -6,11 +6,14 @@ presets are the only branches. docs/papers.md "Training recipes" is the source o
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import NamedTuple
+
 import ml_collections
 
+from resnet_identity import models
+from resnet_identity.data import registry as data_registry
 from resnet_identity.training.config import default_config
-
-PRESETS = ("smoke", "released_code", "fb_resnet_torch", "finetune")
 
 
 def cifar(model: str, preset: str | None = None) -> ml_collections.ConfigDict:
@@ -86,86 +89,118 @@ BY_FAMILY = {"cifar": cifar, "imagenet": imagenet}
 
 
 def apply_preset(c: ml_collections.ConfigDict, preset: str | None) -> ml_collections.ConfigDict:
+    """`c` changed by `preset` (one of `PRESETS`; None or "" leaves it as it is).
+
+    Raises:
+      ValueError: an unknown preset, or one made for the other paper recipe than the one the
+        config's dataset is trained with (its `DatasetSpec.paper_recipe`).
+    """
     if preset in (None, ""):
         return c
-    if preset == "smoke":
-        # A handful of steps on a tiny batch of synthetic images: checks the whole pipeline
-        # (model, step, eval, checkpoint, logs) in about a minute on a CPU, with no download.
-        # The labels are random, so the test error stays at chance (90% for 10 classes).
-        c.synthetic.image_size = 64 if c.dataset == "imagenet2012" else 32
-        c.dataset = "synthetic"
-        c.eval_crops = None
-        c.batch_size = 8
-        c.eval_batch_size = 64
-        c.num_train_steps = 6
-        c.num_epochs = -1.0
-        c.schedule.boundaries = (4,)
-        c.schedule.boundaries_unit = "steps"
-        c.schedule.warmup_steps = 2
-        # BN's running statistics are the last batch's, over the whole batch: after 6 steps,
-        # momentum 0.9 would leave them half at their initial (0, 1), and groups of 4 are too
-        # noisy; a deep net's eval outputs blow up through either (the smoke row of RESULTS).
-        c.model_overrides.bn_group_size = None
-        c.model_overrides.bn_momentum = 0.0
-        c.log_every_steps = 2
-        c.eval_every_steps = 6
-        c.checkpoint_every_steps = 6  # one checkpoint: a deep net's state is large
-        return c
-    if preset == "released_code":
-        if c.dataset != "cifar10":
-            raise ValueError(
-                "The released_code preset is the released CIFAR recipe; use it with CIFAR configs "
-                "(for ImageNet, fb_resnet_torch is fb.resnet.torch's setup)."
-            )
-        # KaimingHe/resnet-1k-layers on fb.resnet.torch: batch 64 (its 4.62% ResNet-1001 run),
-        # Nesterov, weight decay on every parameter, 200 epochs with cuts at epochs 81 and 122
-        # counted from 1 (after 80 and 121 completed epochs), per-channel normalisation: the
-        # four differences docs/papers.md lists. Two more follow from running that code, and
-        # docs/papers.md does not list them: no warm-up (fb.resnet.torch's `Trainer:learningRate`
-        # is the step schedule alone), and BN statistics over the whole batch of 64, since
-        # docs/papers.md gives no GPU count for that run (our assumption: one GPU).
-        c.batch_size = 64
-        c.model_overrides.bn_group_size = None
-        c.optimizer.nesterov = True
-        c.optimizer.decay_bn_and_bias = True
-        c.num_train_steps = -1
-        c.num_epochs = 200.0
-        c.schedule.boundaries = (80, 121)
-        c.schedule.boundaries_unit = "epochs"
-        c.schedule.warmup_steps = 0
-        c.normalization = "per_channel"
-        return c
-    if preset == "fb_resnet_torch":
-        if c.dataset != "imagenet2012":
-            raise ValueError(
-                "The fb_resnet_torch preset is fb.resnet.torch's ImageNet augmentation; use it with ImageNet configs."
-            )
-        # fb.resnet.torch's datasets/imagenet.lua: RandomSizedCrop, ColorJitter 0.4, Lighting
-        # 0.1 and mean/std normalisation; the recipe's 90 epochs are already its.
-        c.imagenet2012.train_crop = "scale_aspect"
-        c.imagenet2012.color_jitter = 0.4
-        c.imagenet2012.pca_lighting = 0.1
-        c.normalization = "per_channel"
-        return c
-    if preset == "finetune":
-        if c.dataset != "imagenet2012":
-            raise ValueError(
-                "The finetune preset fine-tunes ImageNet weights on a folder of your images; use it with ImageNet "
-                "configs."
-            )
-        # Fine-tuning on a folder of your images (docs/pretrained.md), which may hold a few dozen:
-        # batch 16 with BN over the whole batch (it needs 16 training images; a larger
-        # --config.batch_size is yours to set), 10 epochs at LR 0.01 cut at epochs 6 and 9.
-        c.dataset = "folder"
-        c.batch_size = 16
-        c.eval_batch_size = 50
-        c.model_overrides.bn_group_size = None
-        c.eval_crops = None  # the folder's first crop, whatever its folder.image_size
-        c.num_epochs = 10.0
-        c.schedule.learning_rate = 0.01
-        c.schedule.boundaries = (6, 9)
-        c.log_every_steps = 10
-        c.eval_every_steps = 1_000
-        c.checkpoint_every_steps = 1_000
-        return c
-    raise ValueError(f"Unknown preset {preset!r}; choose one of {PRESETS}.")
+    if preset not in _PRESETS:
+        raise ValueError(f"Unknown preset {preset!r}; choose one of {PRESETS}.")
+    chosen = _PRESETS[preset]
+    if chosen.recipe is not None and data_registry.spec(c.dataset).paper_recipe != chosen.recipe:
+        raise ValueError(chosen.mismatch)
+    chosen.apply(c)
+    return c
+
+
+def _smoke(c: ml_collections.ConfigDict) -> None:
+    # A handful of steps on a tiny batch of synthetic images: checks the whole pipeline
+    # (model, step, eval, checkpoint, logs) in about a minute on a CPU, with no download.
+    # The labels are random, so the test error stays at chance (90% for 10 classes).
+    # The images are the network's input size, at most 64: after an ImageNet stem and stages
+    # (32x fewer pixels a side), 64 leaves 2x2.
+    c.synthetic.image_size = min(models.registry.input_size(c.model), 64)
+    c.dataset = "synthetic"
+    c.eval_crops = None
+    c.batch_size = 8
+    c.eval_batch_size = 64
+    c.num_train_steps = 6
+    c.num_epochs = -1.0
+    c.schedule.boundaries = (4,)
+    c.schedule.boundaries_unit = "steps"
+    c.schedule.warmup_steps = 2
+    # BN's running statistics are the last batch's, over the whole batch: after 6 steps,
+    # momentum 0.9 would leave them half at their initial (0, 1), and groups of 4 are too
+    # noisy; a deep net's eval outputs blow up through either (the smoke row of RESULTS).
+    c.model_overrides.bn_group_size = None
+    c.model_overrides.bn_momentum = 0.0
+    c.log_every_steps = 2
+    c.eval_every_steps = 6
+    c.checkpoint_every_steps = 6  # one checkpoint: a deep net's state is large
+
+
+def _released_code(c: ml_collections.ConfigDict) -> None:
+    # KaimingHe/resnet-1k-layers on fb.resnet.torch: batch 64 (its 4.62% ResNet-1001 run),
+    # Nesterov, weight decay on every parameter, 200 epochs with cuts at epochs 81 and 122
+    # counted from 1 (after 80 and 121 completed epochs), per-channel normalisation: the
+    # four differences docs/papers.md lists. Two more follow from running that code, and
+    # docs/papers.md does not list them: no warm-up (fb.resnet.torch's `Trainer:learningRate`
+    # is the step schedule alone), and BN statistics over the whole batch of 64, since
+    # docs/papers.md gives no GPU count for that run (our assumption: one GPU).
+    c.batch_size = 64
+    c.model_overrides.bn_group_size = None
+    c.optimizer.nesterov = True
+    c.optimizer.decay_bn_and_bias = True
+    c.num_train_steps = -1
+    c.num_epochs = 200.0
+    c.schedule.boundaries = (80, 121)
+    c.schedule.boundaries_unit = "epochs"
+    c.schedule.warmup_steps = 0
+    c.normalization = "per_channel"
+
+
+def _fb_resnet_torch(c: ml_collections.ConfigDict) -> None:
+    # fb.resnet.torch's datasets/imagenet.lua: RandomSizedCrop, ColorJitter 0.4, Lighting
+    # 0.1 and mean/std normalisation; the recipe's 90 epochs are already its.
+    c.imagenet2012.train_crop = "scale_aspect"
+    c.imagenet2012.color_jitter = 0.4
+    c.imagenet2012.pca_lighting = 0.1
+    c.normalization = "per_channel"
+
+
+def _finetune(c: ml_collections.ConfigDict) -> None:
+    # Fine-tuning on a folder of your images (docs/pretrained.md), which may hold a few dozen:
+    # batch 16 with BN over the whole batch (it needs 16 training images; a larger
+    # --config.batch_size is yours to set), 10 epochs at LR 0.01 cut at epochs 6 and 9.
+    c.dataset = "folder"
+    c.batch_size = 16
+    c.eval_batch_size = 50
+    c.model_overrides.bn_group_size = None
+    c.eval_crops = None  # the folder's first crop, whatever its folder.image_size
+    c.num_epochs = 10.0
+    c.schedule.learning_rate = 0.01
+    c.schedule.boundaries = (6, 9)
+    c.log_every_steps = 10
+    c.eval_every_steps = 1_000
+    c.checkpoint_every_steps = 1_000
+
+
+class _Preset(NamedTuple):
+    apply: Callable[[ml_collections.ConfigDict], None]
+    recipe: str | None  # the paper recipe whose datasets it is made for; None: any
+    mismatch: str = ""  # the message for a config on another dataset
+
+
+_PRESETS = {
+    "smoke": _Preset(_smoke, None),
+    "released_code": _Preset(
+        _released_code,
+        "cifar",
+        "The released_code preset is the released CIFAR recipe; use it with CIFAR configs "
+        "(for ImageNet, fb_resnet_torch is fb.resnet.torch's setup).",
+    ),
+    "fb_resnet_torch": _Preset(
+        _fb_resnet_torch,
+        "imagenet",
+        "The fb_resnet_torch preset is fb.resnet.torch's ImageNet augmentation; use it with ImageNet configs.",
+    ),
+    "finetune": _Preset(
+        _finetune,
+        "imagenet",
+        "The finetune preset fine-tunes ImageNet weights on a folder of your images; use it with ImageNet configs.",
+    ),
+}
+PRESETS = tuple(_PRESETS)
