@@ -39,7 +39,7 @@ class ResidualUnit(nn.Module):
       stride_on: "1x1" (papers) or "3x3" (fb.resnet.torch v1); bottleneck units only.
       shortcut: "A", "B" or "C" (see `shortcuts.py`).
       preact: pre-activation units only: what the unit's leading activation feeds.
-        "branch": F alone, h(x) = x (every unit but a stage's first); "both": F and the
+        "branch": F alone, h reading x (every unit but a stage's first); "both": F and the
         shortcut, one BN-ReLU before the paths part (a stage's first unit, whose projection
         reads the activated tensor: `preresnet.lua`'s "both_preact"); "none": no leading
         activation, the input being BN-ReLU'd already (stage 1's first unit after the
@@ -49,7 +49,8 @@ class ResidualUnit(nn.Module):
       zero_init_last: start every branch at F(x) = 0, so the unit starts as h(x) (off in the
         papers). Each unit zeroes the last layer of F that still gets a gradient: the last
         BN's gamma where F ends in BN, the last conv's kernel where it ends in a conv (a zeroed
-        gamma under a ReLU would stay dead: relu'(0) = 0). Units that cannot refuse it.
+        gamma under a ReLU would stay dead: relu'(0) = 0). A unit with no such layer refuses
+        it when built (`refuse_zero_init_last`).
       train: training mode, for units that need it beyond BN (dropout).
     """
 
@@ -167,8 +168,10 @@ class Plain(ResidualUnit):
             y = self.conv(self.features // 4, 3, stride_3x3, name="conv2")(y)
             y = nn.relu(self.norm(name="bn2")(y))
             y = self.conv(self.features, 1, name="conv3")(y)
-            return nn.relu(self.norm(name="bn3")(y))
-        y = self.conv(self.features, 3, self.strides, name="conv1")(x)
-        y = nn.relu(self.norm(name="bn1")(y))
-        y = self.conv(self.features, 3, name="conv2")(y)
-        return nn.relu(self.norm(name="bn2")(y))
+            y = nn.relu(self.norm(name="bn3")(y))
+        else:
+            y = self.conv(self.features, 3, self.strides, name="conv1")(x)
+            y = nn.relu(self.norm(name="bn1")(y))
+            y = self.conv(self.features, 3, name="conv2")(y)
+            y = nn.relu(self.norm(name="bn2")(y))
+        return y
