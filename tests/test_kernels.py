@@ -87,7 +87,7 @@ def test_1x1_kernel_gradient_is_one_matrix_product_with_no_activation_transposed
 
 @pytest.mark.parametrize("c_in,c_out,stride", [(6, 4, 1), (4, 6, 2), (4, 3, 3)])
 def test_accelerator_1x1_products_give_the_convolution_and_its_gradients(c_in, c_out, stride):
-    """The product form that CUDA GPUs take (`kernels.PRODUCTS`), run here on CPU: forward
+    """The product form that CUDA GPUs take (`kernels.PRODUCTS_1X1`), run here on CPU: forward
     pass and both gradients of a strided or unstrided 1x1 convolution, against `lax`'s."""
     x = jax.random.normal(jax.random.key(0), (2, 9, 7, c_in))
     w = jax.random.normal(jax.random.key(1), (1, 1, c_in, c_out))
@@ -117,8 +117,8 @@ def test_cuda_lowering_makes_1x1_convolutions_products_unless_told_otherwise():
         return jax.jit(jax.grad(loss, (0, 1))).trace(w, x).lower(lowering_platforms=("cuda",)).as_text()
 
     assert kernels.product_platforms() == ("cuda",)
-    assert kernels.for_platform("cuda") is kernels.PRODUCTS and kernels.for_platform("cpu") is kernels.CPU
-    assert kernels.for_platform("tpu") is kernels.PLAIN and kernels.for_platform("rocm") is kernels.PLAIN
+    assert kernels.for_platform("cuda") is kernels.PRODUCTS_1X1 and kernels.for_platform("cpu") is kernels.CPU
+    assert kernels.for_platform("tpu") is kernels.JAX_DEFAULT and kernels.for_platform("rocm") is kernels.JAX_DEFAULT
     text = lowered(1)
     assert text.count("stablehlo.dot_general") == 3 and "stablehlo.convolution" not in text
     assert lowered(3).count("stablehlo.convolution") == 3
@@ -155,7 +155,7 @@ def test_closed_form_normalise_equals_autodiff_of_the_plain_formula(dtype):
 @pytest.mark.parametrize("platform", ["cpu", "cuda"])
 def test_a_network_with_a_platforms_kernels_has_the_gradients_of_the_plain_one(platform):
     """The whole injection: a bottleneck network (1x1 projections, strided units) built with
-    the CPU's or CUDA's kernels against `kernels.PLAIN` (nn.Conv and autodiff BN), same
+    the CPU's or CUDA's kernels against `kernels.JAX_DEFAULT` (nn.Conv and autodiff BN), same
     parameters and batch, in a scan."""
     model = models.create_model("cifar_preact164", num_classes=10, depth=11, remat="none")
     images = jax.random.normal(jax.random.key(1), (4, 16, 16, 3))  # 16x16: the same ops, compiled sooner
@@ -166,7 +166,7 @@ def test_a_network_with_a_platforms_kernels_has_the_gradients_of_the_plain_one(p
         return jnp.sum(jnp.sin(logits))
 
     fast = jax.jit(jax.value_and_grad(functools.partial(loss, model.clone(kernels=kernels.for_platform(platform)))))
-    plain = jax.jit(jax.value_and_grad(functools.partial(loss, model.clone(kernels=kernels.PLAIN))))
+    plain = jax.jit(jax.value_and_grad(functools.partial(loss, model.clone(kernels=kernels.JAX_DEFAULT))))
     (loss_fast, grads_fast), (loss_plain, grads_plain) = fast(variables["params"]), plain(variables["params"])
     np.testing.assert_allclose(loss_fast, loss_plain, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(grads_fast), jax.tree.leaves(grads_plain)):

@@ -25,7 +25,7 @@ def _unit():
     norm = make_norm(train=True, group_size=None, dtype=jnp.float32, normalise=kernels.CPU.normalise)
     conv = make_conv(dtype=jnp.float32, conv_general_dilated=kernels.CPU.conv)
     return functools.partial(
-        models.PreActivation, 8, 1, bottleneck=True, preact="residual", conv=conv, norm=norm, train=True
+        models.PreActivation, 8, 1, bottleneck=True, preact="branch", conv=conv, norm=norm, train=True
     )
 
 

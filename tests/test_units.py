@@ -58,7 +58,7 @@ def test_preact_both_mode_feeds_preactivated_tensor_to_projection():
 def test_preact_none_mode_has_no_leading_bn():
     _, variables = _unit(models.PreActivation, X, features=16, preact="none")
     assert "bn1" not in variables["params"] and "bn2" in variables["params"]
-    _, variables = _unit(models.PreActivation, X, features=16, preact="residual")
+    _, variables = _unit(models.PreActivation, X, features=16, preact="branch")
     assert "bn1" in variables["params"]
 
 
@@ -87,9 +87,86 @@ def test_option_b_projects_only_when_shape_changes_and_c_always():
 @pytest.mark.parametrize("stride_on,expected_first,expected_middle", [("1x1", 2, 1), ("3x3", 1, 2)])
 def test_stride_placement(stride_on, expected_first, expected_middle):
     unit = models.PreActivation(features=64, strides=2, bottleneck=True, stride_on=stride_on)
-    specs = unit.branch_specs()
-    assert [s[2] for s in specs] == [expected_first, expected_middle, 1]
-    assert [s[0] for s in specs] == [1, 3, 1] and specs[0][1] == 16
+    variables = unit.init(jax.random.key(0), X)
+    _, state = unit.apply(variables, X, capture_intermediates=True, mutable=["batch_stats", "intermediates"])
+    sizes = [X.shape[1]] + [state["intermediates"][f"conv{i}"]["__call__"][0].shape[1] for i in (1, 2, 3)]
+    assert [a // b for a, b in zip(sizes, sizes[1:])] == [expected_first, expected_middle, 1]
+    kernels = [variables["params"][f"conv{i}"]["kernel"].shape for i in (1, 2, 3)]
+    assert kernels == [(1, 1, 16, 16), (3, 3, 16, 16), (1, 1, 16, 64)]
+
+
+def _layers(cls, bottleneck, **fields):
+    """A unit's parameters as {"conv1": "3x3 16->32", "bn1": "32", ...}, from its init tree."""
+    features = 64 if bottleneck else 32
+    unit = cls(features=features, strides=2, bottleneck=bottleneck, shortcut="B", **fields)
+    params = jax.eval_shape(lambda: unit.init({"params": jax.random.key(0), "dropout": jax.random.key(0)}, X))
+    layers = {}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params["params"]):
+        name, kind = "/".join(k.key for k in path[:-1]), path[-1].key
+        if kind == "kernel" and len(leaf.shape) == 4:
+            layers[name] = f"{leaf.shape[0]}x{leaf.shape[1]} {leaf.shape[2]}->{leaf.shape[3]}"
+        elif kind == "scale":
+            layers[name] = f"{leaf.shape[0]}"
+    return layers
+
+
+V1_BASIC = {"conv1": "3x3 16->32", "bn1": "32", "conv2": "3x3 32->32", "bn2": "32"}
+V1_BOTTLENECK = {
+    "conv1": "1x1 16->16",
+    "bn1": "16",
+    "conv2": "3x3 16->16",
+    "bn2": "16",
+    "conv3": "1x1 16->64",
+    "bn3": "64",
+}
+V2_BASIC = {"bn1": "16", "conv1": "3x3 16->32", "bn2": "32", "conv2": "3x3 32->32"}
+V2_BOTTLENECK = {
+    "bn1": "16",
+    "conv1": "1x1 16->16",
+    "bn2": "16",
+    "conv2": "3x3 16->16",
+    "bn3": "16",
+    "conv3": "1x1 16->64",
+}
+PROJECTION_BN = {"shortcut/conv": "1x1 16->{c}", "shortcut/bn": "{c}"}
+PROJECTION = {"shortcut/conv": "1x1 16->{c}"}
+
+
+@pytest.mark.parametrize(
+    "cls, fields, basic, bottleneck, projection",
+    [
+        # v1 Fig. 5: each conv followed by its BN; the projection is conv + BN (v1 Eq. 2).
+        (models.PostActivation, {}, V1_BASIC, V1_BOTTLENECK, PROJECTION_BN),
+        (ablations.ConstantScaling, {}, V1_BASIC, V1_BOTTLENECK, PROJECTION_BN),
+        (ablations.DropoutShortcut, {}, V1_BASIC, V1_BOTTLENECK, PROJECTION_BN),
+        (ablations.ReLUBeforeAddition, {}, V1_BASIC, V1_BOTTLENECK, PROJECTION_BN),
+        (ablations.ReLUOnlyPreActivation, {"preact": "both"}, V1_BASIC, V1_BOTTLENECK, PROJECTION_BN),
+        # v2 Fig. 4(b): the last BN normalises the sum; the projection is a bare conv.
+        (ablations.BNAfterAddition, {}, V1_BASIC, V1_BOTTLENECK, PROJECTION),
+        # v2 Fig. 4(e): each BN precedes its conv; the projection is a bare conv.
+        (models.PreActivation, {"preact": "both"}, V2_BASIC, V2_BOTTLENECK, PROJECTION),
+        (models.PreActivation, {"preact": "branch"}, V2_BASIC, V2_BOTTLENECK, PROJECTION),
+        (models.Plain, {}, V1_BASIC, V1_BOTTLENECK, {}),
+    ],
+)
+def test_each_unit_has_the_layers_its_figure_draws(cls, fields, basic, bottleneck, projection):
+    for is_bottleneck, branch, c in ((False, basic, 32), (True, bottleneck, 64)):
+        expected = {**branch, **{k: v.format(c=c) for k, v in projection.items()}}
+        assert _layers(cls, is_bottleneck, **fields) == expected, (cls.__name__, is_bottleneck)
+
+
+@pytest.mark.parametrize("cls", [ablations.ExclusiveGating, ablations.ShortcutOnlyGating])
+def test_gated_units_add_a_1x1_gate_to_v1s_layers(cls):
+    for is_bottleneck, branch, c in ((False, V1_BASIC, 32), (True, V1_BOTTLENECK, 64)):
+        expected = {**branch, "gate/Conv_0": f"1x1 16->{c}", **{k: v.format(c=c) for k, v in PROJECTION_BN.items()}}
+        assert _layers(cls, is_bottleneck) == expected
+
+
+def test_preact_none_mode_has_every_layer_but_the_leading_bn():
+    for is_bottleneck, branch in ((False, V2_BASIC), (True, V2_BOTTLENECK)):
+        c = 64 if is_bottleneck else 32
+        expected = {**{k: v for k, v in branch.items() if k != "bn1"}, "shortcut/conv": f"1x1 16->{c}"}
+        assert _layers(models.PreActivation, is_bottleneck, preact="none") == expected
 
 
 def test_constant_scaling_halves():

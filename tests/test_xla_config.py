@@ -15,7 +15,7 @@ from resnet_identity.models.layers import make_norm
 
 def _unit():
     norm = make_norm(train=True, group_size=None, dtype=jnp.float32)
-    return functools.partial(models.PreActivation, 8, 1, bottleneck=True, preact="residual", norm=norm, train=True)
+    return functools.partial(models.PreActivation, 8, 1, bottleneck=True, preact="branch", norm=norm, train=True)
 
 
 X = jax.random.normal(jax.random.key(0), (2, 4, 4, 8))

@@ -44,9 +44,9 @@ class ScaledShortcutPreActivation(PreActivation):
 
     shortcut_scale: float = 1.0
 
-    def make_shortcut(self):
-        shortcut = super().make_shortcut()
-        return lambda x: self.shortcut_scale * shortcut(x)
+    def combine(self, x, shortcut, branch):
+        del x
+        return self.shortcut_scale * shortcut + branch
 
 
 def comparison_models(
@@ -96,8 +96,9 @@ def unit_norms(
     `images` is an NHWC batch of at least 2 (BatchNorm statistics), `labels` its classes.
     `shortcut_only=True` detaches every residual branch's input (the gradient reaches x_l
     through shortcuts alone): the first term of v2 Eq. 5, dE/dx_L, or of Eq. 9,
-    (prod lambda_i) dE/dx_L. It needs units that expose their split into shortcut and
-    branch (`PreActivation.split`, `PostActivation.combine`). Norms are taken in float64,
+    (prod lambda_i) dE/dx_L. It needs units that add shortcut and branch in a `combine`
+    method (`PreActivation.combine`, `PostActivation.combine`), whose branch argument is
+    detached. Norms are taken in float64,
     so an activation that grew past float32's square root still has a finite norm. The pass
     runs op by op: for one deep unrolled net (ResNet-1001) that is far quicker than compiling.
     """
@@ -108,11 +109,7 @@ def unit_norms(
 
         def intercept(next_fun, args, kwargs, context):
             module, method = context.module, context.method_name
-            if shortcut_only and method == "split" and isinstance(module, PreActivation):
-                shortcut_in, branch_in = next_fun(*args, **kwargs)
-                detached.append(module.name)
-                return shortcut_in, jax.lax.stop_gradient(branch_in)
-            if shortcut_only and method == "combine" and isinstance(module, PostActivation):
+            if shortcut_only and method == "combine" and isinstance(module, PostActivation | PreActivation):
                 x, shortcut, branch = args
                 detached.append(module.name)
                 return next_fun(jax.lax.stop_gradient(x), shortcut, jax.lax.stop_gradient(branch))
@@ -128,8 +125,8 @@ def unit_norms(
             )
         if shortcut_only and len(detached) != len(inputs):
             raise ValueError(
-                f"{model.unit.__name__} does not expose its shortcut/branch split "
-                "(PreActivation.split or PostActivation.combine); shortcut_only needs one."
+                f"{model.unit.__name__} does not add its shortcut and branch in a `combine` method "
+                "(PreActivation.combine or PostActivation.combine); shortcut_only needs one."
             )
         return cross_entropy(logits, labels).mean(), inputs
 

@@ -1,20 +1,20 @@
 """The unit variants that v2 ablates, each a small subclass (v2 Tables 1 and 2).
 
 Table 1 keeps v1's unit (f = ReLU) and changes what multiplies the shortcut and F, by
-overriding `PostActivation.combine`. Table 2 moves BN and ReLU around the addition: each of
-its units writes its own `__call__`, as its figure draws it.
+overriding `PostActivation.combine`, the addition of Fig. 2(a). Table 2 moves BN and ReLU
+around the addition: each of its units writes its own `__call__` out, one layer a line, as
+its Fig. 4 panel draws it.
 """
 
 from __future__ import annotations
-
-from typing import ClassVar
 
 import flax.linen as nn
 import jax
 
 from resnet_identity.models import layers
 from resnet_identity.models.layers import ModuleDef
-from resnet_identity.models.units import PostActivation, PreActivation, ResidualUnit
+from resnet_identity.models.shortcuts import Shortcut
+from resnet_identity.models.units import PostActivation, PreActivation, ResidualUnit, refuse_zero_init_last
 
 
 class ConstantScaling(PostActivation):
@@ -79,51 +79,86 @@ class DropoutShortcut(PostActivation):
 
 
 class BNAfterAddition(ResidualUnit):
-    """weight-BN-ReLU-weight, add, BN, ReLU (Table 2(b), Fig. 4(b))."""
+    """weight-BN-ReLU-weight, add, BN, ReLU (Table 2(b), Fig. 4(b)).
 
-    projection_norm: ClassVar[bool] = False
-    zero_init_layer: ClassVar[str | None] = "conv"  # the BN after the addition stays at 1
+    The projection is a bare conv, as the BN after the addition normalises it too.
+    `zero_init_last` zeroes the last conv's kernel: the BN after the addition stays at 1.
+    """
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        convs, norms = self.branch_layers()
-        branch = convs[0](x)
-        for conv, norm in zip(convs[1:], norms):
-            branch = conv(nn.relu(norm(branch)))
-        return nn.relu(norms[-1](self.make_shortcut()(x) + branch))
+        last_kernel = nn.initializers.zeros if self.zero_init_last else layers.conv_kernel_init
+        if self.bottleneck:
+            stride_1x1, stride_3x3 = self.bottleneck_strides
+            y = self.conv(self.features // 4, 1, stride_1x1, name="conv1")(x)
+            y = nn.relu(self.norm(name="bn1")(y))
+            y = self.conv(self.features // 4, 3, stride_3x3, name="conv2")(y)
+            y = nn.relu(self.norm(name="bn2")(y))
+            y = self.conv(self.features, 1, name="conv3", kernel_init=last_kernel)(y)
+            after_addition = self.norm(name="bn3")
+        else:
+            y = self.conv(self.features, 3, self.strides, name="conv1")(x)
+            y = nn.relu(self.norm(name="bn1")(y))
+            y = self.conv(self.features, 3, name="conv2", kernel_init=last_kernel)(y)
+            after_addition = self.norm(name="bn2")
+        h = Shortcut(self.features, self.strides, self.shortcut, norm=None, conv=self.conv, name="shortcut")
+        return nn.relu(after_addition(h(x) + y))
 
 
 class ReLUBeforeAddition(ResidualUnit):
     """weight-BN-ReLU-weight-BN-ReLU, add; nothing after (Table 2(c), Fig. 4(c))."""
 
-    zero_init_layer: ClassVar[str | None] = None
+    def __post_init__(self) -> None:
+        refuse_zero_init_last(self, "its branch ends in a ReLU")
+        super().__post_init__()
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        branch = x
-        for conv, norm in zip(*self.branch_layers()):
-            branch = nn.relu(norm(conv(branch)))
-        return self.make_shortcut()(x) + branch
+        if self.bottleneck:
+            stride_1x1, stride_3x3 = self.bottleneck_strides
+            y = self.conv(self.features // 4, 1, stride_1x1, name="conv1")(x)
+            y = nn.relu(self.norm(name="bn1")(y))
+            y = self.conv(self.features // 4, 3, stride_3x3, name="conv2")(y)
+            y = nn.relu(self.norm(name="bn2")(y))
+            y = self.conv(self.features, 1, name="conv3")(y)
+            y = nn.relu(self.norm(name="bn3")(y))
+        else:
+            y = self.conv(self.features, 3, self.strides, name="conv1")(x)
+            y = nn.relu(self.norm(name="bn1")(y))
+            y = self.conv(self.features, 3, name="conv2")(y)
+            y = nn.relu(self.norm(name="bn2")(y))
+        h = Shortcut(self.features, self.strides, self.shortcut, norm=self.norm, conv=self.conv, name="shortcut")
+        return h(x) + y
 
 
 class ReLUOnlyPreActivation(PreActivation):
     """ReLU-weight-BN-ReLU-weight-BN, add (Table 2(d), Fig. 4(d)).
 
-    The pre-activation is ReLU alone, so each BN follows its conv; the projection
-    keeps v1's BN because the branch ends in BN.
+    The pre-activation is ReLU alone (`preact` says what it feeds), so each BN follows its
+    conv and shares its number; the projection keeps v1's BN because the branch ends in BN,
+    and `zero_init_last` zeroes that last BN's gamma.
     """
-
-    projection_norm: ClassVar[bool] = True
-    zero_init_layer: ClassVar[str | None] = "norm"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        convs, norms = self.branch_layers()
-        shortcut, branch = self.split(x, nn.relu)
-        branch = norms[0](convs[0](branch))
-        for conv, norm in zip(convs[1:], norms[1:]):
-            branch = norm(conv(nn.relu(branch)))
-        return self.make_shortcut()(shortcut) + branch
+        last_gamma = nn.initializers.zeros if self.zero_init_last else nn.initializers.ones
+        y = x if self.preact == "none" else nn.relu(x)
+        shortcut_input = y if self.preact == "both" else x
+        if self.bottleneck:
+            stride_1x1, stride_3x3 = self.bottleneck_strides
+            y = self.conv(self.features // 4, 1, stride_1x1, name="conv1")(y)
+            y = nn.relu(self.norm(name="bn1")(y))
+            y = self.conv(self.features // 4, 3, stride_3x3, name="conv2")(y)
+            y = nn.relu(self.norm(name="bn2")(y))
+            y = self.conv(self.features, 1, name="conv3")(y)
+            y = self.norm(name="bn3", scale_init=last_gamma)(y)
+        else:
+            y = self.conv(self.features, 3, self.strides, name="conv1")(y)
+            y = nn.relu(self.norm(name="bn1")(y))
+            y = self.conv(self.features, 3, name="conv2")(y)
+            y = self.norm(name="bn2", scale_init=last_gamma)(y)
+        h = Shortcut(self.features, self.strides, self.shortcut, norm=self.norm, conv=self.conv, name="shortcut")
+        return self.combine(x, h(shortcut_input), y)
 
 
 __all__ = [

@@ -3,8 +3,8 @@ gradients as JAX's own, faster where a measurement said so.
 
 The units compute the papers' functions with an injected `conv` and `norm`; the network
 (`ResNet.kernels`) picks one `Kernels` per platform and builds those partials from it. Nothing
-else knows the kernels exist: the summary and the analyses build their models with `PLAIN`,
-JAX's own convolution and autodiff BatchNorm. The figures behind each choice are in
+else knows the kernels exist: the summary and the analyses build their models with
+`JAX_DEFAULT`, JAX's own convolution and autodiff BatchNorm. The figures behind each choice are in
 benchmarks/results/2026-12-03_models.md and the dated logs it cites.
 
 - `CPU`: every gradient convolution in canonical form, 1x1 convolutions as matrix products,
@@ -22,12 +22,14 @@ benchmarks/results/2026-12-03_models.md and the dated logs it cites.
   product over the flattened (n, h, w) rows, of every stride-th row and column when strided;
   XLA:CPU runs that product faster than the same convolution, so its forward pass and both
   gradients are products.
-- `PRODUCTS` (CUDA GPUs, `product_platforms`): 1x1 convolutions and their gradients as
+- `PRODUCTS_1X1` (CUDA GPUs, `product_platforms`): 1x1 convolutions and their gradients as
   products, in the order the compiler picks; XLA:GPU autotunes them for these tall, narrow
   shapes and fuses the ReLU before and the residual addition after them, where a cuDNN
   convolution runs alone. Other convolutions are JAX's own. BatchNorm's closed form, with
   which every GPU figure was measured.
-- `PLAIN`: JAX's own convolution and autodiff BatchNorm; ROCm and TPU, never timed, get it.
+- `CLOSED_FORM_BN`: JAX's own convolutions and BatchNorm's closed form: a CUDA GPU told not
+  to take products (`pointwise_products`).
+- `JAX_DEFAULT`: JAX's own convolution and autodiff BatchNorm; ROCm and TPU, never timed, get it.
 
 BatchNorm's closed-form gradient: autodiff of `layers.normalise` keeps several full-size
 intermediates and emits many small reductions; the closed form keeps only x and per-channel
@@ -250,11 +252,10 @@ def _normalise_bwd(epsilon, residuals, cotangents):
 closed_form_normalise.defvjp(_normalise_fwd, _normalise_bwd)
 
 
-PLAIN = Kernels("plain", lax.conv_general_dilated, layers.normalise)
+JAX_DEFAULT = Kernels("jax_default", lax.conv_general_dilated, layers.normalise)
+CLOSED_FORM_BN = Kernels("closed_form_bn", lax.conv_general_dilated, closed_form_normalise)
+PRODUCTS_1X1 = Kernels("products_1x1", product_conv, closed_form_normalise)
 CPU = Kernels("cpu", canonical_conv, closed_form_normalise)
-PRODUCTS = Kernels("products", product_conv, closed_form_normalise)
-# A GPU told not to take products (`pointwise_products`): library convolutions, closed-form BN.
-LIBRARY = Kernels("library", lax.conv_general_dilated, closed_form_normalise)
 
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 # Lowering platforms besides the CPU whose 1x1 convolutions are products (module docstring).
@@ -290,8 +291,8 @@ def for_platform(platform: str) -> Kernels:
     if platform == "cpu":
         return CPU
     if platform in product_platforms():
-        return PRODUCTS
-    return LIBRARY if platform == "cuda" else PLAIN
+        return PRODUCTS_1X1
+    return CLOSED_FORM_BN if platform == "cuda" else JAX_DEFAULT
 
 
 def current_platform() -> str:

@@ -2,12 +2,15 @@
 
 CIFAR (v1 Sec. 4.2): a 3x3 conv to 16 channels, three stages on 32/16/8 maps.
 ImageNet (v1 Table 1): 7x7/2 conv to 64, BN, ReLU, 3x3/2 max-pool, four stages.
-Pre-activation units (v2) change three places, each decided once:
+Pre-activation units (v2: `PreActivation` and its subclasses, v2 Fig. 4(d)-(e)) change
+three places, each decided once:
 - the CIFAR stem is a bare conv (no BN-ReLU), so stage 1's first unit pre-activates
-  both paths ("both_preact"); after the ImageNet stem, whose output is already
-  BN-ReLU'd, stage 1's first unit skips that ("no_preact"), as `preresnet.lua` does.
-  The stem (`stems.py`, injected as a class) says which through `output_activated`;
-- the first unit of every later stage pre-activates both paths;
+  both paths (`preact="both"`); after the ImageNet stem, whose output is already
+  BN-ReLU'd, stage 1's first unit has no pre-activation (`preact="none"`), as
+  `preresnet.lua` does. The stem (`stems.py`, injected as a class) says which through
+  `output_activated`;
+- the first unit of every later stage pre-activates both paths (`preact="both"`), the
+  others their branch alone (`preact="branch"`);
 - the last unit is followed by BN-ReLU before pooling (`resnet-pre-act.lua`).
 
 The network is also where the platform's kernels are chosen (`kernels.py`): it binds them
@@ -28,7 +31,7 @@ from resnet_identity.models import kernels as kernels_lib
 from resnet_identity.models.layers import ModuleDef, dense_kernel_init, make_conv, make_norm
 from resnet_identity.models.stack import UnitStack
 from resnet_identity.models.stems import Stem
-from resnet_identity.models.units import ResidualUnit
+from resnet_identity.models.units import PreActivation, ResidualUnit
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -51,7 +54,7 @@ class ResNet(nn.Module):
       dtype: compute dtype, "float32" or "bfloat16"; parameters and BN statistics stay float32.
         Activations, the residual stream x_{l+1} = x_l + F(x_l) included, are held in it: in
         bfloat16 (8-bit mantissa) a branch output below 1/256 of x_l is rounded away in the sum.
-      zero_init_last: start every residual branch at zero (`ResidualUnit.zero_init_layer`).
+      zero_init_last: start every residual branch at zero (`ResidualUnit.zero_init_last`).
       scan: scan over each stage's identical units (fast compile) or unroll them.
       remat: rematerialisation scheme, see `stack.py`; None is its `DEFAULT_REMAT`, "elementwise",
         when scanned and "none" when unrolled.
@@ -94,7 +97,7 @@ class ResNet(nn.Module):
             epsilon=self.bn_epsilon,
             normalise=kernels.normalise,
         )
-        pre_activation = self.unit.pre_activation
+        pre_activation = issubclass(self.unit, PreActivation)
         x = self.stem(self.stem_features, pre_activation, norm, dtype, conv, name="stem")(images.astype(dtype))
         stem_activated = self.stem.output_activated(pre_activation)
         unit = functools.partial(
@@ -166,5 +169,5 @@ class _Stage(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         x = self.unit(self.features, self.strides, preact=self.first_preact, name="first")(x)
-        rest = functools.partial(self.unit, self.features, 1, preact="residual")
+        rest = functools.partial(self.unit, self.features, 1, preact="branch")
         return UnitStack(rest, self.size - 1, self.scan, self.remat, self.unroll, name="rest")(x)

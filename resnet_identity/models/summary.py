@@ -1,7 +1,7 @@
 """Parameter and multiply-add counts, computed from shapes alone (no FLOPs are run).
 
 Parameters come from `jax.eval_shape(model.init)`. Multiply-adds are read off the traced
-forward pass of the model built with JAX's own kernels (`kernels.PLAIN`): every
+forward pass of the model built with JAX's own kernels (`kernels.JAX_DEFAULT`): every
 convolution and matrix product in the jaxpr contributes (output elements) x (multiplies
 per output), and a scan body counts `length` times.
 Like the papers, this counts conv and FC multiply-adds only (v1 Table 1's "FLOPs").
@@ -63,7 +63,7 @@ def _jaxpr_macs(jaxpr: Any) -> int:
 
 def forward_macs(model: nn.Module, image_size: int, variables: Any | None = None) -> int:
     """Multiply-adds of one forward pass on one `image_size` x `image_size` image."""
-    model = model.clone(kernels=kernels.PLAIN)
+    model = model.clone(kernels=kernels.JAX_DEFAULT)
     variables = variables if variables is not None else abstract_variables(model, image_size)
     images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
     jaxpr = jax.make_jaxpr(lambda v, x: model.apply(v, x, train=False))(variables, images)

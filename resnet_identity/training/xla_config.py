@@ -36,7 +36,7 @@ elementwise work beside a convolution:
 - `xla_gpu_experimental_enable_conv_fusion`: cuDNN fusions take elementwise work around the
   3x3 convolutions.
 Each made a bf16 ResNet-1001 step faster on a GPU (with 1x1 convolutions as matrix products,
-`models.kernels.PRODUCTS`), all four together most. An option named in `XLA_FLAGS` is left
+`models.kernels.PRODUCTS_1X1`), all four together most. An option named in `XLA_FLAGS` is left
 to it (`--xla_gpu_experimental_enable_conv_fusion=false` turns that one off).
 """
 
