@@ -196,6 +196,62 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _unit_options(unit_name: str, variant: UnitVariant, extra: Any) -> dict:
+    """The variant's own fields, updated with the caller's `unit_options`."""
+    _check("unit_options", isinstance(extra, dict), extra)
+    fields = _unit_fields(variant.cls)
+    if set(extra) - fields:
+        raise ValueError(
+            f"Unknown unit_options {sorted(set(extra) - fields)} for unit {unit_name!r}; "
+            f"it accepts {sorted(fields) or 'none'}."
+        )
+    return {**variant.options, **extra}
+
+
+def _shortcut(unit_name: str, variant: UnitVariant, shortcut: str) -> str:
+    """The shortcut option, refusing one that the unit variant's own would silently ignore."""
+    _check("shortcut", shortcut in SHORTCUT_OPTIONS, shortcut)
+    if variant.shortcut and shortcut != variant.shortcut:
+        raise ValueError(
+            f"Unit {unit_name!r} is defined by its shortcut option {variant.shortcut!r}; "
+            f"shortcut={shortcut!r} contradicts it."
+        )
+    return shortcut
+
+
+def _check_network_overrides(overrides: dict, *, name: str, depth: int, bottleneck: bool, variant: UnitVariant):
+    """The overrides passed on to `ResNet` as they are: each checked against what it accepts."""
+    stride_on = overrides.get("stride_on", "1x1")
+    _check("stride_on", stride_on in STRIDE_PLACEMENTS, overrides.get("stride_on"))
+    if stride_on != "1x1" and not bottleneck:
+        raise ValueError(
+            f"stride_on={stride_on!r} applies to bottleneck units; {name} at depth "
+            f"{depth} has basic units, whose stride is always on the first 3x3."
+        )
+    if overrides.get("unroll", 1) != 1 and overrides.get("scan") is False:
+        raise ValueError(
+            "unroll partially unrolls the scan over a stage's units; with scan=False there is "
+            "no scan to unroll. Drop one of them."
+        )
+    _check("dtype", overrides.get("dtype", "float32") in DTYPES, overrides.get("dtype"))
+    group = overrides.get("bn_group_size")
+    _check("bn_group_size", group is None or (_is_int(group) and group > 0), group)
+    momentum = overrides.get("bn_momentum", 0.9)
+    _check("bn_momentum", _is_number(momentum) and 0 <= momentum < 1, momentum)
+    epsilon = overrides.get("bn_epsilon", 1e-5)
+    _check("bn_epsilon", _is_number(epsilon) and epsilon > 0, epsilon)
+    for flag in ("zero_init_last", "scan"):
+        _check(flag, isinstance(overrides.get(flag, False), bool), overrides.get(flag))
+    if overrides.get("zero_init_last"):
+        variant.cls(features=1, zero_init_last=True)  # a unit that cannot start at zero refuses when built
+    try:
+        resolve_remat(overrides.get("remat"))
+    except ValueError:
+        _check("remat", False, overrides.get("remat"))
+    unroll = overrides.get("unroll", 1)
+    _check("unroll", _is_int(unroll) and unroll > 0, unroll)
+
+
 def create_model(name: str, *, num_classes: int, **overrides: Any) -> ResNet:
     """Builds the named network as a `flax.linen.Module`.
 
@@ -214,62 +270,15 @@ def create_model(name: str, *, num_classes: int, **overrides: Any) -> ResNet:
     unit_name = overrides.pop("unit", spec.unit)
     _check("unit", unit_name in UNITS, unit_name)
     variant = UNITS[unit_name]
-    unit_options = dict(variant.options)
-    extra = overrides.pop("unit_options", None) or {}
-    _check("unit_options", isinstance(extra, dict), extra)
-    extra = dict(extra)
-    fields = _unit_fields(variant.cls)
-    if set(extra) - fields:
-        raise ValueError(
-            f"Unknown unit_options {sorted(set(extra) - fields)} for unit {unit_name!r}; "
-            f"it accepts {sorted(fields) or 'none'}."
-        )
-    unit_options.update(extra)
-
+    unit_options = _unit_options(unit_name, variant, overrides.pop("unit_options", None) or {})
     depth = overrides.pop("depth", spec.depth)
     _check("depth", _is_int(depth), depth)
     family = FAMILIES[spec.family]
     stage_sizes, stage_features, bottleneck = family.stages(depth, spec.bottleneck)
-
-    shortcut = overrides.pop("shortcut", variant.shortcut or spec.shortcut)
-    _check("shortcut", shortcut in SHORTCUT_OPTIONS, shortcut)
-    # Overrides that would be silently ignored are refused instead.
-    if variant.shortcut and shortcut != variant.shortcut:
-        raise ValueError(
-            f"Unit {unit_name!r} is defined by its shortcut option {variant.shortcut!r}; "
-            f"shortcut={shortcut!r} contradicts it."
-        )
-    _check("stride_on", overrides.get("stride_on", "1x1") in STRIDE_PLACEMENTS, overrides.get("stride_on"))
-    if overrides.get("stride_on", "1x1") != "1x1" and not bottleneck:
-        raise ValueError(
-            f"stride_on={overrides['stride_on']!r} applies to bottleneck units; {name} at depth "
-            f"{depth} has basic units, whose stride is always on the first 3x3."
-        )
-    if overrides.get("unroll", 1) != 1 and overrides.get("scan") is False:
-        raise ValueError(
-            "unroll partially unrolls the scan over a stage's units; with scan=False there is "
-            "no scan to unroll. Drop one of them."
-        )
-    _check("dtype", overrides.get("dtype", "float32") in DTYPES, overrides.get("dtype"))
+    shortcut = _shortcut(unit_name, variant, overrides.pop("shortcut", variant.shortcut or spec.shortcut))
     stem = overrides.pop("stem", None)
     _check("stem", stem is None or stem in STEMS, stem)
-    group = overrides.get("bn_group_size")
-    _check("bn_group_size", group is None or (_is_int(group) and group > 0), group)
-    momentum = overrides.get("bn_momentum", 0.9)
-    _check("bn_momentum", _is_number(momentum) and 0 <= momentum < 1, momentum)
-    epsilon = overrides.get("bn_epsilon", 1e-5)
-    _check("bn_epsilon", _is_number(epsilon) and epsilon > 0, epsilon)
-    for flag in ("zero_init_last", "scan"):
-        _check(flag, isinstance(overrides.get(flag, False), bool), overrides.get(flag))
-    if overrides.get("zero_init_last"):
-        variant.cls(features=1, zero_init_last=True)  # a unit that cannot start at zero refuses when built
-    try:
-        resolve_remat(overrides.get("remat"))
-    except ValueError:
-        _check("remat", False, overrides.get("remat"))
-    unroll = overrides.get("unroll", 1)
-    _check("unroll", _is_int(unroll) and unroll > 0, unroll)
-
+    _check_network_overrides(overrides, name=name, depth=depth, bottleneck=bottleneck, variant=variant)
     return ResNet(
         stage_sizes=stage_sizes,
         stage_features=stage_features,
