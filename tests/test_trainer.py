@@ -1,6 +1,8 @@
 """The trainer (`training/trainer.py`): training end to end on each data source, and never
 losing a run: kills, preemption, corrupt checkpoints, divergence, and resumes that do not fit
-the workdir (the same mistakes through `train.py`: test_train.py; config values: test_config.py)."""
+the workdir (the same mistakes through `train.py`: test_train.py; config values: test_config.py).
+Where a test needs a process of its own (kills, signals, exit statuses), the trainer runs in
+`train_worker.py` or `train.py`."""
 
 import json
 import os
