@@ -249,15 +249,3 @@ def test_a_step_of_another_model_is_refused_not_moved(tmp_path):
             checkpointer.restore(jax.eval_shape(lambda: _layout_state("block", seed=0)), relayout=convert_layout)
     assert checkpointing.finalized_steps(str(tmp_path)) == [1, 2]
     assert not (tmp_path / checkpointing.CORRUPT_SUBDIR).exists()
-
-
-def test_momenta_nested_deeper_in_the_optimiser_state_are_converted():
-    """As in `optax.multi_transform`, whose per-label states sit in a dict."""
-    from resnet_identity.training.train_state import convert_layout
-
-    state = _layout_state("nested", seed=3)
-    state = state.replace(opt_state={"inner_states": {"conv": {"trace": state.params}}, "count": state.step})
-    converted = convert_layout(state, _layout_state("block"))
-    for a, b in zip(jax.tree.leaves(converted.opt_state["inner_states"]), jax.tree.leaves(converted.params)):
-        np.testing.assert_array_equal(a, b)
-    assert converted.opt_state["count"] is state.step

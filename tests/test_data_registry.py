@@ -1,9 +1,9 @@
 """The dataset registry (`data/registry.py`): facts in one place, options nested in the config,
-a dataset added in one line, and workdirs whose config.json predates the registry."""
+and a dataset added in one line (workdirs whose config.json predates the registry:
+test_config_migration.py)."""
 
 import dataclasses
 import json
-import pathlib
 
 import ml_collections
 import numpy as np
@@ -14,10 +14,6 @@ from resnet_identity.data.base import DatasetSpec, Facts, Option
 from resnet_identity.data.normalization import resolve
 from resnet_identity.training import config as config_lib
 from resnet_identity.training import config_migration, trainer
-
-# quickstart.py:smoke as written by commit 12af010, before the registry (flat `synthetic_*`
-# and `imagenet_*` fields).
-OLD_CONFIG = pathlib.Path(__file__).parent / "data" / "config_12af010_quickstart_smoke.json"
 
 
 def test_the_facts_are_those_of_the_loaded_datasets():
@@ -110,32 +106,6 @@ def test_a_dataset_registered_in_one_line_trains(tiny_dataset, tmp_path):
     assert result["step"] == 3 and result["test_examples"] == 8
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["dataset"] == "tiny" and saved["tiny"] == {"shift": 1}
-
-
-def test_a_workdir_from_before_the_registry_resumes(tmp_path, capsys):
-    """The run finishes under today's names, then its config.json is replaced by the one the
-    old version wrote for the same config: the rerun resumes, with no refusal."""
-    saved = json.loads(OLD_CONFIG.read_text())
-    assert saved["synthetic_image_size"] == 32 and "synthetic" not in saved
-    config = config_migration.as_config(saved)
-    assert (config.synthetic.image_size, config.imagenet2012.train_crop) == (32, "scale")
-    config.eval_batch_size = 256
-    saved["eval_batch_size"] = 256
-    trainer.train_and_evaluate(config, str(tmp_path))
-    (tmp_path / "config.json").write_text(json.dumps(saved))
-    result = trainer.train_and_evaluate(config, str(tmp_path))
-    assert result["step"] == saved["num_train_steps"]
-    assert "resuming at step 6" in capsys.readouterr().out
-
-    saved["synthetic_image_size"] = 64  # a real difference is still refused, named in today's terms
-    (tmp_path / "config.json").write_text(json.dumps(saved))
-    with pytest.raises(config_lib.ConfigError, match=r"synthetic\.image_size: 64 -> 32"):
-        trainer.train_and_evaluate(config, str(tmp_path))
-
-
-def test_a_saved_field_this_version_does_not_know_is_refused_with_what_to_do():
-    with pytest.raises(config_lib.ConfigError, match="imagenet_colour_jitter.*config_migration.py RENAMED"):
-        config_migration.as_config({"imagenet_colour_jitter": 0.4})
 
 
 def test_a_dataset_declares_its_normalisation_constants_and_its_paper_recipe(tiny_dataset):

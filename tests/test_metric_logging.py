@@ -1,5 +1,5 @@
 """TensorBoard events and metrics that survive kills; a resume on another device count warns;
-a damaged metrics.jsonl is repaired at resume. (On a gs:// workdir: test_gcs.py.)"""
+a damaged metrics.jsonl is repaired at resume. (On a gs:// workdir: test_cloud_storage.py.)"""
 
 import json
 import os
@@ -12,7 +12,7 @@ import pytest
 
 from resnet_identity.runs.metric_logging import DAMAGED_FILE, EVENTS_PATTERN, MetricLogger, read_metrics
 from resnet_identity.training import trainer
-from tests.test_resilience import _run_until_killed, _worker_cmd
+from tests.test_trainer import _run_until_killed, _worker_cmd
 from tests.train_worker import tiny_config
 
 
@@ -97,3 +97,22 @@ def test_train_py_resumes_a_workdir_whose_metrics_have_an_undecodable_byte(tmp_p
     assert b"\xa7" in (tmp_path / DAMAGED_FILE).read_bytes()
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "train/loss" in r] == [2, 3, 4, 5, 6]
+
+
+def test_a_torn_last_metrics_line_is_dropped_on_resume(tmp_path):
+    """A run killed while appending leaves half a JSON line; the next start drops it (it
+    would otherwise make every resume fail) and keeps the whole records up to its step."""
+    from resnet_identity.runs.metric_logging import MetricLogger
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "train/loss": 2.0}\n{"step": 2, "train/loss": 1.5}\n{"step": 3, "train/lo')
+    logger = MetricLogger(str(tmp_path), resumed_from=2, is_main=True)
+    logger.write(3, "train", {"loss": 1.25})
+    logger.close()
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3]
+    # Whole records of redone steps (a fallback to an older checkpoint) are moved, not deleted.
+    logger = MetricLogger(str(tmp_path), resumed_from=1, is_main=True)
+    logger.close()
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1]
+    superseded = (tmp_path / "metrics.superseded.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in superseded] == [2, 3]

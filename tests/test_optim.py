@@ -1,10 +1,7 @@
-"""Tests for resnet_identity.training.optim against hand computation (docs/papers.md, "Training recipes"),
-and for the loss's label smoothing (`train_state.cross_entropy`), which config sets beside them."""
+"""Tests for resnet_identity.training.optim against hand computation (docs/papers.md, "Training recipes")."""
 
 import functools
-import json
 import math
-import os
 
 import flax.linen as nn
 import jax
@@ -15,8 +12,7 @@ import pytest
 
 from resnet_identity import models
 from resnet_identity.training import config as config_lib
-from resnet_identity.training import config_migration, optim
-from resnet_identity.training.train_state import create_train_state, cross_entropy, eval_step, train_step
+from resnet_identity.training import optim
 
 CIFAR_STEPS_PER_EPOCH = 391  # ceil(50000 / 128): fb.resnet.torch keeps the last partial batch.
 
@@ -428,98 +424,3 @@ def test_weight_decay_on_a_small_resnet_by_hand(scan):
     undecayed = ["fc/bias"] + [f"{norm}/{leaf}" for norm in norms for leaf in ("scale", "bias")]
     assert decayed_leaves(params, decay_bn_and_bias=False) == sorted(kernels)
     assert decayed_leaves(params, decay_bn_and_bias=True) == sorted(kernels + undecayed)
-
-
-# ---------------------------------------------------------- label smoothing
-
-
-class FixedLogits(nn.Module):
-    """Logits log(1, 1, 2) for every image, whatever it is: softmax (1/4, 1/4, 1/2)."""
-
-    @nn.compact
-    def __call__(self, images, train: bool = True):
-        nn.BatchNorm(use_running_average=not train)(images)  # the step updates batch_stats
-        logits = self.param("logits", lambda key: jnp.log(jnp.array([1.0, 1.0, 2.0])))
-        return jnp.broadcast_to(logits, (images.shape[0], 3))
-
-
-def test_cross_entropy_by_hand_with_and_without_label_smoothing():
-    logits = jnp.log(jnp.array([[1.0, 1.0, 2.0]]))
-    # Label 2, p = 1/2: -log(1/2). Smoothed by 0.3 the target is (0.1, 0.1, 0.8):
-    # -(0.1 log 1/4 + 0.1 log 1/4 + 0.8 log 1/2) = 1.2 log 2.
-    assert float(cross_entropy(logits, jnp.array([2]))[0]) == pytest.approx(math.log(2), rel=1e-6)
-    assert float(cross_entropy(logits, jnp.array([2]), 0.3)[0]) == pytest.approx(1.2 * math.log(2), rel=1e-6)
-
-
-def test_label_smoothing_is_in_the_training_loss_only():
-    model = FixedLogits()
-    images = jnp.zeros((4, 2, 2, 3))
-    batch = {"image": images, "label": jnp.full((4,), 2), "mask": jnp.ones((4,), bool)}
-    state = create_train_state(model, optax.sgd(0.0), 2, jax.random.key(0))
-    step = functools.partial(
-        train_step,
-        model=model,
-        tx=optax.sgd(0.0),
-        schedule=lambda t: 0.0,
-        transform=lambda x, key: x,
-        key=jax.random.key(1),
-    )
-    _, plain = jax.jit(step)(state, batch)
-    _, smoothed = jax.jit(functools.partial(step, label_smoothing=0.3))(state, batch)
-    assert float(plain["loss"]) == pytest.approx(math.log(2), rel=1e-6)
-    assert float(smoothed["loss"]) == pytest.approx(1.2 * math.log(2), rel=1e-6)
-    sums = jax.jit(functools.partial(eval_step, model=model, transform=lambda x: x))(state, batch)
-    assert float(sums["loss_sum"]) == pytest.approx(4 * math.log(2), rel=1e-6)
-
-
-@pytest.mark.parametrize("value", [-0.1, 1.0])
-def test_label_smoothing_outside_0_1_is_refused(value):
-    config = config_lib.default_config()
-    config.label_smoothing = value
-    with pytest.raises(config_lib.ConfigError, match=r"label_smoothing must be in \[0, 1\)"):
-        config_lib.validate(config)
-
-
-# ------------------------------------------------------------ old workdirs
-
-
-OLD_CONFIG = os.path.join(os.path.dirname(__file__), "data", "config_12af010_quickstart_smoke.json")
-
-
-def test_a_config_json_from_before_the_schedule_config_reads_as_today_s():
-    """config.json written at 12af010 (`configs/quickstart.py:smoke`), with the flat fields."""
-    with open(OLD_CONFIG) as f:
-        saved = json.load(f)
-    migrated = config_migration.migrate(saved)
-    assert migrated["schedule"] == {
-        "name": "step",
-        "learning_rate": 0.1,
-        "boundaries": [4],
-        "boundaries_unit": "steps",
-        "decay_factor": 0.1,
-        "warmup": "constant",
-        "warmup_steps": 2,
-        "warmup_learning_rate": 0.01,
-    }
-    assert migrated["optimizer"] == {
-        "momentum": 0.9,
-        "nesterov": False,
-        "weight_decay": 1e-4,
-        "decay_bn_and_bias": False,
-    }
-    assert migrated["label_smoothing"] == 0.0  # the behaviour before the field existed
-    # The old run's learning rates: 0.01 for 2 warm-up steps, 0.1, then 0.01 from step 4 of 6.
-    lrs = optim.build_schedule(migrated["schedule"], total_steps=6, steps_per_epoch=128)
-    np.testing.assert_allclose(lr_at(lrs, range(6)), [0.01, 0.01, 0.1, 0.1, 0.01, 0.01], rtol=1e-6)
-    # The same config built today differs in none of these fields.
-    today = config_lib.default_config()
-    today.schedule = optim.schedule_config("step", learning_rate=0.1, boundaries=(4,), warmup_steps=2)
-    today.optimizer.update(momentum=0.9, nesterov=False, weight_decay=1e-4, decay_bn_and_bias=False)
-    current = json.loads(today.to_json())
-    assert (
-        config_lib.differing_fields(
-            {k: migrated[k] for k in ("schedule", "optimizer", "label_smoothing")},
-            {k: current[k] for k in ("schedule", "optimizer", "label_smoothing")},
-        )
-        == []
-    )

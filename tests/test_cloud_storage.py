@@ -1,4 +1,5 @@
-"""A gs:// workdir, end to end, against a real Cloud Storage emulator (tests/gcs_emulator.py).
+"""Cloud Storage (`runs/cloud_storage.py`, `runs/files.py`): a gs:// workdir, end to end,
+against a real Cloud Storage emulator (tests/gcs_emulator.py).
 
 The only client setting is `STORAGE_EMULATOR_HOST`, as a user would make it; the code
 under test chooses gcsfs for epath and points TensorStore (Orbax's arrays) at the same
@@ -21,7 +22,7 @@ from resnet_identity.runs.metric_logging import MetricLogger, read_metrics
 from resnet_identity.training import config as config_lib
 from resnet_identity.training import trainer
 from tests.gcs_emulator import list_objects, read_object
-from tests.test_resilience import _npz, _run_until_killed, _worker_cmd
+from tests.test_trainer import _npz, _run_until_killed, _worker_cmd
 from tests.train_worker import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,4 +1,8 @@
-"""Never lose a run: kills, preemption, corrupt checkpoints and divergence (bad input: test_bad_input.py)."""
+"""The trainer (`training/trainer.py`): training end to end on each data source, and never
+losing a run: kills, preemption, corrupt checkpoints, divergence, and resumes that do not fit
+the workdir (the same mistakes through `train.py`: test_train.py; config values: test_config.py).
+Where a test needs a process of its own (kills, signals, exit statuses), the trainer runs in
+`train_worker.py` or `train.py`."""
 
 import json
 import os
@@ -12,7 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_identity.training import evaluation, train_log, trainer
+from resnet_identity.data import DatasetNotPreparedError
+from resnet_identity.training import config as config_lib
+from resnet_identity.training import evaluation, trainer
+from tests.test_config import _config
+from tests.test_recipes import _load
 from tests.train_worker import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -222,31 +230,6 @@ def test_a_run_that_failed_before_its_first_checkpoint_can_be_rerun_with_other_v
     assert saved["schedule"]["learning_rate"] == config.schedule.learning_rate
 
 
-def test_a_torn_last_metrics_line_is_dropped_on_resume(tmp_path):
-    """A run killed while appending leaves half a JSON line; the next start drops it (it
-    would otherwise make every resume fail) and keeps the whole records up to its step."""
-    from resnet_identity.runs.metric_logging import MetricLogger
-
-    path = tmp_path / "metrics.jsonl"
-    path.write_text('{"step": 1, "train/loss": 2.0}\n{"step": 2, "train/loss": 1.5}\n{"step": 3, "train/lo')
-    logger = MetricLogger(str(tmp_path), resumed_from=2, is_main=True)
-    logger.write(3, "train", {"loss": 1.25})
-    logger.close()
-    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3]
-    # Whole records of redone steps (a fallback to an older checkpoint) are moved, not deleted.
-    logger = MetricLogger(str(tmp_path), resumed_from=1, is_main=True)
-    logger.close()
-    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1]
-    superseded = (tmp_path / "metrics.superseded.jsonl").read_text().splitlines()
-    assert [json.loads(line)["step"] for line in superseded] == [2, 3]
-
-
-def test_eta_counts_hours_past_a_day():
-    progress = train_log._Progress(start_step=0, total=100_001, batch=128)
-    progress.last_time -= 1.0  # one step took a second: 100,000 more take 27 h 46 min
-    assert "ETA 27:46:" in progress.line(1)
-
-
 def test_divergence_before_any_checkpoint_says_a_rerun_starts_over(tmp_path, monkeypatch):
     real = trainer.get_dataset
     monkeypatch.setattr(trainer, "get_dataset", lambda config: _PoisonedFromStep(real(config), step=2))
@@ -263,19 +246,6 @@ def test_train_py_prints_an_error_without_a_traceback_and_exits_1(tmp_path):
     assert result.returncode == 1, result.stderr[-2000:]
     assert "error: " in result.stderr and "is not a model" in result.stderr
     assert "Traceback" not in result.stderr
-
-
-def test_write_atomically_replaces_whole_files_with_ordinary_permissions(tmp_path):
-    from resnet_identity.runs.files import write_atomically
-
-    path = tmp_path / "record.json"
-    write_atomically(str(path), "old")
-    write_atomically(str(path), b"\x89PNG new")
-    assert path.read_bytes() == b"\x89PNG new"
-    assert os.listdir(tmp_path) == ["record.json"]  # no temporary file left behind
-    umask = os.umask(0)
-    os.umask(umask)
-    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_a_checkpoint_whose_directory_names_another_step_is_refused(tmp_path):
@@ -440,3 +410,159 @@ def test_a_signal_during_a_save_stops_at_the_step_being_saved(tmp_path, monkeypa
     assert trainer.train_and_evaluate(config, str(tmp_path))["step"] == 4
     evaluated = [json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl") if "test/error" in line]
     assert evaluated == [2, 4]
+
+
+def _final(workdir):
+    with open(os.path.join(workdir, "final_metrics.json")) as f:
+        return json.load(f)
+
+
+def test_digits_end_to_end(tmp_path):
+    config = tiny_config(steps=4)
+    config.eval_batch_size = 128  # 360 test examples: 3 batches, the last padded and masked
+    result = trainer.train_and_evaluate(config, str(tmp_path))
+    final = _final(tmp_path)
+    assert final["step"] == 4 and final["test_examples"] == 360
+    assert 0 <= final["test_error"] <= 1 and np.isfinite(final["test_loss"])
+    assert result["test_error"] == final["test_error"]
+    assert json.load(open(tmp_path / "config.json"))["model"] == "cifar_preact20"
+    assert any(p.startswith("events.out.tfevents") for p in os.listdir(tmp_path))
+    from resnet_identity.runs.metric_logging import read_metrics
+
+    series = read_metrics(str(tmp_path))
+    assert sorted(series["train/loss"]) == [1, 2, 3, 4] and 3 in series["train/learning_rate"]
+
+
+def test_synthetic_end_to_end_with_smoke_preset(tmp_path):
+    config = _load("cifar_preact164", "smoke")
+    config.model_overrides.depth = 11
+    trainer.train_and_evaluate(config, str(tmp_path))
+    assert _final(tmp_path)["test_examples"] == 256
+
+
+def test_tfds_cifar10_end_to_end(tmp_path):
+    """The CIFAR recipe on records TFDS's own builder prepared (from a tiny archive served on
+    127.0.0.1, tests/cifar_archive.py), not on mock data."""
+    pytest.importorskip("tensorflow_datasets")
+    from tests.cifar_archive import prepare_tiny_cifar
+
+    prepare_tiny_cifar("cifar10", tmp_path / "data", train=40, test=40)
+    config = _load("cifar_resnet110", "smoke")
+    config.dataset = "cifar10"
+    config.data_dir = str(tmp_path / "data")
+    config.model_overrides.depth = 8
+    config.eval_batch_size = 24
+    trainer.train_and_evaluate(config, str(tmp_path / "run"))
+    assert _final(tmp_path / "run")["test_examples"] == 40
+
+
+def test_bad_config_fails_before_compiling(tmp_path):
+    config = tiny_config(steps=3)
+    config.batch_size = 15
+    with pytest.raises(config_lib.ConfigError, match="bn_group_size=2 does not divide batch_size=15"):
+        trainer.train_and_evaluate(config, str(tmp_path))
+    assert not os.path.exists(tmp_path / "config.json")
+
+
+def test_processes_sharing_a_workdir_check_it_without_tripping_over_each_other(tmp_path):
+    """The processes of a multi-host run check and write one workdir at the same moment. They
+    once shared one write-probe file (one removed it under the other) and read config.json
+    while it was being rewritten; either failure stalled the peers in their first collective."""
+    script = (
+        "import sys\n"
+        "from resnet_identity.training import trainer\n"
+        "from resnet_identity.runs.files import write_atomically\n"
+        "from tests.train_worker import tiny_config\n"
+        "config = tiny_config(3)\n"
+        "for _ in range(300):\n"
+        "    trainer.check_workdir(sys.argv[1])\n"
+        "    trainer.check_saved_config(sys.argv[1], config, allow_change=False)\n"
+        "    if sys.argv[2] == '0':  # the main process writes, as in train_and_evaluate\n"
+        "        write_atomically(sys.argv[1] + '/config.json', config.to_json(indent=2))\n"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(tmp_path), str(i)],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": ROOT},
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(4)
+    ]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n".join(e[-1500:] for e in errors)
+    assert sorted(os.listdir(tmp_path)) == ["config.json"]
+
+
+def test_digits_training_needs_no_tensorflow(tmp_path):
+    """Embedded-data training runs with TensorFlow and TFDS made unimportable."""
+    script = (
+        "import sys; sys.modules['tensorflow'] = None; sys.modules['tensorflow_datasets'] = None\n"
+        "from tests.train_worker import tiny_config\n"
+        "from resnet_identity.training import trainer\n"
+        f"trainer.train_and_evaluate(tiny_config(steps=2), {str(tmp_path)!r})\n"
+        "assert 'tensorflow' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": ROOT},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert os.path.exists(tmp_path / "final_metrics.json")
+
+
+def test_conflicting_saved_config_is_refused_unless_allowed(tmp_path):
+    trainer.train_and_evaluate(tiny_config(steps=2), str(tmp_path))
+    changed = _config(schedule__learning_rate=0.05)
+    changed.num_train_steps = 2
+    changed.schedule.boundaries = (1,)
+    with pytest.raises(config_lib.ConfigError, match=r"(?s)schedule.learning_rate: 0.1 -> 0.05.*--allow_config_change"):
+        trainer.train_and_evaluate(changed, str(tmp_path))
+    trainer.train_and_evaluate(changed, str(tmp_path), allow_config_change=True)
+
+
+def test_fields_that_only_decide_what_is_recorded_change_without_the_flag(tmp_path):
+    trainer.train_and_evaluate(tiny_config(steps=2), str(tmp_path))
+    changed = tiny_config(steps=2)
+    changed.log_every_steps, changed.diagnostics_every_steps, changed.keep_checkpoints = 2, 2, 1
+    assert trainer.train_and_evaluate(changed, str(tmp_path))["step"] == 2
+    changed.seed = 1  # what is trained still binds
+    with pytest.raises(config_lib.ConfigError, match=r"seed: 0 -> 1"):
+        trainer.train_and_evaluate(changed, str(tmp_path))
+
+
+def test_unwritable_workdir_is_reported_with_what_to_do(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(OSError, match="Cannot write to workdir.*is a file, not a directory. Choose another workdir"):
+        trainer.train_and_evaluate(tiny_config(steps=2), str(blocker / "run"))
+
+
+def test_missing_dataset_is_reported_with_what_to_do(tmp_path):
+    pytest.importorskip("tensorflow_datasets")
+    config = tiny_config(steps=2)
+    config.dataset = "cifar10"
+    config.data_dir = str(tmp_path / "no_data")
+    config.tfds_download = False
+    with pytest.raises(DatasetNotPreparedError, match="cifar10"):
+        trainer.train_and_evaluate(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_a_refused_resume_leaves_the_saved_config_as_it_was(tmp_path):
+    """Even with --allow_config_change, a checkpoint of another model is refused, and the
+    workdir must still accept the config that wrote it, as the error advises."""
+    trainer.train_and_evaluate(tiny_config(steps=2), str(tmp_path))
+    saved = (tmp_path / "config.json").read_text()
+    deeper = tiny_config(steps=2)
+    deeper.model_overrides.depth = 14
+    with pytest.raises(trainer.checkpointing.CheckpointLayoutError, match="Resume with that run's config"):
+        trainer.train_and_evaluate(deeper, str(tmp_path), allow_config_change=True)
+    assert (tmp_path / "config.json").read_text() == saved
+    assert not (tmp_path / "config_history.jsonl").exists()
+    assert trainer.train_and_evaluate(tiny_config(steps=2), str(tmp_path))["step"] == 2

@@ -1,6 +1,7 @@
-"""A full disk, for real: a small tmpfs mounted for the test (the suite runs as root). The
-user must read the first, clear error, once, at the step where it happened, and find no
-probe or temporary file left behind."""
+"""Run files (`runs/files.py`): whole-file writes, and write errors explained. A full disk, for
+real: a small tmpfs mounted for the test (the suite runs as root). The user must read the
+first, clear error, once, at the step where it happened, and find no probe or temporary file
+left behind."""
 
 import json
 import os
@@ -120,3 +121,16 @@ def test_file_too_large_and_a_removed_manifest_end_in_one_line_without_library_t
     assert "Checkpoint at step 6" in resumed.stderr and "unreadable" in resumed.stderr
     assert "resuming at step 3" in resumed.stdout
     assert len(resumed.stderr.strip().splitlines()) <= 3, resumed.stderr  # the fallback, the move, nothing else
+
+
+def test_write_atomically_replaces_whole_files_with_ordinary_permissions(tmp_path):
+    from resnet_identity.runs.files import write_atomically
+
+    path = tmp_path / "record.json"
+    write_atomically(str(path), "old")
+    write_atomically(str(path), b"\x89PNG new")
+    assert path.read_bytes() == b"\x89PNG new"
+    assert os.listdir(tmp_path) == ["record.json"]  # no temporary file left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
