@@ -18,9 +18,11 @@ reports at exit come after the checkpointer has closed.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import traceback
+from collections.abc import Iterator
 from typing import Any
 
 _LOGGERS = ("gcsfs", "fsspec", "asyncio")
@@ -78,3 +80,15 @@ def divert_to(path: str | None) -> None:
     for name in ("absl", *_LOGGERS):
         logging.getLogger(name).addFilter(_Divert())
     sys.unraisablehook = _unraisable
+
+
+@contextlib.contextmanager
+def suspended() -> Iterator[None]:
+    """Within the block the libraries' reports are dropped rather than kept: a read-only reader
+    writes nothing, even in a process whose training run diverted them to that run's folder."""
+    handler = _state.pop("handler", None)
+    try:
+        yield
+    finally:
+        if handler is not None:
+            _state["handler"] = handler

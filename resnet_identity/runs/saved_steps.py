@@ -20,7 +20,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from resnet_identity.runs import integrity
+from resnet_identity.runs import integrity, library_log
 from resnet_identity.runs.files import as_path, is_local
 
 STATE_ITEM = "state"
@@ -108,7 +108,7 @@ def read_saved(directory: epath.PathLike, step: int | None = None) -> tuple[dict
     step = steps[-1] if step is None else step
     if step not in steps:
         raise CheckpointRestoreError(f"{directory} has no checkpoint at step {step}; it has steps {steps}.")
-    with _without_orbax_notes():
+    with _without_orbax_notes(), library_log.suspended():
         state = _read_verified(directory, step, steps)
     return jax.tree.map(np.asarray, state), step
 
