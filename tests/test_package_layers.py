@@ -86,3 +86,10 @@ def test_an_upward_import_is_found(tmp_path):
     (package / "data").mkdir(parents=True)
     (package / "data" / "bad.py").write_text("def f():\n    from resnet_identity.training import trainer\n")
     assert upward_imports(package) == ["resnet_identity/data/bad.py (data) imports resnet_identity.training (training)"]
+
+
+def test_docs_layout_names_every_module():
+    """docs/layout.md lists each module in its folder; a new module gets its line there."""
+    text = (PACKAGE.parent / "docs" / "layout.md").read_text()
+    modules = {p.stem for p in PACKAGE.rglob("*.py") if p.stem not in ("__init__", "__main__")}
+    assert sorted(m for m in modules if f"`{m}`" not in text) == []
