@@ -175,8 +175,8 @@ STAND_INS = [
     ),
     override(
         r"(?s)resnet_identity\.evaluate .*imagenet_\w+\.py",
-        "--config.eval_batch_size=6",
-        "the recipe's eval batch, 250 images x 10 crops of 224, needs over 23 GB on a CPU: the 6 validation images",
+        "--config.eval_batch_size=3",
+        "the recipe's eval batch, 250 images x 10 crops of 224, needs over 23 GB on a CPU: the 3 validation images",
     ),
     override(
         r"train\.py --config=configs/quickstart\.py ",
@@ -191,16 +191,16 @@ STAND_INS = [
     ),
     override(
         r"(?s)train\.py .*imagenet_\w+\.py(?!:finetune)(?!.*dataset=folder)",
-        '--config.dataset=synthetic --config.synthetic.image_size=64 "--config.eval_crops=()" '
+        '--config.dataset=synthetic --config.synthetic.image_size=32 "--config.eval_crops=()" '
         "--config.model_overrides.depth=18 "
         f"--config.batch_size=4 --config.model_overrides.bn_group_size=4 {_FEW_STEPS}",
         "ImageNet is a 150 GB manual download (and TFDS's records on gs:// cannot be read from the emulator): "
-        "synthetic 64x64 images, 2 steps of 4",
+        "synthetic 32x32 images (the final evaluation of all 256 at 64x64 took 40 s), 2 steps of 4",
     ),
     override(
         r"(?s)train\.py .*(?::finetune|dataset=folder)",
-        f"--config.folder.image_size=64 {_FEW_STEPS}",
-        "ResNet-50 steps at 224x224 take seconds each on a CPU: 64x64 crops, 2 steps",
+        f"--config.folder.image_size=32 {_FEW_STEPS}",
+        "ResNet-50 steps at 224x224 take seconds each on a CPU: 32x32 crops (ResNet-50's last stage at 1x1), 2 steps",
     ),
     override(
         r"reproduce v1-table6",
@@ -213,11 +213,21 @@ STAND_INS = [
         "8 runs of 64k steps: one row, 2 steps of the quick preset",
     ),
     override(r"(?s)reproduce v\d-(?:fig6|table1) .*--steps=", "--steps=2", "hundreds of steps: 2"),
+    override(
+        r"(?s)reproduce v1-fig6 .*--config\.model_overrides\.depth=20",
+        "--config.model_overrides.depth=8",
+        "20-layer plain nets and ResNets: 8 layers, one unit per stage as the quick preset has",
+    ),
     override(r"benchmarks\.step_time", "--depth=11 --steps=1 --warmup=0", "a 1001-layer compile: 11 layers, 1 step"),
     override(
         r"benchmarks\.compare",
         "--quick --ready_models=cifar_preact20 --rounds=1 --steps=1",
         "minutes of timings: the smallest models, one round of one step",
+    ),
+    override(
+        r"benchmarks\.compare --sections=torch",
+        "--torch_remat=none",
+        "each remat scheme timed against torch is another ResNet-164 to build and compile: the first, none",
     ),
     detached(
         r"nohup scripts/run_until_done\.sh",
@@ -386,3 +396,61 @@ def test_every_entry_is_used():
     stale = [f"{e.kind} {e.pattern!r}" for e in STAND_INS if id(e) not in used]
     assert not stale, f"entries that match no docs command: {stale}"
     assert set(CHAINS) <= {c.doc for c in COMMANDS}
+
+
+# What some commands leave is checked beyond their exit status: the fine-tuned run's read-only
+# commands (they were run again on a run of their own in tests/test_finetune.py).
+
+
+def _typed(fragment: str) -> Command:
+    """The first docs command whose text holds `fragment`; fails if the docs have none."""
+    found = [c for c in RUN if fragment in c.text]
+    assert found, f"no docs command holds {fragment!r}"
+    return found[0]
+
+
+def test_evaluate_workdir_agrees_with_the_runs_own_final_evaluation(session):
+    """`evaluate --workdir=runs/flowers --output_dir=flowers_eval` reads the run on its own
+    config's dataset and agrees with the run's final evaluation; --output_dir is made."""
+    import json
+
+    state, _ = session.state_after(_typed("evaluate --workdir=runs/flowers --output_dir=flowers_eval"))
+    final = json.loads((state / "repo" / "runs" / "flowers" / "final_metrics.json").read_text())
+    (saved,) = [json.loads(p.read_text()) for p in (state / "repo" / "flowers_eval").glob("eval_step*.json")]
+    assert saved["top1_error"] == pytest.approx(final["test_error"], abs=1e-9)
+    assert saved["loss"] == pytest.approx(final["test_loss"], rel=1e-5)
+
+
+def test_predict_workdir_names_the_runs_own_classes(session):
+    """`predict --workdir=runs/flowers --json cat.jpg`: the top 5 are the folder's three classes,
+    by name, with probabilities that sum to 1."""
+    import json
+
+    state, _ = session.state_after(_typed("predict --workdir=runs/flowers --json"))
+    lines = [line for line in (state / "output.txt").read_text().splitlines() if line.startswith('{"image"')]
+    (line,) = lines
+    top = json.loads(line)["top5"]
+    assert sorted(name for _, name, _ in top) == ["cat", "dog", "eel"]
+    assert sum(probability for _, _, probability in top) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_convert_to_torchvision_gives_the_fine_tuned_runs_logits(session, monkeypatch):
+    """`convert --to=torchvision --workdir=runs/flowers --out=flowers.pth`, the README's last step:
+    the file loads strictly into torchvision's resnet50 of 3 classes and gives the run's logits."""
+    pytest.importorskip("torch")
+    import numpy as np
+    import torch
+
+    from resnet_identity import weights as weights_lib
+    from resnet_identity.interop._torch import import_torchvision
+
+    state, _ = session.state_after(_typed("convert --to=torchvision --workdir=runs/flowers --out=flowers.pth"))
+    network = import_torchvision().models.resnet50(num_classes=3)
+    network.load_state_dict(torch.load(state / "repo" / "flowers.pth", weights_only=True), strict=True)
+    monkeypatch.chdir(state / "repo")  # the run's folder.path is relative, as the docs type it
+    run = weights_lib.load_run_weights("runs/flowers")
+    model, variables = run.create_model()
+    images = np.random.default_rng(0).random((2, 32, 32, 3), np.float32)
+    with torch.no_grad():
+        theirs = network.eval()(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
+    np.testing.assert_allclose(theirs, model.apply(variables, images, train=False), rtol=1e-4, atol=1e-5)

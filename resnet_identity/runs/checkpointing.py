@@ -82,10 +82,12 @@ def _explain_write_errors(what: str, manager: ocp.CheckpointManager | None = Non
     try:
         with explain_write_errors(what, CheckpointWriteError):
             yield
-    except Exception:
-        if manager is not None:
-            # A failed save has already dropped the older steps it meant to replace from
-            # Orbax's in-memory list, though they are still on disk: list them again.
+    except Exception as e:
+        # A failed save has already dropped the older steps it meant to replace from
+        # Orbax's in-memory list, though they are still on disk: list them again. Not after
+        # an outage that outlasted storage_retry_s: the listing would only meet the clients'
+        # own retries (about 30 s) before the run stops with exit status 75.
+        if manager is not None and not isinstance(e, cloud_storage.StorageUnavailableError):
             with contextlib.suppress(Exception):
                 manager.reload()
         raise

@@ -68,13 +68,13 @@ def image_folder(path: pathlib.Path) -> None:
 
 def tiny_imagenet(data_dir: pathlib.Path) -> None:
     """ImageNet prepared in a TFDS data_dir from a tiny ILSVRC2012 in the official tars' layout
-    (tests/imagenet_archive.py: 3 classes, 9 training and 6 validation images), by
+    (tests/imagenet_archive.py: 3 classes, 9 training and 3 validation images), by
     `python -m resnet_identity.prepare imagenet2012 --archive=...`, TFDS's own builder."""
     from tests.imagenet_archive import write_archives
 
     archives = data_dir / "archives"
     archives.mkdir()
-    write_archives(archives)
+    write_archives(archives, validation=3)  # each evaluation command runs ResNet-50 on them at 224 and up
     command = ["-m", "resnet_identity.prepare", "imagenet2012", f"--archive={archives}", f"--data_dir={data_dir}"]
     done = subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
