@@ -33,7 +33,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     import jax
 
     from benchmarks import step_time
-    from resnet_identity.training.config import default_config
     from resnet_identity.training.diagnostics import Diagnostics, identity_measures
 
     bench = step_time.build(args.model, args.batch, unit=args.unit)
@@ -58,7 +57,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             probe_times.append(time.perf_counter() - start)
     step_s, probe_s = statistics.median(bench.timings), statistics.median(probe_times)
 
-    off = Diagnostics(default_config(), model=None, dataset=None, logger=None, sharding=None, replicated=None)
+    off = Diagnostics(0, model=None, dataset=None, logger=None, batch_size=8, seed=0, sharding=None, replicated=None)
     calls = 100_000
     off_ns = timeit.timeit(lambda: off.maybe_log(7, None), number=calls) / calls * 1e9
 
