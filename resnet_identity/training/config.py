@@ -3,7 +3,9 @@
 Config files in `configs/` start from `default_config()` and set fields; the returned
 ConfigDict is locked, so a misspelt field fails at once with the list of real ones.
 `validate(config)` then checks values, before any dataset is read or anything compiled,
-and raises one `ConfigError` that lists every problem it found.
+and raises one `ConfigError` that lists every problem it found; or returns the run's `Plan`,
+what the config means worked out once (the dataset's facts, the model, the optimiser, the
+run's length), whose fields the trainer's components take instead of the config.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """`train_and_evaluate(config, workdir)`: the papers' recipes end to end.
 
-The loop is deliberately plain: build (validated config -> data -> model -> optimiser ->
-state), restore the newest good checkpoint if there is one, then step. Every host-side
-decision that could lose a run is made here in one place:
+The run is plain: `config.validate` works out the plan once (the dataset's facts, the model,
+the optimiser, the run's length); `set_up` checks the workdir, reads the data and restores the
+newest good checkpoint if there is one (or starts afresh); the loop (`_Run`) steps. Every
+host-side decision that could lose a run is made here in one place:
 
 - the data stream and every random draw are functions of (seed, step), so a resumed run
   continues exactly where the checkpoint left it;
