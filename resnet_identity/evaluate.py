@@ -150,8 +150,9 @@ def dataset_for(plan, weights, variables: dict):
     import numpy as np
 
     from resnet_identity.data import normalization
+    from resnet_identity.training.trainer import get_dataset
 
-    dataset, name = plan.dataset(), plan.config.dataset
+    dataset, name = get_dataset(plan), plan.config.dataset
     if FLAGS.weights is not None:  # the source's preprocessing, not the dataset's
         mean, std = (255.0 * np.asarray(v, np.float32) for v in (weights.preprocessing.mean, weights.preprocessing.std))
         changes = {"normalization": normalization.Normalization(mean, std, "weights")}

@@ -137,10 +137,6 @@ class Plan:
     optimizer: optax.GradientTransformation | None = None
     learning_rate: optax.Schedule | None = None  # per 0-based step
 
-    def dataset(self):
-        """The dataset (`data.get_dataset` of the config): reads or downloads its data."""
-        return registry.spec(self.config.dataset).load(self.dataset_options, self.dataset_settings)
-
 
 def _suggest(name: str, choices) -> str:
     close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1)

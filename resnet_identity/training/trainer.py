@@ -31,7 +31,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from resnet_identity.data import DatasetError
+from resnet_identity.data import DatasetError, registry
 from resnet_identity.runs import checkpointing, interrupts, lease, preemption
 from resnet_identity.runs.files import WriteError, as_path, check_workdir, write_atomically
 from resnet_identity.runs.metric_logging import MetricLogger
@@ -78,6 +78,12 @@ def build_optimizer(config: ml_collections.ConfigDict):
         total_steps=config_lib.total_steps(config),
         steps_per_epoch=config_lib.steps_per_epoch(config),
     )
+
+
+def get_dataset(plan: config_lib.Plan):
+    """The plan's dataset (`data.get_dataset` of its config, whose checks `validate` made):
+    reads, or downloads, its data."""
+    return registry.spec(plan.config.dataset).load(plan.dataset_options, plan.dataset_settings)
 
 
 def summary_line(state: TrainState) -> str:
@@ -224,7 +230,7 @@ def set_up(plan: config_lib.Plan, workdir: str, mesh, *, allow_config_change: bo
     checkpoint_dir = as_path(workdir) / "checkpoints"
     has_checkpoint = bool(checkpointing.finalized_steps(checkpoint_dir))
     check_saved_config(workdir, config, allow_config_change, has_checkpoint=has_checkpoint)
-    dataset = plan.dataset()  # a missing dataset fails here, before any compile
+    dataset = get_dataset(plan)  # a missing dataset fails here, before any compile
     replicated, batch_sharding = parallel.replicated(mesh), parallel.batch_sharded(mesh)
     init_key, step_key = jax.random.split(jax.random.key(config.seed))
     init = functools.partial(create_train_state, plan.model, plan.optimizer, dataset.image_size)
