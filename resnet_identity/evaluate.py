@@ -82,65 +82,22 @@ def output_directory():
 def evaluate(config) -> list[dict]:
     """Evaluates per the flags (module docstring); returns one result per crop."""
     import jax
-    import numpy as np
 
-    from resnet_identity.data import get_dataset, normalization, registry
     from resnet_identity.training import config as config_lib
     from resnet_identity.training import evaluation, parallel
     from resnet_identity.training import weights as weights_lib
-    from resnet_identity.training.train_state import TrainState, eval_step
 
-    config_lib.validate(config, training=False)
+    plan = config_lib.validate(config, training=False)
     output_dir = output_directory()
-    facts = registry.facts(config)
-    crops = parse_crops(FLAGS.crops, config.eval_crops)
-    bad = [c for c in crops if c is not None and c not in facts.eval_crops]
-    if bad:
-        choices = (
-            f"choose from {', '.join(map(str, facts.eval_crops))}"
-            if facts.eval_crops
-            else (f"{config.dataset} is evaluated on whole images: leave --crops out")
-        )
-        raise cli.UserError(f"--crops {bad} not offered by {config.dataset}; {choices}.")
+    crops = chosen_crops(plan)
     weights = weights_lib.load_weights_or_run(
         workdir=FLAGS.workdir, step=FLAGS.step, weights=FLAGS.weights, model=FLAGS.model
     )
     label = "weights" if weights.step is None else f"step{weights.step}"
     model, variables = weights.create_model()
-    dataset = get_dataset(config)
-    if FLAGS.weights is not None:  # the source's preprocessing, not the dataset's
-        mean, std = (255.0 * np.asarray(v, np.float32) for v in (weights.preprocessing.mean, weights.preprocessing.std))
-        changes = {"normalization": normalization.Normalization(mean, std, "weights")}
-        if hasattr(dataset, "eval_interpolation"):  # a streamed dataset: also the source's resize
-            if weights.preprocessing.crop != dataset.image_size:
-                raise cli.UserError(
-                    f"the weights were made for {weights.preprocessing.crop}x{weights.preprocessing.crop} inputs and "
-                    f"{config.dataset} crops {dataset.image_size}: set --config.{config.dataset}.image_size="
-                    f"{weights.preprocessing.crop}."
-                )
-            changes["eval_interpolation"] = weights.preprocessing.interpolation
-            changes["eval_shorter"] = weights.preprocessing.resize
-        dataset = dataclasses.replace(dataset, **changes)
-    classes = int(np.shape(variables["params"]["fc"]["bias"])[0])
-    if classes != dataset.num_classes:
-        raise cli.UserError(
-            f"the network has {classes} classes and {config.dataset} has {dataset.num_classes}: "
-            "evaluate it on the dataset it was trained or converted for."
-        )
-
+    dataset = dataset_for(plan, weights, variables)
     mesh = parallel.create_mesh()
-    replicated = parallel.replicated(mesh)
-    state = TrainState(
-        step=np.zeros((), np.int32),
-        params=variables["params"],
-        batch_stats=variables.get("batch_stats", {}),
-        opt_state=(),
-        nonfinite_step=np.full((), -1, np.int32),
-    )
-    state = jax.device_put(state, replicated)
-    eval_fn = jax.jit(
-        functools.partial(eval_step, model=model, transform=dataset.eval_transform), out_shardings=replicated
-    )
+    state, eval_fn = _state_and_step(model, variables, dataset, parallel.replicated(mesh))
     # No batch larger than the test split (rounded up to the devices): padding a small split to
     # ImageNet's 250 would only cost memory, ten times over at 10crop.
     batch_size = min(config.eval_batch_size, -(-dataset.num_test // mesh.size) * mesh.size)
@@ -149,7 +106,7 @@ def evaluate(config) -> list[dict]:
         metrics = evaluation.evaluate(
             state, dataset, eval_fn, batch_size=batch_size, sharding=parallel.batch_sharded(mesh), crop=crop
         )
-        name = str(crop if crop is not None else facts.image_size)
+        name = str(crop if crop is not None else plan.facts.image_size)
         result = {
             "source": FLAGS.workdir or FLAGS.weights,
             "checkpoint": label,
@@ -170,6 +127,72 @@ def evaluate(config) -> list[dict]:
             )
         results.append(result)
     return results
+
+
+def chosen_crops(plan) -> tuple:
+    """--crops (default: the config's `eval_crops`), each one the dataset offers."""
+    facts, dataset = plan.facts, plan.config.dataset
+    crops = parse_crops(FLAGS.crops, plan.config.eval_crops)
+    bad = [c for c in crops if c is not None and c not in facts.eval_crops]
+    if bad:
+        choices = (
+            f"choose from {', '.join(map(str, facts.eval_crops))}"
+            if facts.eval_crops
+            else (f"{dataset} is evaluated on whole images: leave --crops out")
+        )
+        raise cli.UserError(f"--crops {bad} not offered by {dataset}; {choices}.")
+    return crops
+
+
+def dataset_for(plan, weights, variables: dict):
+    """The plan's dataset, with imported weights' own preprocessing; its classes those of the
+    network."""
+    import numpy as np
+
+    from resnet_identity.data import normalization
+    from resnet_identity.training.trainer import get_dataset
+
+    dataset, name = get_dataset(plan), plan.config.dataset
+    if FLAGS.weights is not None:  # the source's preprocessing, not the dataset's
+        mean, std = (255.0 * np.asarray(v, np.float32) for v in (weights.preprocessing.mean, weights.preprocessing.std))
+        changes = {"normalization": normalization.Normalization(mean, std, "weights")}
+        if hasattr(dataset, "eval_interpolation"):  # a streamed dataset: also the source's resize
+            if weights.preprocessing.crop != dataset.image_size:
+                raise cli.UserError(
+                    f"the weights were made for {weights.preprocessing.crop}x{weights.preprocessing.crop} inputs and "
+                    f"{name} crops {dataset.image_size}: set --config.{name}.image_size="
+                    f"{weights.preprocessing.crop}."
+                )
+            changes["eval_interpolation"] = weights.preprocessing.interpolation
+            changes["eval_shorter"] = weights.preprocessing.resize
+        dataset = dataclasses.replace(dataset, **changes)
+    classes = int(np.shape(variables["params"]["fc"]["bias"])[0])
+    if classes != dataset.num_classes:
+        raise cli.UserError(
+            f"the network has {classes} classes and {name} has {dataset.num_classes}: "
+            "evaluate it on the dataset it was trained or converted for."
+        )
+    return dataset
+
+
+def _state_and_step(model, variables: dict, dataset, replicated):
+    """The network's variables as a replicated `TrainState`, and its jitted eval step."""
+    import jax
+    import numpy as np
+
+    from resnet_identity.training.train_state import TrainState, eval_step
+
+    state = TrainState(
+        step=np.zeros((), np.int32),
+        params=variables["params"],
+        batch_stats=variables.get("batch_stats", {}),
+        opt_state=(),
+        nonfinite_step=np.full((), -1, np.int32),
+    )
+    eval_fn = jax.jit(
+        functools.partial(eval_step, model=model, transform=dataset.eval_transform), out_shardings=replicated
+    )
+    return jax.device_put(state, replicated), eval_fn
 
 
 def main(argv):

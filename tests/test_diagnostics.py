@@ -80,7 +80,7 @@ def test_the_trainer_logs_every_n_steps_and_nothing_when_off(tmp_path):
             raise AssertionError("logged while off")
 
     off = diagnostics.Diagnostics(
-        default_config(), model=None, dataset=None, logger=NoLogger(), sharding=None, replicated=None
+        0, model=None, dataset=None, logger=NoLogger(), batch_size=8, seed=0, sharding=None, replicated=None
     )
     off.maybe_log(100, state=None)
     assert not hasattr(off, "measure")  # nothing built, nothing compiled

@@ -11,9 +11,8 @@ import sys
 import pytest
 
 from resnet_identity.runs import checkpointing
-from resnet_identity.runs.files import WriteError, write_atomically
+from resnet_identity.runs.files import WriteError, check_workdir, write_atomically
 from resnet_identity.runs.metric_logging import MetricLogger
-from resnet_identity.training import trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -74,7 +73,7 @@ def test_run_records_on_a_full_disk_raise_one_explained_error_and_leave_nothing_
     with pytest.raises(WriteError, match="final_metrics.json: the disk is full"):
         write_atomically(small_disk / "final_metrics.json", "{}" * 4096)
     with pytest.raises(WriteError, match="Cannot write to workdir .*: the disk is full"):
-        trainer.check_workdir(str(small_disk))
+        check_workdir(str(small_disk))
     assert not [name for name in os.listdir(small_disk) if name.startswith(".")]  # no probe, no temporary file
     whole = (small_disk / "metrics.jsonl").read_text().split("\n")[:-1]  # less a torn last record
     assert [json.loads(line)["step"] for line in whole] == list(range(1, len(whole) + 1))

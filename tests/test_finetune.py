@@ -62,7 +62,9 @@ def test_fine_tune_a_runs_checkpoint_on_a_folder_of_other_classes(tmp_path, caps
     # What was loaded equals the source; the classifier is the fresh state's.
     _, source, _ = init_from.read_run("source")
     state = _fresh_state(config)
-    loaded = init_from.initialise_from(state, config)
+    loaded = init_from.initialise_from(
+        state, config.init_from, model=config.model, overrides=config.model_overrides.to_dict()
+    )
     ours = weights_lib.flatten(jax.device_get({"params": loaded.params, "batch_stats": loaded.batch_stats}))
     theirs = weights_lib.flatten(source)
     for name, value in ours.items():
@@ -145,6 +147,8 @@ def test_fine_tune_converted_torchvision_weights_with_the_finetune_preset_on_36_
     out = capsys.readouterr().out
     assert "from weights" in out and "params/fc/kernel (512, 3) (source (512, 1000))" in out
     assert "step 10/10" in out  # one step of 16 per epoch
-    loaded = init_from.initialise_from(_fresh_state(config), config)
+    loaded = init_from.initialise_from(
+        _fresh_state(config), config.init_from, model=config.model, overrides=config.model_overrides.to_dict()
+    )
     conv = np.asarray(jax.device_get(loaded.params["stem"]["conv"]["kernel"]))
     np.testing.assert_array_equal(conv, weights.variables["params"]["stem"]["conv"]["kernel"])

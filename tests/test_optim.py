@@ -226,7 +226,7 @@ def test_config_validation_is_the_optimiser_s_own_and_lists_each_section():
     config.dataset = "digits"
     config.schedule.decay_factor = 2.0
     config.optimizer.momentum = 1.0
-    errors = optim.problems(config, total_steps=64_000, steps_per_epoch=23)
+    errors = optim.problems(config.schedule, config.optimizer, total_steps=64_000, steps_per_epoch=23)
     assert errors == [
         "schedule: decay_factor must be in (0, 1], got 2.0.",
         "optimizer: momentum must be in [0, 1), got 1.0.",
@@ -332,7 +332,7 @@ def test_config_built_sgd_matches_torch7_reference_on_pytree(nesterov, decay_bn_
     config = config_lib.default_config()
     config.optimizer.update(momentum=0.9, nesterov=nesterov, weight_decay=0.05, decay_bn_and_bias=decay_bn_and_bias)
     config.schedule = optim.schedule_config("step", learning_rate=0.1, boundaries=(2,))
-    tx, _ = optim.build(config, total_steps=3, steps_per_epoch=1)
+    tx, _ = optim.build(config.schedule, config.optimizer, total_steps=3, steps_per_epoch=1)
     got = run_steps(tx, params, grads_per_step)
     want = torch7_sgd_reference(
         params, grads_per_step, lrs, momentum=0.9, nesterov=nesterov, weight_decay=0.05, mask=mask

@@ -470,13 +470,13 @@ def test_processes_sharing_a_workdir_check_it_without_tripping_over_each_other(t
     while it was being rewritten; either failure stalled the peers in their first collective."""
     script = (
         "import sys\n"
-        "from resnet_identity.training import trainer\n"
-        "from resnet_identity.runs.files import write_atomically\n"
+        "from resnet_identity.training.saved_config import check_saved_config\n"
+        "from resnet_identity.runs.files import check_workdir, write_atomically\n"
         "from tests.train_worker import tiny_config\n"
         "config = tiny_config(3)\n"
         "for _ in range(300):\n"
-        "    trainer.check_workdir(sys.argv[1])\n"
-        "    trainer.check_saved_config(sys.argv[1], config, allow_change=False)\n"
+        "    check_workdir(sys.argv[1])\n"
+        "    check_saved_config(sys.argv[1], config, allow_change=False)\n"
         "    if sys.argv[2] == '0':  # the main process writes, as in train_and_evaluate\n"
         "        write_atomically(sys.argv[1] + '/config.json', config.to_json(indent=2))\n"
     )

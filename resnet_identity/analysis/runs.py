@@ -29,7 +29,7 @@ from resnet_identity.analysis.experiments import Experiment, Row, row_config
 from resnet_identity.analysis.results import RunResult
 from resnet_identity.runs.files import as_path
 from resnet_identity.training import config as config_lib
-from resnet_identity.training import trainer
+from resnet_identity.training import saved_config, trainer
 
 FINAL_METRICS = "final_metrics.json"
 FAILURE = "failure.json"
@@ -44,7 +44,7 @@ def run_once(config: ml_collections.ConfigDict, workdir: epath.PathLike) -> RunR
     workdir = as_path(workdir)
     final, failure = workdir / FINAL_METRICS, workdir / FAILURE
     if final.exists() or failure.exists():
-        trainer.check_saved_config(str(workdir), config, allow_change=False)
+        saved_config.check_saved_config(str(workdir), config, allow_change=False)
     if failure.exists():
         return RunResult(config.seed, str(workdir), {}, json.loads(failure.read_text())["reason"])
     if final.exists():

@@ -23,6 +23,7 @@ import contextlib
 import errno
 import os
 import secrets
+import socket
 from collections.abc import Iterator
 
 from etils import epath
@@ -179,3 +180,20 @@ def _files_under(directory: epath.Path) -> Iterator[epath.Path]:
             yield from _files_under(item)
         else:
             yield item
+
+
+def check_workdir(workdir: str) -> None:
+    """Fails early, with what to do, if the workdir (local or gs://) cannot be written or
+    the disk is full. The probe file is removed whether or not its write succeeded."""
+    path = as_path(workdir)
+    # One probe per process: the processes of a multi-host run share the workdir.
+    probe = path / f".write_test.{socket.gethostname()}.{os.getpid()}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        try:
+            probe.write_text("x" * 4096)
+        finally:
+            probe.unlink(missing_ok=True)
+    except OSError as e:
+        advice = write_problem(e) or "choose a writable --workdir, fix its permissions, or free disk space."
+        raise WriteError(f"Cannot write to workdir {workdir}: {advice} ({e})") from e

@@ -3,18 +3,24 @@
 Config files in `configs/` start from `default_config()` and set fields; the returned
 ConfigDict is locked, so a misspelt field fails at once with the list of real ones.
 `validate(config)` then checks values, before any dataset is read or anything compiled,
-and raises one `ConfigError` that lists every problem it found.
+and raises one `ConfigError` that lists every problem it found; or returns the run's `Plan`,
+what the config means worked out once (the dataset's facts, the model, the optimiser, the
+run's length), whose fields the trainer's components take instead of the config.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 
+import flax.linen as nn
 import ml_collections
+import optax
 
 from resnet_identity import models
-from resnet_identity.data import NORMALIZATIONS, DatasetError, registry
+from resnet_identity.data import NORMALIZATIONS, DatasetError, Facts, registry
+from resnet_identity.data.base import Settings
 from resnet_identity.training import optim
 
 
@@ -104,9 +110,32 @@ def steps_per_epoch(config: ml_collections.ConfigDict) -> int:
 
 
 def total_steps(config: ml_collections.ConfigDict) -> int:
+    return _total_steps(config, steps_per_epoch(config))
+
+
+def _total_steps(config: ml_collections.ConfigDict, per_epoch: int) -> int:
     if config.num_train_steps > 0:
         return config.num_train_steps
-    return math.ceil(config.num_epochs * steps_per_epoch(config))
+    return math.ceil(config.num_epochs * per_epoch)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What a valid config means for a run, worked out once by `validate`: the components
+    take these fields, not the config. `config` itself is kept for what needs the whole of it
+    (a workdir's config.json). With `training=False` the training fields are None."""
+
+    config: ml_collections.ConfigDict
+    facts: Facts  # the dataset's own facts (`data.base.Facts`)
+    dataset_options: dict  # `config.<dataset>`'s values over the declared defaults
+    dataset_settings: Settings
+    model_kwargs: dict  # the `create_model` overrides the config sets
+    model: nn.Module  # built once, for the dataset's number of classes
+    eval_crops: tuple  # the crops evaluated; (None,): the dataset's first
+    steps_per_epoch: int | None = None
+    total_steps: int | None = None
+    optimizer: optax.GradientTransformation | None = None
+    learning_rate: optax.Schedule | None = None  # per 0-based step
 
 
 def _suggest(name: str, choices) -> str:
@@ -125,128 +154,171 @@ def check_keys(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"Unknown config field(s) {unknown}.{hints} Valid fields: {sorted(known)}.")
 
 
-def validate(
-    config: ml_collections.ConfigDict, *, num_devices: int = 1, num_processes: int = 1, training: bool = True
-) -> None:
-    """Raises `ConfigError` listing every invalid value; returns None when all is well. With
-    `training=False` (evaluation) the fields only training reads are not checked: the batch size
-    and its BN groups, the budget and the optimiser."""
-    check_keys(config)
-    errors: list[str] = []
-
-    def need(ok: bool, message: str) -> None:
-        if not ok:
-            errors.append(message)
-
-    for field, kind in (
-        ("batch_size", int),
-        ("eval_batch_size", int),
-        ("num_train_steps", int),
-        ("log_every_steps", int),
-        ("eval_every_steps", int),
-        ("checkpoint_every_steps", int),
-        ("keep_checkpoints", int),
-        ("diagnostics_every_steps", int),
-        ("seed", int),
-    ):
-        need(
-            isinstance(config[field], kind) and not isinstance(config[field], bool),
-            f"{field} must be an int, got {config[field]!r}.",
-        )
+def _raise(errors: list[str]) -> None:
     if errors:
         raise ConfigError("Invalid config:\n  - " + "\n  - ".join(errors))
 
-    need(
-        config.model in models.MODELS,
-        f"model={config.model!r} is not a model.{_suggest(config.model, models.MODELS)} "
-        f"Run `python -m resnet_identity.models` for the list.",
-    )
-    if config.model in models.MODELS:
-        try:
-            models.create_model(config.model, num_classes=10, **model_kwargs(config))
-        except ValueError as e:
-            errors.append(f"model_overrides: {e}")
-    names = tuple(registry.SPECS)
-    need(config.dataset in names, f"dataset={config.dataset!r} is not one of {names}.{_suggest(config.dataset, names)}")
-    need(
-        config.normalization is None or config.normalization in NORMALIZATIONS,
-        f"normalization={config.normalization!r} is not one of {NORMALIZATIONS} (or None for the dataset's default).",
-    )
-    facts = None
-    if config.dataset in names:
-        options = registry.options(config)
-        option_errors = [f"{config.dataset}.{e}" for e in registry.spec(config.dataset).check(options)]
-        errors += option_errors
-        try:  # the dataset's facts; a folder dataset lists and checks its files here
-            facts = None if option_errors else registry.spec(config.dataset).facts(options)
-        except DatasetError as e:
-            errors.append(str(e))
-        if training and facts is not None and isinstance(config.batch_size, int) and config.batch_size > 0:
-            need(
-                facts.steps_per_epoch(config.batch_size) >= 1,
-                f"batch_size={config.batch_size} is larger than {config.dataset}'s {facts.num_train} training "
-                "examples; use a smaller batch_size.",
-            )
-    need(
-        config.init_from is not None or config.init_from_step is None,
-        "init_from_step is set without init_from; set init_from to the run's workdir.",
-    )
 
-    batch = config.batch_size
-    need(not training or batch > 0, f"batch_size must be positive, got {batch}.")
-    need(config.eval_batch_size > 0, "eval_batch_size must be positive.")
-    need(
-        config.eval_batch_size % num_devices == 0,
-        f"eval_batch_size={config.eval_batch_size} does not split evenly over {num_devices} devices.",
+def _type_errors(config: ml_collections.ConfigDict) -> list[str]:
+    fields = (
+        "batch_size",
+        "eval_batch_size",
+        "num_train_steps",
+        "log_every_steps",
+        "eval_every_steps",
+        "checkpoint_every_steps",
+        "keep_checkpoints",
+        "diagnostics_every_steps",
+        "seed",
     )
-    if training and batch > 0:
-        need(
-            batch % num_devices == 0,
-            f"batch_size={batch} does not split evenly over {num_devices} devices; use a multiple of {num_devices}.",
+    return [
+        f"{field} must be an int, got {config[field]!r}."
+        for field in fields
+        if not isinstance(config[field], int) or isinstance(config[field], bool)
+    ]
+
+
+def _model(config: ml_collections.ConfigDict, kwargs: dict, num_classes: int) -> tuple[nn.Module | None, list[str]]:
+    """The model, built once, or the messages saying why it cannot be."""
+    if config.model not in models.MODELS:
+        return None, [
+            f"model={config.model!r} is not a model.{_suggest(config.model, models.MODELS)} "
+            f"Run `python -m resnet_identity.models` for the list."
+        ]
+    try:
+        return models.create_model(config.model, num_classes=num_classes, **kwargs), []
+    except ValueError as e:
+        return None, [f"model_overrides: {e}"]
+
+
+def _dataset(config: ml_collections.ConfigDict, *, training: bool) -> tuple[Facts | None, dict, list[str]]:
+    """(the dataset's facts, its options, messages); no facts where a message says why."""
+    errors, names, options = [], tuple(registry.SPECS), {}
+    if config.dataset not in names:
+        errors.append(f"dataset={config.dataset!r} is not one of {names}.{_suggest(config.dataset, names)}")
+    if config.normalization is not None and config.normalization not in NORMALIZATIONS:
+        errors.append(
+            f"normalization={config.normalization!r} is not one of {NORMALIZATIONS} (or None for the dataset's "
+            "default)."
         )
-        need(batch % num_processes == 0, f"batch_size={batch} does not split over {num_processes} processes.")
-        group = config.model_overrides.get("bn_group_size")
-        if group is not None and group > 0:
-            need(batch % group == 0, f"model_overrides.bn_group_size={group} does not divide batch_size={batch}.")
-            need(
-                batch // num_devices % group == 0 or group % (batch // num_devices) == 0,
-                f"bn_group_size={group} straddles device shards of {batch // num_devices} examples; "
-                f"use a divisor or multiple of the per-device batch.",
-            )
+    if config.dataset not in names:
+        return None, options, errors
+    options = registry.options(config)
+    option_errors = [f"{config.dataset}.{e}" for e in registry.spec(config.dataset).check(options)]
+    if option_errors:
+        return None, options, errors + option_errors
+    try:  # the dataset's facts; a folder dataset lists and checks its files here
+        facts = registry.spec(config.dataset).facts(options)
+    except DatasetError as e:
+        return None, options, [*errors, str(e)]
+    batch = config.batch_size
+    if training and isinstance(batch, int) and batch > 0 and facts.steps_per_epoch(batch) < 1:
+        errors.append(
+            f"batch_size={batch} is larger than {config.dataset}'s {facts.num_train} training examples; use a "
+            "smaller batch_size."
+        )
+    return facts, options, errors
 
-    need(
-        not training or config.num_train_steps > 0 or config.num_epochs > 0,
-        "Set num_train_steps > 0, or num_train_steps = -1 with num_epochs > 0.",
-    )
-    need(0 <= config.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {config.label_smoothing}.")
+
+def _batch_errors(config: ml_collections.ConfigDict, num_devices: int, num_processes: int, training: bool) -> list:
+    batch, errors = config.batch_size, []
+    if training and not batch > 0:
+        errors.append(f"batch_size must be positive, got {batch}.")
+    if not config.eval_batch_size > 0:
+        errors.append("eval_batch_size must be positive.")
+    if config.eval_batch_size % num_devices:
+        errors.append(f"eval_batch_size={config.eval_batch_size} does not split evenly over {num_devices} devices.")
+    if not training or batch <= 0:
+        return errors
+    if batch % num_devices:
+        errors.append(
+            f"batch_size={batch} does not split evenly over {num_devices} devices; use a multiple of {num_devices}."
+        )
+    if batch % num_processes:
+        errors.append(f"batch_size={batch} does not split over {num_processes} processes.")
+    group = config.model_overrides.get("bn_group_size")
+    if group is not None and group > 0:
+        if batch % group:
+            errors.append(f"model_overrides.bn_group_size={group} does not divide batch_size={batch}.")
+        if not (batch // num_devices % group == 0 or group % (batch // num_devices) == 0):
+            errors.append(
+                f"bn_group_size={group} straddles device shards of {batch // num_devices} examples; "
+                f"use a divisor or multiple of the per-device batch."
+            )
+    return errors
+
+
+def _eval_crops(config: ml_collections.ConfigDict, facts: Facts | None) -> tuple[tuple, list[str]]:
+    """(the crops to evaluate, (None,) for the dataset's first; messages)."""
     # `--config.eval_crops=None` arrives as (None,), which evaluation reads as None: the default crop.
     crops = tuple(c for c in config.eval_crops or () if c is not None)
-    if facts is not None and facts.eval_crops:
-        need(
-            set(crops) <= set(facts.eval_crops),
+    chosen = tuple(config.eval_crops) if config.eval_crops else (None,)
+    if facts is None:
+        return chosen, []
+    if facts.eval_crops and not set(crops) <= set(facts.eval_crops):
+        return chosen, [
             f"eval_crops={crops} must be drawn from {facts.eval_crops}, {config.dataset}'s test protocols (v2 "
-            f"Table 5 and fb.resnet.torch's 10crop; docs/datasets.md), or None for {facts.eval_crops[0]}.",
-        )
-    elif facts is not None:
-        need(
-            not crops,
-            f"eval_crops={crops}: {config.dataset} is evaluated on whole images; set it to None for {config.dataset}.",
-        )
-    for field in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
-        need(config[field] > 0, f"{field} must be positive, got {config[field]}.")
-    need(
-        isinstance(config.storage_retry_s, int | float) and config.storage_retry_s > 0,
-        f"storage_retry_s must be a positive number of seconds, got {config.storage_retry_s!r}.",
-    )
-    need(
-        config.diagnostics_every_steps >= 0,
-        f"diagnostics_every_steps must be >= 0 (0: off), got {config.diagnostics_every_steps}.",
-    )
+            f"Table 5 and fb.resnet.torch's 10crop; docs/datasets.md), or None for {facts.eval_crops[0]}."
+        ]
+    if not facts.eval_crops and crops:
+        return chosen, [
+            f"eval_crops={crops}: {config.dataset} is evaluated on whole images; set it to None for {config.dataset}."
+        ]
+    return chosen, []
 
-    if training and not errors and facts is not None:  # the optimiser's own checks, on what will run
-        errors += optim.problems(config, total_steps=total_steps(config), steps_per_epoch=steps_per_epoch(config))
-    if errors:
-        raise ConfigError("Invalid config:\n  - " + "\n  - ".join(errors))
+
+def _run_errors(config: ml_collections.ConfigDict, *, training: bool) -> list[str]:
+    """The budget and the loss."""
+    errors = []
+    if training and not (config.num_train_steps > 0 or config.num_epochs > 0):
+        errors.append("Set num_train_steps > 0, or num_train_steps = -1 with num_epochs > 0.")
+    if not 0 <= config.label_smoothing < 1:
+        errors.append(f"label_smoothing must be in [0, 1), got {config.label_smoothing}.")
+    return errors
+
+
+def _record_errors(config: ml_collections.ConfigDict) -> list[str]:
+    """What a run records, and how often."""
+    errors = [
+        f"{field} must be positive, got {config[field]}."
+        for field in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints")
+        if not config[field] > 0
+    ]
+    if not (isinstance(config.storage_retry_s, int | float) and config.storage_retry_s > 0):
+        errors.append(f"storage_retry_s must be a positive number of seconds, got {config.storage_retry_s!r}.")
+    if config.diagnostics_every_steps < 0:
+        errors.append(f"diagnostics_every_steps must be >= 0 (0: off), got {config.diagnostics_every_steps}.")
+    return errors
+
+
+def validate(
+    config: ml_collections.ConfigDict, *, num_devices: int = 1, num_processes: int = 1, training: bool = True
+) -> Plan:
+    """The run's `Plan`, worked out once; raises `ConfigError` listing every invalid value.
+    With `training=False` (evaluation) the fields only training reads are not checked: the
+    batch size and its BN groups, the budget and the optimiser (the plan leaves them None)."""
+    check_keys(config)
+    _raise(_type_errors(config))
+    kwargs = model_kwargs(config)
+    facts, options, dataset_errors = _dataset(config, training=training)
+    model, errors = _model(config, kwargs, facts.num_classes if facts else 10)
+    errors += dataset_errors
+    if config.init_from is None and config.init_from_step is not None:
+        errors.append("init_from_step is set without init_from; set init_from to the run's workdir.")
+    errors += _batch_errors(config, num_devices, num_processes, training) + _run_errors(config, training=training)
+    crops, crop_errors = _eval_crops(config, facts)
+    _raise(errors + crop_errors + _record_errors(config))
+    plan = Plan(config, facts, options, registry.settings(config), kwargs, model, crops)
+    if not training:
+        return plan
+    per_epoch = facts.steps_per_epoch(config.batch_size)
+    total = _total_steps(config, per_epoch)
+    # The optimiser's own checks, on what will run (`optim.problems`), then the optimiser.
+    _raise(optim.problems(config.schedule, config.optimizer, total_steps=total, steps_per_epoch=per_epoch))
+    tx, learning_rate = optim.build(config.schedule, config.optimizer, total_steps=total, steps_per_epoch=per_epoch)
+    return dataclasses.replace(
+        plan, steps_per_epoch=per_epoch, total_steps=total, optimizer=tx, learning_rate=learning_rate
+    )
 
 
 def differing_fields(saved: dict, current: dict, prefix: str = "", *, ignore: tuple[str, ...] = ()) -> list[str]:

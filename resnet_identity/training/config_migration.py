@@ -2,7 +2,7 @@
 
 A workdir's `config.json` holds the config of the run that wrote it, under the field names of
 that run's version. `migrate` turns it into today's names, so that the trainer compares it with
-the current config (`trainer.check_saved_config`) and tools that read a run's config
+the current config (`saved_config.check_saved_config`) and tools that read a run's config
 (`evaluate`, `init_from`) understand it.
 
 Two rules make an old config readable:

@@ -29,7 +29,6 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from resnet_identity.models import PostActivation, PreActivation, ResidualUnit
@@ -100,30 +99,33 @@ def identity_measures(model: nn.Module, variables: Any, images: jax.Array, rng: 
 
 
 class Diagnostics:
-    """Logs `identity_measures` every `config.diagnostics_every_steps` steps; a no-op when 0."""
+    """Logs `identity_measures` every `every` steps (`config.diagnostics_every_steps`) on a
+    fixed batch of `batch_size` test images; a no-op when 0."""
 
     def __init__(
         self,
-        config: ml_collections.ConfigDict,
+        every: int,
         model: nn.Module,
         dataset: Any,
         logger: Any,
         *,
+        batch_size: int,
+        seed: int,
         sharding: jax.sharding.Sharding,
         replicated: jax.sharding.Sharding,
     ):
-        self.every, self.logger = config.diagnostics_every_steps, logger
+        self.every, self.logger = every, logger
         if not self.every:
             return
         batch = next(
             dataset.eval_batches(
-                global_batch_size=config.batch_size,
+                global_batch_size=batch_size,
                 process_index=jax.process_index(),
                 process_count=jax.process_count(),
             )
         )
         self.images = parallel.global_batch(batch, sharding)["image"]
-        self.rng = jax.random.key(config.seed)
+        self.rng = jax.random.key(seed)
         self.measure = jax.jit(
             lambda params, batch_stats, images, rng: identity_measures(
                 model, {"params": params, "batch_stats": batch_stats}, dataset.eval_transform(images), rng

@@ -1,7 +1,7 @@
 """The trainer's evaluation: the whole test split, each example once, in global batches.
 
 `evaluate` runs one pass (also used by `python -m resnet_identity.evaluate`). `Evaluation`
-runs every crop of `config.eval_crops` at a step, logs and prints each, gives way to a stop
+runs every crop of the run's `eval_crops` at a step, logs and prints each, gives way to a stop
 (a preemption must not wait for a long evaluation), and finds in `metrics.jsonl` an
 evaluation a stop or a crash cut short, which the resumed run does first.
 """
@@ -65,14 +65,24 @@ def evaluate(
 
 
 class Evaluation:
-    """Evaluation: every crop of `config.eval_crops` over the test split, logged and printed;
-    it gives way to a preemption (`interrupted`) rather than outlast a grace period, and
-    `unrecorded` finds what such a stop (or a crash) left undone, for the resumed run."""
+    """Evaluation: every crop of `crops` (None: the dataset's first) over the test split in
+    global batches of `batch_size`, logged and printed; it gives way to a preemption
+    (`interrupted`) rather than outlast a grace period, and `unrecorded` finds what such a stop
+    (or a crash) left undone, for the resumed run."""
 
-    def __init__(self, config, dataset, eval_fn, logger: MetricLogger, *, sharding, interrupted: Callable[[], bool]):
-        self.config, self.dataset, self.eval_fn, self.logger = config, dataset, eval_fn, logger
-        self.sharding, self.interrupted = sharding, interrupted
-        self.crops = tuple(config.eval_crops) if config.eval_crops else (None,)
+    def __init__(
+        self,
+        dataset,
+        eval_fn,
+        logger: MetricLogger,
+        *,
+        crops: tuple[int | str | None, ...],
+        batch_size: int,
+        sharding,
+        interrupted: Callable[[], bool],
+    ):
+        self.dataset, self.eval_fn, self.logger = dataset, eval_fn, logger
+        self.crops, self.batch_size, self.sharding, self.interrupted = crops, batch_size, sharding, interrupted
         self.completed_step: int | None = None  # the step of the last evaluation of every crop
 
     @staticmethod
@@ -110,7 +120,7 @@ class Evaluation:
                 state,
                 self.dataset,
                 self.eval_fn,
-                batch_size=self.config.eval_batch_size,
+                batch_size=self.batch_size,
                 sharding=self.sharding,
                 crop=crop,
                 interrupted=self.interrupted,

@@ -59,30 +59,31 @@ def read_run(workdir: str, step: int | None = None) -> tuple[ml_collections.Conf
     return config, {name: state[name] for name in weights_lib.COLLECTIONS}, step
 
 
-def _source(config: ml_collections.ConfigDict) -> tuple[str, str, dict, dict]:
+def _source(source: str, step: int | None) -> tuple[str, str, dict, dict]:
     """(description, model name, architecture overrides, variables) of `config.init_from`."""
-    path = as_path(config.init_from)
+    path = as_path(source)
     if (path / weights_lib.METADATA_FILE).exists():
-        if config.init_from_step is not None:
+        if step is not None:
             raise InitFromError(f"init_from_step is for a run's workdir; {path} is a weights directory.")
         weights = weights_lib.load_weights(path)
         return f"weights {path} ({weights.source})", weights.model, weights.model_overrides, weights.variables
-    run_config, variables, step = read_run(config.init_from, config.init_from_step)
+    run_config, variables, step = read_run(source, step)
     return f"run {path} step {step}", run_config.model, model_kwargs(run_config), variables
 
 
-def _check_architecture(config: ml_collections.ConfigDict, described: str, model: str, overrides: dict) -> None:
-    ours = model_kwargs(config)
-    if model != config.model:
+def _check_architecture(described: str, source: tuple[str, dict], ours: tuple[str, dict]) -> None:
+    """`source` and `ours` as (model name, `create_model` overrides)."""
+    (model, overrides), (our_model, our_overrides) = source, ours
+    if model != our_model:
         raise InitFromError(
-            f"init_from holds {described}, a {model}; this run's model is {config.model}. Set "
-            f"--config.model={model}, or choose weights of {config.model}."
+            f"init_from holds {described}, a {model}; this run's model is {our_model}. Set "
+            f"--config.model={model}, or choose weights of {our_model}."
         )
     for name in ARCHITECTURE_OVERRIDES:
-        if overrides.get(name) != ours.get(name):
+        if overrides.get(name) != our_overrides.get(name):
             raise InitFromError(
                 f"init_from holds {described} with model_overrides.{name}={overrides.get(name)!r}; this run has "
-                f"{ours.get(name)!r}: another network with the same tensors. Set "
+                f"{our_overrides.get(name)!r}: another network with the same tensors. Set "
                 f"--config.model_overrides.{name}={overrides.get(name)}."
             )
 
@@ -118,14 +119,15 @@ def merge(source: dict, target: dict) -> tuple[dict, list[str], list[str]]:
     return models.convert_layout({name: tree.get(name, {}) for name in target}, target), loaded, fresh
 
 
-def initialise_from(state: Any, config: ml_collections.ConfigDict) -> Any:
-    """`state` (a fresh `TrainState`) with its parameters and BN statistics taken from
-    `config.init_from` (module docstring), each on its sharding; unchanged when
-    `init_from` is None. Prints what was loaded and what was initialised."""
-    if not config.init_from:
+def initialise_from(state: Any, source: str | None, *, step: int | None = None, model: str, overrides: dict) -> Any:
+    """`state` (a fresh `TrainState` of `model` with `overrides`, its `create_model`
+    overrides) with its parameters and BN statistics taken from `source` (`config.init_from`,
+    its step `config.init_from_step`; module docstring), each on its sharding; unchanged when
+    `source` is None. Prints what was loaded and what was initialised."""
+    if not source:
         return state
-    described, model, overrides, variables = _source(config)
-    _check_architecture(config, described, model, overrides)
+    described, their_model, their_overrides, variables = _source(source, step)
+    _check_architecture(described, (their_model, their_overrides), (model, overrides))
     target = {"params": state.params, "batch_stats": state.batch_stats}
     merged, loaded, fresh = merge(variables, target)
     placed = jax.tree.map(lambda new, old: jax.device_put(new, old.sharding), merged, target)

@@ -293,26 +293,28 @@ def sgd(
 
 
 def build(
-    config: ml_collections.ConfigDict, *, total_steps: int, steps_per_epoch: int
+    schedule: Mapping[str, Any], optimizer: Mapping[str, Any], *, total_steps: int, steps_per_epoch: int
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """``config.optimizer`` and ``config.schedule`` as optax: SGD, and its learning rate per step."""
-    schedule = build_schedule(config.schedule, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
-    return sgd(learning_rate=schedule, **dict(config.optimizer)), schedule
+    """``config.schedule`` and ``config.optimizer`` as optax: SGD, and its learning rate per step."""
+    learning_rate = build_schedule(schedule, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
+    return sgd(learning_rate=learning_rate, **dict(optimizer)), learning_rate
 
 
-def problems(config: ml_collections.ConfigDict, *, total_steps: int, steps_per_epoch: int) -> list[str]:
+def problems(
+    schedule: Mapping[str, Any], optimizer: Mapping[str, Any], *, total_steps: int, steps_per_epoch: int
+) -> list[str]:
     """What `build` would refuse, one message per sub-config; empty when it will succeed."""
     found = []
     try:
-        build_schedule(config.schedule, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
+        build_schedule(schedule, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
     except ValueError as e:
         found.append(f"schedule: {e}")
     fields = sorted(set(inspect.signature(sgd).parameters) - {"learning_rate"})
-    unknown = sorted(set(config.optimizer) - set(fields))
+    unknown = sorted(set(optimizer) - set(fields))
     try:
         if unknown:
             raise ValueError(f"no field(s) {unknown}; its fields are {fields}.")
-        sgd(learning_rate=1.0, **dict(config.optimizer))
+        sgd(learning_rate=1.0, **dict(optimizer))
     except ValueError as e:
         found.append(f"optimizer: {e}")
     return found

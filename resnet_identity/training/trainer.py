@@ -1,8 +1,9 @@
 """`train_and_evaluate(config, workdir)`: the papers' recipes end to end.
 
-The loop is deliberately plain: build (validated config -> data -> model -> optimiser ->
-state), restore the newest good checkpoint if there is one, then step. Every host-side
-decision that could lose a run is made here in one place:
+The run is plain: `config.validate` works out the plan once (the dataset's facts, the model,
+the optimiser, the run's length); `set_up` checks the workdir, reads the data and restores the
+newest good checkpoint if there is one (or starts afresh); the loop (`_Run`) steps. Every
+host-side decision that could lose a run is made here in one place:
 
 - the data stream and every random draw are functions of (seed, step), so a resumed run
   continues exactly where the checkpoint left it;
@@ -18,28 +19,28 @@ decision that could lose a run is made here in one place:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
-import os
-import socket
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 
-from resnet_identity import models
-from resnet_identity.data import DatasetError, get_dataset
+from resnet_identity.data import DatasetError, registry
 from resnet_identity.runs import checkpointing, interrupts, lease, preemption
-from resnet_identity.runs.files import WriteError, append_text, as_path, write_atomically, write_problem
+from resnet_identity.runs.files import WriteError, as_path, check_workdir, write_atomically
 from resnet_identity.runs.metric_logging import MetricLogger
 from resnet_identity.training import config as config_lib
-from resnet_identity.training import config_migration, optim, parallel, xla_config
+from resnet_identity.training import optim, parallel, xla_config
 from resnet_identity.training.diagnostics import Diagnostics
 from resnet_identity.training.evaluation import Evaluation
 from resnet_identity.training.init_from import initialise_from
+from resnet_identity.training.saved_config import check_saved_config, record_config
 from resnet_identity.training.train_log import TrainLog
 from resnet_identity.training.train_state import TrainState, convert_layout, create_train_state, eval_step, train_step
 
@@ -68,93 +69,21 @@ def exit_status(result: dict[str, Any]) -> int:
     return EXIT_PREEMPTED if "preempted_at_step" in result else 0
 
 
-def check_workdir(workdir: str) -> None:
-    """Fails early, with what to do, if the workdir (local or gs://) cannot be written or
-    the disk is full. The probe file is removed whether or not its write succeeded."""
-    path = as_path(workdir)
-    # One probe per process: the processes of a multi-host run share the workdir.
-    probe = path / f".write_test.{socket.gethostname()}.{os.getpid()}"
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        try:
-            probe.write_text("x" * 4096)
-        finally:
-            probe.unlink(missing_ok=True)
-    except OSError as e:
-        advice = write_problem(e) or "choose a writable --workdir, fix its permissions, or free disk space."
-        raise WriteError(f"Cannot write to workdir {workdir}: {advice} ({e})") from e
-
-
-def check_saved_config(
-    workdir: str, config: ml_collections.ConfigDict, allow_change: bool, *, has_checkpoint: bool = True
-) -> None:
-    """Refuses to resume a workdir whose saved config differs, unless `allow_change`.
-
-    The layout overrides (`config.LAYOUT_FIELDS`: scan, remat, unroll) may change freely:
-    the checkpoint is converted on restore; so may the fields that only decide what is
-    recorded (`config.RECORD_FIELDS`: log, eval, checkpoint and diagnostics intervals).
-    Only a checkpoint (or a result) binds a workdir to its config: `train_and_evaluate`
-    passes `has_checkpoint=False` when there is none yet, so a run that failed before its
-    first save (a bad value, an out-of-memory compile) can be rerun with corrected values.
-    """
-    path = as_path(workdir) / "config.json"
-    if not has_checkpoint or not path.exists():
-        return
-    saved = _read_saved_config(path)
-    if saved is None:
-        if allow_change:
-            return  # record_config moves the damaged file aside
-        raise config_lib.ConfigError(
-            f"{path} is damaged (not a JSON config), so --config cannot be checked against the config of the "
-            f"checkpoints. If --config is that config, rerun with --allow_config_change: the damaged file is kept "
-            f"beside it as config.json.damaged-<time> and a new config.json is written. Otherwise use a new --workdir."
-        )
-    saved = config_migration.migrate(saved)  # an older version's field names read as today's
-    diffs = config_lib.differing_fields(
-        saved, json.loads(config.to_json()), ignore=config_lib.LAYOUT_FIELDS + config_lib.RECORD_FIELDS
-    )
-    if diffs and not allow_change:
-        raise config_lib.ConfigError(
-            f"{path} was written by a run with a different config:\n  - "
-            + "\n  - ".join(diffs)
-            + "\nUse a new --workdir, or pass --allow_config_change to resume with the new values."
-        )
-
-
-def _read_saved_config(path) -> dict | None:
-    """A workdir's `config.json` as written, or None if it is damaged (not a JSON object)."""
-    try:
-        saved = json.loads(path.read_text())
-    except ValueError:  # not JSON, or not text
-        return None
-    return saved if isinstance(saved, dict) else None
-
-
-def record_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-    """Writes `config.json`; a different config it replaces (a resume with
-    `--allow_config_change`, or a rerun before the first checkpoint) is appended to
-    `config_history.jsonl` first, so the config of every earlier step stays on record; a
-    damaged one is kept beside it as `config.json.damaged-<time>`."""
-    path = as_path(workdir) / "config.json"
-    saved = _read_saved_config(path) if path.exists() else {}
-    if saved is None:
-        aside = path.parent / f"config.json.damaged-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
-        path.rename(aside)
-        logging.getLogger(__name__).warning("%s was damaged: kept as %s; a new config.json is written.", path, aside)
-    elif saved and config_lib.differing_fields(saved, json.loads(config.to_json())):
-        append_text(
-            path.parent / "config_history.jsonl",
-            json.dumps({"replaced_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "config": saved}) + "\n",
-        )
-    # Atomically: the other processes may be reading it in check_saved_config.
-    write_atomically(path, config.to_json(indent=2))
-
-
 def build_optimizer(config: ml_collections.ConfigDict):
-    """`config.optimizer` and `config.schedule` as (optax transformation, learning rate per step)."""
+    """`config.optimizer` and `config.schedule` as (optax transformation, learning rate per step),
+    for code that builds a step without a whole run (the trainer takes them from its plan)."""
     return optim.build(
-        config, total_steps=config_lib.total_steps(config), steps_per_epoch=config_lib.steps_per_epoch(config)
+        config.schedule,
+        config.optimizer,
+        total_steps=config_lib.total_steps(config),
+        steps_per_epoch=config_lib.steps_per_epoch(config),
     )
+
+
+def get_dataset(plan: config_lib.Plan):
+    """The plan's dataset (`data.get_dataset` of its config, whose checks `validate` made):
+    reads, or downloads, its data."""
+    return registry.spec(plan.config.dataset).load(plan.dataset_options, plan.dataset_settings)
 
 
 def summary_line(state: TrainState) -> str:
@@ -176,29 +105,39 @@ def step_functions(config: ml_collections.ConfigDict, model, tx, schedule, datas
     return train, functools.partial(eval_step, model=model, transform=dataset.eval_transform)
 
 
-# What a checkpoint records of the machine that wrote it, and what resuming it on another costs.
+# What a checkpoint records of the machine that wrote it: how to count it now, and what
+# resuming it on another costs.
 _MACHINE = {
     "process_count": (
+        jax.process_count,
         "written by %d processes and is resumed on %d: training continues, but the order of examples from here on "
-        "is not the one an uninterrupted run would have seen (each process reads its own shard of the data)."
+        "is not the one an uninterrupted run would have seen (each process reads its own shard of the data).",
     ),
     "device_count": (
+        jax.device_count,
         "written on %d devices and is resumed on %d: training continues on the same examples, but its results are "
         "no longer bitwise those of an uninterrupted run (each sum over the batch is split across the devices "
-        "differently)."
+        "differently).",
     ),
 }
 
 
 def _machine() -> dict[str, int]:
-    return {"process_count": jax.process_count(), "device_count": jax.device_count()}
+    return {field: count() for field, (count, _) in _MACHINE.items()}
 
 
 def restore_or_init(
-    checkpointer: checkpointing.Checkpointer, init, init_key: jax.Array, config, workdir: str, sharding
+    checkpointer: checkpointing.Checkpointer,
+    init,
+    init_key: jax.Array,
+    workdir: str,
+    sharding,
+    *,
+    start: Callable[[TrainState], TrainState] = lambda state: state,
 ) -> tuple[TrainState, int]:
-    """(state, step) from the newest good checkpoint, or a fresh state at step 0 (with
-    `config.init_from`'s weights). A resume on another machine shape is warned about."""
+    """(state, step) from the newest good checkpoint, or a fresh state at step 0, passed
+    through `start` (`initialise_from`: `config.init_from`'s weights). A resume on another
+    machine shape is warned about."""
     abstract = jax.eval_shape(init, init_key)
     restored = checkpointer.restore(
         jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), abstract),
@@ -207,7 +146,7 @@ def restore_or_init(
     if restored is None:
         options = xla_config.init_compiler_options(jax.default_backend())
         state = init.lower(init_key).compile(compiler_options=options)(init_key)
-        return initialise_from(state, config), 0
+        return start(state), 0
     state, step = restored
     held = int(parallel.to_host(state.step))
     if held != step:
@@ -218,7 +157,7 @@ def restore_or_init(
     saved = checkpointer.metadata(step)
     for field, now in _machine().items():
         if saved.get(field, now) != now:
-            logging.getLogger(__name__).warning(f"Checkpoint %d was {_MACHINE[field]}", step, saved[field], now)
+            logging.getLogger(__name__).warning(f"Checkpoint %d was {_MACHINE[field][1]}", step, saved[field], now)
     return state, step
 
 
@@ -251,12 +190,11 @@ def train_and_evaluate(
     """
     mesh = parallel.create_mesh()
     # Before the lease, which creates the workdir: a bad value leaves nothing behind.
-    config_lib.validate(config, num_devices=mesh.devices.size, num_processes=jax.process_count())
+    plan = config_lib.validate(config, num_devices=mesh.devices.size, num_processes=jax.process_count())
     try:
         with lease.hold(workdir):
-            return _train_and_evaluate(
-                config, workdir, mesh, allow_config_change=allow_config_change, return_state=return_state
-            )
+            ready = set_up(plan, workdir, mesh, allow_config_change=allow_config_change)
+            return _Run(ready, plan, return_state=return_state)()
     except (interrupts.Stopped, KeyboardInterrupt) as stop:  # before the loop (in it, the watcher saves and returns)
         steps = checkpointing.finalized_steps(as_path(workdir) / "checkpoints")
         stop.saved = (
@@ -267,23 +205,42 @@ def train_and_evaluate(
         raise
 
 
-def _train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str, mesh, *, allow_config_change: bool, return_state: bool
-) -> dict[str, Any]:
-    # Set-up: checks that cost nothing come before anything that compiles or writes.
-    is_main = jax.process_index() == 0
+@dataclasses.dataclass
+class SetUp:
+    """What `set_up` readies for the loop: the state it starts from and what steps it."""
+
+    workdir: str
+    state: TrainState
+    start_step: int
+    dataset: Any
+    train_fn: Callable
+    eval_fn: Callable
+    batches: Iterator
+    checkpointer: checkpointing.Checkpointer
+    logger: MetricLogger
+    replicated: jax.sharding.Sharding
+    batch_sharding: jax.sharding.Sharding
+
+
+def set_up(plan: config_lib.Plan, workdir: str, mesh, *, allow_config_change: bool) -> SetUp:
+    """The workdir checked, the dataset, the state (restored or fresh), the logger and the
+    compiled steps. Checks that cost nothing come before anything that compiles or writes."""
+    config, is_main = plan.config, jax.process_index() == 0
     check_workdir(workdir)
     checkpoint_dir = as_path(workdir) / "checkpoints"
-    check_saved_config(
-        workdir, config, allow_config_change, has_checkpoint=bool(checkpointing.finalized_steps(checkpoint_dir))
-    )
-    dataset = get_dataset(config)  # a missing dataset fails here, before any compile
-    total = config_lib.total_steps(config)
-    model = models.create_model(config.model, num_classes=dataset.num_classes, **config_lib.model_kwargs(config))
-    tx, schedule = build_optimizer(config)
+    has_checkpoint = bool(checkpointing.finalized_steps(checkpoint_dir))
+    check_saved_config(workdir, config, allow_config_change, has_checkpoint=has_checkpoint)
+    dataset = get_dataset(plan)  # a missing dataset fails here, before any compile
     replicated, batch_sharding = parallel.replicated(mesh), parallel.batch_sharded(mesh)
     init_key, step_key = jax.random.split(jax.random.key(config.seed))
-    init = jax.jit(functools.partial(create_train_state, model, tx, dataset.image_size), out_shardings=replicated)
+    init = functools.partial(create_train_state, plan.model, plan.optimizer, dataset.image_size)
+    start = functools.partial(
+        initialise_from,
+        source=config.init_from,
+        step=config.init_from_step,
+        model=config.model,
+        overrides=plan.model_kwargs,
+    )
     checkpointer = checkpointing.Checkpointer(
         checkpoint_dir,
         every_steps=config.checkpoint_every_steps,
@@ -291,18 +248,19 @@ def _train_and_evaluate(
         storage_retry_s=config.storage_retry_s,
     )
     with interrupts.deferred():  # a signal waits: a step moved aside or a record rewritten is never half done
-        state, start_step = restore_or_init(checkpointer, init, init_key, config, workdir, replicated)
+        state, start_step = restore_or_init(
+            checkpointer, jax.jit(init, out_shardings=replicated), init_key, workdir, replicated, start=start
+        )
         if is_main:  # only once the checkpoint is known to fit this config: a refused resume changes nothing
             record_config(workdir, config)
         logger = MetricLogger(workdir, resumed_from=start_step, is_main=is_main, storage_retry_s=config.storage_retry_s)
     logger.console(
         f"{config.model} on {config.dataset}: {summary_line(state)}, {mesh.devices.size} device(s), "
-        f"global batch {config.batch_size}, {total} steps" + (f"; resuming at step {start_step}" if start_step else "")
+        f"global batch {config.batch_size}, {plan.total_steps} steps"
+        + (f"; resuming at step {start_step}" if start_step else "")
     )
-    train_fn, eval_fn = step_functions(config, model, tx, schedule, dataset, step_key)
+    train_fn, eval_fn = step_functions(config, plan.model, plan.optimizer, plan.learning_rate, dataset, step_key)
     options = xla_config.step_compiler_options(jax.default_backend())
-    train_fn = jax.jit(train_fn, donate_argnums=0, out_shardings=(replicated, replicated), compiler_options=options)
-    eval_fn = jax.jit(eval_fn, out_shardings=replicated, compiler_options=options)
     batches = dataset.train_batches(
         global_batch_size=config.batch_size,
         start_step=start_step,
@@ -310,91 +268,145 @@ def _train_and_evaluate(
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
-
-    # Logging, evaluation, saving and preemption: one named place each.
-    watcher = preemption.PreemptionWatcher(
-        start_step=start_step, last_step=total, console=preemption.write_line if is_main else None
-    )
-    log = TrainLog(
+    return SetUp(
+        workdir,
+        state,
+        start_step,
+        dataset,
+        jax.jit(train_fn, donate_argnums=0, out_shardings=(replicated, replicated), compiler_options=options),
+        jax.jit(eval_fn, out_shardings=replicated, compiler_options=options),
+        batches,
+        checkpointer,
         logger,
-        start_step=start_step,
-        total=total,
-        batch_size=config.batch_size,
-        every=config.log_every_steps,
-        check=functools.partial(check_finite, checkpointer=checkpointer, workdir=workdir),
+        replicated,
+        batch_sharding,
     )
-    run_eval = Evaluation(
-        config, dataset, eval_fn, logger, sharding=batch_sharding, interrupted=lambda: watcher.stop_requested
-    )
-    diagnostics = Diagnostics(config, model, dataset, logger, sharding=batch_sharding, replicated=replicated)
-    run_ahead = preemption.RunAheadBound()  # so that a stop waits for a few steps, not tens
 
-    def save(step: int, state: TrainState) -> None:
-        with log.progress.paused():
-            check_finite(state, checkpointer, workdir)  # a diverged state is never saved
-            checkpointer.maybe_save(step, state, force=True, metadata=_machine())
 
-    def evaluation_due(step: int) -> bool:
-        return step == total or step % config.eval_every_steps == 0
+class _Run:
+    """The loop, with one named place each for logging, evaluation, saving and preemption."""
 
-    def stop_for_preemption(step: int, state: TrainState) -> dict[str, Any]:
-        """The preemption's checkpoint, durable before the run says so and returns."""
-        log.write(step, state)  # the partial window, so that the resumed run's logs miss no step
-        save(step, state)
-        checkpointer.wait()
-        owed = evaluation_due(step) and run_eval.completed_step != step
-        watcher.saved(step, owed=f"the evaluation at step {step} runs first when the run resumes" if owed else "")
-        return {"preempted_at_step": step, "step": step, **({"state": state} if return_state else {})}
+    def __init__(self, ready: SetUp, plan: config_lib.Plan, *, return_state: bool):
+        config, self.ready, self.state, self.return_state = plan.config, ready, ready.state, return_state
+        self.total, self.eval_every, self.log_every = plan.total_steps, config.eval_every_steps, config.log_every_steps
+        self.is_main = jax.process_index() == 0
+        self.watcher = preemption.PreemptionWatcher(
+            start_step=ready.start_step, last_step=self.total, console=preemption.write_line if self.is_main else None
+        )
+        self.log = TrainLog(
+            ready.logger,
+            start_step=ready.start_step,
+            total=self.total,
+            batch_size=config.batch_size,
+            every=self.log_every,
+            check=functools.partial(check_finite, checkpointer=ready.checkpointer, workdir=ready.workdir),
+        )
+        self.evaluation = Evaluation(
+            ready.dataset,
+            ready.eval_fn,
+            ready.logger,
+            crops=plan.eval_crops,
+            batch_size=config.eval_batch_size,
+            sharding=ready.batch_sharding,
+            interrupted=lambda: self.watcher.stop_requested,
+        )
+        self.diagnostics = Diagnostics(
+            config.diagnostics_every_steps,
+            plan.model,
+            ready.dataset,
+            ready.logger,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            sharding=ready.batch_sharding,
+            replicated=ready.replicated,
+        )
+        self.run_ahead = preemption.RunAheadBound()  # so that a stop waits for a few steps, not tens
 
-    # The loop. Whatever ends it (finish, preemption, divergence, a crash), a save in flight is
-    # completed while the watcher still holds the signals, so neither a crash nor a second
-    # signal can cost the newest checkpoint; then the checkpointer and the logger close.
-    eval_results: dict[str, dict[str, float]] = {}
-    step = start_step
-    with contextlib.ExitStack() as cleanup:
-        cleanup.callback(logger.close)
-        cleanup.callback(checkpointer.close)
-        cleanup.enter_context(watcher)
-        cleanup.callback(checkpointer.wait)
-        # An evaluation due at the step resumed from that has no record: a stop (or a crash) cut it short.
-        if 0 < start_step < total and evaluation_due(start_step) and (owed := run_eval.unrecorded(start_step)):
-            logger.console(f"step {start_step}: the evaluation due here was cut short by a stop; running it now")
-            with watcher.between_steps(), log.progress.paused():
-                eval_results = run_eval(state, start_step, crops=owed)
-            if watcher.stops_at(start_step):
-                return stop_for_preemption(start_step, state)
-        for step in range(start_step + 1, total + 1):
+    def __call__(self) -> dict[str, Any]:
+        """Trains to the end, or to a preemption's checkpoint. Whatever ends the loop (finish,
+        preemption, divergence, a crash), a save in flight is completed while the watcher still
+        holds the signals, so neither a crash nor a second signal can cost the newest
+        checkpoint; then the checkpointer and the logger close."""
+        ready = self.ready
+        with contextlib.ExitStack() as cleanup:
+            cleanup.callback(ready.logger.close)
+            cleanup.callback(ready.checkpointer.close)
+            cleanup.enter_context(self.watcher)
+            cleanup.callback(ready.checkpointer.wait)
+            stopped = self._owed_evaluation() or self._steps()
+            if stopped:
+                return stopped
+            step = max(ready.start_step, self.total)
+            with self.watcher.between_steps():
+                eval_results = self.evaluation(self.state, step)
+            if self.watcher.stops_at(step):  # during the final evaluation: the rerun only evaluates
+                return self._stop(step)
+            interrupts.stopping("training has finished; exiting")
+        final = {"step": step, **{f"{tag}_{k}": v for tag, m in eval_results.items() for k, v in m.items()}}
+        if self.is_main:
+            write_atomically(as_path(ready.workdir) / "final_metrics.json", json.dumps(final, indent=2))
+        ready.logger.console(
+            "final: " + ", ".join(f"{tag} error {100 * m['error']:.2f}%" for tag, m in eval_results.items())
+        )
+        return {**final, "state": self.state} if self.return_state else final
+
+    def _owed_evaluation(self) -> dict[str, Any] | None:
+        """An evaluation due at the step resumed from that has no record (a stop or a crash cut
+        it short), run first; the stop's result if a stop comes during it."""
+        start = self.ready.start_step
+        if 0 < start < self.total and self._evaluation_due(start) and (owed := self.evaluation.unrecorded(start)):
+            self.ready.logger.console(f"step {start}: the evaluation due here was cut short by a stop; running it now")
+            with self.watcher.between_steps(), self.log.progress.paused():
+                self.evaluation(self.state, start, crops=owed)
+            if self.watcher.stops_at(start):
+                return self._stop(start)
+        return None
+
+    def _steps(self) -> dict[str, Any] | None:
+        """Every step to the last; the stop's result if a stop comes first."""
+        ready, watcher = self.ready, self.watcher
+        for step in range(ready.start_step + 1, self.total + 1):
             started = time.time()
-            state, metrics = train_fn(state, parallel.global_batch(next(batches), batch_sharding))
-            if step == start_step + 1:  # the first call compiles the step before it runs
-                log.progress.exclude(compile_s := time.time() - started)
-                logger.console(f"compiled the train step in {compile_s:.1f} s")
-            log.add(metrics)
-            run_ahead.dispatched(metrics)
-            if step % config.log_every_steps == 0 or step == total:
-                log.write(step, state)
-            diagnostics.maybe_log(step, state)  # every config.diagnostics_every_steps steps
+            self.state, metrics = ready.train_fn(
+                self.state, parallel.global_batch(next(ready.batches), ready.batch_sharding)
+            )
+            if step == ready.start_step + 1:  # the first call compiles the step before it runs
+                self.log.progress.exclude(compile_s := time.time() - started)
+                ready.logger.console(f"compiled the train step in {compile_s:.1f} s")
+            self.log.add(metrics)
+            self.run_ahead.dispatched(metrics)
+            if step % self.log_every == 0 or step == self.total:
+                self.log.write(step, self.state)
+            self.diagnostics.maybe_log(step, self.state)  # every config.diagnostics_every_steps steps
             # Once a step, on every process (a multi-host sync), and before any evaluation:
             # a preempted run saves at once, not after an evaluation that may outlast its grace.
             if watcher.should_stop(step):
-                return stop_for_preemption(step, state)
+                return self._stop(step)
             # A signal while this step is saved or evaluated stops the run at this step.
             with watcher.between_steps():
                 # Save before evaluating: an evaluation that fails cannot cost this step's checkpoint.
-                if step == total or checkpointer.should_save(step):
-                    save(step, state)
-                if step % config.eval_every_steps == 0 and step != total:
-                    with log.progress.paused():
-                        eval_results = run_eval(state, step)
+                if step == self.total or ready.checkpointer.should_save(step):
+                    self._save(step)
+                if step % self.eval_every == 0 and step != self.total:
+                    with self.log.progress.paused():
+                        self.evaluation(self.state, step)
             if watcher.stops_at(step):
-                return stop_for_preemption(step, state)
-        with watcher.between_steps():
-            eval_results = run_eval(state, step)
-        if watcher.stops_at(step):  # during the final evaluation: the rerun only evaluates
-            return stop_for_preemption(step, state)
-        interrupts.stopping("training has finished; exiting")
-    final = {"step": step, **{f"{tag}_{k}": v for tag, m in eval_results.items() for k, v in m.items()}}
-    if is_main:
-        write_atomically(as_path(workdir) / "final_metrics.json", json.dumps(final, indent=2))
-    logger.console("final: " + ", ".join(f"{tag} error {100 * m['error']:.2f}%" for tag, m in eval_results.items()))
-    return {**final, "state": state} if return_state else final
+                return self._stop(step)
+        return None
+
+    def _evaluation_due(self, step: int) -> bool:
+        return step == self.total or step % self.eval_every == 0
+
+    def _save(self, step: int) -> None:
+        with self.log.progress.paused():
+            check_finite(self.state, self.ready.checkpointer, self.ready.workdir)  # a diverged state is never saved
+            self.ready.checkpointer.maybe_save(step, self.state, force=True, metadata=_machine())
+
+    def _stop(self, step: int) -> dict[str, Any]:
+        """The preemption's checkpoint, durable before the run says so and returns."""
+        self.log.write(step, self.state)  # the partial window, so that the resumed run's logs miss no step
+        self._save(step)
+        self.ready.checkpointer.wait()
+        owed = self._evaluation_due(step) and self.evaluation.completed_step != step
+        self.watcher.saved(step, owed=f"the evaluation at step {step} runs first when the run resumes" if owed else "")
+        return {"preempted_at_step": step, "step": step, **({"state": self.state} if self.return_state else {})}
