@@ -79,7 +79,7 @@ def output_directory():
     return output_dir
 
 
-def evaluate(config) -> list[dict]:
+def evaluate_from_flags(config) -> list[dict]:
     """Evaluates per the flags (module docstring); returns one result per crop."""
     import jax
 
@@ -103,7 +103,7 @@ def evaluate(config) -> list[dict]:
     batch_size = min(config.eval_batch_size, -(-dataset.num_test // mesh.size) * mesh.size)
     results = []
     for crop in crops:
-        metrics = evaluation.evaluate(
+        metrics = evaluation.evaluate_split(
             state, dataset, eval_fn, batch_size=batch_size, sharding=parallel.batch_sharded(mesh), crop=crop
         )
         name = str(crop if crop is not None else plan.facts.image_size)
@@ -210,7 +210,7 @@ def main(argv):
                     "or --weights=DIR --model=NAME with --config=CONFIG (the dataset to evaluate on)."
                 )
             config = weights_lib.read_run_config(FLAGS.workdir)
-        evaluate(config)
+        evaluate_from_flags(config)
     except (*trainer.USER_ERRORS, weights_lib.WeightsError, DatasetError) as e:
         raise cli.UserError(str(e)) from e
 

@@ -21,7 +21,7 @@ def test_a_long_evaluation_says_how_far_it_has_got(monkeypatch):
         return {"count": real, "error_sum": real / 2, "top5_error_sum": 0 * real, "loss_sum": real}
 
     lines = []
-    metrics = evaluation.evaluate(
+    metrics = evaluation.evaluate_split(
         None,
         TenExamples(),
         eval_fn,

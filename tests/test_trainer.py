@@ -212,7 +212,7 @@ def test_a_failed_evaluation_does_not_cost_the_checkpoint_due_at_the_same_step(t
     def failing_evaluate(*args, **kwargs):
         raise MemoryError("evaluation ran out of memory")
 
-    monkeypatch.setattr(evaluation, "evaluate", failing_evaluate)
+    monkeypatch.setattr(evaluation, "evaluate_split", failing_evaluate)
     with pytest.raises(MemoryError):
         trainer.train_and_evaluate(config, str(tmp_path))
     assert "2" in os.listdir(tmp_path / "checkpoints")
@@ -295,8 +295,8 @@ def test_a_preempted_run_saves_before_evaluating_and_logs_its_partial_window(tmp
     config.log_every_steps = 3
     config.eval_every_steps = 4  # due at the step the notice arrives
     evaluated = []
-    real_evaluate = evaluation.evaluate
-    monkeypatch.setattr(evaluation, "evaluate", lambda *a, **k: evaluated.append(1) or real_evaluate(*a, **k))
+    real_evaluate = evaluation.evaluate_split
+    monkeypatch.setattr(evaluation, "evaluate_split", lambda *a, **k: evaluated.append(1) or real_evaluate(*a, **k))
     with monkeypatch.context() as m:
         m.setattr(preemption.PreemptionWatcher, "should_stop", lambda self, step: step == 4)
         assert trainer.train_and_evaluate(config, str(tmp_path))["preempted_at_step"] == 4

@@ -1,6 +1,6 @@
 """The trainer's evaluation: the whole test split, each example once, in global batches.
 
-`evaluate` runs one pass (also used by `python -m resnet_identity.evaluate`). `Evaluation`
+`evaluate_split` runs one pass (also used by `python -m resnet_identity.evaluate`). `RunEvaluation`
 runs every crop of the run's `eval_crops` at a step, logs and prints each, gives way to a stop
 (a preemption must not wait for a long evaluation), and finds in `metrics.jsonl` an
 evaluation a stop or a crash cut short, which the resumed run does first.
@@ -25,7 +25,7 @@ from resnet_identity.training.train_state import TrainState
 EVAL_PROGRESS_SECONDS = 30.0
 
 
-def evaluate(
+def evaluate_split(
     state,
     dataset,
     eval_fn,
@@ -64,8 +64,8 @@ def evaluate(
     }
 
 
-class Evaluation:
-    """Evaluation: every crop of `crops` (None: the dataset's first) over the test split in
+class RunEvaluation:
+    """The evaluations a run owes: every crop of `crops` (None: the dataset's first) over the test split in
     global batches of `batch_size`, logged and printed; it gives way to a preemption
     (`interrupted`) rather than outlast a grace period, and `unrecorded` finds what such a stop
     (or a crash) left undone, for the resumed run."""
@@ -116,7 +116,7 @@ class Evaluation:
             if self.interrupted():  # a stop while the step was being saved: nothing started
                 break
             self.logger.console(f"step {step}: evaluating on {self.dataset.num_test:,} examples{at_crop}...")
-            metrics = evaluate(
+            metrics = evaluate_split(
                 state,
                 self.dataset,
                 self.eval_fn,

@@ -38,7 +38,7 @@ from resnet_identity.runs.metric_logging import MetricLogger
 from resnet_identity.training import config as config_lib
 from resnet_identity.training import optim, parallel, xla_config
 from resnet_identity.training.diagnostics import Diagnostics
-from resnet_identity.training.evaluation import Evaluation
+from resnet_identity.training.evaluation import RunEvaluation
 from resnet_identity.training.init_from import initialise_from
 from resnet_identity.training.saved_config import check_saved_config, record_config
 from resnet_identity.training.train_log import TrainLog
@@ -301,7 +301,7 @@ class _Run:
             every=self.log_every,
             check=functools.partial(check_finite, checkpointer=ready.checkpointer, workdir=ready.workdir),
         )
-        self.evaluation = Evaluation(
+        self.evaluation = RunEvaluation(
             ready.dataset,
             ready.eval_fn,
             ready.logger,
