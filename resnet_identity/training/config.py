@@ -20,7 +20,7 @@ import optax
 
 from resnet_identity import models
 from resnet_identity.data import NORMALIZATIONS, DatasetError, Facts, registry
-from resnet_identity.data.base import Settings
+from resnet_identity.data.base import DatasetSpec, Settings
 from resnet_identity.training import optim
 
 
@@ -126,6 +126,7 @@ class Plan:
     (a workdir's config.json). With `training=False` the training fields are None."""
 
     config: ml_collections.ConfigDict
+    dataset_spec: DatasetSpec  # the dataset's registry entry, which loads it
     facts: Facts  # the dataset's own facts (`data.base.Facts`)
     dataset_options: dict  # `config.<dataset>`'s values over the declared defaults
     dataset_settings: Settings
@@ -191,9 +192,10 @@ def _model(config: ml_collections.ConfigDict, kwargs: dict, num_classes: int) ->
         return None, [f"model_overrides: {e}"]
 
 
-def _dataset(config: ml_collections.ConfigDict, *, training: bool) -> tuple[Facts | None, dict, list[str]]:
-    """(the dataset's facts, its options, messages); no facts where a message says why."""
-    errors, names, options = [], tuple(registry.SPECS), {}
+def _dataset(config: ml_collections.ConfigDict, *, training: bool) -> tuple:
+    """(the dataset's spec, its facts, its options, its settings, messages), read from the
+    registry in one visit; no spec or facts where a message says why."""
+    errors, names, options, settings = [], tuple(registry.SPECS), {}, registry.settings(config)
     if config.dataset not in names:
         errors.append(f"dataset={config.dataset!r} is not one of {names}.{_suggest(config.dataset, names)}")
     if config.normalization is not None and config.normalization not in NORMALIZATIONS:
@@ -202,22 +204,22 @@ def _dataset(config: ml_collections.ConfigDict, *, training: bool) -> tuple[Fact
             "default)."
         )
     if config.dataset not in names:
-        return None, options, errors
-    options = registry.options(config)
-    option_errors = [f"{config.dataset}.{e}" for e in registry.spec(config.dataset).check(options)]
+        return None, None, options, settings, errors
+    spec, options = registry.spec(config.dataset), registry.options(config)
+    option_errors = [f"{config.dataset}.{e}" for e in spec.check(options)]
     if option_errors:
-        return None, options, errors + option_errors
+        return spec, None, options, settings, errors + option_errors
     try:  # the dataset's facts; a folder dataset lists and checks its files here
-        facts = registry.spec(config.dataset).facts(options)
+        facts = spec.facts(options)
     except DatasetError as e:
-        return None, options, [*errors, str(e)]
+        return spec, None, options, settings, [*errors, str(e)]
     batch = config.batch_size
     if training and isinstance(batch, int) and batch > 0 and facts.steps_per_epoch(batch) < 1:
         errors.append(
             f"batch_size={batch} is larger than {config.dataset}'s {facts.num_train} training examples; use a "
             "smaller batch_size."
         )
-    return facts, options, errors
+    return spec, facts, options, settings, errors
 
 
 def _batch_errors(config: ml_collections.ConfigDict, num_devices: int, num_processes: int, training: bool) -> list:
@@ -300,7 +302,7 @@ def validate(
     check_keys(config)
     _raise(_type_errors(config))
     kwargs = model_kwargs(config)
-    facts, options, dataset_errors = _dataset(config, training=training)
+    dataset_spec, facts, options, settings, dataset_errors = _dataset(config, training=training)
     model, errors = _model(config, kwargs, facts.num_classes if facts else 10)
     errors += dataset_errors
     if config.init_from is None and config.init_from_step is not None:
@@ -308,7 +310,7 @@ def validate(
     errors += _batch_errors(config, num_devices, num_processes, training) + _run_errors(config, training=training)
     crops, crop_errors = _eval_crops(config, facts)
     _raise(errors + crop_errors + _record_errors(config))
-    plan = Plan(config, facts, options, registry.settings(config), kwargs, model, crops)
+    plan = Plan(config, dataset_spec, facts, options, settings, kwargs, model, crops)
     if not training:
         return plan
     per_epoch = facts.steps_per_epoch(config.batch_size)

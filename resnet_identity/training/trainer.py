@@ -31,7 +31,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from resnet_identity.data import DatasetError, registry
+from resnet_identity.data import DatasetError
 from resnet_identity.runs import checkpointing, interrupts, lease, preemption
 from resnet_identity.runs.files import WriteError, as_path, check_workdir, write_atomically
 from resnet_identity.runs.metric_logging import MetricLogger
@@ -83,7 +83,7 @@ def build_optimizer(config: ml_collections.ConfigDict):
 def get_dataset(plan: config_lib.Plan):
     """The plan's dataset (`data.get_dataset` of its config, whose checks `validate` made):
     reads, or downloads, its data."""
-    return registry.spec(plan.config.dataset).load(plan.dataset_options, plan.dataset_settings)
+    return plan.dataset_spec.load(plan.dataset_options, plan.dataset_settings)
 
 
 def summary_line(state: TrainState) -> str:
