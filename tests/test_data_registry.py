@@ -112,7 +112,7 @@ def test_a_dataset_declares_its_normalisation_constants_and_its_paper_recipe(tin
     """`resolve` reads a dataset's per-channel constants from its spec, not from a table of names,
     and a recipe's presets follow the dataset's `paper_recipe`."""
     from resnet_identity.data import imagenet
-    from resnet_identity.data.normalization import ChannelStats
+    from resnet_identity.data.base import ChannelStats
     from resnet_identity.training import recipes
 
     images = np.full((4, 8, 8, 3), 7, np.uint8)

@@ -21,8 +21,6 @@ from typing import Any, Protocol
 import jax
 import numpy as np
 
-from resnet_identity.data.normalization import ChannelStats
-
 Batch = dict[str, np.ndarray]
 
 
@@ -155,6 +153,24 @@ class Facts:
 
     def steps_per_epoch(self, global_batch_size: int) -> int:
         return steps_per_epoch(self.num_train, global_batch_size, self.drops_remainder)
+
+
+@dataclasses.dataclass(frozen=True)
+class ChannelStats:
+    """Fixed per-channel statistics that a dataset declares (``DatasetSpec.per_channel``).
+
+    Attributes:
+      mean: one value per RGB channel, 0-255 scale.
+      std: one value per RGB channel, 0-255 scale.
+    """
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def from_unit_scale(cls, mean: tuple[float, ...], std: tuple[float, ...]) -> ChannelStats:
+        """Statistics published on the 0-1 scale (ImageNet's), stored on the 0-255 scale."""
+        return cls(tuple(255.0 * m for m in mean), tuple(255.0 * s for s in std))
 
 
 @dataclasses.dataclass(frozen=True)

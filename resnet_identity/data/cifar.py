@@ -14,7 +14,7 @@ import numpy as np
 
 from resnet_identity.data import in_memory, tfds_access
 from resnet_identity.data import normalization as normalization_lib
-from resnet_identity.data.base import DatasetSpec, Facts
+from resnet_identity.data.base import ChannelStats, DatasetSpec, Facts
 
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
 TITLES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
@@ -24,8 +24,8 @@ NUM_TRAIN = 50_000
 # `datasets/cifar10.lua` and `datasets/cifar100.lua` (docs/papers.md "CIFAR (v2 paper)"); CIFAR-100's
 # are computed the same way on its own training set.
 PER_CHANNEL = {
-    "cifar10": normalization_lib.ChannelStats(mean=(125.3, 123.0, 113.9), std=(63.0, 62.1, 66.7)),
-    "cifar100": normalization_lib.ChannelStats(mean=(129.3, 124.1, 112.4), std=(68.2, 65.4, 70.4)),
+    "cifar10": ChannelStats(mean=(125.3, 123.0, 113.9), std=(63.0, 62.1, 66.7)),
+    "cifar100": ChannelStats(mean=(129.3, 124.1, 112.4), std=(68.2, 65.4, 70.4)),
 }
 # CIFAR-10's labels 0-9, in order (the dataset's batches.meta).
 CIFAR10_CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")

@@ -15,7 +15,7 @@ from typing import Any
 
 from resnet_identity.data import crops, tfds_access
 from resnet_identity.data import normalization as normalization_lib
-from resnet_identity.data.base import DatasetSpec, Facts, Settings
+from resnet_identity.data.base import ChannelStats, DatasetSpec, Facts, Settings
 
 NAME = "imagenet2012"
 NUM_CLASSES = 1000
@@ -23,7 +23,7 @@ IMAGE_SIZE = 224
 NUM_TRAIN = 1_281_167
 # 'per_channel' normalisation: fb.resnet.torch `datasets/imagenet.lua`'s mean and std, published on
 # the 0-1 scale; the folder dataset uses them too (weights trained on ImageNet expect them).
-PER_CHANNEL = normalization_lib.ChannelStats.from_unit_scale(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+PER_CHANNEL = ChannelStats.from_unit_scale(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 TRAIN_SPLIT = "train"
 EVAL_SPLIT = "validation"
 

@@ -32,24 +32,6 @@ CHOICES = ("per_channel", "per_pixel_mean")
 _CHUNK = 4096
 
 
-@dataclasses.dataclass(frozen=True)
-class ChannelStats:
-    """Fixed per-channel statistics that a dataset declares (``DatasetSpec.per_channel``).
-
-    Attributes:
-      mean: one value per RGB channel, 0-255 scale.
-      std: one value per RGB channel, 0-255 scale.
-    """
-
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-    @classmethod
-    def from_unit_scale(cls, mean: tuple[float, ...], std: tuple[float, ...]) -> ChannelStats:
-        """Statistics published on the 0-1 scale (ImageNet's), stored on the 0-255 scale."""
-        return cls(tuple(255.0 * m for m in mean), tuple(255.0 * s for s in std))
-
-
 @dataclasses.dataclass(frozen=True, eq=False)
 class Normalization:
     """``(x - mean) / std``; both broadcast against [..., H, W, C] images.

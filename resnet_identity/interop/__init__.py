@@ -10,11 +10,11 @@ needed only to read a `.pth` file and write one (a `.safetensors` file reads wit
 arrays in between are NumPy.
 """
 
+from resnet_identity.interop.pretrained import import_pretrained
 from resnet_identity.interop.state_dicts import (
     export_file,
     export_state_dict,
     import_file,
-    import_pretrained,
     import_state_dict,
     read_state_dict,
     write_state_dict,

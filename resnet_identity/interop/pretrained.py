@@ -20,6 +20,10 @@ import dataclasses
 import os
 from typing import Any
 
+from etils import epath
+
+from resnet_identity.interop import state_dicts
+from resnet_identity.interop.state_dicts import read_state_dict
 from resnet_identity.training import weights as weights_lib
 
 DEFAULT = "DEFAULT"  # torchvision's name for a model's recommended weights; for timm, its default tag
@@ -103,6 +107,13 @@ def _timm(name: str, tag: str) -> tuple[dict[str, Any], str, weights_lib.Preproc
                 f"{repository}), and they are not in the Hugging Face cache ({type(e).__name__}). "
                 + _offline_advice("timm", name, os.path.join(HF_HUB_CACHE, f"models--{repository.replace('/', '--')}"))
             ) from e
-    from resnet_identity.interop.state_dicts import read_state_dict
 
     return read_state_dict(path), f"{tag} ({path})", timm_converter.preprocessing(f"{name}.{tag}")
+
+
+def import_pretrained(source: str, name: str, tag: str, out: str | epath.PathLike) -> weights_lib.Weights:
+    """Converts `source`'s published weights `tag` of `name` (downloaded through the library's
+    own cache: `fetch`) into the weights directory `out`, with their preprocessing."""
+    state_dict, origin, preprocessing = fetch(source, name, tag)
+    weights = state_dicts.import_state_dict(source, name, state_dict)
+    return state_dicts.save_converted(weights, out, preprocessing, f"{weights.source} {origin}")

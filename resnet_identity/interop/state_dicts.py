@@ -135,20 +135,10 @@ def write_state_dict(state_dict: dict[str, np.ndarray], path: str | epath.PathLi
 def import_file(source: str, name: str, path: str | epath.PathLike, out: str | epath.PathLike) -> weights_lib.Weights:
     """Converts `source`'s `name` weights in `path` into the weights directory `out`."""
     weights = import_state_dict(source, name, read_state_dict(path))
-    return _save(weights, out, weights.preprocessing, f"{weights.source} ({path})")
+    return save_converted(weights, out, weights.preprocessing, f"{weights.source} ({path})")
 
 
-def import_pretrained(source: str, name: str, tag: str, out: str | epath.PathLike) -> weights_lib.Weights:
-    """Converts `source`'s published weights `tag` of `name` (downloaded through the library's
-    own cache: `pretrained.py`) into the weights directory `out`, with their preprocessing."""
-    from resnet_identity.interop import pretrained
-
-    state_dict, origin, preprocessing = pretrained.fetch(source, name, tag)
-    weights = import_state_dict(source, name, state_dict)
-    return _save(weights, out, preprocessing, f"{weights.source} {origin}")
-
-
-def _save(
+def save_converted(
     weights: weights_lib.Weights, out: str | epath.PathLike, preprocessing: weights_lib.Preprocessing, source: str
 ) -> weights_lib.Weights:
     return weights_lib.save_weights(
