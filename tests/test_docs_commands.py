@@ -441,8 +441,8 @@ def test_convert_to_torchvision_gives_the_fine_tuned_runs_logits(session, monkey
     import numpy as np
     import torch
 
-    from resnet_identity import weights as weights_lib
     from resnet_identity.interop._torch import import_torchvision
+    from resnet_identity.training import weights as weights_lib
 
     state, _ = session.state_after(_typed("convert --to=torchvision --workdir=runs/flowers --out=flowers.pth"))
     network = import_torchvision().models.resnet50(num_classes=3)

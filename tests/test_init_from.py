@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from resnet_identity import models
-from resnet_identity.runs import weights as weights_lib
 from resnet_identity.training import init_from
+from resnet_identity.training import weights as weights_lib
 from tests.train_worker import tiny_config
 
 
