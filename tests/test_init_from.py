@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from resnet_identity import models
+from resnet_identity.training import config as config_lib
 from resnet_identity.training import init_from
 from resnet_identity.training import weights as weights_lib
 from tests.train_worker import tiny_config
@@ -55,29 +56,40 @@ def _save(directory, model, **overrides):
     )
 
 
+def _initialise(state, config):
+    """`initialise_from` with the fields of `config` the trainer passes it."""
+    return init_from.initialise_from(
+        state,
+        config.init_from,
+        step=config.init_from_step,
+        model=config.model,
+        overrides=config_lib.model_kwargs(config),
+    )
+
+
 def test_a_source_of_another_network_is_refused_naming_what_to_set(tmp_path):
     config = tiny_config(steps=2)  # cifar_preact20 at depth 8
     untouched = object()  # the checks come before the state is read
-    assert init_from.initialise_from(untouched, config) is untouched  # no init_from: nothing to do
+    assert _initialise(untouched, config) is untouched  # no init_from: nothing to do
 
     (tmp_path / "empty").mkdir()
     config.init_from = str(tmp_path / "empty")
     with pytest.raises(init_from.InitFromError, match="is not a run's workdir .* nor a weights directory"):
-        init_from.initialise_from(untouched, config)
+        _initialise(untouched, config)
 
     _save(tmp_path / "v1", "cifar_resnet20", depth=8)
     config.init_from = str(tmp_path / "v1")
     with pytest.raises(
         init_from.InitFromError, match=r"a cifar_resnet20; this run's model is cifar_preact20\. Set --config.model"
     ):
-        init_from.initialise_from(untouched, config)
+        _initialise(untouched, config)
 
     _save(tmp_path / "deeper", "cifar_preact20", depth=14)
     config.init_from = str(tmp_path / "deeper")
     with pytest.raises(
         init_from.InitFromError, match=r"model_overrides\.depth=14; this run has 8.*--config\.model_overrides\.depth=14"
     ):
-        init_from.initialise_from(untouched, config)
+        _initialise(untouched, config)
     config.init_from_step = 2
     with pytest.raises(init_from.InitFromError, match="init_from_step is for a run's workdir"):
-        init_from.initialise_from(untouched, config)
+        _initialise(untouched, config)
